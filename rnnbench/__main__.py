@@ -1,0 +1,3 @@
+from rnnbench.train import cli
+
+cli()

@@ -1,0 +1,59 @@
+"""Callbacks every run gets: training throughput and a per-epoch metrics CSV beside result.json."""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+
+# Logged every step, not per epoch: the last step's value says nothing about the epoch.
+STEP_METRICS = {"train/batch_loss", "train/grad_norm"}
+
+
+class Throughput(pl.Callback):
+    """Wall time spent inside training batches and the number of target items they processed."""
+
+    def __init__(self) -> None:
+        self.train_s = 0.0
+        self.items = 0
+        self._t0 = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.train_s += time.perf_counter() - self._t0
+        self.items += batch[1].numel()
+
+    @property
+    def items_per_s(self) -> float:
+        return self.items / self.train_s if self.train_s else 0.0
+
+
+class EpochMetricsCSV(pl.callbacks.Checkpoint):
+    """Appends one row per epoch (epoch, step, every epoch-level metric) to `path`, whatever the
+    experiment logger, so learning curves exist offline.
+
+    A Checkpoint subclass because Lightning runs those after the LightningModule's own
+    on_train_epoch_end, where the epoch's training metrics are logged.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.rows: list[dict] = []
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        row = {"epoch": trainer.current_epoch, "step": trainer.global_step}
+        for key, value in sorted(trainer.callback_metrics.items()):
+            if key.startswith(("train/", "val/")) and key not in STEP_METRICS:
+                row[key] = float(value)
+        row["lr"] = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else math.nan
+        self.rows.append(row)
+        columns = list(dict.fromkeys(k for r in self.rows for k in r))
+        with open(self.path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(self.rows)

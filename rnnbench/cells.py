@@ -1,0 +1,181 @@
+"""Recurrent cells and the stack that gives them depth and direction.
+
+`impl="fused"` is torch.nn.RNN / GRU / LSTM (cuDNN on a GPU, ATen on the CPU). `impl="scratch"`
+writes the seed notes' equations out. Scratch parameters are laid out and named exactly like
+PyTorch's (`weight_ih_l0`, `bias_hh_l1_reverse`, gates stacked as i,f,g,o for LSTM and r,z,n for
+GRU), so a state_dict moves between the two and the tests can pin one to the other.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rnnbench.errors import ConfigError
+
+GATES = {"rnn": 1, "rnn_relu": 1, "gru": 3, "lstm": 4}
+CELLS = tuple(GATES)
+IMPLS = ("fused", "scratch")
+GRU_RESETS = ("after", "before")
+
+State = Tensor | tuple[Tensor, Tensor]
+
+
+def rnn_step(gx: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor, act) -> Tensor:
+    """H_t = act(X_t W_xh + H_{t-1} W_hh + b); gx already holds X_t W_xh + b_xh."""
+    return act(torch.addmm(gx + b_hh, h, w_hh.t()))
+
+
+def lstm_step(gx: Tensor, h: Tensor, c: Tensor, w_hh: Tensor, b_hh: Tensor) -> tuple[Tensor, Tensor]:
+    """Input, forget and output gates, candidate cell, C_t = F*C + I*C~, H_t = O*tanh(C_t)."""
+    i, f, g, o = torch.addmm(gx + b_hh, h, w_hh.t()).chunk(4, dim=1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+def gru_step(gx: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor, reset: str) -> Tensor:
+    """Reset and update gates, candidate state, H_t = Z*H_{t-1} + (1-Z)*H~.
+
+    reset="after" (cuDNN/PyTorch): H~ = tanh(X W_xh + b_xh + R*(H W_hh + b_hh)).
+    reset="before" (seed notes, Cho et al. 2014): H~ = tanh(X W_xh + b_xh + (R*H) W_hh + b_hh).
+    """
+    hidden = h.size(1)
+    gx_r, gx_z, gx_n = gx.chunk(3, dim=1)
+    if reset == "after":
+        gh_r, gh_z, gh_n = torch.addmm(b_hh, h, w_hh.t()).chunk(3, dim=1)
+        r, z = torch.sigmoid(gx_r + gh_r), torch.sigmoid(gx_z + gh_z)
+        n = torch.tanh(gx_n + r * gh_n)
+    else:
+        gh_r, gh_z = torch.addmm(b_hh[: 2 * hidden], h, w_hh[: 2 * hidden].t()).chunk(2, dim=1)
+        r, z = torch.sigmoid(gx_r + gh_r), torch.sigmoid(gx_z + gh_z)
+        n = torch.tanh(gx_n + torch.addmm(b_hh[2 * hidden :], r * h, w_hh[2 * hidden :].t()))
+    return z * h + (1 - z) * n
+
+
+class ScratchRecurrence(nn.Module):
+    """A multi-layer, optionally bidirectional recurrence written from the seed's equations.
+
+    Same call convention as torch.nn.RNN/GRU/LSTM with batch_first=True: input (B, T, I),
+    state h0 of shape (layers * directions, B, H) (a (h0, c0) pair for LSTM).
+    """
+
+    def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int,
+                 bidirectional: bool, dropout: float, gru_reset: str = "after") -> None:
+        super().__init__()
+        self.cell, self.hidden_size, self.num_layers = cell, hidden_size, num_layers
+        self.directions = 2 if bidirectional else 1
+        self.dropout, self.gru_reset = dropout, gru_reset
+        width = GATES[cell] * hidden_size
+        for layer in range(num_layers):
+            layer_input = input_size if layer == 0 else hidden_size * self.directions
+            for suffix in self._suffixes():
+                name = f"l{layer}{suffix}"
+                self.register_parameter(f"weight_ih_{name}", nn.Parameter(torch.empty(width, layer_input)))
+                self.register_parameter(f"weight_hh_{name}", nn.Parameter(torch.empty(width, hidden_size)))
+                self.register_parameter(f"bias_ih_{name}", nn.Parameter(torch.empty(width)))
+                self.register_parameter(f"bias_hh_{name}", nn.Parameter(torch.empty(width)))
+        self.reset_parameters()
+
+    def _suffixes(self) -> list[str]:
+        return ["", "_reverse"][: self.directions]
+
+    def reset_parameters(self) -> None:
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for p in self.parameters():
+            nn.init.uniform_(p, -bound, bound)
+
+    def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        batch = x.size(0)
+        slots = self.num_layers * self.directions
+        if state is None:
+            zeros = x.new_zeros(slots, batch, self.hidden_size)
+            state = (zeros, zeros) if self.cell == "lstm" else zeros
+        h0, c0 = state if self.cell == "lstm" else (state, None)
+        h_n, c_n = [], []
+        layer_input = x
+        for layer in range(self.num_layers):
+            outputs = []
+            for d, suffix in enumerate(self._suffixes()):
+                slot = layer * self.directions + d
+                name = f"l{layer}{suffix}"
+                # All time steps' input projections in one matrix product, before the time loop.
+                gx = F.linear(layer_input, getattr(self, f"weight_ih_{name}"),
+                              getattr(self, f"bias_ih_{name}")).transpose(0, 1)
+                if suffix:
+                    gx = gx.flip(0)
+                out, h, c = self._scan(gx, h0[slot], None if c0 is None else c0[slot],
+                                       getattr(self, f"weight_hh_{name}"),
+                                       getattr(self, f"bias_hh_{name}"))
+                outputs.append(out.flip(0) if suffix else out)
+                h_n.append(h)
+                c_n.append(c)
+            layer_input = torch.cat(outputs, dim=2).transpose(0, 1)
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                layer_input = F.dropout(layer_input, self.dropout, training=True)
+        h_n = torch.stack(h_n)
+        return layer_input, ((h_n, torch.stack(c_n)) if self.cell == "lstm" else h_n)
+
+    def _scan(self, gx: Tensor, h: Tensor, c: Tensor | None, w_hh: Tensor,
+              b_hh: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The time loop of one direction of one layer: gx is (T, B, gates*H)."""
+        outputs = []
+        for gx_t in gx:
+            if self.cell == "lstm":
+                h, c = lstm_step(gx_t, h, c, w_hh, b_hh)
+            elif self.cell == "gru":
+                h = gru_step(gx_t, h, w_hh, b_hh, self.gru_reset)
+            else:
+                h = rnn_step(gx_t, h, w_hh, b_hh, torch.relu if self.cell == "rnn_relu" else torch.tanh)
+            outputs.append(h)
+        return torch.stack(outputs), h, c
+
+
+def check_choice(key: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is unknown: use one of {', '.join(allowed)}")
+
+
+def check_positive_int(key: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{key}={value} is not allowed: use an integer >= 1")
+
+
+class RecurrentStack(nn.Module):
+    """`num_layers` recurrent layers of one cell type, uni- or bidirectional.
+
+    Layer j's hidden sequence feeds layer j+1, with dropout between layers; a bidirectional
+    layer concatenates its forward and backward outputs. Input (B, T, I), output (B, T, H * dirs).
+    """
+
+    def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bidirectional: bool = False, dropout: float = 0.0, impl: str = "fused",
+                 gru_reset: str = "after") -> None:
+        super().__init__()
+        check_choice("model.cell", cell, CELLS)
+        check_choice("model.impl", impl, IMPLS)
+        check_choice("model.gru_reset", gru_reset, GRU_RESETS)
+        check_positive_int("model.hidden_size", hidden_size)
+        check_positive_int("model.num_layers", num_layers)
+        if not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"model.dropout={dropout} is not allowed: use a number in [0, 1)")
+        if impl == "fused" and cell == "gru" and gru_reset == "before":
+            raise ConfigError("model.gru_reset=before needs model.impl=scratch: torch.nn.GRU "
+                              "(impl=fused) only applies the reset gate after the matmul")
+        self.cell, self.impl, self.hidden_size, self.num_layers = cell, impl, hidden_size, num_layers
+        self.bidirectional = bidirectional
+        self.output_size = hidden_size * (2 if bidirectional else 1)
+        layer_dropout = dropout if num_layers > 1 else 0.0
+        if impl == "scratch":
+            self.rnn = ScratchRecurrence(cell, input_size, hidden_size, num_layers, bidirectional,
+                                         layer_dropout, gru_reset)
+        else:
+            kind = {"lstm": nn.LSTM, "gru": nn.GRU}.get(cell, nn.RNN)
+            extra = {"nonlinearity": "relu" if cell == "rnn_relu" else "tanh"} if kind is nn.RNN else {}
+            self.rnn = kind(input_size, hidden_size, num_layers, batch_first=True,
+                            dropout=layer_dropout, bidirectional=bidirectional, **extra)
+
+    def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        return self.rnn(x, state)

@@ -1,0 +1,28 @@
+"""The errors a user can fix: a bad configuration value or a data file that is missing or wrong.
+
+`rnnbench` prints these as one line and exits non-zero; anything else is a bug and keeps its
+traceback.
+"""
+
+
+class UserError(Exception):
+    """A problem the user can fix; its message says what was wrong and what is allowed."""
+
+
+class ConfigError(UserError):
+    """A configuration value outside what the harness allows."""
+
+
+class DataError(UserError):
+    """A data file that is missing, cannot be downloaded, fails its checksum or cannot be parsed."""
+
+
+def find_user_error(exc: BaseException) -> UserError | None:
+    """The UserError behind `exc`, looking through wrappers such as Hydra's InstantiationException."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, UserError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None

@@ -1,0 +1,93 @@
+"""The run record: `result.json` in each run directory, the one file every consumer reads."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+SCHEMA = "rnnbench.result/1"
+STATUSES = ("completed", "diverged", "failed", "interrupted")
+# Keys that say where or how a run is watched, not what it computes: left out of run_key.
+KEY_EXCLUDED = ("logger", "data.root", "data.download", "data.mirror",
+                "trainer.enable_progress_bar", "trainer.log_every_n_steps")
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def run_key(config: dict[str, Any]) -> str:
+    """A stable hash of the resolved config without paths and logger settings."""
+    config = json.loads(json.dumps(config))  # a deep copy of plain data
+    for dotted in KEY_EXCLUDED:
+        *parents, leaf = dotted.split(".")
+        node = config
+        for p in parents:
+            node = node.get(p, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """Write JSON to a temp file in the same folder, fsync, then rename over `path`: a reader
+    sees the old record or the new one, never half of one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=False, default=str)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_record(path: str | Path) -> dict[str, Any]:
+    """Load one result.json; raises ValueError when it is not an rnnbench record."""
+    with open(path) as f:
+        record = json.load(f)
+    if not isinstance(record, dict) or record.get("schema") != SCHEMA:
+        raise ValueError(f"{path} is not an rnnbench result record ({SCHEMA})")
+    return record
+
+
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def environment(device: str) -> dict[str, Any]:
+    import hydra
+    import pytorch_lightning
+    import torch
+
+    import rnnbench
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "pytorch_lightning": pytorch_lightning.__version__,
+        "hydra": hydra.__version__,
+        "rnnbench": rnnbench.__version__,
+        "device": device,
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "git_sha": git_sha(),
+    }
