@@ -29,7 +29,9 @@ def rnn_step(gx: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor, act) -> Tensor:
     return act(torch.addmm(gx + b_hh, h, w_hh.t()))
 
 
-def lstm_step(gx: Tensor, h: Tensor, c: Tensor, w_hh: Tensor, b_hh: Tensor) -> tuple[Tensor, Tensor]:
+def lstm_step(
+    gx: Tensor, h: Tensor, c: Tensor, w_hh: Tensor, b_hh: Tensor
+) -> tuple[Tensor, Tensor]:
     """Input, forget and output gates, candidate cell, C_t = F*C + I*C~, H_t = O*tanh(C_t)."""
     i, f, g, o = torch.addmm(gx + b_hh, h, w_hh.t()).chunk(4, dim=1)
     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
@@ -62,8 +64,16 @@ class ScratchRecurrence(nn.Module):
     state h0 of shape (layers * directions, B, H) (a (h0, c0) pair for LSTM).
     """
 
-    def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int,
-                 bidirectional: bool, dropout: float, gru_reset: str = "after") -> None:
+    def __init__(
+        self,
+        cell: str,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int,
+        bidirectional: bool,
+        dropout: float,
+        gru_reset: str = "after",
+    ) -> None:
         super().__init__()
         self.cell, self.hidden_size, self.num_layers = cell, hidden_size, num_layers
         self.directions = 2 if bidirectional else 1
@@ -73,8 +83,12 @@ class ScratchRecurrence(nn.Module):
             layer_input = input_size if layer == 0 else hidden_size * self.directions
             for suffix in self._suffixes():
                 name = f"l{layer}{suffix}"
-                self.register_parameter(f"weight_ih_{name}", nn.Parameter(torch.empty(width, layer_input)))
-                self.register_parameter(f"weight_hh_{name}", nn.Parameter(torch.empty(width, hidden_size)))
+                self.register_parameter(
+                    f"weight_ih_{name}", nn.Parameter(torch.empty(width, layer_input))
+                )
+                self.register_parameter(
+                    f"weight_hh_{name}", nn.Parameter(torch.empty(width, hidden_size))
+                )
                 self.register_parameter(f"bias_ih_{name}", nn.Parameter(torch.empty(width)))
                 self.register_parameter(f"bias_hh_{name}", nn.Parameter(torch.empty(width)))
         self.reset_parameters()
@@ -102,13 +116,20 @@ class ScratchRecurrence(nn.Module):
                 slot = layer * self.directions + d
                 name = f"l{layer}{suffix}"
                 # All time steps' input projections in one matrix product, before the time loop.
-                gx = F.linear(layer_input, getattr(self, f"weight_ih_{name}"),
-                              getattr(self, f"bias_ih_{name}")).transpose(0, 1)
+                gx = F.linear(
+                    layer_input,
+                    getattr(self, f"weight_ih_{name}"),
+                    getattr(self, f"bias_ih_{name}"),
+                ).transpose(0, 1)
                 if suffix:
                     gx = gx.flip(0)
-                out, h, c = self._scan(gx, h0[slot], None if c0 is None else c0[slot],
-                                       getattr(self, f"weight_hh_{name}"),
-                                       getattr(self, f"bias_hh_{name}"))
+                out, h, c = self._scan(
+                    gx,
+                    h0[slot],
+                    None if c0 is None else c0[slot],
+                    getattr(self, f"weight_hh_{name}"),
+                    getattr(self, f"bias_hh_{name}"),
+                )
                 outputs.append(out.flip(0) if suffix else out)
                 h_n.append(h)
                 c_n.append(c)
@@ -118,8 +139,9 @@ class ScratchRecurrence(nn.Module):
         h_n = torch.stack(h_n)
         return layer_input, ((h_n, torch.stack(c_n)) if self.cell == "lstm" else h_n)
 
-    def _scan(self, gx: Tensor, h: Tensor, c: Tensor | None, w_hh: Tensor,
-              b_hh: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+    def _scan(
+        self, gx: Tensor, h: Tensor, c: Tensor | None, w_hh: Tensor, b_hh: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
         """The time loop of one direction of one layer: gx is (T, B, gates*H)."""
         outputs = []
         for gx_t in gx:
@@ -128,7 +150,9 @@ class ScratchRecurrence(nn.Module):
             elif self.cell == "gru":
                 h = gru_step(gx_t, h, w_hh, b_hh, self.gru_reset)
             else:
-                h = rnn_step(gx_t, h, w_hh, b_hh, torch.relu if self.cell == "rnn_relu" else torch.tanh)
+                h = rnn_step(
+                    gx_t, h, w_hh, b_hh, torch.relu if self.cell == "rnn_relu" else torch.tanh
+                )
             outputs.append(h)
         return torch.stack(outputs), h, c
 
@@ -150,9 +174,17 @@ class RecurrentStack(nn.Module):
     layer concatenates its forward and backward outputs. Input (B, T, I), output (B, T, H * dirs).
     """
 
-    def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1,
-                 bidirectional: bool = False, dropout: float = 0.0, impl: str = "fused",
-                 gru_reset: str = "after") -> None:
+    def __init__(
+        self,
+        cell: str,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bidirectional: bool = False,
+        dropout: float = 0.0,
+        impl: str = "fused",
+        gru_reset: str = "after",
+    ) -> None:
         super().__init__()
         check_choice("model.cell", cell, CELLS)
         check_choice("model.impl", impl, IMPLS)
@@ -162,20 +194,37 @@ class RecurrentStack(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"model.dropout={dropout} is not allowed: use a number in [0, 1)")
         if impl == "fused" and cell == "gru" and gru_reset == "before":
-            raise ConfigError("model.gru_reset=before needs model.impl=scratch: torch.nn.GRU "
-                              "(impl=fused) only applies the reset gate after the matmul")
-        self.cell, self.impl, self.hidden_size, self.num_layers = cell, impl, hidden_size, num_layers
+            raise ConfigError(
+                "model.gru_reset=before needs model.impl=scratch: torch.nn.GRU "
+                "(impl=fused) only applies the reset gate after the matmul"
+            )
+        self.cell, self.impl, self.hidden_size, self.num_layers = (
+            cell,
+            impl,
+            hidden_size,
+            num_layers,
+        )
         self.bidirectional = bidirectional
         self.output_size = hidden_size * (2 if bidirectional else 1)
         layer_dropout = dropout if num_layers > 1 else 0.0
         if impl == "scratch":
-            self.rnn = ScratchRecurrence(cell, input_size, hidden_size, num_layers, bidirectional,
-                                         layer_dropout, gru_reset)
+            self.rnn = ScratchRecurrence(
+                cell, input_size, hidden_size, num_layers, bidirectional, layer_dropout, gru_reset
+            )
         else:
             kind = {"lstm": nn.LSTM, "gru": nn.GRU}.get(cell, nn.RNN)
-            extra = {"nonlinearity": "relu" if cell == "rnn_relu" else "tanh"} if kind is nn.RNN else {}
-            self.rnn = kind(input_size, hidden_size, num_layers, batch_first=True,
-                            dropout=layer_dropout, bidirectional=bidirectional, **extra)
+            extra = (
+                {"nonlinearity": "relu" if cell == "rnn_relu" else "tanh"} if kind is nn.RNN else {}
+            )
+            self.rnn = kind(
+                input_size,
+                hidden_size,
+                num_layers,
+                batch_first=True,
+                dropout=layer_dropout,
+                bidirectional=bidirectional,
+                **extra,
+            )
 
     def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         return self.rnn(x, state)

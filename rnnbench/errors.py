@@ -18,7 +18,7 @@ class DataError(UserError):
 
 
 def find_user_error(exc: BaseException) -> UserError | None:
-    """The UserError behind `exc`, looking through wrappers such as Hydra's InstantiationException."""
+    """The UserError behind `exc`, looking through wrappers (Hydra's InstantiationException)."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, UserError):

@@ -16,10 +16,20 @@ class LanguageModel(nn.Module):
     PyTorch's initialisation.
     """
 
-    def __init__(self, vocab_size: int, cell: str = "lstm", impl: str = "fused",
-                 hidden_size: int = 200, num_layers: int = 2, bidirectional: bool = False,
-                 dropout: float = 0.0, tie_weights: bool = False, emb_size: int | None = None,
-                 gru_reset: str = "after", init_range: float | None = None) -> None:
+    def __init__(
+        self,
+        vocab_size: int,
+        cell: str = "lstm",
+        impl: str = "fused",
+        hidden_size: int = 200,
+        num_layers: int = 2,
+        bidirectional: bool = False,
+        dropout: float = 0.0,
+        tie_weights: bool = False,
+        emb_size: int | None = None,
+        gru_reset: str = "after",
+        init_range: float | None = None,
+    ) -> None:
         super().__init__()
         if bidirectional:
             raise ConfigError(
@@ -28,8 +38,9 @@ class LanguageModel(nn.Module):
                 "model.bidirectional=false"
             )
         emb_size = emb_size or hidden_size
-        self.stack = RecurrentStack(cell, emb_size, hidden_size, num_layers, bidirectional,
-                                    dropout, impl, gru_reset)
+        self.stack = RecurrentStack(
+            cell, emb_size, hidden_size, num_layers, bidirectional, dropout, impl, gru_reset
+        )
         self.embedding = nn.Embedding(vocab_size, emb_size)
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(self.stack.output_size, vocab_size)

@@ -46,8 +46,13 @@ class LanguageModelTask(pl.LightningModule):
     """Next-token prediction: loss is the mean cross-entropy per token (nats); perplexity is exp
     of the token-weighted mean over a whole split, never a mean of batch perplexities."""
 
-    def __init__(self, model: nn.Module, optimizer: Callable, scheduler: Callable | None = None,
-                 unit: str = "word") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: Callable,
+        scheduler: Callable | None = None,
+        unit: str = "word",
+    ) -> None:
         super().__init__()
         self.model, self.unit = model, unit
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
@@ -116,8 +121,9 @@ class LanguageModelTask(pl.LightningModule):
         if self.unit == "char":
             self.log(f"{split}/bpc", nll / LN2)
 
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None,
-                                    gradient_clip_algorithm=None) -> None:
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
         # The norm before clipping is what shows a vanilla RNN exploding: log it every step.
         params = [p for g in optimizer.param_groups for p in g["params"]]
         norm = global_grad_norm(params)
@@ -130,5 +136,7 @@ class LanguageModelTask(pl.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "interval": "epoch", "monitor": "val/loss"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch", "monitor": "val/loss"},
+        }

@@ -15,8 +15,14 @@ from typing import Any
 SCHEMA = "rnnbench.result/1"
 STATUSES = ("completed", "diverged", "failed", "interrupted")
 # Keys that say where or how a run is watched, not what it computes: left out of run_key.
-KEY_EXCLUDED = ("logger", "data.root", "data.download", "data.mirror",
-                "trainer.enable_progress_bar", "trainer.log_every_n_steps")
+KEY_EXCLUDED = (
+    "logger",
+    "data.root",
+    "data.download",
+    "data.mirror",
+    "trainer.enable_progress_bar",
+    "trainer.log_every_n_steps",
+)
 
 
 def now_iso() -> str:
@@ -66,8 +72,13 @@ def read_record(path: str | Path) -> dict[str, Any]:
 
 def git_sha() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
-                             capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None

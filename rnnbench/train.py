@@ -1,8 +1,8 @@
 """`rnnbench`: compose a configuration with Hydra, train and test it, leave result.json behind.
 
-    rnnbench                                      # the default run: an LSTM on embedded Reber
-    rnnbench data=ptb_word model=gru trainer.gradient_clip_val=0.25
-    rnnbench -m model=rnn,gru,lstm model.num_layers=1,2
+rnnbench                                      # the default run: an LSTM on embedded Reber
+rnnbench data=ptb_word model=gru trainer.gradient_clip_val=0.25
+rnnbench -m model=rnn,gru,lstm model.num_layers=1,2
 """
 
 from __future__ import annotations
@@ -32,14 +32,19 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 def check_trainer(trainer_cfg: DictConfig) -> None:
     """Refuse clipping settings the seed's formula g <- min(1, θ/‖g‖) g does not cover."""
     clip = trainer_cfg.get("gradient_clip_val")
-    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, int | float)
-                             or clip <= 0):
-        raise ConfigError(f"trainer.gradient_clip_val={clip} is not allowed: use a positive "
-                          f"threshold θ, or null for no clipping")
+    if clip is not None and (
+        isinstance(clip, bool) or not isinstance(clip, int | float) or clip <= 0
+    ):
+        raise ConfigError(
+            f"trainer.gradient_clip_val={clip} is not allowed: use a positive "
+            f"threshold θ, or null for no clipping"
+        )
     algorithm = trainer_cfg.get("gradient_clip_algorithm", "norm")
     if algorithm != "norm":
-        raise ConfigError(f"trainer.gradient_clip_algorithm={algorithm!r} is not supported: "
-                          f"rnnbench clips by global norm, use 'norm'")
+        raise ConfigError(
+            f"trainer.gradient_clip_algorithm={algorithm!r} is not supported: "
+            f"rnnbench clips by global norm, use 'norm'"
+        )
 
 
 def wandb_identity(config: dict[str, Any], group: str | None) -> dict[str, Any]:
@@ -47,15 +52,24 @@ def wandb_identity(config: dict[str, Any], group: str | None) -> dict[str, Any]:
     data, model = config["data"]["name"], config["model"]
     clip = config["trainer"].get("gradient_clip_val")
     direction = "bi" if model["bidirectional"] else "uni"
-    name = (f"{data}-{model['cell']}-{model['impl']}-{model['num_layers']}x"
-            f"{model['hidden_size']}-{direction}-clip{clip}")
-    tags = [f"data:{data}", f"cell:{model['cell']}", f"impl:{model['impl']}",
-            f"layers:{model['num_layers']}", f"direction:{direction}", f"clip:{clip}"]
+    name = (
+        f"{data}-{model['cell']}-{model['impl']}-{model['num_layers']}x"
+        f"{model['hidden_size']}-{direction}-clip{clip}"
+    )
+    tags = [
+        f"data:{data}",
+        f"cell:{model['cell']}",
+        f"impl:{model['impl']}",
+        f"layers:{model['num_layers']}",
+        f"direction:{direction}",
+        f"clip:{clip}",
+    ]
     return {"name": name, "group": group or data, "tags": tags}
 
 
-def build_loggers(logger_cfg: DictConfig | None, run_dir: Path, config: dict[str, Any],
-                  group: str | None) -> list:
+def build_loggers(
+    logger_cfg: DictConfig | None, run_dir: Path, config: dict[str, Any], group: str | None
+) -> list:
     """One Lightning logger per entry of the `logger` group, each writing inside `run_dir`."""
     loggers = []
     for name, conf in (logger_cfg or {}).items():
@@ -68,8 +82,12 @@ def build_loggers(logger_cfg: DictConfig | None, run_dir: Path, config: dict[str
     return loggers
 
 
-def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None,
-        group: str | None = None) -> dict[str, Any]:
+def run(
+    cfg: DictConfig,
+    run_dir: str | Path,
+    overrides: list[str] | None = None,
+    group: str | None = None,
+) -> dict[str, Any]:
     """Train and test one configuration; write `run_dir/result.json` however the run ends.
 
     Returns the record. Raises what the run raised (after recording it as failed or interrupted).
@@ -78,10 +96,22 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
     run_dir.mkdir(parents=True, exist_ok=True)
     config = OmegaConf.to_container(cfg, resolve=True)
     record: dict[str, Any] = {
-        "schema": SCHEMA, "status": "failed", "run_key": run_key(config), "config": config,
-        "overrides": list(overrides or []), "metrics": {}, "best": None, "timing": {},
-        "params": None, "env": None, "seed": cfg.get("seed"), "started": now_iso(),
-        "finished": None, "wandb": None, "error": None, "run_dir": str(run_dir),
+        "schema": SCHEMA,
+        "status": "failed",
+        "run_key": run_key(config),
+        "config": config,
+        "overrides": list(overrides or []),
+        "metrics": {},
+        "best": None,
+        "timing": {},
+        "params": None,
+        "env": None,
+        "seed": cfg.get("seed"),
+        "started": now_iso(),
+        "finished": None,
+        "wandb": None,
+        "error": None,
+        "run_dir": str(run_dir),
     }
     loggers: list = []
     try:
@@ -95,20 +125,32 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
         task = LanguageModelTask(model, instantiate(cfg.optim), scheduler, unit=datamodule.unit)
         loggers = build_loggers(cfg.get("logger"), run_dir, config, group)
         throughput, epochs = Throughput(), EpochMetricsCSV(run_dir / "metrics.csv")
-        best_ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best",
-                                    monitor="val/loss", mode="min", enable_version_counter=False)
-        trainer = instantiate(cfg.trainer, logger=loggers or False,
-                              callbacks=[throughput, epochs, best_ckpt],
-                              default_root_dir=str(run_dir))
+        best_ckpt = ModelCheckpoint(
+            dirpath=run_dir / "checkpoints",
+            filename="best",
+            monitor="val/loss",
+            mode="min",
+            enable_version_counter=False,
+        )
+        trainer = instantiate(
+            cfg.trainer,
+            logger=loggers or False,
+            callbacks=[throughput, epochs, best_ckpt],
+            default_root_dir=str(run_dir),
+        )
         record["env"] = environment(str(trainer.strategy.root_device))
         trainer.fit(task, datamodule=datamodule)
         if trainer.interrupted:
             raise KeyboardInterrupt
-        record["timing"] = {"train_s": round(throughput.train_s, 3), "steps": trainer.global_step,
-                            "items_per_s": round(throughput.items_per_s, 1)}
+        record["timing"] = {
+            "train_s": round(throughput.train_s, 3),
+            "steps": trainer.global_step,
+            "items_per_s": round(throughput.items_per_s, 1),
+        }
         record["best"] = best_epoch(epochs.rows)
-        record["metrics"] |= {k: v for k, v in (record["best"] or {}).items()
-                              if k.startswith("val/")}
+        record["metrics"] |= {
+            k: v for k, v in (record["best"] or {}).items() if k.startswith("val/")
+        }
         best_path = best_ckpt.best_model_path or None
         if best_path or not task.diverged:
             tested = trainer.test(task, datamodule=datamodule, ckpt_path=best_path, verbose=False)
@@ -145,8 +187,15 @@ def finish_wandb(loggers: list, record: dict[str, Any]) -> None:
             continue
         run = logger.experiment
         run.summary.update({**record["metrics"], "status": record["status"]})
-        record["wandb"] = {"id": run.id, "mode": run.settings.mode,
-                           "dir": str(Path(run.dir).parent), "project": run.project}
+        record["wandb"] = {
+            "id": run.id,
+            "mode": run.settings.mode,
+            "project": run.project,
+            "name": run.name,
+            "group": run.group,
+            "tags": list(run.tags),
+            "dir": str(Path(run.dir).parent),
+        }
         run.finish()
 
 
@@ -155,8 +204,12 @@ def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        record = run(cfg, hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task),
-                     group=Path(hydra_cfg.sweep.dir).name if multirun else None)
+        record = run(
+            cfg,
+            hydra_cfg.runtime.output_dir,
+            list(hydra_cfg.overrides.task),
+            group=Path(hydra_cfg.sweep.dir).name if multirun else None,
+        )
     except Exception as e:
         user = find_user_error(e)
         if user is None:

@@ -88,7 +88,9 @@ def url_for(relpath: str, mirror: str | None = None) -> str:
 
 
 def ensure_file(
-    relpath: str, root: str | os.PathLike | None = None, download: bool = True,
+    relpath: str,
+    root: str | os.PathLike | None = None,
+    download: bool = True,
     mirror: str | None = None,
 ) -> Path:
     """The verified local path of catalogue file `relpath`, downloading it if it is missing.
@@ -122,8 +124,10 @@ def _download(url: str, path: Path, expected: str) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise DataError(f"cannot create {path.parent} for {path.name} ({e}); "
-                        f"set RNNBENCH_DATA_DIR to a writable folder") from None
+        raise DataError(
+            f"cannot create {path.parent} for {path.name} ({e}); "
+            f"set RNNBENCH_DATA_DIR to a writable folder"
+        ) from None
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
@@ -154,5 +158,3 @@ def _copy_with_progress(src, dst, total: int, label: str) -> None:
         while block := src.read(1 << 16):
             dst.write(block)
             bar.update(len(block))
-
-

@@ -81,11 +81,15 @@ class LMDataModule(pl.LightningDataModule):
 
     task = "lm"
 
-    def __init__(self, name: str, batch_size: int, eval_batch_size: int, bptt: int,
-                 unit: str = "word") -> None:
+    def __init__(
+        self, name: str, batch_size: int, eval_batch_size: int, bptt: int, unit: str = "word"
+    ) -> None:
         super().__init__()
-        for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size),
-                           ("bptt", bptt)):
+        for key, value in (
+            ("batch_size", batch_size),
+            ("eval_batch_size", eval_batch_size),
+            ("bptt", bptt),
+        ):
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"data.{key}={value} is not allowed: use an integer >= 1")
         self.name, self.unit = name, unit
@@ -150,14 +154,25 @@ class TextCorpus(LMDataModule):
     archive); a single `all` entry is cut in order into train/valid/test by `split` fractions.
     """
 
-    def __init__(self, name: str, files: dict[str, str], tokenizer: str = "words",
-                 unit: str = "word", batch_size: int = 20, eval_batch_size: int = 10,
-                 bptt: int = 35, root: str | None = None, download: bool = True,
-                 mirror: str | None = None, split: Sequence[float] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        files: dict[str, str],
+        tokenizer: str = "words",
+        unit: str = "word",
+        batch_size: int = 20,
+        eval_batch_size: int = 10,
+        bptt: int = 35,
+        root: str | None = None,
+        download: bool = True,
+        mirror: str | None = None,
+        split: Sequence[float] | None = None,
+    ) -> None:
         super().__init__(name, batch_size, eval_batch_size, bptt, unit)
         if tokenizer not in TOKENIZERS:
-            raise ConfigError(f"data.tokenizer={tokenizer!r} is unknown: use one of "
-                              f"{sorted(TOKENIZERS)}")
+            raise ConfigError(
+                f"data.tokenizer={tokenizer!r} is unknown: use one of {sorted(TOKENIZERS)}"
+            )
         self.files, self.tokenize = dict(files), TOKENIZERS[tokenizer]
         self.root, self.download, self.mirror = root, download, mirror
         self.split = list(split) if split is not None else None
@@ -173,7 +188,12 @@ class TextCorpus(LMDataModule):
                 text = Path(path).read_text(encoding="utf-8")
         except (KeyError, zipfile.BadZipFile, UnicodeDecodeError) as e:
             raise DataError(f"cannot read {spec} from {path}: {e}") from None
-        return text.splitlines()
+        lines = text.splitlines()
+        # The PTB character files end with "\n " (each symbol, newline included, is followed by
+        # a space): that last blank fragment is not a line and gets no end-of-line marker.
+        while lines and not lines[-1].strip():
+            lines.pop()
+        return lines
 
     def _tokens(self, lines: Iterable[str]) -> list[str]:
         return [t for line in lines for t in self.tokenize(line)]

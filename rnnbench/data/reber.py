@@ -64,9 +64,17 @@ def is_embedded_reber(symbols: list[str]) -> bool:
 class EmbeddedReber(LMDataModule):
     """Embedded-Reber language modelling; `optimal_ppl(split)` is the exact best perplexity."""
 
-    def __init__(self, name: str = "reber", train_strings: int = 2000, valid_strings: int = 300,
-                 test_strings: int = 300, batch_size: int = 16, eval_batch_size: int = 16,
-                 bptt: int = 40, seed: int = 0) -> None:
+    def __init__(
+        self,
+        name: str = "reber",
+        train_strings: int = 2000,
+        valid_strings: int = 300,
+        test_strings: int = 300,
+        batch_size: int = 16,
+        eval_batch_size: int = 16,
+        bptt: int = 40,
+        seed: int = 0,
+    ) -> None:
         super().__init__(name, batch_size, eval_batch_size, bptt, unit="symbol")
         self.counts = {"train": train_strings, "valid": valid_strings, "test": test_strings}
         self.seed = seed

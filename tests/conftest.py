@@ -1,0 +1,54 @@
+"""Shared test helpers: real data from RNNBENCH_DATA_DIR, real Hydra compose, real runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from rnnbench.train import CONF_DIR, run
+
+REPO = Path(__file__).resolve().parent.parent
+# Small, fast settings for runs whose point is "it trains end to end", not the numbers.
+QUIET = ["logger=none", "trainer.enable_progress_bar=false"]
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("RNNBENCH_DATA_DIR", "~/.cache/rnnbench")).expanduser()
+
+
+def require_data(*relpaths: str) -> Path:
+    """The data folder, when it holds `relpaths`; otherwise skip — or fail under CI
+    (RNNBENCH_REQUIRE_DATA=1), so CI can never pass by skipping."""
+    root = data_dir()
+    missing = [p for p in relpaths if not (root / p).exists()]
+    if missing:
+        message = f"data files {missing} not under RNNBENCH_DATA_DIR={root}"
+        if os.environ.get("RNNBENCH_REQUIRE_DATA") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return root
+
+
+def compose_config(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def train(overrides: list[str], run_dir: Path) -> dict:
+    """Compose `overrides` exactly as the CLI would and run it in-process."""
+    return run(compose_config([*QUIET, *overrides]), run_dir, overrides)
+
+
+def rnnbench_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 300):
+    """Run the real `rnnbench` console script in a subprocess."""
+    script = Path(sys.executable).parent / "rnnbench"
+    full_env = {**os.environ, "WANDB_MODE": "offline", **(env or {})}
+    full_env.pop("RNNBENCH_RUNS_DIR", None)
+    return subprocess.run(
+        [str(script), *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+    )

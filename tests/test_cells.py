@@ -1,0 +1,134 @@
+"""The scratch cells against torch's fused ones, and the seed GRU against its equations."""
+
+import pytest
+import torch
+
+from rnnbench.cells import RecurrentStack
+from rnnbench.errors import ConfigError
+from rnnbench.module import clip_global_norm_, global_grad_norm
+
+IN, HID, B, T = 5, 7, 3, 6
+
+
+def run_and_grad(stack, x, state):
+    out, final = stack(x, state)
+    finals = final if isinstance(final, tuple) else (final,)
+    # A loss touching the outputs and every final state, with uneven weights so a swapped
+    # direction or gate cannot cancel out.
+    weights = torch.linspace(0.5, 1.5, out.size(-1), dtype=out.dtype)
+    loss = (out * weights).sin().sum() + sum((f * 1.3).cos().sum() for f in finals)
+    stack.zero_grad()
+    loss.backward()
+    return (
+        out.detach(),
+        [f.detach() for f in finals],
+        {n: p.grad.detach().clone() for n, p in stack.named_parameters()},
+    )
+
+
+@pytest.mark.parametrize("cell", ["rnn", "rnn_relu", "lstm", "gru"])
+@pytest.mark.parametrize("num_layers", [1, 3])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_scratch_equals_fused(cell, num_layers, bidirectional):
+    torch.manual_seed(0)
+    fused = RecurrentStack(cell, IN, HID, num_layers, bidirectional, impl="fused").double()
+    scratch = RecurrentStack(cell, IN, HID, num_layers, bidirectional, impl="scratch").double()
+    assert set(fused.state_dict()) == set(scratch.state_dict())
+    scratch.load_state_dict(fused.state_dict())
+    x = torch.randn(B, T, IN, dtype=torch.float64)
+    slots = num_layers * (2 if bidirectional else 1)
+    h0 = torch.randn(slots, B, HID, dtype=torch.float64)
+    state = (h0, torch.randn_like(h0)) if cell == "lstm" else h0
+
+    out_f, fin_f, grad_f = run_and_grad(fused, x, state)
+    out_s, fin_s, grad_s = run_and_grad(scratch, x, state)
+
+    assert out_s.shape == (B, T, HID * (2 if bidirectional else 1))
+    torch.testing.assert_close(out_s, out_f, atol=1e-5, rtol=1e-5)
+    for a, b in zip(fin_s, fin_f, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    for name in grad_f:
+        torch.testing.assert_close(grad_s[name], grad_f[name], atol=1e-5, rtol=1e-5, msg=name)
+
+
+def seed_gru_layer(x, h, w_ih, w_hh, b_ih, b_hh):
+    """The seed notes' GRU, transcribed literally with per-gate matrices:
+    R = σ(X W_xr + H W_hr + b_r), Z = σ(X W_xz + H W_hz + b_z),
+    H~ = tanh(X W_xh + (R ⊙ H) W_hh + b_h), H = Z ⊙ H + (1 - Z) ⊙ H~."""
+    n = h.size(1)
+    W_xr, W_xz, W_xh = (w_ih[i * n : (i + 1) * n].T for i in range(3))
+    W_hr, W_hz, W_hh = (w_hh[i * n : (i + 1) * n].T for i in range(3))
+    b_r, b_z, b_h = (b_ih[i * n : (i + 1) * n] + b_hh[i * n : (i + 1) * n] for i in range(3))
+    outputs = []
+    for t in range(x.size(1)):
+        X = x[:, t]
+        R = torch.sigmoid(X @ W_xr + h @ W_hr + b_r)
+        Z = torch.sigmoid(X @ W_xz + h @ W_hz + b_z)
+        H_tilde = torch.tanh(X @ W_xh + (R * h) @ W_hh + b_h)
+        h = Z * h + (1 - Z) * H_tilde
+        outputs.append(h)
+    return torch.stack(outputs, dim=1), h
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_seed_gru_matches_its_equations(num_layers):
+    torch.manual_seed(1)
+    stack = RecurrentStack("gru", IN, HID, num_layers, impl="scratch", gru_reset="before").double()
+    x = torch.randn(B, T, IN, dtype=torch.float64)
+    h0 = torch.randn(num_layers, B, HID, dtype=torch.float64)
+    out, h_n = stack(x, h0)
+    p = dict(stack.rnn.named_parameters())
+    layer_in, finals = x, []
+    for k in range(num_layers):
+        layer_in, h = seed_gru_layer(
+            layer_in,
+            h0[k],
+            p[f"weight_ih_l{k}"],
+            p[f"weight_hh_l{k}"],
+            p[f"bias_ih_l{k}"],
+            p[f"bias_hh_l{k}"],
+        )
+        finals.append(h)
+    torch.testing.assert_close(out, layer_in, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(h_n, torch.stack(finals), atol=1e-10, rtol=1e-10)
+    # ... and it is a different function from the cuDNN form with the same weights.
+    after = RecurrentStack("gru", IN, HID, num_layers, impl="scratch", gru_reset="after").double()
+    after.load_state_dict(stack.state_dict())
+    assert not torch.allclose(after(x, h0)[0], out)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"cell": "foo"}, "model.cell='foo' is unknown"),
+        ({"num_layers": 0}, "model.num_layers=0"),
+        ({"hidden_size": -1}, "model.hidden_size=-1"),
+        ({"impl": "cuda"}, "model.impl='cuda' is unknown"),
+        ({"cell": "gru", "gru_reset": "before"}, "needs model.impl=scratch"),
+        ({"dropout": 1.5}, "model.dropout=1.5"),
+    ],
+)
+def test_bad_stack_arguments(kwargs, message):
+    args = {"cell": "lstm", "input_size": 3, "hidden_size": 4} | kwargs
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        RecurrentStack(**args)
+
+
+def test_clipping_is_the_seed_formula():
+    torch.manual_seed(2)
+    params = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(5))]
+    for p in params:
+        p.grad = torch.randn_like(p) * 10
+    before = [p.grad.clone() for p in params]
+    norm = global_grad_norm(params)
+    expected = torch.sqrt(sum((g**2).sum() for g in before))
+    torch.testing.assert_close(norm, expected)
+    theta = 0.5
+    clip_global_norm_(params, norm, theta)
+    for p, g in zip(params, before, strict=True):
+        torch.testing.assert_close(p.grad, g * min(1.0, theta / expected.item()), rtol=1e-5, atol=0)
+    # Below the threshold nothing changes.
+    small = [p.grad.clone() for p in params]
+    clip_global_norm_(params, global_grad_norm(params), 100.0)
+    for p, g in zip(params, small, strict=True):
+        torch.testing.assert_close(p.grad, g)

