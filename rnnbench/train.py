@@ -99,6 +99,8 @@ def run(
         "schema": SCHEMA,
         "status": "failed",
         "run_key": run_key(config),
+        "task": None,
+        "headline": None,
         "config": config,
         "overrides": list(overrides or []),
         "metrics": {},
@@ -119,6 +121,7 @@ def run(
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule = instantiate(cfg.data)
         datamodule.setup("fit")
+        record["task"], record["headline"] = datamodule.task, datamodule.headline_metric
         model = instantiate(cfg.model, vocab_size=datamodule.vocab_size)
         record["params"] = sum(p.numel() for p in model.parameters())
         scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None

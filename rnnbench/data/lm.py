@@ -102,6 +102,11 @@ class LMDataModule(pl.LightningDataModule):
         raise NotImplementedError
 
     @property
+    def headline_metric(self) -> str:
+        """The metric tables show by default: bits per character for character sets."""
+        return "test/bpc" if self.unit == "char" else "test/ppl"
+
+    @property
     def vocab_size(self) -> int:
         return len(self.vocab)
 
