@@ -26,7 +26,7 @@ class Throughput(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.train_s += time.perf_counter() - self._t0
-        self.items += batch[1].numel()
+        self.items += pl_module.items_in(batch)
 
     @property
     def items_per_s(self) -> float:

@@ -101,13 +101,20 @@ class ScratchRecurrence(nn.Module):
         for p in self.parameters():
             nn.init.uniform_(p, -bound, bound)
 
-    def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        batch = x.size(0)
+    def forward(
+        self, x: Tensor, state: State | None = None, lengths: Tensor | None = None
+    ) -> tuple[Tensor, State]:
+        batch, steps = x.size(0), x.size(1)
         slots = self.num_layers * self.directions
         if state is None:
             zeros = x.new_zeros(slots, batch, self.hidden_size)
             state = (zeros, zeros) if self.cell == "lstm" else zeros
         h0, c0 = state if self.cell == "lstm" else (state, None)
+        # Padded rows: a step past a row's length leaves its state alone and outputs zeros,
+        # and the backward direction starts from each row's own last real step.
+        mask = None
+        if lengths is not None:
+            mask = (torch.arange(steps, device=x.device)[:, None] < lengths.to(x.device))[..., None]
         h_n, c_n = [], []
         layer_input = x
         for layer in range(self.num_layers):
@@ -115,46 +122,67 @@ class ScratchRecurrence(nn.Module):
             for d, suffix in enumerate(self._suffixes()):
                 slot = layer * self.directions + d
                 name = f"l{layer}{suffix}"
+                seq = reverse_time(layer_input, lengths) if suffix else layer_input
                 # All time steps' input projections in one matrix product, before the time loop.
                 gx = F.linear(
-                    layer_input,
-                    getattr(self, f"weight_ih_{name}"),
-                    getattr(self, f"bias_ih_{name}"),
+                    seq, getattr(self, f"weight_ih_{name}"), getattr(self, f"bias_ih_{name}")
                 ).transpose(0, 1)
-                if suffix:
-                    gx = gx.flip(0)
                 out, h, c = self._scan(
                     gx,
                     h0[slot],
                     None if c0 is None else c0[slot],
                     getattr(self, f"weight_hh_{name}"),
                     getattr(self, f"bias_hh_{name}"),
+                    mask,
                 )
-                outputs.append(out.flip(0) if suffix else out)
+                out = out.transpose(0, 1)
+                outputs.append(reverse_time(out, lengths) if suffix else out)
                 h_n.append(h)
                 c_n.append(c)
-            layer_input = torch.cat(outputs, dim=2).transpose(0, 1)
+            layer_input = torch.cat(outputs, dim=2)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 layer_input = F.dropout(layer_input, self.dropout, training=True)
         h_n = torch.stack(h_n)
         return layer_input, ((h_n, torch.stack(c_n)) if self.cell == "lstm" else h_n)
 
     def _scan(
-        self, gx: Tensor, h: Tensor, c: Tensor | None, w_hh: Tensor, b_hh: Tensor
+        self,
+        gx: Tensor,
+        h: Tensor,
+        c: Tensor | None,
+        w_hh: Tensor,
+        b_hh: Tensor,
+        mask: Tensor | None,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """The time loop of one direction of one layer: gx is (T, B, gates*H)."""
         outputs = []
-        for gx_t in gx:
+        for t, gx_t in enumerate(gx):
+            h_prev, c_prev = h, c
             if self.cell == "lstm":
                 h, c = lstm_step(gx_t, h, c, w_hh, b_hh)
             elif self.cell == "gru":
                 h = gru_step(gx_t, h, w_hh, b_hh, self.gru_reset)
             else:
-                h = rnn_step(
-                    gx_t, h, w_hh, b_hh, torch.relu if self.cell == "rnn_relu" else torch.tanh
-                )
-            outputs.append(h)
+                act = torch.relu if self.cell == "rnn_relu" else torch.tanh
+                h = rnn_step(gx_t, h, w_hh, b_hh, act)
+            if mask is not None:
+                h = torch.where(mask[t], h, h_prev)
+                c = torch.where(mask[t], c, c_prev) if c is not None else None
+                outputs.append(h * mask[t])
+            else:
+                outputs.append(h)
         return torch.stack(outputs), h, c
+
+
+def reverse_time(x: Tensor, lengths: Tensor | None) -> Tensor:
+    """Reverse (B, T, F) along time; with `lengths`, reverse each row's real steps only and
+    leave its padding where it is (its own inverse)."""
+    if lengths is None:
+        return x.flip(1)
+    steps = torch.arange(x.size(1), device=x.device)[None, :]
+    lengths = lengths.to(x.device)[:, None]
+    index = torch.where(steps < lengths, lengths - 1 - steps, steps)
+    return x.gather(1, index[..., None].expand_as(x))
 
 
 def check_choice(key: str, value, allowed) -> None:
@@ -204,7 +232,7 @@ class RecurrentStack(nn.Module):
             hidden_size,
             num_layers,
         )
-        self.bidirectional = bidirectional
+        self.bidirectional, self.directions = bidirectional, 2 if bidirectional else 1
         self.output_size = hidden_size * (2 if bidirectional else 1)
         layer_dropout = dropout if num_layers > 1 else 0.0
         if impl == "scratch":
@@ -226,5 +254,18 @@ class RecurrentStack(nn.Module):
                 **extra,
             )
 
-    def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        return self.rnn(x, state)
+    def forward(
+        self, x: Tensor, state: State | None = None, lengths: Tensor | None = None
+    ) -> tuple[Tensor, State]:
+        """x (B, T, I) -> outputs (B, T, H * directions), final state. `lengths` gives each
+        row's true length when rows are right-padded: padding never reaches the recurrence."""
+        if self.impl == "scratch":
+            return self.rnn(x, state, lengths)
+        if lengths is None:
+            return self.rnn(x, state)
+        packed = nn.utils.rnn.pack_padded_sequence(
+            x, lengths.cpu(), batch_first=True, enforce_sorted=False
+        )
+        out, state = self.rnn(packed, state)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.size(1))
+        return out, state

@@ -1,24 +1,37 @@
-"""Models: an input layer, a RecurrentStack and a task head."""
+"""Models: an input layer, a RecurrentStack and a task head.
+
+One class covers every task: token inputs go through an embedding, real-valued inputs go to the
+stack as they are; the head reads every time step (language modelling, music, copy memory) or
+the final state of the last layer (classification, regression).
+"""
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from rnnbench.cells import RecurrentStack, State
 from rnnbench.errors import ConfigError
 
+READOUTS = ("all", "last")
 
-class LanguageModel(nn.Module):
-    """Embedding -> dropout -> RecurrentStack -> dropout -> linear head over the vocabulary.
 
-    A causal language model must not read the future, so `bidirectional` is refused.
-    `init_range` sets every parameter uniform(-x, x) as in Zaremba et al. 2014; null keeps
-    PyTorch's initialisation.
+class SequenceModel(nn.Module):
+    """Input layer -> dropout -> RecurrentStack -> dropout -> linear head.
+
+    The dataset supplies `vocab_size` (token inputs) or `input_size` (real-valued inputs),
+    `output_size`, `readout` and `causal`. A causal task predicts each step from the past
+    only, so `bidirectional` is refused there. `init_range` sets every parameter
+    uniform(-x, x) as in Zaremba et al. 2014; null keeps PyTorch's initialisation.
     """
 
     def __init__(
         self,
-        vocab_size: int,
+        output_size: int,
+        vocab_size: int | None = None,
+        input_size: int | None = None,
+        readout: str = "all",
+        causal: bool = True,
         cell: str = "lstm",
         impl: str = "fused",
         hidden_size: int = 200,
@@ -29,33 +42,67 @@ class LanguageModel(nn.Module):
         emb_size: int | None = None,
         gru_reset: str = "after",
         init_range: float | None = None,
+        forget_bias: float | None = None,
     ) -> None:
         super().__init__()
-        if bidirectional:
+        if causal and bidirectional:
             raise ConfigError(
-                "model.bidirectional=true is not allowed for a language model: reading the "
-                "sequence backwards shows it the very tokens it must predict; use "
-                "model.bidirectional=false"
+                "model.bidirectional=true is not allowed for next-step prediction: reading the "
+                "sequence backwards shows the model the very values it must predict; use "
+                "model.bidirectional=false (bidirectional suits classification and regression)"
             )
+        if readout not in READOUTS:
+            raise ConfigError(f"readout={readout!r} is unknown: use one of {READOUTS}")
+        self.readout = readout
         emb_size = emb_size or hidden_size
-        self.stack = RecurrentStack(
-            cell, emb_size, hidden_size, num_layers, bidirectional, dropout, impl, gru_reset
-        )
-        self.embedding = nn.Embedding(vocab_size, emb_size)
+        stack_input = emb_size if vocab_size is not None else input_size
+        # The stack first: it checks cell, sizes and depth before anything is allocated.
+        self.stack = RecurrentStack(cell, stack_input, hidden_size, num_layers, bidirectional,
+                                    dropout, impl, gru_reset)
+        self.embedding = nn.Embedding(vocab_size, emb_size) if vocab_size is not None else None
         self.drop = nn.Dropout(dropout)
-        self.head = nn.Linear(self.stack.output_size, vocab_size)
+        self.head = nn.Linear(self.stack.output_size, output_size)
         if init_range is not None:
             for p in self.parameters():
                 nn.init.uniform_(p, -init_range, init_range)
+        if forget_bias is not None:
+            self._set_forget_bias(forget_bias)
         if tie_weights:
-            if emb_size != self.stack.output_size:
+            if self.embedding is None or self.head.weight.shape != self.embedding.weight.shape:
                 raise ConfigError(
-                    f"model.tie_weights=true needs model.emb_size == model.hidden_size "
-                    f"(got {emb_size} and {hidden_size})"
+                    f"model.tie_weights=true needs token inputs and model.emb_size == "
+                    f"model.hidden_size (got {emb_size} and {hidden_size})"
                 )
             self.head.weight = self.embedding.weight
 
-    def forward(self, tokens: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        """tokens (B, T) -> logits (B, T, vocab), final state."""
-        out, state = self.stack(self.drop(self.embedding(tokens)), state)
+    def _set_forget_bias(self, value: float) -> None:
+        if self.stack.cell != "lstm":
+            raise ConfigError(
+                "model.forget_bias is for LSTM only: set it to null for "
+                f"model.cell={self.stack.cell}"
+            )
+        h = self.stack.hidden_size
+        with torch.no_grad():
+            for name, p in self.stack.rnn.named_parameters():
+                if name.startswith("bias_ih"):  # gates i, f, g, o: the forget gate is f
+                    p[h : 2 * h] = value
+                elif name.startswith("bias_hh"):
+                    p[h : 2 * h] = 0.0
+
+    def forward(
+        self, x: Tensor, state: State | None = None, lengths: Tensor | None = None
+    ) -> tuple[Tensor, State]:
+        """x: (B, T) token ids or (B, T, input_size); lengths: true lengths of padded rows.
+
+        Returns (B, T, output_size) for readout="all", (B, output_size) for "last", and the
+        final state.
+        """
+        if self.embedding is not None:
+            x = self.embedding(x)
+        out, state = self.stack(self.drop(x), state, lengths)
+        if self.readout == "last":
+            h_n = state[0] if isinstance(state, tuple) else state
+            # The last layer's final state of each direction: forward has read up to the
+            # last real step, backward has read back to the first.
+            out = torch.cat(list(h_n[-self.stack.directions :]), dim=-1)
         return self.head(self.drop(out)), state

@@ -1,5 +1,10 @@
-"""The LightningModule: a language model + token-weighted loss + global-norm clipping + the hidden
-state carried across BPTT windows."""
+"""LightningModules: one per task kind, sharing the training loop, global-norm clipping,
+divergence handling and the per-split metric bookkeeping.
+
+Every metric is a weighted mean accumulated over a whole split (a torchmetrics object, so DDP
+can sync it) and derived once at the epoch end: perplexity is exp of the token-weighted mean
+cross-entropy over the split, never a mean of batch perplexities.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,8 @@ from torchmetrics.aggregation import MeanMetric
 from rnnbench.cells import State
 
 LN2 = math.log(2.0)
+SPLITS = ("train", "val", "test")
+Batch = dict[str, Tensor]
 
 
 def detach_state(state: State | None) -> State | None:
@@ -42,60 +49,46 @@ def clip_global_norm_(parameters, norm: Tensor, threshold: float) -> None:
             p.grad.mul_(scale)
 
 
-class LanguageModelTask(pl.LightningModule):
-    """Next-token prediction: loss is the mean cross-entropy per token (nats); perplexity is exp
-    of the token-weighted mean over a whole split, never a mean of batch perplexities."""
+class RecurrentTask(pl.LightningModule):
+    """The shared loop. A task kind names its accumulated quantities (`means`), computes the
+    loss of a batch while updating them (`step`), and turns them into metrics (`derive`)."""
+
+    means: tuple[str, ...] = ("loss",)
 
     def __init__(
         self,
         model: nn.Module,
         optimizer: Callable,
         scheduler: Callable | None = None,
-        unit: str = "word",
+        unit: str = "",
     ) -> None:
         super().__init__()
         self.model, self.unit = model, unit
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        # Token-weighted mean cross-entropy per split (a metric object, so DDP can sync it).
-        self.train_nll = MeanMetric(nan_strategy="disable")
-        self.val_nll = MeanMetric(nan_strategy="disable")
-        self.test_nll = MeanMetric(nan_strategy="disable")
-        self.state: State | None = None
+        self.accumulators = nn.ModuleDict(
+            {
+                f"{split}_{name}": MeanMetric(nan_strategy="disable")
+                for split in SPLITS
+                for name in self.means
+            }
+        )
         self.diverged = False
 
-    def forward(self, tokens: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        return self.model(tokens, state)
+    def step(self, batch: Batch, split: str) -> Tensor:
+        raise NotImplementedError
 
-    def _step(self, batch: tuple[Tensor, Tensor], split: str) -> Tensor:
-        tokens, targets = batch
-        logits, state = self.model(tokens, detach_state(self.state))
-        self.state = state
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
-        getattr(self, f"{split}_nll").update(loss.detach(), targets.numel())
-        return loss
+    def derive(self, means: dict[str, Tensor]) -> dict[str, Tensor]:
+        return means
 
-    # The hidden state runs through each split's windows in order and starts from zero each epoch.
-    def on_train_epoch_start(self) -> None:
-        self.state = None
+    def items_in(self, batch: Batch) -> int:
+        """How many predicted items a batch holds (tokens, frames, sequences): for throughput."""
+        return batch["y"].numel()
 
-    def on_validation_epoch_start(self) -> None:
-        self._train_state, self.state = self.state, None
+    def accumulate(self, split: str, name: str, value: Tensor, weight: float | Tensor) -> None:
+        self.accumulators[f"{split}_{name}"].update(value.detach(), weight)
 
-    def on_validation_epoch_end(self) -> None:
-        self._log_split("val")
-        self.state = self._train_state
-
-    def on_test_epoch_start(self) -> None:
-        self.state = None
-
-    def on_test_epoch_end(self) -> None:
-        self._log_split("test")
-
-    def on_train_epoch_end(self) -> None:
-        self._log_split("train")
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
-        loss = self._step(batch, "train")
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
+        loss = self.step(batch, "train")
         if not torch.isfinite(loss):
             # A non-finite loss is a finding (the run diverged), not a crash: stop cleanly.
             self.diverged = True
@@ -104,22 +97,31 @@ class LanguageModelTask(pl.LightningModule):
         self.log("train/batch_loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._step(batch, "val")
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self.step(batch, "val")
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._step(batch, "test")
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self.step(batch, "test")
 
-    def _log_split(self, split: str) -> None:
-        metric = getattr(self, f"{split}_nll")
-        if metric.update_count == 0:
-            return
-        nll = metric.compute()
-        metric.reset()
-        self.log(f"{split}/loss", nll, prog_bar=split == "val")
-        self.log(f"{split}/ppl", torch.exp(nll), prog_bar=split == "val")
-        if self.unit == "char":
-            self.log(f"{split}/bpc", nll / LN2)
+    def on_train_epoch_end(self) -> None:
+        self.log_split("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_split("val")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_split("test")
+
+    def log_split(self, split: str) -> None:
+        means = {}
+        for name in self.means:
+            metric = self.accumulators[f"{split}_{name}"]
+            if metric.update_count == 0:
+                return
+            means[name] = metric.compute()
+            metric.reset()
+        for name, value in self.derive(means).items():
+            self.log(f"{split}/{name}", value, prog_bar=split == "val" and name == "loss")
 
     def configure_gradient_clipping(
         self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
@@ -140,3 +142,112 @@ class LanguageModelTask(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "epoch", "monitor": "val/loss"},
         }
+
+
+class LanguageModelTask(RecurrentTask):
+    """Next-token prediction over BPTT windows read in order; the hidden state is carried from
+    one window to the next (detached) and starts from zero at each epoch of each split."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.state: State | None = None
+        self._train_state: State | None = None
+
+    def step(self, batch: Batch, split: str) -> Tensor:
+        logits, state = self.model(batch["x"], detach_state(self.state))
+        self.state = state
+        y = batch["y"]
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+        self.accumulate(split, "loss", loss, y.numel())
+        return loss
+
+    def derive(self, means: dict[str, Tensor]) -> dict[str, Tensor]:
+        out = {"loss": means["loss"], "ppl": torch.exp(means["loss"])}
+        if self.unit == "char":
+            out["bpc"] = means["loss"] / LN2
+        return out
+
+    def on_train_epoch_start(self) -> None:
+        self.state = None
+
+    def on_validation_epoch_start(self) -> None:
+        self._train_state, self.state = self.state, None
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        self.state = self._train_state
+
+    def on_test_epoch_start(self) -> None:
+        self.state = None
+
+
+class StepClassificationTask(RecurrentTask):
+    """A class per time step (copy memory): mean cross-entropy over every output position."""
+
+    def step(self, batch: Batch, split: str) -> Tensor:
+        logits, _ = self.model(batch["x"])
+        y = batch["y"]
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+        self.accumulate(split, "loss", loss, y.numel())
+        return loss
+
+
+class ClassificationTask(RecurrentTask):
+    """One class per sequence from the final state: cross-entropy and accuracy."""
+
+    means = ("loss", "acc")
+
+    def step(self, batch: Batch, split: str) -> Tensor:
+        logits, _ = self.model(batch["x"], lengths=batch.get("lengths"))
+        y = batch["y"]
+        loss = F.cross_entropy(logits, y)
+        self.accumulate(split, "loss", loss, y.numel())
+        self.accumulate(split, "acc", (logits.argmax(-1) == y).float().mean(), y.numel())
+        return loss
+
+
+class RegressionTask(RecurrentTask):
+    """Real-valued targets from the final state: mean squared error (the loss) and MAE."""
+
+    means = ("loss", "mae")
+
+    def step(self, batch: Batch, split: str) -> Tensor:
+        pred, _ = self.model(batch["x"])
+        y = batch["y"]
+        pred = pred.view_as(y)
+        loss = F.mse_loss(pred, y)
+        self.accumulate(split, "loss", loss, y.numel())
+        self.accumulate(split, "mae", (pred - y).abs().mean(), y.numel())
+        return loss
+
+    def derive(self, means: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {"loss": means["loss"], "mse": means["loss"], "mae": means["mae"]}
+
+
+class MultilabelTask(RecurrentTask):
+    """Next-frame prediction of 88 binary keys: NLL per frame = the sum of the 88 binary
+    cross-entropies, averaged over real (unpadded) frames."""
+
+    def step(self, batch: Batch, split: str) -> Tensor:
+        logits, _ = self.model(batch["x"])
+        y, mask = batch["y"], batch["mask"]
+        per_frame = F.binary_cross_entropy_with_logits(logits, y, reduction="none").sum(-1)
+        frames = mask.sum()
+        loss = (per_frame * mask).sum() / frames
+        self.accumulate(split, "loss", loss, frames)
+        return loss
+
+    def items_in(self, batch: Batch) -> int:
+        return int(batch["mask"].sum())
+
+    def derive(self, means: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {"loss": means["loss"], "nll": means["loss"]}
+
+
+TASKS: dict[str, type[RecurrentTask]] = {
+    "lm": LanguageModelTask,
+    "steps": StepClassificationTask,
+    "classify": ClassificationTask,
+    "regress": RegressionTask,
+    "multilabel": MultilabelTask,
+}

@@ -4,6 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+# Numbers a result is read against (an exact optimum, a trivial or naive baseline).
+REFERENCE = ("_optimal", "_baseline", "_naive")
+# What one item of throughput is, per task kind.
+ITEMS = {
+    "lm": "tokens",
+    "steps": "steps",
+    "classify": "sequences",
+    "regress": "values",
+    "multilabel": "frames",
+}
+
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
@@ -28,21 +39,19 @@ def format_summary(record: dict[str, Any]) -> str:
         ("clip", config["trainer"].get("gradient_clip_val")),
     ]
     for split in ("val", "test"):
-        parts = [
-            f"{k.split('/')[1]} {_fmt(metrics[k])}"
-            for k in (f"{split}/loss", f"{split}/ppl", f"{split}/bpc", f"{split}/ppl_optimal")
-            if k in metrics
-        ]
-        if f"{split}/ppl" in metrics and f"{split}/ppl_optimal" in metrics:
-            gap = metrics[f"{split}/ppl"] / metrics[f"{split}/ppl_optimal"] - 1
-            parts.append(f"({gap:+.1%} vs optimum)")
-        lines.append((split, ", ".join(parts) or "-"))
+        ours = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith(f"{split}/")}
+        parts = [f"{k} {_fmt(v)}" for k, v in ours.items() if not k.endswith(REFERENCE)]
+        refs = [f"{k} {_fmt(v)}" for k, v in ours.items() if k.endswith(REFERENCE)]
+        if "ppl" in ours and "ppl_optimal" in ours:
+            refs.append(f"{ours['ppl'] / ours['ppl_optimal'] - 1:+.1%} vs optimum")
+        lines.append((split, ", ".join(parts) + (f"  ({'; '.join(refs)})" if refs else "")))
     timing = record.get("timing") or {}
     if timing:
+        item = ITEMS.get(record.get("task"), "items")
         lines.append(
             (
                 "speed",
-                f"{timing['items_per_s']:,.0f} tokens/s over "
+                f"{timing['items_per_s']:,.0f} {item}/s over "
                 f"{timing['steps']} steps ({timing['train_s']:.1f} s training)",
             )
         )

@@ -22,7 +22,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from rnnbench.callbacks import EpochMetricsCSV, Throughput
 from rnnbench.errors import ConfigError, find_user_error
-from rnnbench.module import LanguageModelTask
+from rnnbench.module import TASKS
 from rnnbench.record import SCHEMA, environment, now_iso, run_key, write_json_atomic
 from rnnbench.summary import format_summary
 
@@ -122,10 +122,10 @@ def run(
         datamodule = instantiate(cfg.data)
         datamodule.setup("fit")
         record["task"], record["headline"] = datamodule.task, datamodule.headline_metric
-        model = instantiate(cfg.model, vocab_size=datamodule.vocab_size)
+        model = instantiate(cfg.model, **datamodule.model_io())
         record["params"] = sum(p.numel() for p in model.parameters())
         scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
-        task = LanguageModelTask(model, instantiate(cfg.optim), scheduler, unit=datamodule.unit)
+        task = TASKS[datamodule.task](model, instantiate(cfg.optim), scheduler, datamodule.unit)
         loggers = build_loggers(cfg.get("logger"), run_dir, config, group)
         throughput, epochs = Throughput(), EpochMetricsCSV(run_dir / "metrics.csv")
         best_ckpt = ModelCheckpoint(
@@ -158,9 +158,7 @@ def run(
         if best_path or not task.diverged:
             tested = trainer.test(task, datamodule=datamodule, ckpt_path=best_path, verbose=False)
             record["metrics"] |= {k: float(v) for k, v in tested[0].items()}
-        if hasattr(datamodule, "optimal_ppl"):
-            record["metrics"]["val/ppl_optimal"] = datamodule.optimal_ppl("valid")
-            record["metrics"]["test/ppl_optimal"] = datamodule.optimal_ppl("test")
+        record["metrics"] |= datamodule.reference_metrics()
         record["status"] = "diverged" if task.diverged else "completed"
         return record
     except (KeyboardInterrupt, SystemExit):

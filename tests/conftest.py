@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -52,3 +53,17 @@ def rnnbench_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: i
     return subprocess.run(
         [str(script), *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def records(root: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in root.rglob("result.json")]
+
+
+def assert_refused(result, message: str, cwd: Path) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1, result.stderr
+    assert errors[0].startswith("rnnbench: error: ") and message in errors[0], errors[0]
+    assert all(r["status"] == "failed" for r in records(cwd / "runs"))
+    assert all(message in r["error"] for r in records(cwd / "runs"))

@@ -1,12 +1,11 @@
 """The `rnnbench` command as a user runs it: a real subprocess, real Hydra, real W&B offline."""
 
-import json
 import shutil
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, compose_config, require_data, rnnbench_cli
+from conftest import REPO, assert_refused, compose_config, records, require_data, rnnbench_cli
 
 FAST = [
     "data.train_strings=200",
@@ -16,10 +15,6 @@ FAST = [
     "model.num_layers=1",
     "trainer.max_epochs=1",
 ]
-
-
-def records(root: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in root.rglob("result.json")]
 
 
 def test_default_command_writes_only_runs_and_a_wandb_offline_run(tmp_path):
@@ -117,16 +112,6 @@ def test_data_file_failing_its_checksum_is_refused(tmp_path, broken_data_dir):
         env={"RNNBENCH_DATA_DIR": str(broken_data_dir)},
     )
     assert_refused(result, "ptb.valid.txt fails its sha256 check", tmp_path)
-
-
-def assert_refused(result, message: str, cwd: Path) -> None:
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
-    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
-    assert len(errors) == 1, result.stderr
-    assert errors[0].startswith("rnnbench: error: ") and message in errors[0], errors[0]
-    assert all(r["status"] == "failed" for r in records(cwd / "runs"))
-    assert all(message in r["error"] for r in records(cwd / "runs"))
 
 
 def test_every_config_option_composes():

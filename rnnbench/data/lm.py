@@ -13,14 +13,13 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from rnnbench.data.base import SPLITS, SequenceDataModule, check_positive_int
 from rnnbench.data.fetch import ensure_file
 from rnnbench.errors import ConfigError, DataError
 
-SPLITS = ("train", "valid", "test")
 EOS = "<eos>"
 UNK = "<unk>"
 
@@ -28,10 +27,16 @@ UNK = "<unk>"
 class Vocabulary:
     """Token <-> index, most frequent first (ties by first appearance), built from one split."""
 
-    def __init__(self, tokens: Iterable[str], add_unk: bool = False) -> None:
+    def __init__(
+        self, tokens: Iterable[str], add_unk: bool = False, specials: Sequence[str] = ()
+    ) -> None:
         counts = Counter(tokens)
-        self.itos: list[str] = [t for t, _ in counts.most_common()]
-        if add_unk and UNK not in counts:
+        # `specials` (such as a padding token) take the first indices, in the order given.
+        self.itos: list[str] = [
+            *specials,
+            *(t for t, _ in counts.most_common() if t not in specials),
+        ]
+        if add_unk and UNK not in self.itos:
             self.itos.append(UNK)
         self.stoi: dict[str, int] = {t: i for i, t in enumerate(self.itos)}
 
@@ -70,30 +75,27 @@ class BPTTWindows(Dataset):
     def __len__(self) -> int:
         return math.ceil((self.rows.size(1) - 1) / self.bptt)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         start = i * self.bptt
         length = min(self.bptt, self.rows.size(1) - 1 - start)
-        return self.rows[:, start : start + length], self.rows[:, start + 1 : start + 1 + length]
+        return {
+            "x": self.rows[:, start : start + length],
+            "y": self.rows[:, start + 1 : start + 1 + length],
+        }
 
 
-class LMDataModule(pl.LightningDataModule):
+class LMDataModule(SequenceDataModule):
     """Base of every language-modelling dataset; subclasses return each split's tokens."""
 
     task = "lm"
+    causal = True
 
     def __init__(
         self, name: str, batch_size: int, eval_batch_size: int, bptt: int, unit: str = "word"
     ) -> None:
-        super().__init__()
-        for key, value in (
-            ("batch_size", batch_size),
-            ("eval_batch_size", eval_batch_size),
-            ("bptt", bptt),
-        ):
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"data.{key}={value} is not allowed: use an integer >= 1")
-        self.name, self.unit = name, unit
-        self.batch_size, self.eval_batch_size, self.bptt = batch_size, eval_batch_size, bptt
+        super().__init__(name, batch_size, eval_batch_size)
+        check_positive_int("data.bptt", bptt)
+        self.unit, self.bptt = unit, bptt
         self.vocab: Vocabulary | None = None
         self.rows: dict[str, torch.Tensor] = {}
 
@@ -109,6 +111,14 @@ class LMDataModule(pl.LightningDataModule):
     @property
     def vocab_size(self) -> int:
         return len(self.vocab)
+
+    def model_io(self) -> dict:
+        return {
+            "vocab_size": self.vocab_size,
+            "output_size": self.vocab_size,
+            "readout": "all",
+            "causal": True,
+        }
 
     def setup(self, stage: str | None = None) -> None:
         if self.rows:

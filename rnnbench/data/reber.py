@@ -97,3 +97,9 @@ class EmbeddedReber(LMDataModule):
     def optimal_ppl(self, split: str) -> float:
         """exp of the mean true -log p over exactly the targets a model is scored on."""
         return math.exp(-self.logp[split][:, 1:].mean().item())
+
+    def reference_metrics(self) -> dict[str, float]:
+        return {
+            "val/ppl_optimal": self.optimal_ppl("valid"),
+            "test/ppl_optimal": self.optimal_ppl("test"),
+        }

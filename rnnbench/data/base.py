@@ -1,0 +1,96 @@
+"""What every dataset tells the rest of the harness: its task kind, the model's input and output
+shapes, its headline metric, and the reference numbers (optimum or trivial baseline) a run is
+judged against."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from rnnbench.errors import ConfigError
+
+SPLITS = ("train", "valid", "test")
+
+
+def check_positive_int(key: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{key}={value} is not allowed: use an integer >= 1")
+
+
+class TensorDictDataset(Dataset):
+    """Rows of equally long tensors, served as {name: row}."""
+
+    def __init__(self, **tensors: Tensor) -> None:
+        sizes = {t.size(0) for t in tensors.values()}
+        if len(sizes) != 1:
+            raise ValueError(f"tensors of different lengths: {sizes}")
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return next(iter(self.tensors.values())).size(0)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        return {k: v[i] for k, v in self.tensors.items()}
+
+
+class SequenceDataModule(pl.LightningDataModule):
+    """Base of every dataset. Subclasses set `task`, `causal` and `headline_metric`, and
+    implement `load_splits` and `model_io`."""
+
+    task = ""
+    causal = False  # next-step prediction: a bidirectional model would see the answer
+    headline_metric = "test/loss"
+    unit = ""
+    collate: Callable | None = None
+
+    def __init__(
+        self, name: str, batch_size: int, eval_batch_size: int | None = None, seed: int = 0
+    ) -> None:
+        super().__init__()
+        check_positive_int("data.batch_size", batch_size)
+        if eval_batch_size is not None:
+            check_positive_int("data.eval_batch_size", eval_batch_size)
+        self.name, self.seed = name, seed
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.splits: dict[str, Dataset] = {}
+
+    def load_splits(self) -> dict[str, Dataset]:
+        raise NotImplementedError
+
+    def model_io(self) -> dict[str, Any]:
+        """Keyword arguments for rnnbench.model.SequenceModel: vocab_size or input_size,
+        output_size, readout ("all" | "last") and causal."""
+        raise NotImplementedError
+
+    def reference_metrics(self) -> dict[str, float]:
+        """Numbers to read a result against: an exact optimum or a trivial baseline."""
+        return {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.splits:
+            self.splits = self.load_splits()
+
+    def _loader(self, split: str) -> DataLoader:
+        train = split == "train"
+        generator = torch.Generator().manual_seed(self.seed) if train else None
+        return DataLoader(
+            self.splits[split],
+            shuffle=train,
+            generator=generator,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            collate_fn=self.collate,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("valid")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
