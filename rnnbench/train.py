@@ -7,6 +7,7 @@ rnnbench -m model=rnn,gru,lstm model.num_layers=1,2
 
 from __future__ import annotations
 
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -116,6 +117,7 @@ def run(
         "run_dir": str(run_dir),
     }
     loggers: list = []
+    previous_sigterm = _sigterm_interrupts()
     try:
         check_trainer(cfg.trainer)
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -172,6 +174,21 @@ def run(
         record["finished"] = now_iso()
         finish_wandb(loggers, record)
         write_json_atomic(run_dir / "result.json", record)
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _sigterm_interrupts():
+    """Make SIGTERM (a scheduler's or `kill`'s polite stop) end the run like Ctrl-C, so it is
+    recorded as interrupted; returns the handler to restore, None off the main thread."""
+    try:
+        return signal.signal(signal.SIGTERM, _raise_interrupt)
+    except ValueError:  # signal handlers can only be set from the main thread
+        return None
 
 
 def best_epoch(rows: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -1,6 +1,11 @@
 """The `rnnbench` command as a user runs it: a real subprocess, real Hydra, real W&B offline."""
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -44,9 +49,6 @@ def test_default_command_writes_only_runs_and_a_wandb_offline_run(tmp_path):
 
 
 def test_python_dash_m_and_help(tmp_path):
-    import subprocess
-    import sys
-
     out = subprocess.run(
         [sys.executable, "-m", "rnnbench", "--help"],
         cwd=tmp_path,
@@ -121,3 +123,33 @@ def test_every_config_option_composes():
         for option in options:
             cfg = compose_config([f"{group}={option}"])
             assert group in cfg or option == "none"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_stopped_run_is_recorded_as_interrupted(signum, tmp_path):
+    script = Path(sys.executable).parent / "rnnbench"
+    proc = subprocess.Popen(
+        [
+            str(script),
+            "logger=none",
+            "trainer.max_epochs=200",
+            "model.hidden_size=16",
+            "model.num_layers=1",
+            "trainer.enable_progress_bar=false",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "WANDB_MODE": "offline"},
+    )
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob("runs/*/*/metrics.csv")):  # training is under way
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.2)
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    [record] = records(tmp_path / "runs")
+    assert record["status"] == "interrupted", stderr[-2000:]
+    assert record["finished"] is not None
