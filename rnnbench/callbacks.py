@@ -45,6 +45,13 @@ class EpochMetricsCSV(pl.callbacks.Checkpoint):
         self.path = Path(path)
         self.rows: list[dict] = []
 
+    # Saved in checkpoints, so a resumed run's metrics.csv keeps the epochs before the stop.
+    def state_dict(self) -> dict:
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.rows = list(state_dict.get("rows", []))
+
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         row = {"epoch": trainer.current_epoch, "step": trainer.global_step}
         for key, value in sorted(trainer.callback_metrics.items()):

@@ -123,6 +123,15 @@ class RecurrentTask(pl.LightningModule):
         for name, value in self.derive(means).items():
             self.log(f"{split}/{name}", value, prog_bar=split == "val" and name == "loss")
 
+    # Lightning's checkpoints hold weights, optimizer and schedule but not the random state:
+    # without it a resumed run would draw other dropout masks than an uninterrupted one.
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rnnbench_rng"] = {"torch": torch.get_rng_state()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "rnnbench_rng" in checkpoint:
+            torch.set_rng_state(checkpoint["rnnbench_rng"]["torch"])
+
     def configure_gradient_clipping(
         self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
     ) -> None:

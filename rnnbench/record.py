@@ -20,6 +20,10 @@ KEY_EXCLUDED = (
     "data.root",
     "data.download",
     "data.mirror",
+    "results_root",
+    "force",
+    "threads",
+    "checkpoint_every_n_steps",
     "trainer.enable_progress_bar",
     "trainer.log_every_n_steps",
 )

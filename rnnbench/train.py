@@ -7,6 +7,8 @@ rnnbench -m model=rnn,gru,lstm model.num_layers=1,2
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import sys
 import traceback
@@ -15,6 +17,7 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -26,6 +29,7 @@ from rnnbench.errors import ConfigError, find_user_error
 from rnnbench.module import TASKS
 from rnnbench.record import SCHEMA, environment, now_iso, run_key, write_json_atomic
 from rnnbench.summary import format_summary
+from rnnbench.sweep import find_completed, parallel_jobs, threads_per_job
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -46,6 +50,11 @@ def check_trainer(trainer_cfg: DictConfig) -> None:
             f"trainer.gradient_clip_algorithm={algorithm!r} is not supported: "
             f"rnnbench clips by global norm, use 'norm'"
         )
+
+
+def is_rank_zero() -> bool:
+    """False in the extra processes Lightning's DDP launcher starts: they train, never record."""
+    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
 
 
 def wandb_identity(config: dict[str, Any], group: str | None) -> dict[str, Any]:
@@ -71,32 +80,34 @@ def wandb_identity(config: dict[str, Any], group: str | None) -> dict[str, Any]:
 def build_loggers(
     logger_cfg: DictConfig | None, run_dir: Path, config: dict[str, Any], group: str | None
 ) -> list:
-    """One Lightning logger per entry of the `logger` group, each writing inside `run_dir`."""
+    """One Lightning logger per entry of the `logger` group, each writing inside `run_dir`.
+
+    A logger that cannot start (W&B online with no network, a bad key) is dropped with one
+    warning line: the run goes on with its local records.
+    """
     loggers = []
     for name, conf in (logger_cfg or {}).items():
         extra: dict[str, Any] = {"save_dir": str(run_dir)}
         if name == "wandb":
             extra |= wandb_identity(config, group)
-        logger = instantiate(conf, **extra)
-        logger.log_hyperparams(config)
+        try:
+            logger = instantiate(conf, **extra)
+            logger.log_hyperparams(config)
+        except Exception as e:  # noqa: BLE001 - any logger failure is survivable
+            reason = str(find_user_error(e) or e).strip().splitlines()
+            print(
+                f"rnnbench: warning: logger {name} unavailable ({reason[-1] if reason else e!r}); "
+                f"continuing with result.json and metrics.csv only",
+                file=sys.stderr,
+            )
+            continue
         loggers.append(logger)
     return loggers
 
 
-def run(
-    cfg: DictConfig,
-    run_dir: str | Path,
-    overrides: list[str] | None = None,
-    group: str | None = None,
-) -> dict[str, Any]:
-    """Train and test one configuration; write `run_dir/result.json` however the run ends.
-
-    Returns the record. Raises what the run raised (after recording it as failed or interrupted).
-    """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+def new_record(cfg: DictConfig, run_dir: Path, overrides: list[str] | None) -> dict[str, Any]:
     config = OmegaConf.to_container(cfg, resolve=True)
-    record: dict[str, Any] = {
+    return {
         "schema": SCHEMA,
         "status": "failed",
         "run_key": run_key(config),
@@ -116,6 +127,49 @@ def run(
         "error": None,
         "run_dir": str(run_dir),
     }
+
+
+def reuse(record: dict[str, Any], run_dir: Path, results_root: str | Path) -> dict | None:
+    """The record of a completed run with the same run_key, copied into `run_dir` with
+    `reused_from` naming its source; None when there is none."""
+    source = find_completed(results_root, record["run_key"])
+    if source is None:
+        return None
+    if source.resolve() == run_dir.resolve():
+        return json.loads((run_dir / "result.json").read_text())
+    original = json.loads((source / "result.json").read_text())
+    reused = {
+        **original,
+        "run_dir": str(run_dir),
+        "overrides": record["overrides"],
+        "reused_from": original.get("reused_from") or str(source),
+        "started": record["started"],
+        "finished": now_iso(),
+    }
+    write_json_atomic(run_dir / "result.json", reused)
+    return reused
+
+
+def run(
+    cfg: DictConfig,
+    run_dir: str | Path,
+    overrides: list[str] | None = None,
+    group: str | None = None,
+) -> dict[str, Any]:
+    """Train and test one configuration; write `run_dir/result.json` however the run ends.
+
+    A completed run with the same run_key under `cfg.results_root` is reused, not recomputed
+    (unless `force`); a `checkpoints/last.ckpt` already in `run_dir` is resumed from.
+    Returns the record. Raises what the run raised (after recording it as failed or interrupted).
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = new_record(cfg, run_dir, overrides)
+    rank_zero = is_rank_zero()
+    if rank_zero and not cfg.get("force") and cfg.get("results_root"):
+        reused = reuse(record, run_dir, cfg.results_root)
+        if reused is not None:
+            return reused
     loggers: list = []
     previous_sigterm = _sigterm_interrupts()
     try:
@@ -128,23 +182,38 @@ def run(
         record["params"] = sum(p.numel() for p in model.parameters())
         scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
         task = TASKS[datamodule.task](model, instantiate(cfg.optim), scheduler, datamodule.unit)
-        loggers = build_loggers(cfg.get("logger"), run_dir, config, group)
+        if rank_zero:
+            loggers = build_loggers(cfg.get("logger"), run_dir, record["config"], group)
         throughput, epochs = Throughput(), EpochMetricsCSV(run_dir / "metrics.csv")
-        best_ckpt = ModelCheckpoint(
-            dirpath=run_dir / "checkpoints",
-            filename="best",
-            monitor="val/loss",
-            mode="min",
-            enable_version_counter=False,
-        )
+        checkpoints = [
+            ModelCheckpoint(
+                dirpath=run_dir / "checkpoints",
+                filename="best",
+                monitor="val/loss",
+                mode="min",
+                save_last=True,
+                enable_version_counter=False,
+            )
+        ]
+        if cfg.get("checkpoint_every_n_steps"):
+            checkpoints.append(
+                ModelCheckpoint(
+                    dirpath=run_dir / "checkpoints",
+                    save_top_k=0,
+                    save_last=True,
+                    every_n_train_steps=cfg.checkpoint_every_n_steps,
+                    enable_version_counter=False,
+                )
+            )
         trainer = instantiate(
             cfg.trainer,
             logger=loggers or False,
-            callbacks=[throughput, epochs, best_ckpt],
+            callbacks=[throughput, epochs, *checkpoints],
             default_root_dir=str(run_dir),
         )
         record["env"] = environment(str(trainer.strategy.root_device))
-        trainer.fit(task, datamodule=datamodule)
+        last = run_dir / "checkpoints" / "last.ckpt"
+        trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
         if trainer.interrupted:
             raise KeyboardInterrupt
         record["timing"] = {
@@ -156,7 +225,7 @@ def run(
         record["metrics"] |= {
             k: v for k, v in (record["best"] or {}).items() if k.startswith("val/")
         }
-        best_path = best_ckpt.best_model_path or None
+        best_path = checkpoints[0].best_model_path or None
         if best_path or not task.diverged:
             tested = trainer.test(task, datamodule=datamodule, ckpt_path=best_path, verbose=False)
             record["metrics"] |= {k: float(v) for k, v in tested[0].items()}
@@ -172,8 +241,9 @@ def run(
         raise
     finally:
         record["finished"] = now_iso()
-        finish_wandb(loggers, record)
-        write_json_atomic(run_dir / "result.json", record)
+        if rank_zero:
+            finish_wandb(loggers, record)
+            write_json_atomic(run_dir / "result.json", record)
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)
 
@@ -217,10 +287,20 @@ def finish_wandb(loggers: list, record: dict[str, Any]) -> None:
         run.finish()
 
 
+def set_threads(cfg: DictConfig, hydra_cfg: DictConfig, multirun: bool) -> None:
+    """torch threads per job: `threads`, else cores ÷ the processes training at once."""
+    jobs = parallel_jobs(hydra_cfg.launcher) if multirun else 1
+    trainer = cfg.trainer
+    if trainer.get("accelerator") == "cpu" and isinstance(trainer.get("devices"), int):
+        jobs *= trainer.devices
+    torch.set_num_threads(cfg.get("threads") or threads_per_job(jobs))
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    set_threads(cfg, hydra_cfg, multirun)
     try:
         record = run(
             cfg,
@@ -230,11 +310,29 @@ def main(cfg: DictConfig) -> None:
         )
     except Exception as e:
         user = find_user_error(e)
+        if multirun:
+            # One job's failure is a finding of the sweep: recorded, reported, and the sweep
+            # goes on; its summary line and exit code count it.
+            reason = str(user) if user else f"{type(e).__name__}: {e}"
+            print(
+                f"rnnbench: job {hydra_cfg.job.num} failed: {reason} "
+                f"(record in {hydra_cfg.runtime.output_dir})",
+                file=sys.stderr,
+            )
+            return
         if user is None:
             raise
         print(f"rnnbench: error: {user}", file=sys.stderr)
         sys.exit(2)
-    print(format_summary(record))
+    if not is_rank_zero():
+        return
+    if record.get("reused_from"):
+        print(
+            f"rnnbench: reused completed run {record['reused_from']} (same run_key "
+            f"{record['run_key']}; force=true re-runs it)"
+        )
+    else:
+        print(format_summary(record))
 
 
 def cli() -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from rnnbench.errors import ConfigError
 
@@ -36,6 +36,37 @@ class TensorDictDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Tensor]:
         return {k: v[i] for k, v in self.tensors.items()}
+
+
+class EpochShuffle(Sampler[int]):
+    """Indices for one epoch: a permutation drawn from (seed, epoch) alone, so a run resumed
+    at epoch k reads the same order as an uninterrupted one; under DDP each rank takes every
+    world-th index of the same permutation (trimmed so all ranks take the same number)."""
+
+    def __init__(self, size: int, seed: int, shuffle: bool, rank: int = 0, world: int = 1) -> None:
+        self.size, self.seed, self.shuffle, self.rank, self.world = size, seed, shuffle, rank, world
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:  # Lightning calls this at each epoch start
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size // self.world if self.world > 1 else self.size
+
+    def __iter__(self):
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.size, generator=generator)
+        else:
+            order = torch.arange(self.size)
+        if self.world > 1:
+            order = order[: len(self) * self.world][self.rank :: self.world]
+        return iter(order.tolist())
+
+
+def rank_and_world(datamodule: pl.LightningDataModule) -> tuple[int, int]:
+    trainer = datamodule.trainer
+    return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
 
 class SequenceDataModule(pl.LightningDataModule):
@@ -77,13 +108,13 @@ class SequenceDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str) -> DataLoader:
         train = split == "train"
-        generator = torch.Generator().manual_seed(self.seed) if train else None
+        rank, world = rank_and_world(self)
+        sampler = EpochShuffle(len(self.splits[split]), self.seed, train, rank, world)
         return DataLoader(
             self.splits[split],
-            shuffle=train,
-            generator=generator,
-            batch_size=self.batch_size if train else self.eval_batch_size,
+            sampler=sampler,
             collate_fn=self.collate,
+            batch_size=self.batch_size if train else self.eval_batch_size,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from rnnbench.data.base import SPLITS, SequenceDataModule, check_positive_int
+from rnnbench.data.base import SPLITS, SequenceDataModule, check_positive_int, rank_and_world
 from rnnbench.data.fetch import ensure_file
 from rnnbench.errors import ConfigError, DataError
 
@@ -137,7 +137,18 @@ class LMDataModule(SequenceDataModule):
         return rows.size(0) * (rows.size(1) - 1)
 
     def _loader(self, split: str) -> DataLoader:
-        return DataLoader(BPTTWindows(self.rows[split], self.bptt), batch_size=None, shuffle=False)
+        rows = self.rows[split]
+        rank, world = rank_and_world(self)
+        if world > 1:
+            # Under DDP each rank reads its own share of the contiguous streams, in order, so
+            # the hidden state still flows from one window to the next.
+            if rows.size(0) % world:
+                raise ConfigError(
+                    f"data.batch_size and data.eval_batch_size must be divisible "
+                    f"by the {world} DDP processes (got {rows.size(0)})"
+                )
+            rows = rows[rank::world]
+        return DataLoader(BPTTWindows(rows, self.bptt), batch_size=None, shuffle=False)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")
