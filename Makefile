@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # `torch>=2.4` itself (install the torch you want into .venv first to choose the build).
 TORCH_WHEEL := $(firstword $(wildcard /opt/wheels/torch-2.13.0+cpu-*.whl))
 
-.PHONY: run test test-all lint bench clean
+.PHONY: run test test-all lint bench browser clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,18 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/rnnbench $(ARGS)
 
+# The report test opens the HTML report in headless Chromium; Debian's package when it is missing.
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }
+
+# Timings of rnnbench's own machinery (python -m rnnbench.bench --help); ARGS picks sections.
+bench: $(STAMP)
+	$(PY) -m rnnbench.bench $(ARGS)
+
 # pytest exits 5 when it collected no test: that is a failure here, never a pass.
-test: $(STAMP)
+test: $(STAMP) browser
 	@$(PY) -m pytest -m "not slow" $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 

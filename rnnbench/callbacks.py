@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 
 # Logged every step, not per epoch: the last step's value says nothing about the epoch.
 STEP_METRICS = {"train/batch_loss", "train/grad_norm"}
@@ -64,3 +65,54 @@ class EpochMetricsCSV(pl.callbacks.Checkpoint):
             writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
             writer.writerows(self.rows)
+
+
+class StepTrace(pl.Callback):
+    """Writes `steps.csv` beside result.json: every optimizer step's training loss and
+    gradient norm before clipping (what shows a vanilla RNN exploding), and whether clipping
+    acted. Values stay on the device and reach the host once per `flush_every` steps."""
+
+    COLUMNS = ("step", "batch_loss", "grad_norm", "clipped")
+
+    def __init__(self, path: str | Path, clip: float | None, flush_every: int = 200) -> None:
+        self.path, self.clip, self.flush_every = Path(path), clip, flush_every
+        self.steps: list[int] = []
+        self.values: list = []
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # A resumed run re-runs the steps after its checkpoint: drop their old rows.
+        kept = []
+        if self.path.exists() and trainer.global_step > 0:
+            with open(self.path, newline="") as f:
+                kept = [r for r in csv.DictReader(f) if int(r["step"]) <= trainer.global_step]
+        with open(self.path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.COLUMNS)
+            writer.writeheader()
+            writer.writerows(kept)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        norm = getattr(pl_module, "grad_norm", None)
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is None or norm is None:  # a skipped step (the run diverged)
+            return
+        self.steps.append(trainer.global_step)
+        self.values.append(torch.stack([loss.detach().float(), norm.float()]))
+        if len(self.steps) >= self.flush_every:
+            self.flush()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.flush()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self.flush()
+
+    def flush(self) -> None:
+        if not self.steps:
+            return
+        values = torch.stack(self.values).tolist()
+        with open(self.path, "a", newline="") as f:
+            writer = csv.writer(f)
+            for step, (loss, norm) in zip(self.steps, values, strict=True):
+                clipped = int(self.clip is not None and norm > self.clip)
+                writer.writerow([step, f"{loss:.6g}", f"{norm:.6g}", clipped])
+        self.steps, self.values = [], []

@@ -57,8 +57,9 @@ class SequenceModel(nn.Module):
         emb_size = emb_size or hidden_size
         stack_input = emb_size if vocab_size is not None else input_size
         # The stack first: it checks cell, sizes and depth before anything is allocated.
-        self.stack = RecurrentStack(cell, stack_input, hidden_size, num_layers, bidirectional,
-                                    dropout, impl, gru_reset)
+        self.stack = RecurrentStack(
+            cell, stack_input, hidden_size, num_layers, bidirectional, dropout, impl, gru_reset
+        )
         self.embedding = nn.Embedding(vocab_size, emb_size) if vocab_size is not None else None
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(self.stack.output_size, output_size)

@@ -138,6 +138,7 @@ class RecurrentTask(pl.LightningModule):
         # The norm before clipping is what shows a vanilla RNN exploding: log it every step.
         params = [p for g in optimizer.param_groups for p in g["params"]]
         norm = global_grad_norm(params)
+        self.grad_norm = norm.detach()  # read by the StepTrace callback, without a host sync
         self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
         if gradient_clip_val is not None:
             clip_global_norm_(params, norm, float(gradient_clip_val))

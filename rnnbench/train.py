@@ -24,9 +24,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from rnnbench.callbacks import EpochMetricsCSV, Throughput
+from rnnbench.callbacks import EpochMetricsCSV, StepTrace, Throughput
 from rnnbench.errors import ConfigError, find_user_error
 from rnnbench.module import TASKS
+from rnnbench.overrides import exit_on_bad_command_line
 from rnnbench.record import SCHEMA, environment, now_iso, run_key, write_json_atomic
 from rnnbench.summary import format_summary
 from rnnbench.sweep import find_completed, parallel_jobs, threads_per_job
@@ -185,6 +186,7 @@ def run(
         if rank_zero:
             loggers = build_loggers(cfg.get("logger"), run_dir, record["config"], group)
         throughput, epochs = Throughput(), EpochMetricsCSV(run_dir / "metrics.csv")
+        trace = StepTrace(run_dir / "steps.csv", cfg.trainer.get("gradient_clip_val"))
         checkpoints = [
             ModelCheckpoint(
                 dirpath=run_dir / "checkpoints",
@@ -208,7 +210,7 @@ def run(
         trainer = instantiate(
             cfg.trainer,
             logger=loggers or False,
-            callbacks=[throughput, epochs, *checkpoints],
+            callbacks=[throughput, epochs, trace, *checkpoints],
             default_root_dir=str(run_dir),
         )
         record["env"] = environment(str(trainer.strategy.root_device))
@@ -274,7 +276,16 @@ def finish_wandb(loggers: list, record: dict[str, Any]) -> None:
         if type(logger).__name__ != "WandbLogger" or logger._experiment is None:
             continue
         run = logger.experiment
-        run.summary.update({**record["metrics"], "status": record["status"]})
+        run.summary.update(
+            {
+                **record["metrics"],
+                "status": record["status"],
+                "task": record["task"],
+                "headline": record["headline"],
+                "params": record["params"],
+                "run_key": record["run_key"],
+            }
+        )
         record["wandb"] = {
             "id": run.id,
             "mode": run.settings.mode,
@@ -337,6 +348,7 @@ def main(cfg: DictConfig) -> None:
 
 def cli() -> None:
     """Console entry point (`rnnbench`), also `python -m rnnbench`."""
+    exit_on_bad_command_line(str(CONF_DIR))
     main()
 
 

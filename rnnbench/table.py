@@ -1,0 +1,970 @@
+"""`rnnbench-table`: every result.json under some paths in one DataFrame, printed as a comparison.
+
+rnnbench-table runs/multirun/2026-11-25/20-35-48                  # cells x depths, headline metric
+rnnbench-table runs/ --rows data.name,model.cell --cols model.num_layers --metric test/ppl
+rnnbench-table runs/ --reference zaremba2014,bai2018 --format latex -o table.tex
+rnnbench-table runs/ --long                                       # one line per run
+rnnbench-table --wandb my-team/rnnbench                           # the same table from W&B
+
+One row of the DataFrame is one run: its config flattened to dotted columns (`model.cell`), its
+metrics as columns (`test/ppl`), `status`, `timing.*`, `params`, `seed`, `run_dir`. Runs whose
+configs differ only in their seed (`seed`, `data.seed`, ...) collapse to mean ± std and n.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import html
+import json
+import math
+import re
+import shlex
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from rnnbench.errors import UserError
+from rnnbench.record import KEY_EXCLUDED, read_record
+
+RESULT = "result.json"
+FORMATS = ("md", "csv", "latex", "html")
+# Runs in these states have a number (or "diverged") to show; the rest are left out and counted.
+SHOWN = ("completed", "diverged")
+LOWER_IS_BETTER = ("loss", "ppl", "bpc", "mse", "mae", "nll", "train_s")
+HIGHER_IS_BETTER = ("acc", "items_per_s")
+RECORD_COLUMNS = (
+    "status",
+    "task",
+    "headline",
+    "seed",
+    "params",
+    "run_key",
+    "config_id",
+    "source",
+    "run_dir",
+    "timing.train_s",
+    "timing.steps",
+    "timing.items_per_s",
+)
+# The keys users sweep most (README), in the order a default table puts them in columns.
+AXIS_ORDER = (
+    "model.num_layers",
+    "model.hidden_size",
+    "model.bidirectional",
+    "model.impl",
+    "trainer.gradient_clip_val",
+    "model.dropout",
+    "optim.lr",
+)
+# The README's order, so tables read rnn, gru, lstm rather than alphabetically.
+CELL_ORDER = ("rnn", "rnn_relu", "gru", "lstm")
+# W&B run states for runs whose summary lacks the harness's own `status`.
+WANDB_STATES = {
+    "finished": "completed",
+    "crashed": "failed",
+    "failed": "failed",
+    "killed": "interrupted",
+    "preempted": "interrupted",
+}
+REFERENCE_DIR = "references"
+MISSING = "-"
+
+
+class TableError(UserError):
+    """A bad path, key, metric or reference: printed as one line, exit status 2."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Records -> rows -> DataFrame
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts to dotted keys; lists and empty dicts become JSON text, so they can group."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, dotted + "."))
+        elif isinstance(value, list | dict):
+            out[dotted] = json.dumps(value)
+        else:
+            out[dotted] = value
+    return out
+
+
+def is_seed_key(key: str) -> bool:
+    """`seed`, `data.seed`, ...: keys that differ between repeats of one configuration."""
+    return key == "seed" or key.endswith(".seed")
+
+
+@functools.lru_cache(maxsize=4096)  # called per key per run: 10,000 runs share ~50 keys
+def is_identity_key(key: str) -> bool:
+    """Whether `key` says what a run computes: not a seed, not a path or logger setting."""
+    excluded = any(key == e or key.startswith(e + ".") for e in KEY_EXCLUDED)
+    return not excluded and not is_seed_key(key)
+
+
+def config_id(flat_config: dict[str, Any]) -> str:
+    """A hash of the configuration without its seeds: runs sharing it are repeats of one config."""
+    items = sorted((k, v) for k, v in flat_config.items() if is_identity_key(k))
+    text = json.dumps(items, separators=(",", ":"), default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def make_row(
+    config: dict[str, Any],
+    metrics: dict[str, Any],
+    status: str,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The one row shape both sources produce: flattened config, metrics, status, `extra`."""
+    flat = flatten(config)
+    row = {name: extra.get(name) for name in RECORD_COLUMNS}
+    row |= {
+        "status": status,
+        "seed": config.get("seed"),
+        "config_id": config_id(flat),
+        **extra,
+        **flat,
+        **metrics,
+    }
+    return row
+
+
+def record_row(record: dict[str, Any], path: str | Path | None = None) -> dict[str, Any]:
+    """The row of one result.json record; `path` (the file read) names the run's folder, which
+    stays right when runs are copied elsewhere."""
+    timing = record.get("timing") or {}
+    run_dir = str(Path(path).parent) if path is not None else record.get("run_dir")
+    return make_row(
+        record["config"],
+        record.get("metrics") or {},
+        record["status"],
+        task=record.get("task"),
+        headline=record.get("headline"),
+        params=record.get("params"),
+        run_key=record.get("run_key"),
+        source="file",
+        run_dir=run_dir,
+        **{f"timing.{k}": v for k, v in timing.items()},
+    )
+
+
+def wandb_row(
+    config: dict[str, Any],
+    summary: dict[str, Any],
+    state: str,
+    run_dir: str | None = None,
+) -> dict[str, Any]:
+    """The row of one W&B run, from what `wandb.Api().runs()` gives: `run.config` (the resolved
+    Hydra config the harness logged), `run.summary_metrics` (the record's metrics and `status`,
+    put there when the run finished, plus W&B's own keys) and `run.state`.
+
+    Timing and `run_key` are not in W&B, so those columns stay empty; `headline`, `task` and
+    `params` are read from the summary when the run put them there.
+    """
+    config = {k: v for k, v in config.items() if not k.startswith("_wandb")}
+    metrics = {
+        k: v
+        for k, v in summary.items()
+        if k.startswith(("val/", "test/"))
+        and isinstance(v, int | float)
+        and not isinstance(v, bool)
+    }
+    status = summary.get("status") or WANDB_STATES.get(state, state)
+    return make_row(
+        config,
+        metrics,
+        status,
+        task=summary.get("task"),
+        headline=summary.get("headline"),
+        params=summary.get("params"),
+        source="wandb",
+        run_dir=run_dir,
+    )
+
+
+def natural_key(path: Path) -> list:
+    """Sort key putting run folder 10 after 9, not after 1."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
+
+
+def find_results(paths: Iterable[str | Path]) -> list[Path]:
+    """Every result.json at or under `paths` (files or folders), in natural order per path."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise TableError(f"{p}: no such file or folder")
+        if p.is_file():
+            found.append(p)
+        else:
+            found.extend(sorted(p.rglob(RESULT), key=natural_key))
+    return list(dict.fromkeys(found))
+
+
+def warn_stderr(message: str) -> None:
+    print(f"rnnbench-table: warning: {message}", file=sys.stderr)
+
+
+def load_rows(
+    paths: Iterable[str | Path], warn: Callable[[str], None] = warn_stderr
+) -> list[dict[str, Any]]:
+    """One row per readable result.json under `paths`; others are skipped with a warning naming
+    the file. Raises TableError when the paths hold no result.json at all."""
+    paths = list(paths)
+    files = find_results(paths)
+    if not files:
+        raise TableError(f"no {RESULT} under {', '.join(map(str, paths))}")
+    loaded = []
+    for f in files:
+        try:
+            record = read_record(f)
+            loaded.append((record, record_row(record, f)))
+        except json.JSONDecodeError as e:
+            warn(f"skipped {f}: not complete JSON ({e})")
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            warn(f"skipped {f}: {e if isinstance(e, ValueError) else 'missing ' + str(e)}")
+        except OSError as e:
+            warn(f"skipped {f}: {e.strerror}")
+    # A re-launched sweep copies a finished run's record instead of recomputing it: count
+    # that run once when its original is among the paths too.
+    originals = {r.get("run_key") for r, _ in loaded if not r.get("reused_from")}
+    return [
+        row for r, row in loaded if not (r.get("reused_from") and r.get("run_key") in originals)
+    ]
+
+
+def wandb_rows(project: str) -> list[dict[str, Any]]:
+    """The rows of every run in a W&B project (`ENTITY/PROJECT`), through the public API."""
+    import wandb
+
+    try:
+        return [
+            wandb_row(dict(run.config), dict(run.summary_metrics), run.state, run_dir=run.url)
+            for run in wandb.Api().runs(project)
+        ]
+    except (wandb.Error, ValueError, OSError) as e:  # not logged in, no network, no such project
+        raise TableError(f"W&B project {project!r}: {str(e).splitlines()[0]}") from e
+
+
+def frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """The runs as one DataFrame, record columns first, then config keys, then metrics."""
+    df = pd.DataFrame.from_records(rows)
+    if df.empty:
+        raise TableError("no readable runs")
+    first = [c for c in RECORD_COLUMNS if c in df.columns]
+    config = sorted(c for c in df.columns if c not in first and "/" not in c)
+    metrics = sorted(c for c in df.columns if "/" in c)
+    return df[first + config + metrics]
+
+
+def load_frame(
+    paths: Sequence[str | Path] = (),
+    wandb_project: str | None = None,
+    warn: Callable[[str], None] = warn_stderr,
+) -> pd.DataFrame:
+    """`frame` of the runs under `paths` and, when named, those of a W&B project."""
+    rows = load_rows(paths, warn) if paths else []
+    if wandb_project:
+        rows += wandb_rows(wandb_project)
+    if not rows and not paths and not wandb_project:
+        raise TableError("give at least one PATH or --wandb ENTITY/PROJECT")
+    return frame(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Choosing what to show
+
+
+def metric_columns(df: pd.DataFrame) -> list[str]:
+    """Columns a table can show: metrics (`split/name`), timing and parameter counts."""
+    return [c for c in df.columns if "/" in c or c.startswith("timing.") or c == "params"]
+
+
+def direction(metric: str) -> int:
+    """-1 when lower is better, +1 when higher is better, 0 when unknown (no best is marked)."""
+    name = metric.rsplit("/", 1)[-1].rsplit(".", 1)[-1]
+    if name.startswith(HIGHER_IS_BETTER) or name in HIGHER_IS_BETTER:
+        return 1
+    if name.split("_")[0] in LOWER_IS_BETTER or name in LOWER_IS_BETTER:
+        return -1
+    return 0
+
+
+def config_columns(df: pd.DataFrame) -> list[str]:
+    return [c for c in df.columns if c not in RECORD_COLUMNS and c not in metric_columns(df)]
+
+
+def varying_keys(df: pd.DataFrame) -> list[str]:
+    """Config keys whose value differs between the runs, seeds and paths left out."""
+    keys = [c for c in config_columns(df) if is_identity_key(c)]
+    counts = df[keys].nunique(dropna=False)
+    return [k for k in keys if counts[k] > 1]
+
+
+def leading_keys(keys: Sequence[str]) -> list[str]:
+    """`keys` without those that follow from another: the rest of `data.*` when data.name is
+    among them, and `_target_`s (they follow a config group choice, as model.cell does)."""
+    follows_name = "data.name" in keys
+    return [
+        k
+        for k in keys
+        if not k.endswith(("._target_", "._partial_"))
+        and not (follows_name and k.startswith("data.") and k != "data.name")
+    ]
+
+
+def default_axes(df: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """Rows: data.name when it varies, then model.cell. Columns: the config keys that vary
+    between the runs of one row, the axes users sweep first (AXIS_ORDER). A key that differs only
+    between rows (the hidden size of a PTB row beside Reber rows) is no column."""
+    shown = df[df["status"].isin(SHOWN)]
+    varying = varying_keys(shown if len(shown) else df)
+    rows = [k for k in ("data.name", "model.cell") if k in varying]
+    if not rows:
+        rows = ["model.cell"] if "model.cell" in df.columns else varying[:1]
+    candidates = [k for k in leading_keys(varying) if k not in rows]
+    if rows and candidates:
+        within = shown.groupby(rows, dropna=False)[candidates].nunique(dropna=False).max()
+        candidates = [k for k in candidates if within[k] > 1]
+    first = [k for k in AXIS_ORDER if k in candidates]
+    return rows, first + [k for k in candidates if k not in first]
+
+
+def default_metric(df: pd.DataFrame) -> str:
+    """The headline the runs name (the most common one, when they differ)."""
+    named = df["headline"].dropna() if "headline" in df.columns else pd.Series([], dtype=object)
+    if named.empty:
+        raise TableError(
+            "the runs name no headline metric: pass --metric (available: "
+            f"{', '.join(metric_columns(df))})"
+        )
+    return str(named.value_counts().index[0])
+
+
+def check_keys(df: pd.DataFrame, keys: Sequence[str], option: str) -> None:
+    unknown = [k for k in keys if k not in df.columns]
+    if unknown:
+        available = [c for c in df.columns if c not in metric_columns(df)]
+        raise TableError(
+            f"unknown key {', '.join(map(repr, unknown))} in {option}; available: "
+            f"{', '.join(available)}"
+        )
+
+
+def check_metric(df: pd.DataFrame, metric: str) -> None:
+    if metric not in metric_columns(df):
+        raise TableError(f"unknown metric {metric!r}; available: {', '.join(metric_columns(df))}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Aggregation
+
+
+def _order(values: Iterable[Any], key: str) -> list[Any]:
+    """Axis order: numbers ascending, cells in CELL_ORDER, anything else as first found."""
+    values = list(dict.fromkeys(values))
+    if key == "model.cell":
+        return sorted(values, key=lambda v: CELL_ORDER.index(v) if v in CELL_ORDER else 99)
+    numeric = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+    if len(numeric) == len(values):
+        return sorted(values)
+    return values
+
+
+def _sort_by_keys(df: pd.DataFrame, keys: Sequence[str], reference: pd.DataFrame) -> pd.DataFrame:
+    """`df` sorted by `keys`, each in the order `_order` gives its values in `reference`."""
+    if df.empty or not keys:
+        return df.reset_index(drop=True)
+    ranks = []
+    for k in keys:
+        order = {_hashable(v): i for i, v in enumerate(_order(reference[k], k))}
+        ranks.append(df[k].map(lambda v, order=order: order.get(_hashable(v), len(order))))
+    position = pd.DataFrame(dict(enumerate(ranks)))
+    order = position.sort_values(list(position.columns), kind="stable").index
+    return df.loc[order].reset_index(drop=True)
+
+
+def _hashable(value: Any) -> Any:
+    # pandas hands NaN for missing values; NaN != NaN, so map it to one sentinel.
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return value
+
+
+@dataclass
+class View:
+    """What a table shows: the metric, the row and column keys, the runs it left out."""
+
+    metric: str
+    rows: list[str]
+    cols: list[str]
+    notes: list[str] = field(default_factory=list)
+
+
+def aggregate(
+    df: pd.DataFrame, rows: Sequence[str], cols: Sequence[str], metric: str
+) -> pd.DataFrame:
+    """One line per cell of the table (each combination of `rows` + `cols` values): the mean,
+    sample standard deviation and count of `metric` over the completed runs in it, the number of
+    diverged runs, the number of distinct configurations (1 when only seeds differ), and
+    whether the cell holds the best mean of its column."""
+    keys = list(dict.fromkeys([*rows, *cols]))
+    shown = df[df["status"].isin(SHOWN)]
+    values = shown[metric].where(shown["status"] == "completed")
+    values = pd.to_numeric(values, errors="coerce")
+    work = shown[keys].copy()
+    work["_value"] = values
+    work["_diverged"] = shown["status"] == "diverged"
+    work["_config"] = shown["config_id"]
+    work["_dup"] = shown.duplicated(["config_id", "seed"], keep=False)
+    work["_all"] = "all"  # the one group when there are no keys
+    grouped = work.groupby(keys or ["_all"], sort=False, dropna=False)
+    agg = grouped.agg(
+        mean=("_value", "mean"),
+        std=("_value", "std"),
+        n=("_value", "count"),
+        diverged=("_diverged", "sum"),
+        configs=("_config", "nunique"),
+        repeated=("_dup", "any"),
+    ).reset_index()
+    agg = _sort_by_keys(agg.drop(columns="_all", errors="ignore"), keys, shown)
+    agg.insert(len(keys), "metric", metric)
+    agg["diverged"] = agg["diverged"].astype(int)
+    # Numbers of different datasets are not comparable: best is per column and dataset.
+    within = [*cols, *(["data.name"] if "data.name" in rows else [])]
+    agg["best"] = _best_flags(agg, within, direction(metric))
+    return agg.reset_index(drop=True)
+
+
+def _best_flags(agg: pd.DataFrame, within: list[str], sign: int) -> pd.Series:
+    """True where a cell's mean is the best among the cells sharing its `within` values (ties
+    all marked; a cell alone in its group is not marked, there is nothing to beat)."""
+    if sign == 0 or agg.empty:
+        return pd.Series(False, index=agg.index)
+    score = agg["mean"] * sign
+    groups = [agg[c].map(_hashable).astype(str) for c in within] or [pd.Series(0, agg.index)]
+    best = score.groupby(groups).transform("max")
+    rivals = score.groupby(groups).transform("count")
+    return (score == best) & agg["mean"].notna() & (rivals > 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Formatting
+
+
+def fmt_number(x: float, digits: int = 4) -> str:
+    """`digits` significant figures without exponent between 1e-3 and 1e6: 6.780, 114.5, 10234."""
+    if x is None or not math.isfinite(x):
+        return str(x)
+    if x == 0:
+        return "0"
+    magnitude = math.floor(math.log10(abs(x)))
+    if magnitude < -3 or magnitude >= 6:
+        return f"{x:.{digits - 1}e}"
+    return f"{x:.{max(0, digits - 1 - magnitude)}f}"
+
+
+def _fmt_like(x: float, like: str) -> str:
+    """`x` with as many decimals as `like` (a formatted mean), so mean ± std line up."""
+    if "e" in like:
+        return f"{x:.{len(like.split('e')[0].split('.')[-1])}e}"
+    decimals = len(like.split(".")[1]) if "." in like else 0
+    return f"{x:.{decimals}f}"
+
+
+def cell_text(cell: pd.Series) -> str:
+    """'6.780', '6.780 ± 0.012 (n=3)', '6.780 (n=1, 2 diverged)', 'diverged' or '-'."""
+    n, diverged = int(cell["n"]), int(cell["diverged"])
+    if n == 0:
+        return "diverged" if diverged else MISSING
+    mean = fmt_number(float(cell["mean"]))
+    text = mean
+    if n > 1:
+        text += f" ± {_fmt_like(float(cell['std']), mean)}"
+    extra = [f"n={n}"] if n > 1 or diverged else []
+    if diverged:
+        extra.append(f"{diverged} diverged")
+    return f"{text} ({', '.join(extra)})" if extra else text
+
+
+def signed(x: float) -> str:
+    return ("+" if x >= 0 else "") + fmt_number(x)
+
+
+def key_text(value: Any) -> str:
+    value = _hashable(value)
+    return MISSING if value is None else str(value)
+
+
+@dataclass
+class Cell:
+    text: str
+    best: bool = False
+
+
+@dataclass
+class Table:
+    """A rendered-format-neutral table: header, body cells, lines printed under it."""
+
+    title: str
+    header: list[str]
+    body: list[list[Cell]]
+    notes: list[str] = field(default_factory=list)
+    index_columns: int = 1
+    text_columns: int = 0  # trailing columns of text (left-aligned), after the numbers
+
+
+def pivot_table(agg: pd.DataFrame, view: View) -> Table:
+    """Rows = `view.rows` values, one column per combination of `view.cols` values."""
+    col_keys: list[tuple] = [()]
+    if view.cols:
+        columns = _sort_by_keys(agg[view.cols].drop_duplicates(), view.cols, agg)
+        col_keys = [tuple(_hashable(v) for v in c) for c in columns.itertuples(index=False)]
+    if view.cols:
+        header_cols = [
+            ", ".join(f"{k}={key_text(v)}" for k, v in zip(view.cols, c, strict=True))
+            for c in col_keys
+        ]
+    else:
+        header_cols = [view.metric]
+    cells: dict[tuple, dict[tuple, Cell]] = {}
+    for _, line in agg.iterrows():
+        r = tuple(_hashable(line[k]) for k in view.rows)
+        c = tuple(_hashable(line[k]) for k in view.cols)
+        cells.setdefault(r, {})[c] = Cell(cell_text(line), bool(line["best"]))
+    body = [
+        ([Cell(key_text(v)) for v in r] or [Cell("all runs")])
+        + [row.get(c, Cell(MISSING)) for c in col_keys]
+        for r, row in cells.items()
+    ]
+    header = (view.rows or ["runs"]) + header_cols
+    return Table(
+        view.metric, header, body, list(view.notes), index_columns=len(header) - len(header_cols)
+    )
+
+
+def table_notes(df: pd.DataFrame, agg: pd.DataFrame, view: View) -> list[str]:
+    """The lines under a table: what the numbers are, which runs were left out and why."""
+    sign = direction(view.metric)
+    better = {1: "higher is better", -1: "lower is better", 0: "no best marked"}[sign]
+    notes = [
+        f"{view.metric}: mean ± sample std over seeds, n = runs when more than one; {better}"
+        + ("; best per column marked" if sign else "")
+    ]
+    left_out = df[~df["status"].isin(SHOWN)]
+    if len(left_out):
+        counts = left_out["status"].value_counts()
+        listed = ", ".join(f"{n} {s}" for s, n in counts.items())
+        where = ", ".join(map(str, left_out["run_dir"].head(3)))
+        more = " ..." if len(left_out) > 3 else ""
+        notes.append(f"left out: {listed} run(s) ({where}{more})")
+    mixed = agg[agg["configs"] > 1]
+    if len(mixed):
+        keys = [*view.rows, *view.cols]
+        shown = df[df["status"].isin(SHOWN)]
+        others = [k for k in leading_keys(varying_keys(shown)) if k not in keys]
+        differing = (
+            [
+                k
+                for k in others
+                if (shown.groupby(keys, dropna=False)[k].nunique(dropna=False) > 1).any()
+            ]
+            if keys
+            else others
+        )
+        notes.append(
+            f"{len(mixed)} cell(s) mix configurations that differ in "
+            f"{', '.join(differing) or 'keys not shown'}: add them to --rows/--cols"
+        )
+    if agg["repeated"].any():
+        notes.append("some cells count repeated runs of one config and seed (n counts runs)")
+    return notes
+
+
+# ---------------------------------------------------------------------------------------------
+# Published numbers
+
+
+def reference_names() -> list[str]:
+    """The reference sets shipped with rnnbench (`rnnbench/references/<name>.csv`)."""
+    folder = resources.files("rnnbench") / REFERENCE_DIR
+    return sorted(p.name[: -len(".csv")] for p in folder.iterdir() if p.name.endswith(".csv"))
+
+
+def _literal(text: str) -> Any:
+    """A reference CSV cell as the config value it stands for: 2, 0.5, true, or the text."""
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, TypeError):
+        return text
+
+
+def load_reference(name: str) -> pd.DataFrame:
+    """A shipped reference set by name, or any CSV file in the same layout by path.
+
+    Layout: `label`, dotted config keys to match (`data.name`, `model.cell`, optional
+    `model.num_layers`, ...; an empty cell matches anything), `metric`, `value`, and the
+    citation: `paper`, `table`, `row`, plus a free `note`.
+    """
+    path = Path(name)
+    if not path.is_file():
+        shipped = resources.files("rnnbench") / REFERENCE_DIR / f"{name}.csv"
+        if not shipped.is_file():
+            raise TableError(
+                f"unknown reference {name!r}; available: {', '.join(reference_names())} "
+                "(or a path to a CSV file)"
+            )
+        path = Path(str(shipped))
+    ref = pd.read_csv(path, dtype=str, keep_default_na=False, comment="#")
+    missing = {"label", "metric", "value", "paper", "table", "row"} - set(ref.columns)
+    if missing:
+        raise TableError(f"reference {name!r} lacks column(s) {', '.join(sorted(missing))}")
+    ref["value"] = ref["value"].astype(float)
+    ref["reference"] = path.stem
+    return ref
+
+
+def match_keys(ref: pd.DataFrame) -> list[str]:
+    """The dotted config keys a reference file matches on."""
+    return [c for c in ref.columns if "." in c]
+
+
+def compare(df: pd.DataFrame, agg: pd.DataFrame, view: View, ref: pd.DataFrame) -> pd.DataFrame:
+    """Pair each table cell with every published row that matches it (see `load_reference`):
+    same metric, and each key the reference row sets equal to the value of every run in the
+    cell. Adds `published`, `delta` (ours - published), `delta_pct`, `label` and `source`."""
+    keys = [*view.rows, *view.cols]
+    shown = df[df["status"].isin(SHOWN)]
+    ref = ref[ref["metric"] == view.metric]
+    out = []
+    groups = shown.groupby(keys, sort=False, dropna=False) if keys else [((), shown)]
+    runs_by_cell = {
+        tuple(_hashable(v) for v in (k if isinstance(k, tuple) else (k,))): g for k, g in groups
+    }
+    for _, cell in agg.iterrows():
+        runs = runs_by_cell[tuple(_hashable(cell[k]) for k in keys)]
+        for _, pub in ref.iterrows():
+            wanted = {k: _literal(pub[k]) for k in match_keys(ref) if pub[k] != ""}
+            if all(k in runs and (runs[k].map(_hashable) == v).all() for k, v in wanted.items()):
+                delta = cell["mean"] - pub["value"]
+                out.append(
+                    {
+                        **cell.to_dict(),
+                        "published": pub["value"],
+                        "delta": delta,
+                        "delta_pct": 100 * delta / pub["value"],
+                        "label": pub["label"],
+                        "source": f"{pub['paper']}, {pub['table']}, {pub['row']}",
+                        "reference": pub["reference"],
+                    }
+                )
+    columns = [*agg.columns, "published", "delta", "delta_pct", "label", "source", "reference"]
+    return pd.DataFrame(out, columns=columns)
+
+
+def comparison_table(pairs: pd.DataFrame, view: View) -> Table:
+    """One line per (cell, published row) pair from `compare`."""
+    keys = [*view.rows, *view.cols]
+    header = [*keys, "ours", "published", "Δ", "Δ %", "published setting", "source"]
+    body = []
+    for _, p in pairs.iterrows():
+        have = int(p["n"]) > 0
+        body.append(
+            [Cell(key_text(p[k])) for k in keys]
+            + [
+                Cell(cell_text(p)),
+                Cell(fmt_number(p["published"])),
+                Cell(signed(p["delta"]) if have else MISSING),
+                Cell(f"{p['delta_pct']:+.1f}%" if have else MISSING),
+                Cell(p["label"]),
+                Cell(p["source"]),
+            ]
+        )
+    notes = [f"Δ = ours - published ({view.metric}); {len(pairs)} matching published row(s)"]
+    if pairs.empty:
+        notes = [f"no published {view.metric} matches these runs (see rnnbench/references/)"]
+    title = f"{view.metric} against published numbers"
+    return Table(title, header, body, notes, index_columns=len(keys), text_columns=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def render_md(table: Table) -> str:
+    """GitHub markdown; best cells in bold, notes as plain lines below."""
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(cells) + " |"
+
+    numbers = len(table.header) - table.index_columns - table.text_columns
+    align = ["---"] * table.index_columns + ["---:"] * numbers + ["---"] * table.text_columns
+    out = [line(map(_md_escape, table.header)), line(align)]
+    for row in table.body:
+        out.append(line(f"**{_md_escape(c.text)}**" if c.best else _md_escape(c.text) for c in row))
+    return "\n".join(out + [""] + table.notes)
+
+
+LATEX_SPECIAL = {c: "\\" + c for c in "&%$#_{}"} | {
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "\\": r"\textbackslash{}",
+    "±": r"$\pm$",
+    "Δ": r"$\Delta$",
+}
+
+
+def _latex_escape(text: str) -> str:
+    return "".join(LATEX_SPECIAL.get(ch, ch) for ch in text)
+
+
+def render_latex(table: Table) -> str:
+    """A booktabs tabular; best cells in \\textbf, notes as % comments below."""
+    numbers = len(table.header) - table.index_columns - table.text_columns
+    spec = "l" * table.index_columns + "r" * numbers + "l" * table.text_columns
+    out = [
+        "% needs \\usepackage{booktabs}",
+        f"\\begin{{tabular}}{{{spec}}}",
+        "\\toprule",
+        " & ".join(map(_latex_escape, table.header)) + r" \\",
+        "\\midrule",
+    ]
+    for row in table.body:
+        texts = [
+            f"\\textbf{{{_latex_escape(c.text)}}}" if c.best else _latex_escape(c.text) for c in row
+        ]
+        out.append(" & ".join(texts) + r" \\")
+    out += ["\\bottomrule", "\\end{tabular}"]
+    out += [f"% {note}" for note in table.notes]
+    return "\n".join(out)
+
+
+def render_html(table: Table) -> str:
+    """A <table class="rnnbench"> (best cells <strong>, class "best"), notes as <p>."""
+    esc = html.escape
+    head = "".join(f"<th>{esc(h)}</th>" for h in table.header)
+    rows = []
+    for row in table.body:
+        tds = []
+        for i, c in enumerate(row):
+            tag = "th" if i < table.index_columns else "td"
+            text = f"<strong>{esc(c.text)}</strong>" if c.best else esc(c.text)
+            classes = ["best"] * c.best + ["text"] * (i >= len(row) - table.text_columns)
+            cls = f' class="{" ".join(classes)}"' if classes else ""
+            tds.append(f"<{tag}{cls}>{text}</{tag}>")
+        rows.append("<tr>" + "".join(tds) + "</tr>")
+    notes = "".join(f'<p class="note">{esc(n)}</p>' for n in table.notes)
+    return (
+        f'<table class="rnnbench">\n<caption>{esc(table.title)}</caption>\n'
+        f"<thead><tr>{head}</tr></thead>\n<tbody>\n"
+        + "\n".join(rows)
+        + "\n</tbody>\n</table>\n"
+        + notes
+    )
+
+
+RENDERERS = {"md": render_md, "latex": render_latex, "html": render_html}
+# What each format tolerates as a first line that the reader skips: the command that made it.
+COMMENT = {
+    "md": "<!-- command: {} -->",
+    "html": "<!-- command: {} -->",
+    "latex": "% command: {}",
+    "csv": "# command: {}",
+}
+
+
+def to_csv(data: pd.DataFrame, notes: Sequence[str] = ()) -> str:
+    """Machine-readable: one line per cell (or per run), numbers at full precision; the notes
+    as trailing `# ` lines (pandas: `read_csv(..., comment="#")`)."""
+    text = data.to_csv(index=False, lineterminator="\n")
+    return text + "".join(f"# {n}\n" for n in notes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building the views the CLI and the report show
+
+
+def check_shown(df: pd.DataFrame) -> None:
+    """Refuse a table of nothing: every run failed or was interrupted."""
+    if not df["status"].isin(SHOWN).any():
+        counts = ", ".join(f"{n} {s}" for s, n in df["status"].value_counts().items())
+        raise TableError(f"no completed or diverged run to compare ({counts}); --long lists them")
+
+
+def resolve_view(
+    df: pd.DataFrame,
+    rows: Sequence[str] | None = None,
+    cols: Sequence[str] | None = None,
+    metric: str | None = None,
+) -> View:
+    """Fill in defaults (see `default_axes`, `default_metric`) and check every name exists."""
+    metric = metric or default_metric(df)
+    check_metric(df, metric)
+    auto_rows, auto_cols = default_axes(df)
+    rows = list(rows) if rows is not None else auto_rows
+    cols = list(cols) if cols is not None else [c for c in auto_cols if c not in rows]
+    check_keys(df, rows, "--rows")
+    check_keys(df, cols, "--cols")
+    return View(metric, rows, cols)
+
+
+@dataclass
+class Result:
+    """Everything one invocation shows: the tables and the DataFrames behind them."""
+
+    view: View
+    agg: pd.DataFrame
+    tables: list[Table]
+    data: pd.DataFrame  # what `--format csv` writes
+
+
+def build(
+    df: pd.DataFrame, view: View, references: Sequence[str] = (), long: bool = False
+) -> Result:
+    """The comparison pivot (plus a published-numbers table per reference set), or with
+    `long` the runs one per line."""
+    if long:
+        return long_view(df, view)
+    agg = aggregate(df, view.rows, view.cols, view.metric)
+    view.notes = table_notes(df, agg, view)
+    tables = [pivot_table(agg, view)]
+    data = agg.drop(columns=["repeated"])
+    if references:
+        # Sets differ in their match columns: a key one set lacks matches anything.
+        ref = pd.concat([load_reference(name) for name in references], ignore_index=True)
+        ref = ref.fillna("")
+        pairs = compare(df, agg, view, ref)
+        tables.append(comparison_table(pairs, view))
+        extra = pairs[["published", "delta", "delta_pct", "label", "source"]]
+        data = data.merge(pairs[[*data.columns, *extra.columns]], how="left", on=list(data.columns))
+    return Result(view, agg, tables, data)
+
+
+def long_view(df: pd.DataFrame, view: View) -> Result:
+    """Every run, failed ones too, one per line: keys, seed, status, metric, time, folder."""
+    keys = list(dict.fromkeys([*view.rows, *view.cols]))
+    columns = [*keys, "seed", "status", view.metric, "timing.train_s", "run_dir"]
+    columns = list(dict.fromkeys(c for c in columns if c in df.columns))
+    runs = _sort_by_keys(df[columns], keys, df)
+    body = [
+        [Cell(fmt_number(v) if isinstance(v, float) else key_text(v)) for v in line]
+        for line in runs.itertuples(index=False)
+    ]
+    notes = [f"{len(runs)} run(s)"]
+    table = Table(f"{view.metric} per run", columns, body, notes, len(keys) + 1, text_columns=1)
+    return Result(view, runs, [table], runs)
+
+
+def render(result: Result, fmt: str, command: str | None = None) -> str:
+    """The text of `result` in `fmt`; with `command`, a first line saying what made it."""
+    if fmt not in FORMATS:
+        raise TableError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if fmt == "csv":
+        notes = [n for t in result.tables for n in t.notes]
+        text = to_csv(result.data, notes)
+    else:
+        text = "\n\n".join(RENDERERS[fmt](t) for t in result.tables)
+    if command:
+        text = COMMENT[fmt].format(command) + "\n" + text
+    return text if text.endswith("\n") else text + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def split_keys(text: str | None) -> list[str] | None:
+    """ "a,b" -> ["a", "b"]; "" -> [] (no keys); None -> None (the default)."""
+    return None if text is None else [k.strip() for k in text.split(",") if k.strip()]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="rnnbench-table",
+        description=(
+            "Find every result.json under PATH (run folders, sweep folders, runs/) and print "
+            "a comparison table: one cell per combination of --rows and --cols values, runs "
+            "that differ only in their seed collapsed to mean ± std (n). Diverged runs show "
+            "as 'diverged'; failed and interrupted ones are left out and counted under the "
+            "table. The best cell per column is marked."
+        ),
+        epilog=(
+            "Keys are dotted config keys as in the Hydra config (model.cell, model.num_layers, "
+            "trainer.gradient_clip_val, data.name) or record fields (status, seed). Metrics are "
+            "the record's (test/ppl, val/loss, test/bpc, ...), timing.train_s, "
+            "timing.items_per_s or params. With -o, the file's first line is a comment giving "
+            "the command (md/html: <!-- -->, latex: %, csv: #). "
+            f"Shipped references: {', '.join(reference_names())}."
+        ),
+    )
+    p.add_argument("paths", nargs="*", metavar="PATH", help="result.json files or folders")
+    p.add_argument(
+        "--rows",
+        help="comma-separated keys for the rows (default: data.name when it varies, model.cell)",
+    )
+    p.add_argument(
+        "--cols",
+        help="comma-separated keys for the columns (default: the other "
+        "config keys that vary; '' for one column)",
+    )
+    p.add_argument("--metric", help="metric to show (default: the runs' headline, e.g. test/ppl)")
+    p.add_argument("--format", default="md", choices=FORMATS, help="output format (default md)")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    p.add_argument(
+        "--reference",
+        metavar="NAME[,NAME]",
+        help="add a table of published numbers matched to these cells, with the delta: a "
+        "shipped set (zaremba2014, bai2018) or a CSV path in the same layout",
+    )
+    p.add_argument("--long", action="store_true", help="list the runs, one per line")
+    p.add_argument(
+        "--wandb",
+        metavar="ENTITY/PROJECT",
+        help="also read the runs of this W&B project through the public API (needs network "
+        "and a W&B login)",
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `rnnbench-table` with `argv`; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(argv)
+    try:
+        df = load_frame(args.paths, args.wandb)
+        if not args.long:
+            check_shown(df)
+        view = resolve_view(df, split_keys(args.rows), split_keys(args.cols), args.metric)
+        result = build(df, view, split_keys(args.reference) or [], args.long)
+        command = shlex.join(["rnnbench-table", *argv]) if args.output else None
+        text = render(result, args.format, command)
+    except UserError as e:
+        print(f"rnnbench-table: error: {e}", file=sys.stderr)
+        return 2
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cli() -> None:
+    """Console entry point (`rnnbench-table`)."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

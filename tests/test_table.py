@@ -1,0 +1,418 @@
+"""`rnnbench-table` on runs the harness made: a real sweep, a second seed, a diverged and a failed
+run, a tiny PTB run logged to W&B offline. The console script runs in a subprocess."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import require_data, rnnbench_cli, train
+from rnnbench import bench, table
+from rnnbench.train import CONF_DIR
+
+TINY = [
+    "data.train_strings=200",
+    "data.valid_strings=40",
+    "data.test_strings=40",
+    "model.hidden_size=16",
+    "trainer.max_epochs=1",
+]
+SWEEP = [
+    "-m",
+    "model=rnn,gru,lstm",
+    "model.num_layers=1,2",
+    "logger=none",
+    "trainer.enable_progress_bar=false",
+    *TINY,
+]
+PTB_FILES = ["ptb/ptb.train.txt", "ptb/ptb.valid.txt", "ptb/ptb.test.txt"]
+# Zaremba et al.'s small LSTM (2 x 200, no dropout), trained for two batches: a record whose
+# keys match published rows, not one whose number comes near them.
+PTB = [
+    "data=ptb_word",
+    "model=lstm",
+    "model.num_layers=2",
+    "model.hidden_size=200",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+    "logger=wandb",
+]
+CELLS = ["rnn", "gru", "lstm"]
+NUMBER = r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?"
+
+
+@dataclass
+class Runs:
+    sweep: Path  # 3 cells x 2 depths, seed 1234
+    seed: Path  # lstm, 1 layer, seed 7: the sweep's lstm/1 config again
+    odd: Path  # a diverged run and a failed one
+    ptb: Path  # one tiny PTB run, also logged to W&B offline
+
+
+_RUNS: list[Runs] = []
+
+
+def made_runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
+    """The runs every test of this file and test_report.py reads, made once per session."""
+    if _RUNS:
+        return _RUNS[0]
+    root = tmp_path_factory.mktemp("made")
+    (root / "sweep").mkdir()
+    done = rnnbench_cli(SWEEP, cwd=root / "sweep")
+    assert done.returncode == 0, done.stderr[-3000:]
+    [sweep] = {p.parent.parent for p in (root / "sweep").rglob(table.RESULT)}
+
+    train(["model=lstm", "model.num_layers=1", "seed=7", *TINY], root / "seed" / "lstm-seed7")
+
+    rnn_relu = ["model=rnn_relu", "model.num_layers=1", "optim.lr=1000", *TINY]
+    assert train(rnn_relu, root / "odd" / "diverged")["status"] == "diverged"
+    with pytest.raises(Exception, match="gradient_clip_val"):
+        train(["trainer.gradient_clip_val=-1", *TINY], root / "odd" / "failed")
+
+    require_data(*PTB_FILES)
+    (root / "ptb").mkdir()
+    done = rnnbench_cli(PTB, cwd=root / "ptb")
+    assert done.returncode == 0, done.stderr[-3000:]
+    _RUNS.append(Runs(sweep, root / "seed", root / "odd", root / "ptb"))
+    return _RUNS[0]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Runs:
+    return made_runs(tmp_path_factory)
+
+
+def records(*paths: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for path in paths for p in sorted(path.rglob(table.RESULT))]
+
+
+def ppl(recs: list[dict], cell: str, layers: int) -> list[float]:
+    """test/ppl of the completed runs of one cell and depth, read straight from result.json."""
+    return [
+        r["metrics"]["test/ppl"]
+        for r in recs
+        if r["status"] == "completed"
+        and r["config"]["model"]["cell"] == cell
+        and r["config"]["model"]["num_layers"] == layers
+    ]
+
+
+def rnnbench_table(*args: str | Path) -> subprocess.CompletedProcess:
+    """The real console script, in a subprocess."""
+    script = Path(sys.executable).parent / "rnnbench-table"
+    return subprocess.run(
+        [str(script), *map(str, args)], capture_output=True, text=True, timeout=120
+    )
+
+
+def ok(*args: str | Path) -> str:
+    done = rnnbench_table(*args)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def md_tables(text: str) -> list[list[list[str]]]:
+    """Every markdown table in `text`, as rows of cell texts (the |---| line dropped)."""
+    tables, current = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split(" | ")]
+            if not all(re.fullmatch(r"-+:?", c) for c in cells):
+                current.append(cells)
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+def parse_cell(text: str) -> tuple[float, float | None, int, bool]:
+    """'**6.78 ± 0.01 (n=2)**' -> (6.78, 0.01, 2, best)."""
+    best = text.startswith(("**", "\\textbf{"))
+    text = re.sub(r"^\*\*|\*\*$|^\\textbf\{|\}$", "", text).replace("$\\pm$", "±")
+    m = re.fullmatch(rf"({NUMBER})(?: ± ({NUMBER}))?(?: \(n=(\d+)[^)]*\))?", text)
+    assert m, f"not a number cell: {text!r}"
+    return float(m[1]), float(m[2]) if m[2] else None, int(m[3] or 1), best
+
+
+def close(shown: float, exact: float) -> bool:
+    """A number printed with 4 significant figures against the full-precision one."""
+    return math.isclose(shown, exact, rel_tol=1e-3)
+
+
+def test_markdown_pivot_of_a_sweep_is_cells_by_depths_of_test_ppl(runs):
+    out = ok(runs.sweep)
+    [pivot] = md_tables(out)
+    assert pivot[0] == ["model.cell", "model.num_layers=1", "model.num_layers=2"]
+    assert [row[0] for row in pivot[1:]] == CELLS
+    recs = records(runs.sweep)
+    for row in pivot[1:]:
+        for layers, text in zip((1, 2), row[1:], strict=True):
+            mean, std, n, _ = parse_cell(text)
+            [expected] = ppl(recs, row[0], layers)
+            assert close(mean, expected) and std is None and n == 1
+    for col in (1, 2):  # the one bold cell per column is its lowest perplexity
+        values = {row[0]: parse_cell(row[col]) for row in pivot[1:]}
+        bold = [cell for cell, v in values.items() if v[3]]
+        assert bold == [min(values, key=lambda c: values[c][0])]
+    assert "test/ppl" in out and "lower is better" in out
+
+
+def test_latex_and_csv_give_the_same_numbers(runs):
+    [md] = md_tables(ok(runs.sweep))
+    md_numbers = {(row[0], col): parse_cell(row[col])[0] for row in md[1:] for col in (1, 2)}
+
+    latex = ok(runs.sweep, "--format", "latex")
+    assert "\\begin{tabular}" in latex and "model.num\\_layers=1" in latex
+    body = [line for line in latex.splitlines() if line.endswith("\\\\")][1:]
+    latex_numbers = {}
+    for line in body:
+        cells = [c.strip() for c in line[: -len("\\\\")].split(" & ")]
+        for col in (1, 2):
+            latex_numbers[(cells[0], col)] = parse_cell(cells[col])[0]
+    assert latex_numbers == md_numbers
+
+    csv = pd.read_csv(io.StringIO(ok(runs.sweep, "--format", "csv")), comment="#")
+    assert len(csv) == 6 and set(csv["metric"]) == {"test/ppl"}
+    for line in csv.itertuples():
+        assert close(md_numbers[(line._1, line._2)], line.mean)  # model.cell, model.num_layers
+
+
+def test_seeds_collapse_to_mean_std_and_n(runs):
+    out = ok(runs.sweep, runs.seed)
+    [pivot] = md_tables(out)
+    cells = {row[0]: row[1:] for row in pivot[1:]}
+    mean, std, n, _ = parse_cell(cells["lstm"][0])
+    both = ppl(records(runs.sweep, runs.seed), "lstm", 1)
+    assert len(both) == 2 and n == 2
+    assert close(mean, statistics.mean(both))
+    assert math.isclose(std, statistics.stdev(both), rel_tol=0.05, abs_tol=1e-3)
+    assert parse_cell(cells["lstm"][1])[2] == 1  # the other depth still has one run
+    assert "mix configurations" not in out  # the seed was the only difference
+
+    csv = pd.read_csv(io.StringIO(ok(runs.sweep, runs.seed, "--format", "csv")), comment="#")
+    lstm1 = csv[(csv["model.cell"] == "lstm") & (csv["model.num_layers"] == 1)].iloc[0]
+    assert lstm1["n"] == 2 and close(lstm1["std"], statistics.stdev(both))
+
+    [long] = md_tables(ok(runs.sweep, runs.seed, "--long"))
+    assert len(long) - 1 == 7 and {"seed", "status", "test/ppl", "run_dir"} <= set(long[0])
+
+
+def test_diverged_shows_in_its_cell_and_failed_is_counted_under_the_table(runs):
+    out = ok(runs.sweep, runs.odd)
+    [pivot] = md_tables(out)
+    cells = {row[0]: row[1:] for row in pivot[1:]}
+    assert cells["rnn_relu"] == ["diverged", "-"]
+    assert set(cells) == {*CELLS, "rnn_relu"}  # the failed run (an lstm) is in no cell
+    [left_out] = [line for line in out.splitlines() if line.startswith("left out:")]
+    assert "1 failed" in left_out and str(runs.odd / "failed") in left_out
+
+
+def test_reference_puts_published_numbers_and_deltas_beside_matching_rows(runs):
+    args = [runs.sweep, runs.ptb, "--rows", "data.name,model.cell", "--cols", "model.num_layers"]
+    out = ok(*args, "--reference", "zaremba2014,bai2018")
+    pivot, comparison = md_tables(out)
+    assert [r[:2] for r in pivot[1:]][-1] == ["ptb_word", "lstm"]
+    header = comparison[0]
+    rows = [dict(zip(header, r, strict=True)) for r in comparison[1:]]
+    [ptb_record] = records(runs.ptb)
+    ours = ptb_record["metrics"]["test/ppl"]
+    # Only the PTB cell has published numbers: Zaremba's small LSTM (its size matches) and Bai's
+    # LSTM (matched on data + cell); Zaremba's medium and large need 650 and 1500 units.
+    assert {(r["data.name"], r["model.cell"], r["model.num_layers"]) for r in rows} == {
+        ("ptb_word", "lstm", "2")
+    }
+    published = {float(r["published"]): r for r in rows}
+    assert set(published) == {114.5, 78.93}
+    assert "Zaremba et al. 2014, Table 1" in published[114.5]["source"]
+    assert "Bai et al. 2018, Table 1" in published[78.93]["source"]
+    for value, r in published.items():
+        assert close(float(r["Δ"]), ours - value)
+        assert close(float(r["ours"]), ours)
+
+    val = md_tables(ok(*args, "--reference", "zaremba2014", "--metric", "val/ppl"))[1]
+    assert [float(r[4]) for r in val[1:]] == [120.7]  # the validation number of the same row
+
+    csv = pd.read_csv(
+        io.StringIO(ok(*args, "--reference", "zaremba2014,bai2018", "--format", "csv")),
+        comment="#",
+    )
+    with_ref = csv[csv["published"].notna()]
+    assert sorted(with_ref["published"]) == [78.93, 114.5]
+    assert (with_ref["delta"] - (with_ref["mean"] - with_ref["published"])).abs().max() < 1e-9
+    assert csv[csv["data.name"] == "reber"]["published"].isna().all()
+
+
+def test_output_files_start_with_the_command_that_made_them(runs, tmp_path):
+    first = {"md": "<!-- command: ", "html": "<!-- command: ", "latex": "% command: "}
+    first["csv"] = "# command: "
+    for fmt, start in first.items():
+        out = tmp_path / f"table.{fmt}"
+        done = rnnbench_table(runs.sweep, "--format", fmt, "-o", out)
+        assert done.returncode == 0 and done.stdout == ""
+        line = out.read_text().splitlines()[0]
+        assert line.startswith(start) and f"rnnbench-table {runs.sweep} --format {fmt}" in line
+    csv = pd.read_csv(tmp_path / "table.csv", comment="#")  # the comment lines are skipped
+    assert len(csv) == 6 and csv["mean"].notna().all()
+    assert "<table" in (tmp_path / "table.html").read_text()
+
+
+def test_a_path_without_runs_is_one_line_and_a_failure(tmp_path):
+    (tmp_path / "empty").mkdir()
+    for path in (tmp_path / "empty", tmp_path / "missing"):
+        done = rnnbench_table(path)
+        assert done.returncode != 0 and done.stdout == ""
+        [line] = done.stderr.splitlines()
+        assert line.startswith("rnnbench-table: error:") and str(path) in line
+
+
+def test_truncated_and_foreign_records_are_skipped_with_a_warning(runs, tmp_path):
+    copy = tmp_path / "sweep"
+    shutil.copytree(runs.sweep, copy, ignore=shutil.ignore_patterns("checkpoints", "csv"))
+    truncated = copy / "0" / table.RESULT
+    lost = json.loads(truncated.read_text())["config"]["model"]
+    truncated.write_text(truncated.read_text()[:200])
+    foreign = copy / "other" / table.RESULT
+    foreign.parent.mkdir()
+    foreign.write_text(json.dumps({"schema": "someone-else/1", "accuracy": 0.9}))
+    done = rnnbench_table(copy)
+    assert done.returncode == 0, done.stderr
+    warnings = done.stderr.splitlines()
+    assert len(warnings) == 2
+    assert any(str(truncated) in w and "not complete JSON" in w for w in warnings)
+    assert any(str(foreign) in w and "not an rnnbench result" in w for w in warnings)
+    [pivot] = md_tables(done.stdout)
+    layers = [int(h.split("=")[1]) for h in pivot[0][1:]]
+    cells = {
+        (row[0], n): text for row in pivot[1:] for n, text in zip(layers, row[1:], strict=True)
+    }
+    assert cells.pop((lost["cell"], lost["num_layers"])) == "-"
+    assert len(cells) == 5 and all(parse_cell(text)[2] == 1 for text in cells.values())
+
+
+def test_unknown_metric_or_key_lists_what_exists(runs):
+    done = rnnbench_table(runs.sweep, "--metric", "test/acc")
+    [line] = done.stderr.splitlines()
+    assert done.returncode != 0 and "'test/acc'" in line
+    assert "test/ppl" in line and "val/loss" in line
+
+    done = rnnbench_table(runs.sweep, "--rows", "model.cel")
+    [line] = done.stderr.splitlines()
+    assert done.returncode != 0 and "'model.cel'" in line and "--rows" in line
+    assert "model.cell" in line and "model.num_layers" in line
+
+    done = rnnbench_table(runs.sweep, "--reference", "nobody2099")
+    [line] = done.stderr.splitlines()
+    assert done.returncode != 0 and "zaremba2014" in line and "bai2018" in line
+
+
+def test_help_names_every_option():
+    done = rnnbench_table("--help")
+    assert done.returncode == 0
+    for option in ("--rows", "--cols", "--metric", "--format", "--reference", "--long", "--wandb"):
+        assert option in done.stdout
+    assert "zaremba2014" in done.stdout and "bai2018" in done.stdout
+
+
+def wandb_offline_run(run_dir: Path) -> tuple[dict, dict, str]:
+    """What `wandb.Api()` gives for this run once synced (run.config, run.summary_metrics,
+    run.state), read from the offline run's own file: a LevelDB-style log (7-byte header, 32 KiB
+    blocks, records cut into chunks with a 7-byte header each) of wandb protobuf records."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    [log] = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    raw = log.read_bytes()
+    assert raw[:4] == b":W&B", "W&B changed its offline file format"
+    block, pos, chunks, messages = 32768, 7, b"", []
+    while pos + 7 <= len(raw):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", raw[pos : pos + 7])
+        chunks += raw[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # FULL or LAST chunk: a whole record
+            messages.append(chunks)
+            chunks = b""
+    config, summary, state = {}, {}, "running"
+    for message in messages:
+        record = pb.Record()
+        record.ParseFromString(message)
+        kind = record.WhichOneof("record_type")
+        if kind == "config":
+            config |= {i.key: json.loads(i.value_json) for i in record.config.update}
+        elif kind == "summary":
+            for item in record.summary.update:
+                *parents, leaf = list(item.nested_key) or [item.key]
+                node = summary
+                for p in parents:
+                    node = node.setdefault(p, {})
+                node[leaf] = json.loads(item.value_json)
+        elif kind == "exit":
+            state = "finished" if record.exit.exit_code == 0 else "failed"
+    config.pop("_wandb", None)  # the API keeps it apart (run.rawconfig)
+    return config, summary, state
+
+
+def test_wandb_rows_are_the_rows_of_result_json(runs):
+    [path] = runs.ptb.rglob(table.RESULT)
+    record = json.loads(path.read_text())
+    config, summary, state = wandb_offline_run(path.parent)
+    assert state == "finished" and "trainer/global_step" in summary  # W&B's own keys are there
+
+    from_file = table.record_row(record, path)
+    from_wandb = table.wandb_row(config, summary, state)
+    assert "trainer/global_step" not in from_wandb and "train/loss" not in from_wandb
+    not_in_wandb = {"task", "headline", "params", "run_key", "source", "run_dir"}
+    not_in_wandb |= {k for k in from_file if k.startswith("timing.")}
+    for key, value in from_file.items():
+        if key not in not_in_wandb:
+            assert from_wandb[key] == value, key
+    assert set(from_wandb) == set(from_file)
+    assert from_wandb["source"] == "wandb" and from_wandb["status"] == "completed"
+
+    pivots = [
+        table.aggregate(table.frame([row]), ["data.name", "model.cell"], [], "test/ppl")
+        for row in (from_file, from_wandb)
+    ]
+    pd.testing.assert_frame_equal(*pivots)
+
+
+def test_references_ship_with_citations():
+    assert {"zaremba2014", "bai2018"} <= set(table.reference_names())
+    for name in ("zaremba2014", "bai2018"):
+        ref = table.load_reference(name)
+        assert (ref[["paper", "table", "row", "metric", "label"]] != "").all().all()
+        assert {"data.name", "model.cell"} <= set(table.match_keys(ref))
+        assert ref["value"].gt(0).all()
+    bai = table.load_reference("bai2018")
+    assert len(bai) == 24 and set(bai["model.cell"]) == {"rnn", "gru", "lstm"}
+    # A reference row for a dataset name no config has would never match a run.
+    datasets = {OmegaConf.load(f).get("name") for f in (CONF_DIR / "data").glob("*.yaml")}
+    for name in ("zaremba2014", "bai2018"):
+        assert set(table.load_reference(name)["data.name"]) <= datasets
+
+
+def test_bench_aggregates_copies_of_real_records(runs, capsys):
+    assert bench.main(["aggregate", "-n", "300", "--records", str(runs.sweep)]) == 0
+    line, last = capsys.readouterr().out.strip().splitlines()[-2:]
+    assert line.startswith("aggregate: 300 records -> DataFrame + pivot in ")
+    result = json.loads(last)["aggregate"]
+    assert result["records"] == result["rows"] == 300 and result["templates"] == 6
+    assert result["cells"] == 3 * 4  # three cells, depths 1-4
+    assert result["ok"] is (result["seconds"] < result["goal_s"])
