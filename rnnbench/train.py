@@ -134,6 +134,7 @@ def reuse(record: dict[str, Any], run_dir: Path, results_root: str | Path) -> di
     """The record of a completed run with the same run_key, copied into `run_dir` with
     `reused_from` naming its source; None when there is none."""
     source = find_completed(results_root, record["run_key"])
+    source = source.resolve() if source is not None else None
     if source is None:
         return None
     if source.resolve() == run_dir.resolve():
@@ -163,7 +164,7 @@ def run(
     (unless `force`); a `checkpoints/last.ckpt` already in `run_dir` is resumed from.
     Returns the record. Raises what the run raised (after recording it as failed or interrupted).
     """
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     record = new_record(cfg, run_dir, overrides)
     rank_zero = is_rank_zero()

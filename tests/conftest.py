@@ -15,7 +15,8 @@ from rnnbench.train import CONF_DIR, run
 
 REPO = Path(__file__).resolve().parent.parent
 # Small, fast settings for runs whose point is "it trains end to end", not the numbers.
-QUIET = ["logger=none", "trainer.enable_progress_bar=false"]
+# force=true: an in-process test run never reuses a finished run found under ./runs.
+QUIET = ["logger=none", "trainer.enable_progress_bar=false", "force=true"]
 
 
 def data_dir() -> Path:

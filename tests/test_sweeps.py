@@ -1,0 +1,217 @@
+"""Sweeps at scale and runs that survive faults, as real processes: joblib and submitit
+launchers, reuse of finished runs, resume after SIGKILL, failing jobs, DDP on the CPU, W&B
+without a network, and the sweep-level bad inputs."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import records, rnnbench_cli
+from rnnbench.sweep import threads_per_job
+
+SMALL = [
+    "logger=none",
+    "trainer.enable_progress_bar=false",
+    "data.train_strings=200",
+    "data.valid_strings=40",
+    "data.test_strings=40",
+    "model.hidden_size=16",
+    "model.num_layers=1",
+    "trainer.max_epochs=1",
+]
+SCRIPT = Path(sys.executable).parent / "rnnbench"
+
+
+def popen(args: list[str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(SCRIPT), *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "WANDB_MODE": "offline"},
+    )
+
+
+def wait_for(condition, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            raise AssertionError(f"process ended early: {proc.stderr.read()[-2000:]}")
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_joblib_sweep_then_relaunch_reuses_everything(tmp_path):
+    sweep = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=rnn,gru,lstm", *SMALL]
+    first = rnnbench_cli(sweep, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "sweep: 3 jobs: 3 completed" in first.stdout
+    made = records(tmp_path / "runs")
+    # Two jobs wrote into one sweep root at once: every record whole, one per cell.
+    assert sorted(r["config"]["model"]["cell"] for r in made) == ["gru", "lstm", "rnn"]
+    assert all(r["status"] == "completed" for r in made)
+    # Each of the 2 parallel jobs got its share of the cores.
+    assert {r["env"]["threads"] for r in made} == {threads_per_job(2)}
+
+    time.sleep(1.1)  # a new sweep directory (they are named by the second)
+    again = rnnbench_cli(sweep, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "sweep: 3 jobs: 3 reused" in again.stdout
+    reused = [r for r in records(tmp_path / "runs") if r.get("reused_from")]
+    assert len(reused) == 3
+    originals = {r["run_dir"]: r for r in made}
+    for r in reused:
+        assert r["metrics"] == originals[r["reused_from"]]["metrics"]
+    forced = rnnbench_cli([*sweep[:3], "model=gru", *SMALL, "force=true"], cwd=tmp_path)
+    assert "1 completed" in forced.stdout
+
+
+def test_submitit_local_launcher_runs_jobs(tmp_path):
+    result = rnnbench_cli(
+        ["-m", "hydra/launcher=submitit_local", "model=rnn,gru", *SMALL], cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "sweep: 2 jobs: 2 completed" in result.stdout
+
+
+def test_sigkilled_run_resumes_to_the_same_metrics(tmp_path):
+    args = [
+        "logger=none",
+        "trainer.enable_progress_bar=false",
+        "trainer.max_epochs=4",
+        "model.dropout=0.2",
+        "data.train_strings=1000",
+    ]
+    (tmp_path / "whole").mkdir()
+    whole = rnnbench_cli(args, cwd=tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    [reference] = records(tmp_path / "whole")
+
+    run_dir = tmp_path / "killed" / "run"
+    resumable = [*args, f"hydra.run.dir={run_dir}"]
+    proc = popen(resumable, cwd=tmp_path)
+    wait_for(lambda: (run_dir / "checkpoints" / "last.ckpt").exists(), proc)
+    time.sleep(0.5)  # into the next epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not (run_dir / "result.json").exists()  # it never finished
+
+    resumed = rnnbench_cli(resumable, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    record = json.loads((run_dir / "result.json").read_text())
+    assert record["status"] == "completed"
+    assert record["metrics"] == reference["metrics"]
+    assert record["timing"]["steps"] == reference["timing"]["steps"]
+    assert len((run_dir / "metrics.csv").read_text().splitlines()) == 1 + 4  # all epochs kept
+
+
+def test_killed_multirun_relaunch_runs_only_the_unfinished_jobs(tmp_path):
+    sweep = ["-m", "model=rnn,gru,lstm,rnn_relu", *SMALL[:-1], "trainer.max_epochs=3"]
+    proc = popen(sweep, cwd=tmp_path)
+    wait_for(lambda: len(list(tmp_path.rglob("result.json"))) >= 2, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    finished = len(records(tmp_path / "runs"))
+    assert 2 <= finished < 4
+
+    time.sleep(1.1)
+    again = rnnbench_cli(sweep, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"{4 - finished} completed, {finished} reused" in again.stdout
+
+
+def test_one_failing_job_does_not_stop_the_sweep(tmp_path):
+    result = rnnbench_cli(
+        [
+            "-m",
+            "model.hidden_size=8,12,-1,16",
+            *SMALL[:5],
+            "model.num_layers=1",
+            "trainer.max_epochs=1",
+        ],
+        cwd=tmp_path,
+    )
+    assert result.returncode != 0
+    assert "sweep: 4 jobs: 3 completed, 1 failed" in result.stdout
+    failed = [r for r in records(tmp_path / "runs") if r["status"] == "failed"]
+    assert len(failed) == 1 and "model.hidden_size=-1" in failed[0]["error"]
+    assert "rnnbench: job 2 failed: model.hidden_size=-1" in result.stderr
+
+
+def test_ddp_on_two_cpu_processes_writes_one_record_equal_to_one_process(tmp_path):
+    args = [*SMALL[:-1], "trainer.max_epochs=2", "data.batch_size=16", "data.eval_batch_size=16"]
+    (tmp_path / "one").mkdir()
+    (tmp_path / "ddp").mkdir()
+    single = rnnbench_cli(args, cwd=tmp_path / "one")
+    ddp = rnnbench_cli(
+        [*args, "trainer=ddp", "trainer.enable_progress_bar=false"], cwd=tmp_path / "ddp"
+    )
+    assert single.returncode == 0 and ddp.returncode == 0, ddp.stderr[-3000:]
+    [one] = records(tmp_path / "one")
+    [two] = records(tmp_path / "ddp")  # one record, not one per process
+    assert two["config"]["trainer"]["strategy"] == "ddp" and two["status"] == "completed"
+    # Each process reads half the streams and DDP averages the gradients: the same updates.
+    for key, value in one["metrics"].items():
+        assert two["metrics"][key] == pytest.approx(value, rel=1e-4), key
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_wandb_online_without_a_network_leaves_the_run_to_finish(tmp_path):
+    secret = "0123456789abcdef0123456789abcdef01234567"
+    env = {
+        "WANDB_MODE": "online",
+        "WANDB_BASE_URL": f"http://127.0.0.1:{closed_port()}",
+        "WANDB_API_KEY": secret,
+    }
+    result = rnnbench_cli([*SMALL[1:], "logger=wandb"], cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("rnnbench: warn")]
+    assert len(warnings) == 1 and "logger wandb unavailable" in warnings[0]
+    [record] = records(tmp_path / "runs")
+    assert record["status"] == "completed" and record["wandb"] is None
+    for path in (tmp_path / "runs").rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["-m", "hydra/launcher=nope", "model=rnn,gru"],
+            "Could not find 'hydra/launcher/nope' Available options in 'hydra/launcher': basic, joblib",
+        ),
+        (
+            ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0", "model=rnn,gru"],
+            "hydra.launcher.n_jobs=0 is not allowed",
+        ),
+        (["-m", "+sweep=bad"], "Could not override 'model.nonexistent'"),
+    ],
+)
+def test_sweep_bad_inputs_are_one_line(args, message, tmp_path):
+    presets = tmp_path / "presets" / "sweep"
+    presets.mkdir(parents=True)
+    (presets / "bad.yaml").write_text(
+        "# @package _global_\nhydra:\n  sweeper:\n    params:\n      model.nonexistent: 1,2\n"
+    )
+    result = rnnbench_cli(
+        [*args, f"hydra.searchpath=[file://{tmp_path / 'presets'}]", "logger=none"], cwd=tmp_path
+    )
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("rnnbench: error: "), result.stderr
+    assert message in lines[0]
+    assert not (tmp_path / "runs").exists()
