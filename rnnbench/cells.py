@@ -24,6 +24,15 @@ GRU_RESETS = ("after", "before")
 State = Tensor | tuple[Tensor, Tensor]
 
 
+def detach_state(state: State | None) -> State | None:
+    """Cut the graph at a window boundary: truncated BPTT keeps the values, not the history."""
+    if state is None:
+        return None
+    if isinstance(state, tuple):
+        return tuple(s.detach() for s in state)
+    return state.detach()
+
+
 def rnn_step(gx: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor, act) -> Tensor:
     """H_t = act(X_t W_xh + H_{t-1} W_hh + b); gx already holds X_t W_xh + b_xh."""
     return act(torch.addmm(gx + b_hh, h, w_hh.t()))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from rnnbench.cells import RecurrentStack, State
+from rnnbench.cells import RecurrentStack, State, detach_state
 from rnnbench.errors import ConfigError
 
 READOUTS = ("all", "last")
@@ -43,6 +43,7 @@ class SequenceModel(nn.Module):
         gru_reset: str = "after",
         init_range: float | None = None,
         forget_bias: float | None = None,
+        tbptt: int | None = None,
     ) -> None:
         super().__init__()
         if causal and bidirectional:
@@ -54,6 +55,18 @@ class SequenceModel(nn.Module):
         if readout not in READOUTS:
             raise ConfigError(f"readout={readout!r} is unknown: use one of {READOUTS}")
         self.readout = readout
+        if tbptt is not None:
+            if isinstance(tbptt, bool) or not isinstance(tbptt, int) or tbptt < 1:
+                raise ConfigError(
+                    f"model.tbptt={tbptt} is not allowed: use a number of steps "
+                    f">= 1, or null for full backprop through time"
+                )
+            if bidirectional:
+                raise ConfigError(
+                    "model.tbptt needs model.bidirectional=false: a backward "
+                    "pass cannot be cut into chunks read forwards"
+                )
+        self.tbptt = tbptt
         emb_size = emb_size or hidden_size
         stack_input = emb_size if vocab_size is not None else input_size
         # The stack first: it checks cell, sizes and depth before anything is allocated.
@@ -90,6 +103,23 @@ class SequenceModel(nn.Module):
                 elif name.startswith("bias_hh"):
                     p[h : 2 * h] = 0.0
 
+    def truncated(
+        self, x: Tensor, state: State | None, lengths: Tensor | None
+    ) -> tuple[Tensor, State]:
+        """Truncated BPTT: the sequence in chunks of `tbptt` steps, the state handed from one
+        chunk to the next detached. Forward values are those of the whole sequence; no gradient
+        crosses a chunk boundary, so a loss reaches back at most to the start of its chunk."""
+        if lengths is not None:
+            raise ConfigError(
+                "model.tbptt is not supported with padded variable-length rows "
+                "(this dataset packs its sequences): set model.tbptt=null"
+            )
+        outputs = []
+        for i, chunk in enumerate(x.split(self.tbptt, dim=1)):
+            out, state = self.stack(chunk, detach_state(state) if i else state)
+            outputs.append(out)
+        return torch.cat(outputs, dim=1), state
+
     def forward(
         self, x: Tensor, state: State | None = None, lengths: Tensor | None = None
     ) -> tuple[Tensor, State]:
@@ -100,7 +130,11 @@ class SequenceModel(nn.Module):
         """
         if self.embedding is not None:
             x = self.embedding(x)
-        out, state = self.stack(self.drop(x), state, lengths)
+        x = self.drop(x)
+        if self.tbptt is None or x.size(1) <= self.tbptt:
+            out, state = self.stack(x, state, lengths)
+        else:
+            out, state = self.truncated(x, state, lengths)
         if self.readout == "last":
             h_n = state[0] if isinstance(state, tuple) else state
             # The last layer's final state of each direction: forward has read up to the

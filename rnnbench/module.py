@@ -17,20 +17,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.aggregation import MeanMetric
 
-from rnnbench.cells import State
+from rnnbench.cells import State, detach_state
 
 LN2 = math.log(2.0)
 SPLITS = ("train", "val", "test")
 Batch = dict[str, Tensor]
-
-
-def detach_state(state: State | None) -> State | None:
-    """Cut the graph at a window boundary: truncated BPTT keeps the values, not the history."""
-    if state is None:
-        return None
-    if isinstance(state, tuple):
-        return tuple(s.detach() for s in state)
-    return state.detach()
 
 
 def global_grad_norm(parameters) -> Tensor:

@@ -1,0 +1,104 @@
+"""Truncated backprop through time as a model knob (model.tbptt) on every task."""
+
+import pytest
+import torch
+
+from conftest import train
+from rnnbench.errors import ConfigError
+from rnnbench.model import SequenceModel
+
+T, B, IN = 12, 3, 2
+
+
+def model(cell: str, readout: str, tbptt, impl: str = "fused") -> SequenceModel:
+    torch.manual_seed(0)
+    return SequenceModel(
+        output_size=1,
+        input_size=IN,
+        readout=readout,
+        causal=False,
+        cell=cell,
+        impl=impl,
+        hidden_size=5,
+        num_layers=2,
+        tbptt=tbptt,
+    ).double()
+
+
+def input_grad(net: SequenceModel, x: torch.Tensor, steps: slice | None = None):
+    """Outputs, and the gradient of the loss (at the readout, or at `steps` of a per-step
+    output) with respect to every input step."""
+    x = x.clone().requires_grad_(True)
+    out, _ = net(x)
+    (out if steps is None else out[:, steps]).sum().backward()
+    return out.detach(), x.grad, {n: p.grad.clone() for n, p in net.named_parameters()}
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("impl", ["fused", "scratch"])
+def test_truncation_at_or_beyond_the_length_is_full_bptt(cell, impl):
+    x = torch.randn(B, T, IN, dtype=torch.float64)
+    full = input_grad(model(cell, "last", None, impl), x)
+    for k in (T, T + 5):
+        out, xg, grads = input_grad(model(cell, "last", k, impl), x)
+        torch.testing.assert_close(out, full[0], rtol=0, atol=0)
+        torch.testing.assert_close(xg, full[1], rtol=0, atol=0)
+        for name, g in grads.items():
+            torch.testing.assert_close(g, full[2][name], rtol=0, atol=0)
+    # One step shorter already changes the gradient (but not the forward values).
+    out, xg, _ = input_grad(model(cell, "last", T - 1, impl), x)
+    torch.testing.assert_close(out, full[0])
+    assert not torch.allclose(xg, full[1])
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_no_gradient_crosses_a_chunk_boundary(cell):
+    k = 4
+    x = torch.randn(B, T, IN, dtype=torch.float64)
+    # Readout at the last step: only the last chunk's inputs get gradient.
+    _, xg, _ = input_grad(model(cell, "last", k), x)
+    assert torch.all(xg[:, : T - k] == 0)
+    assert torch.all(xg[:, T - k :].abs().sum(-1) > 0)
+    # A loss on the second chunk's per-step outputs reaches that chunk only: not back into the
+    # first one, and (causal) not forward into the third.
+    _, xg, _ = input_grad(model(cell, "all", k), x, steps=slice(k, 2 * k))
+    assert torch.all(xg[:, :k] == 0) and torch.all(xg[:, 2 * k :] == 0)
+    assert torch.all(xg[:, k : 2 * k].abs().sum(-1) > 0)
+
+
+def test_bad_truncation_settings():
+    with pytest.raises(ConfigError, match="model.tbptt=0"):
+        model("lstm", "last", 0)
+    with pytest.raises(ConfigError, match="model.bidirectional=false"):
+        SequenceModel(
+            output_size=1, input_size=2, readout="last", causal=False, bidirectional=True, tbptt=5
+        )
+
+
+@pytest.mark.parametrize(
+    "data, extra",
+    [
+        (
+            "adding",
+            ["data.seq_len=30", "data.train_size=64", "data.valid_size=16", "data.test_size=16"],
+        ),
+        (
+            "copy_memory",
+            ["data.seq_len=30", "data.train_size=64", "data.valid_size=16", "data.test_size=16"],
+        ),
+    ],
+)
+def test_truncated_training_runs(data, extra, tmp_path):
+    record = train(
+        [
+            f"data={data}",
+            "trainer=debug",
+            "model.hidden_size=12",
+            "model.num_layers=1",
+            "model.tbptt=8",
+            *extra,
+        ],
+        tmp_path,
+    )
+    assert record["status"] == "completed"
+    assert record["config"]["model"]["tbptt"] == 8
