@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnbench.errors import ConfigError
+from rnnbench.errors import ConfigError, check_choice, check_positive_int
 
 GATES = {"rnn": 1, "rnn_relu": 1, "gru": 3, "lstm": 4}
 CELLS = tuple(GATES)
@@ -192,16 +192,6 @@ def reverse_time(x: Tensor, lengths: Tensor | None) -> Tensor:
     lengths = lengths.to(x.device)[:, None]
     index = torch.where(steps < lengths, lengths - 1 - steps, steps)
     return x.gather(1, index[..., None].expand_as(x))
-
-
-def check_choice(key: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{key}={value!r} is unknown: use one of {', '.join(allowed)}")
-
-
-def check_positive_int(key: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{key}={value} is not allowed: use an integer >= 1")
 
 
 class RecurrentStack(nn.Module):

@@ -26,3 +26,15 @@ def find_user_error(exc: BaseException) -> UserError | None:
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def check_choice(key: str, value: object, allowed: tuple[str, ...]) -> None:
+    """Raise ConfigError naming `key` unless `value` is one of `allowed`."""
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is unknown: use one of {', '.join(allowed)}")
+
+
+def check_positive_int(key: str, value: object) -> None:
+    """Raise ConfigError naming `key` unless `value` is an integer >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{key}={value} is not allowed: use an integer >= 1")

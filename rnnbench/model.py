@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from rnnbench.cells import RecurrentStack, State, detach_state
-from rnnbench.errors import ConfigError
+from rnnbench.errors import ConfigError, check_choice, check_positive_int
 
 READOUTS = ("all", "last")
 
@@ -52,15 +52,10 @@ class SequenceModel(nn.Module):
                 "sequence backwards shows the model the very values it must predict; use "
                 "model.bidirectional=false (bidirectional suits classification and regression)"
             )
-        if readout not in READOUTS:
-            raise ConfigError(f"readout={readout!r} is unknown: use one of {READOUTS}")
+        check_choice("readout", readout, READOUTS)
         self.readout = readout
         if tbptt is not None:
-            if isinstance(tbptt, bool) or not isinstance(tbptt, int) or tbptt < 1:
-                raise ConfigError(
-                    f"model.tbptt={tbptt} is not allowed: use a number of steps "
-                    f">= 1, or null for full backprop through time"
-                )
+            check_positive_int("model.tbptt", tbptt)
             if bidirectional:
                 raise ConfigError(
                     "model.tbptt needs model.bidirectional=false: a backward "

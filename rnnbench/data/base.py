@@ -12,14 +12,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from rnnbench.errors import ConfigError
+from rnnbench.errors import check_positive_int
 
 SPLITS = ("train", "valid", "test")
-
-
-def check_positive_int(key: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{key}={value} is not allowed: use an integer >= 1")
 
 
 class TensorDictDataset(Dataset):

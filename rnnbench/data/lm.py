@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from rnnbench.data.base import SPLITS, SequenceDataModule, check_positive_int, rank_and_world
+from rnnbench.data.base import SPLITS, SequenceDataModule, rank_and_world
 from rnnbench.data.fetch import ensure_file
-from rnnbench.errors import ConfigError, DataError
+from rnnbench.errors import ConfigError, DataError, check_positive_int
 
 EOS = "<eos>"
 UNK = "<unk>"

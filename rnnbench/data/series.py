@@ -10,9 +10,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from rnnbench.data.base import SPLITS, SequenceDataModule, check_positive_int
+from rnnbench.data.base import SPLITS, SequenceDataModule
 from rnnbench.data.fetch import DataFolder
-from rnnbench.errors import ConfigError, DataError
+from rnnbench.errors import ConfigError, DataError, check_positive_int
 
 
 def read_columns(path, columns: Sequence[str], relpath: str) -> Tensor:

@@ -7,8 +7,8 @@ import math
 
 import torch
 
-from rnnbench.data.base import SequenceDataModule, TensorDictDataset, check_positive_int
-from rnnbench.errors import ConfigError
+from rnnbench.data.base import SequenceDataModule, TensorDictDataset
+from rnnbench.errors import ConfigError, check_positive_int
 
 
 class GeneratedSplits(SequenceDataModule):
