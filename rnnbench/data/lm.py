@@ -150,15 +150,6 @@ class LMDataModule(SequenceDataModule):
             rows = rows[rank::world]
         return DataLoader(BPTTWindows(rows, self.bptt), batch_size=None, shuffle=False)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("valid")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
 
 def words(line: str) -> list[str]:
     """Whitespace tokens plus one end-of-sentence marker (PTB word and character files)."""
