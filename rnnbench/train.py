@@ -211,7 +211,7 @@ def run(
         trainer = instantiate(
             cfg.trainer,
             logger=loggers or False,
-            callbacks=[throughput, epochs, trace, *checkpoints],
+            callbacks=[throughput, epochs, trace, *checkpoints, *extra_callbacks(cfg, run_dir)],
             default_root_dir=str(run_dir),
         )
         record["env"] = environment(str(trainer.strategy.root_device))
@@ -249,6 +249,14 @@ def run(
             write_json_atomic(run_dir / "result.json", record)
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def extra_callbacks(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
+    """The `callbacks` group's entries (`+callbacks=gradflow`), each writing <run>/<name>.csv."""
+    return [
+        instantiate(conf, out_path=run_dir / f"{name}.csv")
+        for name, conf in (cfg.get("callbacks") or {}).items()
+    ]
 
 
 def _raise_interrupt(signum, frame) -> None:

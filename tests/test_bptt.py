@@ -102,3 +102,31 @@ def test_truncated_training_runs(data, extra, tmp_path):
     )
     assert record["status"] == "completed"
     assert record["config"]["model"]["tbptt"] == 8
+
+
+def test_gradflow_callback_from_the_config(tmp_path):
+    record = train(
+        [
+            "+callbacks=gradflow",
+            "callbacks.gradflow.every_n_steps=5",
+            "data=adding",
+            "data.seq_len=20",
+            "data.train_size=64",
+            "data.valid_size=16",
+            "data.test_size=16",
+            "data.batch_size=8",
+            "model=rnn",
+            "model.num_layers=1",
+            "model.hidden_size=8",
+            "trainer.max_epochs=1",
+        ],
+        tmp_path,
+    )
+    assert record["status"] == "completed"
+    import pandas as pd
+
+    flow = pd.read_csv(tmp_path / "gradflow.csv")
+    first = flow[flow["step"] == 0]
+    assert sorted(first["t"]) == list(range(1, 21))  # every time step of the probe
+    assert (first["norm"] > 0).all()
+    assert flow["step"].max() >= 5  # measured again while training

@@ -117,12 +117,31 @@ def test_data_file_failing_its_checksum_is_refused(tmp_path, broken_data_dir):
 
 
 def test_every_config_option_composes():
-    for group in ("data", "model", "optim", "scheduler", "trainer", "logger"):
+    """Every option of every group composes, and its `_target_` (where it has one) imports."""
+    from hydra.utils import get_method
+
+    groups = {
+        "data": "",
+        "model": "",
+        "optim": "",
+        "scheduler": "",
+        "trainer": "",
+        "logger": "",
+        "callbacks": "+",
+        "sweep": "+",
+        "hydra/launcher": "",
+    }
+    for group, prefix in groups.items():
         options = sorted(p.stem for p in (REPO / "conf" / group).glob("*.yaml"))
         assert options, group
         for option in options:
-            cfg = compose_config([f"{group}={option}"])
-            assert group in cfg or option == "none"
+            cfg = compose_config([f"{prefix}{group}={option}"])
+            node = cfg.get(group) if "/" not in group else None
+            targets = [node.get("_target_")] if node is not None else []
+            if group in ("logger", "callbacks") and node is not None:
+                targets = [entry["_target_"] for entry in node.values()]
+            for target in filter(None, targets):
+                get_method(target)  # imports it: raises when it does not exist
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
