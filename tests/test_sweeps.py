@@ -192,7 +192,8 @@ def test_wandb_online_without_a_network_leaves_the_run_to_finish(tmp_path):
     [
         (
             ["-m", "hydra/launcher=nope", "model=rnn,gru"],
-            "Could not find 'hydra/launcher/nope' Available options in 'hydra/launcher': basic, joblib",
+            "Could not find 'hydra/launcher/nope' Available options in 'hydra/launcher': "
+            "basic, joblib",
         ),
         (
             ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0", "model=rnn,gru"],
