@@ -141,7 +141,14 @@ class RecurrentTask(pl.LightningModule):
         scheduler = self.scheduler_factory(optimizer)
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch", "monitor": "val/loss"},
+            # strict=False: a run without validation (limit_val_batches=0) keeps its learning
+            # rate instead of failing on the missing val/loss.
+            "lr_scheduler": {
+                "scheduler": scheduler,
+                "interval": "epoch",
+                "monitor": "val/loss",
+                "strict": False,
+            },
         }
 
 

@@ -122,3 +122,10 @@ def test_step_decay_schedule_follows_zaremba(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
     assert [float(r["lr"]) for r in rows] == [0.5, 0.25, 0.125]
     assert record["status"] == "completed"
+
+
+def test_a_run_without_validation_completes(tmp_path):
+    """limit_val_batches=0: no val/loss for the plateau schedule or the best checkpoint."""
+    record = train([*SMALL_REBER, "trainer.limit_val_batches=0"], tmp_path)
+    assert record["status"] == "completed", record["error"]
+    assert "val/loss" not in record["metrics"] and "test/ppl" in record["metrics"]
