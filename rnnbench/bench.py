@@ -1,34 +1,75 @@
-"""`python -m rnnbench.bench`: timings of rnnbench's own machinery, one named section each.
+"""`rnnbench-bench` (also `python -m rnnbench.bench`, `make bench`): how fast rnnbench's own
+machinery is, one named section each, the contenders of a comparison measured side by side.
 
-python -m rnnbench.bench                        # every section
-python -m rnnbench.bench aggregate -n 10000     # one section, with its options
-python -m rnnbench.bench aggregate --records runs/multirun/2026-11-25/20-35-48
+rnnbench-bench                                   # every section, every workload (~10 min, 2 cores)
+rnnbench-bench harness peak --workloads ptb_small --cells lstm
+rnnbench-bench --quick                           # every section, a few steps each: for tests
+rnnbench-bench aggregate -n 10000 --records runs/multirun/2026-11-25/20-35-48
 
-Each section prints one readable line; the last line is one JSON object holding every section's
-numbers, for machines. The exit status is 1 when a section misses its goal.
-
-Sections:
+Sections (goals are reported, not enforced: the exit status is 0 unless --strict):
   aggregate  read N result.json records into the DataFrame and print the pivot (rnnbench-table's
              path), goal < 3 s for 10,000. The records are copies of real ones, made by the
              harness (a three-run sweep trained here, or --records PATH), with seed, depth,
              metrics and status perturbed, written to a temporary folder first.
+  harness    tokens/s of the training step run through the Lightning Trainer as `rnnbench` runs
+             it (its callbacks, the config's logger, the progress bar) over a plain PyTorch loop
+             of the same model, data, optimizer and clipping; goal >= 0.97 per cell.
+  peak       useful FLOP/s of that step (matmul FLOPs counted from the model's shapes, backward
+             = 2 x forward) over torch.mm's fp32 rate on 2048 x 2048 matrices, measured in the
+             same rounds; goal >= 0.75 for LSTM and GRU on PTB-small.
+  scratch    tokens/s of model.impl=scratch over impl=fused, both in the plain loop; goal >= 0.8.
+  loader     the share of the harness's step spent waiting on the DataLoader (its next() timed in
+             the plain loop, over the harness's step time); goal <= 0.02.
+  sweep      wall time of a four-run `rnnbench -m` sweep with the joblib launcher (2 jobs) over
+             the same sweep with the basic launcher: real subprocesses, small runs;
+             goal <= 0.75.
+
+Workloads (--workloads): ptb_small (PTB words, Zaremba et al.'s small LSTM: 2 x 200, batch 20,
+bptt 20), ptb_char (PTB characters, Bai et al.'s LSTM size: 2 x 600) and seq_mnist (sequential
+MNIST, 1 x 130); each for every cell of --cells.
+
+The training sections (harness, peak, scratch, loader) share one measurement: for each workload
+and cell, the contenders they need are built once and warmed up, then take turns running --steps
+steps each for --rounds rounds, the order rotating every round so machine drift hits all alike.
+A round's rate is its tokens (batch x time steps) over its seconds, so periodic costs such as
+logger writes count; a figure is the median over rounds, a ratio the median of per-round ratios.
+
+Output: a table on stdout, bench.md and bench.json in --out (results/ from the command line),
+and as the last line one JSON object: the PTB-small headline figures (harness_vs_raw,
+peak_fraction and scratch_vs_fused per cell, loader_share: the largest over cells),
+sweep_vs_basic, each section's result under its own name, and every workload x cell's figures
+under training_figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import logging
+import os
+import platform
 import random
+import shlex
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from rnnbench import table
+from rnnbench.errors import UserError, find_user_error
 
 AGGREGATE_GOAL_S = 3.0
 # The sweep `aggregate` trains when it is given no records: three cells, tiny and one epoch.
@@ -44,21 +85,42 @@ TEMPLATE_OVERRIDES = [
 ]
 TEMPLATE_CELLS = ("rnn", "gru", "lstm")
 
+HARNESS_GOAL = 0.97
+PEAK_GOAL = 0.75
+PEAK_GOAL_CELLS = ("gru", "lstm")
+SCRATCH_GOAL = 0.8
+LOADER_GOAL = 0.02
+SWEEP_GOAL = 0.75
+MATMUL_SIZE = 2048
+
+
+class BenchError(UserError):
+    """A benchmark that cannot run (missing data, a failed sweep): one line, exit status 2."""
+
+
+def compose(overrides: Sequence[str]):
+    """rnnbench's configuration for `overrides`, composed as the `rnnbench` command does."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from rnnbench.train import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides))
+
+
+# ---------------------------------------------------------------------------------------------
+# aggregate
+
 
 def train_templates(workdir: Path) -> list[Path]:
     """Train one tiny real run per cell in `workdir`; their result.json paths."""
-    from hydra import compose, initialize_config_dir
+    from rnnbench.train import run
 
-    from rnnbench.train import CONF_DIR, run
-
-    # Lightning's info lines (checkpoint restored, ...) would bury the one line a section prints.
-    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     paths = []
     for cell in TEMPLATE_CELLS:
         overrides = [*TEMPLATE_OVERRIDES, f"model={cell}"]
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=overrides)
-        run(cfg, workdir / cell, overrides)
+        run(compose(overrides), workdir / cell, overrides)
         paths.append(workdir / cell / table.RESULT)
     return paths
 
@@ -88,6 +150,7 @@ def fan_out(templates: Sequence[dict[str, Any]], n: int, dest: Path, seed: int =
 
 def aggregate(args: argparse.Namespace) -> dict[str, Any]:
     """Time find + read + DataFrame + pivot + markdown over `args.n` records."""
+    n = args.n or (300 if args.quick else 10_000)
     with tempfile.TemporaryDirectory(prefix="rnnbench-bench-") as tmp:
         tmp = Path(tmp)
         if args.records:
@@ -98,7 +161,7 @@ def aggregate(args: argparse.Namespace) -> dict[str, Any]:
         templates = [r for r in templates if r.get("status") == "completed"]
         if not templates:
             raise table.TableError(f"no completed result.json to copy under {args.records}")
-        fan_out(templates, args.n, tmp / "records")
+        fan_out(templates, n, tmp / "records")
 
         t0 = time.perf_counter()
         files = table.find_results([tmp / "records"])
@@ -133,7 +196,9 @@ def aggregate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def aggregate_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-n", type=int, default=10_000, help="records to aggregate (default 10000)")
+    p.add_argument(
+        "-n", type=int, default=None, help="records to aggregate (default 10000, --quick 300)"
+    )
     p.add_argument(
         "--records",
         metavar="PATH",
@@ -141,37 +206,789 @@ def aggregate_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-# Name -> (run, add its options). Future sections (training throughput, ...) go here.
+# ---------------------------------------------------------------------------------------------
+# Useful FLOPs
+
+
+def forward_flops(model: nn.Module, batch: int, steps: int) -> int:
+    """Matmul FLOPs (2 per multiply-add) of one forward pass of a `SequenceModel` over a batch of
+    `batch` sequences of `steps` time steps, from its parameter shapes: every layer's and
+    direction's input and recurrent gate matmuls at every step, and the head at every step
+    (readout "all") or once per sequence ("last"). The embedding is a lookup: no FLOPs.
+    Biases and the gates' elementwise arithmetic are not counted."""
+    tokens = batch * steps
+    gates = sum(
+        p.numel()
+        for name, p in model.stack.rnn.named_parameters()
+        if name.startswith(("weight_ih", "weight_hh"))
+    )
+    head_rows = tokens if model.readout == "all" else batch
+    return 2 * tokens * gates + 2 * head_rows * model.head.weight.numel()
+
+
+def train_step_flops(model: nn.Module, batch: int, steps: int) -> int:
+    """Useful FLOPs of one training step: forward, and backward counted as 2 x forward (a
+    gradient for each matmul's input and one for its weight)."""
+    return 3 * forward_flops(model, batch, steps)
+
+
+# ---------------------------------------------------------------------------------------------
+# Contenders: each runs `steps` training steps (or matmuls) and returns one Sample per step.
+
+
+class Sample(NamedTuple):
+    seconds: float
+    tokens: int  # batch x time steps
+    flops: int
+    fetch_s: float = 0.0  # of `seconds`, spent in the DataLoader's next()
+
+
+class StepClock(pl.Callback):
+    """Timestamps every training batch start: the time from one start to the next is a whole
+    step of the loop as the Trainer runs it (step, callbacks, logger, progress bar, fetch)."""
+
+    def __init__(self) -> None:
+        self.starts: list[tuple[float, int, int]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        b, t = batch["x"].shape[:2]
+        self.starts.append((time.perf_counter(), b, t))
+
+    def take(self, model: nn.Module) -> list[Sample]:
+        """The steps between the starts recorded since the last call."""
+        starts, self.starts = self.starts, []
+        return [
+            Sample(t1 - t0, b * t, train_step_flops(model, b, t))
+            for (t0, b, t), (t1, _, _) in zip(starts, starts[1:], strict=False)
+        ]
+
+
+class LightningHarness:
+    """The training step as `rnnbench` runs it: rnnbench's task module, callbacks and loggers
+    in the Trainer the config describes. Each `run` is one more `Trainer.fit` (an epoch, to
+    Lightning) that stops `steps + 1` batches later, so setup, the epoch's start and end hooks
+    and teardown stay out of the timed steps."""
+
+    name = "harness"
+
+    def __init__(self, cfg, datamodule, run_dir: Path) -> None:
+        from hydra.utils import instantiate
+        from pytorch_lightning.callbacks import ModelCheckpoint
+
+        from rnnbench.callbacks import EpochMetricsCSV, StepTrace, Throughput
+        from rnnbench.module import TASKS
+        from rnnbench.train import build_loggers, check_trainer, extra_callbacks, new_record
+
+        # Mirrors rnnbench.train.run() up to trainer.fit (but for checkpoint_every_n_steps,
+        # null by default), until that part of run() is a function of its own to call.
+        run_dir.mkdir(parents=True, exist_ok=True)
+        check_trainer(cfg.trainer)
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        self.model = instantiate(cfg.model, **datamodule.model_io())
+        scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+        self.task = TASKS[datamodule.task](
+            self.model, instantiate(cfg.optim), scheduler, datamodule.unit
+        )
+        self.record = new_record(cfg, run_dir, None)
+        self.loggers = build_loggers(cfg.get("logger"), run_dir, self.record["config"], None)
+        self.clock = StepClock()
+        callbacks = [
+            self.clock,
+            Throughput(),
+            EpochMetricsCSV(run_dir / "metrics.csv"),
+            StepTrace(run_dir / "steps.csv", cfg.trainer.get("gradient_clip_val")),
+            ModelCheckpoint(
+                dirpath=run_dir / "checkpoints",
+                filename="best",
+                monitor="val/loss",
+                mode="min",
+                save_last=True,
+                enable_version_counter=False,
+            ),
+            *extra_callbacks(cfg, run_dir),
+        ]
+        self.trainer = instantiate(
+            cfg.trainer,
+            logger=self.loggers or False,
+            callbacks=callbacks,
+            default_root_dir=str(run_dir),
+        )
+        self.datamodule = datamodule
+
+    def run(self, steps: int) -> list[Sample]:
+        # Lightning counts every fit as one more epoch: lift the epoch limit, set the step limit.
+        self.trainer.fit_loop.max_epochs = -1
+        self.trainer.fit_loop.epoch_loop.max_steps = self.trainer.global_step + steps + 1
+        # The progress bar draws as always; its text goes to stderr so stdout stays a report.
+        with contextlib.redirect_stdout(sys.stderr):
+            self.trainer.fit(self.task, datamodule=self.datamodule)
+        samples = self.clock.take(self.model)
+        if len(samples) != steps:
+            raise RuntimeError(
+                f"the Trainer stopped after {len(samples) + 1} of {steps + 1} batches "
+                f"(diverged: {self.task.diverged})"
+            )
+        return samples
+
+    def close(self) -> None:
+        from rnnbench.train import finish_wandb
+
+        finish_wandb(self.loggers, self.record)
+
+
+class PlainLoop:
+    """The same step as a plain PyTorch loop: the model built from the same config and seed,
+    the datamodule's own training DataLoader, the config's optimizer and the same clipping,
+    g <- min(1, θ/‖g‖) g (torch.nn.utils.clip_grad_norm_'s formula); nothing else."""
+
+    def __init__(self, cfg, datamodule, name: str = "raw") -> None:
+        from hydra.utils import instantiate
+
+        self.name = name
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        self.model = instantiate(cfg.model, **datamodule.model_io()).train()
+        self.params = list(self.model.parameters())
+        self.optimizer = instantiate(cfg.optim)(self.params)
+        self.clip = cfg.trainer.get("gradient_clip_val")
+        losses = {"lm": self.lm_loss, "classify": self.classify_loss}
+        if datamodule.task not in losses:
+            raise BenchError(f"no plain loop for task {datamodule.task!r}: use {sorted(losses)}")
+        self.loss = losses[datamodule.task]
+        self.loader = datamodule.train_dataloader()
+        self.batches = iter(self.loader)
+        self.state = None
+
+    def lm_loss(self, batch: dict[str, Tensor]) -> Tensor:
+        from rnnbench.module import detach_state
+
+        logits, self.state = self.model(batch["x"], detach_state(self.state))
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch["y"].reshape(-1))
+
+    def classify_loss(self, batch: dict[str, Tensor]) -> Tensor:
+        logits, _ = self.model(batch["x"], lengths=batch.get("lengths"))
+        return F.cross_entropy(logits, batch["y"])
+
+    def next_batch(self) -> dict[str, Tensor]:
+        try:
+            return next(self.batches)
+        except StopIteration:  # a new epoch: the state starts from zero, as in the harness
+            self.batches, self.state = iter(self.loader), None
+            return next(self.batches)
+
+    def run(self, steps: int) -> list[Sample]:
+        samples = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            batch = self.next_batch()
+            t1 = time.perf_counter()
+            loss = self.loss(batch)
+            self.optimizer.zero_grad()
+            loss.backward()
+            if self.clip is not None:
+                nn.utils.clip_grad_norm_(self.params, self.clip)
+            self.optimizer.step()
+            t2 = time.perf_counter()
+            b, t = batch["x"].shape[:2]
+            samples.append(Sample(t2 - t0, b * t, train_step_flops(self.model, b, t), t1 - t0))
+        return samples
+
+    def close(self) -> None:
+        pass
+
+
+class Matmul:
+    """The machine's fp32 matmul rate: torch.mm on two n x n matrices, one sample per product,
+    at most `repeats` products a round (a product is far longer than a training step)."""
+
+    name = "mm"
+    repeats = 3
+
+    def __init__(self, n: int = MATMUL_SIZE) -> None:
+        generator = torch.Generator().manual_seed(0)
+        self.a, self.b = torch.randn(2, n, n, generator=generator).unbind(0)
+        self.out = torch.empty(n, n)
+
+    def run(self, steps: int) -> list[Sample]:
+        samples = []
+        flops = 2 * self.a.size(0) ** 3
+        for _ in range(min(steps, self.repeats)):
+            t0 = time.perf_counter()
+            torch.mm(self.a, self.b, out=self.out)
+            samples.append(Sample(time.perf_counter() - t0, 0, flops))
+        return samples
+
+    def close(self) -> None:
+        pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Training measurement: workloads x cells, contenders in rounds
+
+
+@dataclass(frozen=True)
+class Workload:
+    title: str
+    overrides: tuple[str, ...]
+    steps: int  # timed steps per contender per round in a full run
+
+
+WORKLOADS = {
+    "ptb_small": Workload(
+        "PTB words, Zaremba et al. small: 2 x 200, batch 20, bptt 20, SGD, clip 0.25",
+        (
+            "data=ptb_word",
+            "model.hidden_size=200",
+            "model.num_layers=2",
+            "data.batch_size=20",
+            "data.bptt=20",
+            "optim=sgd",
+            "trainer.gradient_clip_val=0.25",
+        ),
+        steps=20,
+    ),
+    "ptb_char": Workload(
+        "PTB characters, Bai et al.'s LSTM size: 2 x 600, batch 32, bptt 100, Adam, clip 0.15",
+        (
+            "data=ptb_char",
+            "model.hidden_size=600",
+            "model.num_layers=2",
+            "trainer.gradient_clip_val=0.15",
+        ),
+        steps=3,
+    ),
+    "seq_mnist": Workload(
+        "sequential MNIST: 1 x 130, batch 64, 784 steps, Adam, clip 1",
+        (
+            "data=seq_mnist",
+            "model.hidden_size=130",
+            "model.num_layers=1",
+            "trainer.gradient_clip_val=1.0",
+        ),
+        steps=4,
+    ),
+}
+HEADLINE = "ptb_small"
+CELLS = ("rnn", "gru", "lstm")
+# No validation pass: the timed steps are training steps, and a fit stops mid-epoch anyway.
+TRAINING_OVERRIDES = ("trainer.limit_val_batches=0",)
+# The contenders each training section compares.
+NEEDS = {
+    "harness": ("harness", "raw"),
+    "peak": ("harness", "mm"),
+    "scratch": ("raw", "scratch"),
+    "loader": ("harness", "raw"),
+}
+CONTENDER_ORDER = ("harness", "raw", "scratch", "mm")
+
+
+def rate(samples: Sequence[Sample], field: str) -> float:
+    """Tokens (or FLOPs) per second over a round's steps."""
+    return sum(getattr(s, field) for s in samples) / sum(s.seconds for s in samples)
+
+
+def median_ratio(top: list[list[Sample]], bottom: list[list[Sample]], field: str) -> float:
+    """The median over rounds of rate(top) / rate(bottom), rounds paired as they ran."""
+    return statistics.median(
+        rate(a, field) / rate(b, field) for a, b in zip(top, bottom, strict=True)
+    )
+
+
+def summarize_group(rounds: dict[str, list[list[Sample]]]) -> dict[str, Any]:
+    """Per-contender medians and the pairwise ratios of one workload x cell."""
+    out: dict[str, Any] = {}
+    for name, runs in rounds.items():
+        field = "flops" if name == "mm" else "tokens"
+        per_round = [rate(r, field) for r in runs]
+        if name == "mm":
+            out["mm_gflop_s"] = round(statistics.median(per_round) / 1e9, 2)
+            continue
+        out[f"{name}_tok_s"] = round(statistics.median(per_round), 1)
+        out[f"{name}_tok_s_rounds"] = [round(x, 1) for x in per_round]
+        out[f"{name}_step_ms"] = round(
+            1e3 * statistics.median(s.seconds for r in runs for s in r), 3
+        )
+        out[f"{name}_gflop_s"] = round(statistics.median(rate(r, "flops") for r in runs) / 1e9, 2)
+        out["flops_per_token"] = runs[0][0].flops / runs[0][0].tokens
+    if "harness" in rounds and "raw" in rounds:
+        out["harness_vs_raw"] = round(median_ratio(rounds["harness"], rounds["raw"], "tokens"), 4)
+        out["loader_share"] = round(
+            statistics.median(
+                statistics.fmean(s.fetch_s for s in raw) / statistics.fmean(h.seconds for h in har)
+                for raw, har in zip(rounds["raw"], rounds["harness"], strict=True)
+            ),
+            5,
+        )
+    if "raw" in rounds and "scratch" in rounds:
+        out["scratch_vs_fused"] = round(median_ratio(rounds["scratch"], rounds["raw"], "tokens"), 4)
+    if "mm" in rounds:
+        for name in ("harness", "raw"):
+            if name in rounds:
+                key = "peak_fraction" if name == "harness" else "raw_peak_fraction"
+                out[key] = round(median_ratio(rounds[name], rounds["mm"], "flops"), 4)
+    return out
+
+
+def build_contender(name: str, cfg, datamodule, run_dir: Path):
+    if name == "harness":
+        return LightningHarness(cfg, datamodule, run_dir)
+    if name == "raw":
+        return PlainLoop(cfg, datamodule)
+    if name == "scratch":
+        return PlainLoop(compose_scratch(cfg), datamodule, name="scratch")
+    return Matmul()
+
+
+def compose_scratch(cfg):
+    scratch = copy.deepcopy(cfg)
+    scratch.model.impl = "scratch"
+    return scratch
+
+
+def measure_group(
+    cfg, datamodule, contenders: Sequence[str], rounds: int, steps: int, warmup: int, workdir: Path
+) -> dict[str, list[list[Sample]]]:
+    """Build `contenders`, warm each up, then `rounds` rounds of `steps` steps each, the
+    starting contender rotating from round to round."""
+    built = [build_contender(name, cfg, datamodule, workdir) for name in contenders]
+    try:
+        for c in built:
+            c.run(warmup)
+        out: dict[str, list[list[Sample]]] = {c.name: [] for c in built}
+        for r in range(rounds):
+            k = r % len(built)
+            for c in built[k:] + built[:k]:
+                out[c.name].append(c.run(steps))
+        return out
+    finally:
+        for c in built:
+            c.close()
+
+
+def training_plan(args: argparse.Namespace) -> tuple[list[str], list[str], list[str]]:
+    workloads = split_choices(args.workloads, WORKLOADS, "--workloads") or (
+        [HEADLINE] if args.quick else list(WORKLOADS)
+    )
+    cells = split_choices(args.cells, CELLS, "--cells") or list(CELLS)
+    needed = {c for s in args.selected if s in NEEDS for c in NEEDS[s]}
+    contenders = [c for c in CONTENDER_ORDER if c in needed]
+    return workloads, cells, contenders
+
+
+def training(args: argparse.Namespace) -> dict[str, dict[str, dict[str, Any]]]:
+    """figures[workload][cell], measured once for every training section selected."""
+    if getattr(args, "training_figures", None) is not None:
+        return args.training_figures
+    from hydra.utils import instantiate
+
+    workloads, cells, contenders = training_plan(args)
+    rounds = args.rounds or (2 if args.quick else 3)
+    warmup = 1 if args.quick else 2
+    figures: dict[str, dict[str, dict[str, Any]]] = {}
+    with tempfile.TemporaryDirectory(prefix="rnnbench-bench-") as tmp:
+        for w in workloads:
+            workload = WORKLOADS[w]
+            steps = args.steps or (2 if args.quick else workload.steps)
+            base = [*workload.overrides, *TRAINING_OVERRIDES]
+            datamodule = instantiate(compose([f"model={cells[0]}", *base]).data)
+            datamodule.setup("fit")
+            figures[w] = {}
+            for cell in cells:
+                progress(f"{w} {cell}: {', '.join(contenders)} x {rounds} rounds x {steps} steps")
+                cfg = compose([f"model={cell}", *base])
+                t0 = time.perf_counter()
+                samples = measure_group(
+                    cfg, datamodule, contenders, rounds, steps, warmup, Path(tmp) / f"{w}-{cell}"
+                )
+                wall = time.perf_counter() - t0
+                figures[w][cell] = summarize_group(samples) | {"wall_s": round(wall, 1)}
+                progress(f"{w} {cell}: done in {wall:.0f} s")
+    args.training_figures = figures
+    print_training_table(figures, rounds)
+    return figures
+
+
+def progress(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+TRAINING_COLUMNS = (
+    ("harness tok/s", "harness_tok_s", "{:,.0f}"),
+    ("raw tok/s", "raw_tok_s", "{:,.0f}"),
+    ("harness/raw", "harness_vs_raw", "{:.3f}"),
+    ("scratch tok/s", "scratch_tok_s", "{:,.0f}"),
+    ("scratch/fused", "scratch_vs_fused", "{:.3f}"),
+    ("harness GFLOP/s", "harness_gflop_s", "{:.1f}"),
+    ("mm GFLOP/s", "mm_gflop_s", "{:.1f}"),
+    ("peak fraction", "peak_fraction", "{:.3f}"),
+    ("loader share", "loader_share", "{:.4f}"),
+)
+
+
+def training_rows(figures: dict[str, dict[str, dict[str, Any]]]) -> tuple[list[str], list]:
+    shown = [
+        c for c in TRAINING_COLUMNS if any(c[1] in f for w in figures.values() for f in w.values())
+    ]
+    header = ["workload", "cell", *(c[0] for c in shown)]
+    rows = []
+    for w, by_cell in figures.items():
+        for cell, f in by_cell.items():
+            rows.append([w, cell, *(fmt.format(f[k]) if k in f else "-" for _, k, fmt in shown)])
+    return header, rows
+
+
+def aligned(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A fixed-width text table: the first two columns left-aligned, the numbers right."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            str(c).ljust(w) if i < 2 else str(c).rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+
+    return "\n".join([line(header), *(line(r) for r in rows)])
+
+
+def print_training_table(figures: dict[str, dict[str, dict[str, Any]]], rounds: int) -> None:
+    print(
+        f"training: median over {rounds} rounds; tokens = batch x time steps; harness = the "
+        "Lightning Trainer as rnnbench runs it, raw = a plain PyTorch loop, scratch = raw with "
+        "impl=scratch, mm = torch.mm fp32"
+    )
+    print(aligned(*training_rows(figures)), flush=True)
+
+
+def per_cell(figures: dict, key: str, workload: str = HEADLINE) -> dict[str, float]:
+    return {cell: f[key] for cell, f in figures.get(workload, {}).items() if key in f}
+
+
+def describe(figures: dict, key: str) -> str:
+    return "; ".join(
+        f"{w} " + ", ".join(f"{cell} {f[key]:.3g}" for cell, f in by_cell.items())
+        for w, by_cell in figures.items()
+    )
+
+
+def training_section(
+    key: str, goal: float, at_least: bool, cells_judged: Sequence[str] | None = None
+) -> Callable[[argparse.Namespace], dict[str, Any]]:
+    """A training section: the figure `key` of every workload x cell, judged against `goal`
+    (`cells_judged` on the headline workload only, when given)."""
+
+    def section(args: argparse.Namespace) -> dict[str, Any]:
+        figures = training(args)
+        judged = [
+            f[key]
+            for w, by_cell in figures.items()
+            for cell, f in by_cell.items()
+            if cells_judged is None or (w == HEADLINE and cell in cells_judged)
+        ]
+        ok = all((x >= goal) if at_least else (x <= goal) for x in judged)
+        sign = ">=" if at_least else "<="
+        scope = f"{'/'.join(cells_judged)} on {HEADLINE}" if cells_judged else "each"
+        return {
+            "goal": goal,
+            "ok": ok,
+            "figures": {
+                w: {c: f[key] for c, f in by_cell.items()} for w, by_cell in figures.items()
+            },
+            "line": f"{key}: {describe(figures, key)} (goal {sign} {goal:g} {scope})"
+            + ("" if ok else "  MISSED"),
+        }
+
+    return section
+
+
+def training_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--workloads",
+        metavar="LIST",
+        help=f"comma-separated, of {', '.join(WORKLOADS)} (default all; --quick {HEADLINE})",
+    )
+    p.add_argument("--cells", metavar="LIST", help=f"comma-separated, of {', '.join(CELLS)}")
+    p.add_argument("--rounds", type=int, help="rounds of the training sections (default 3)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        help="timed steps per contender per round (default: per workload, "
+        + ", ".join(f"{w} {x.steps}" for w, x in WORKLOADS.items())
+        + ")",
+    )
+
+
+def split_choices(text: str | None, allowed, option: str) -> list[str] | None:
+    if text is None:
+        return None
+    chosen = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [x for x in chosen if x not in allowed]
+    if bad or not chosen:
+        raise BenchError(f"{option}={text!r}: use a comma-separated list of {', '.join(allowed)}")
+    return chosen
+
+
+# ---------------------------------------------------------------------------------------------
+# sweep
+
+SWEEP_LAUNCHERS = {"basic": (), "joblib": ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2")}
+SWEEP_RUNS = 4
+
+
+def sweep_overrides(quick: bool, steps: int | None) -> list[str]:
+    """Four small PTB-small LSTM runs (seeds 1-4), one short epoch each, validated and tested;
+    under --quick, four of `aggregate`'s tiny runs (no W&B, whose start-up would dominate)."""
+    seeds = "seed=" + ",".join(str(s) for s in range(1, SWEEP_RUNS + 1))
+    if quick:
+        return [*TEMPLATE_OVERRIDES, "model=lstm", seeds]
+    return [
+        "model=lstm",
+        *WORKLOADS[HEADLINE].overrides,
+        seeds,
+        "trainer.max_epochs=1",
+        f"trainer.limit_train_batches={steps or 30}",
+        "trainer.limit_val_batches=5",
+        "trainer.limit_test_batches=5",
+    ]
+
+
+def run_sweep(launcher: Sequence[str], overrides: Sequence[str]) -> float:
+    """Wall seconds of one `rnnbench -m` sweep in a fresh folder; every run must complete."""
+    from rnnbench.sweep import iter_records
+
+    with tempfile.TemporaryDirectory(prefix="rnnbench-bench-sweep-") as tmp:
+        env = {**os.environ, "RNNBENCH_RUNS_DIR": str(Path(tmp) / "runs")}
+        command = [sys.executable, "-m", "rnnbench", "-m", *launcher, *overrides]
+        t0 = time.perf_counter()
+        done = subprocess.run(command, cwd=tmp, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        statuses = [r.get("status") for _, r in iter_records(Path(tmp) / "runs")]
+    if done.returncode != 0 or statuses.count("completed") != SWEEP_RUNS:
+        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+        raise BenchError(
+            f"sweep `{shlex.join(command[1:])}` exited {done.returncode} with "
+            f"{statuses.count('completed')} of {SWEEP_RUNS} runs completed:\n{tail}"
+        )
+    return wall
+
+
+def sweep(args: argparse.Namespace) -> dict[str, Any]:
+    """Joblib (2 jobs) against basic: the same four runs, alternating launchers by round."""
+    overrides = sweep_overrides(args.quick, args.sweep_steps)
+    # Three rounds: the median then survives one round that a busy machine slowed down.
+    rounds = args.sweep_rounds or (1 if args.quick else 3)
+    walls: dict[str, list[float]] = {name: [] for name in SWEEP_LAUNCHERS}
+    for r in range(rounds):
+        order = list(SWEEP_LAUNCHERS)[:: 1 if r % 2 == 0 else -1]
+        for name in order:
+            progress(f"sweep round {r + 1}/{rounds}: {name} launcher, {SWEEP_RUNS} runs")
+            walls[name].append(run_sweep(SWEEP_LAUNCHERS[name], overrides))
+    ratio = statistics.median(j / b for j, b in zip(walls["joblib"], walls["basic"], strict=True))
+    basic, joblib = statistics.median(walls["basic"]), statistics.median(walls["joblib"])
+    ok = ratio <= SWEEP_GOAL
+    return {
+        "runs": SWEEP_RUNS,
+        "overrides": overrides,
+        "basic_s": round(basic, 2),
+        "joblib_s": round(joblib, 2),
+        "basic_rounds_s": [round(x, 2) for x in walls["basic"]],
+        "joblib_rounds_s": [round(x, 2) for x in walls["joblib"]],
+        "joblib_vs_basic": round(ratio, 4),
+        "goal": SWEEP_GOAL,
+        "ok": ok,
+        "line": (
+            f"sweep: {SWEEP_RUNS} runs, joblib 2 jobs {joblib:.1f} s vs basic {basic:.1f} s = "
+            f"{ratio:.3f} x (goal <= {SWEEP_GOAL:g}, median of {rounds} round(s))"
+            + ("" if ok else "  MISSED")
+        ),
+    }
+
+
+def sweep_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sweep-rounds", type=int, help="rounds of the sweep section (default 3)")
+    p.add_argument(
+        "--sweep-steps",
+        type=int,
+        help="training batches per sweep run (default 30; not with --quick)",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Machine, output files, command line
+
+
+def machine() -> dict[str, Any]:
+    """The CPU, the cores this process may use, torch's threads, and the load around it."""
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "cpu": model,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "logical_cpus": os.cpu_count(),
+        "cores_usable": cores,
+        "torch_threads": torch.get_num_threads(),
+        "load_average_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def versions() -> dict[str, Any]:
+    from rnnbench.record import environment
+
+    env = environment("cpu")
+    return {k: env[k] for k in ("python", "torch", "pytorch_lightning", "hydra", "rnnbench")} | {
+        "git_sha": env["git_sha"],
+        "platform": platform.platform(),
+    }
+
+
+def headline(results: dict[str, Any]) -> dict[str, Any]:
+    """The figures the last line leads with: PTB-small per cell, the loader, the sweep."""
+    figures = results.get("training_figures", {})
+    out: dict[str, Any] = {}
+    for key in ("harness_vs_raw", "peak_fraction", "scratch_vs_fused"):
+        if per_cell(figures, key):
+            out[key] = per_cell(figures, key)
+    shares = per_cell(figures, "loader_share")
+    if shares:
+        out["loader_share"] = max(shares.values())
+    if "sweep" in results:
+        out["sweep_vs_basic"] = results["sweep"]["joblib_vs_basic"]
+    return out
+
+
+LEGEND = (
+    "harness: the training step in the Lightning Trainer as `rnnbench` runs it (callbacks, "
+    "logger, progress bar); raw: the same model, data, optimizer and clipping in a plain PyTorch "
+    "loop; scratch: raw with model.impl=scratch. Tokens = batch x time steps, the rate of a round "
+    "is its tokens over its seconds, each figure the median over rounds. Peak fraction: the "
+    "harness's useful FLOP/s (matmul FLOPs from the model's shapes, backward = 2 x forward) over "
+    "torch.mm's fp32 rate on 2048 x 2048 matrices in the same rounds. Loader share: the "
+    "DataLoader's next() over the harness's step time."
+)
+
+
+def write_outputs(out: Path, report: dict[str, Any], lines: Sequence[str]) -> None:
+    """bench.json (everything) and bench.md (the command first, as rnnbench-table writes it,
+    then the machine, the training table and every section's line)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    m, v = report["machine"], report["versions"]
+    facts = [
+        f"- command: `{report['command']}`",
+        f"- machine: {m['cpu']} ({m['cpu_capability']}), {m['cores_usable']} usable cores of "
+        f"{m['logical_cpus']}, torch threads {m['torch_threads']}; load average "
+        f"{m['load_average_start'][0]} at the start, {m['load_average_end'][0]} at the end",
+        "- versions: " + ", ".join(f"{k} {x}" for k, x in v.items()),
+        f"- date: {report['date']}",
+    ]
+    command = table.COMMENT["md"].format(report["command"])
+    text = [command, "", "# rnnbench benchmark", "", *facts, ""]
+    figures = report.get("training_figures")
+    if figures:
+        header, rows = training_rows(figures)
+        body = [[table.Cell(str(c)) for c in r] for r in rows]
+        text += ["## Training", "", table.render_md(table.Table("", header, body, [], 2)), ""]
+        text += [f"- {w}: {WORKLOADS[w].title}" for w in figures] + [""]
+        text += [LEGEND, ""]
+    text += ["## Sections", "", *(f"- {line}" for line in lines), ""]
+    (out / "bench.md").write_text("\n".join(text))
+
+
+# Name -> (run, add its options). Every section returns its figures, "ok" and one "line".
 SECTIONS: dict[str, tuple[Callable[[argparse.Namespace], dict], Callable]] = {
     "aggregate": (aggregate, aggregate_options),
+    "harness": (training_section("harness_vs_raw", HARNESS_GOAL, True), training_options),
+    "peak": (training_section("peak_fraction", PEAK_GOAL, True, PEAK_GOAL_CELLS), lambda p: None),
+    "scratch": (training_section("scratch_vs_fused", SCRATCH_GOAL, True), lambda p: None),
+    "loader": (training_section("loader_share", LOADER_GOAL, False), lambda p: None),
+    "sweep": (sweep, sweep_options),
 }
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(prog: str, default_out: str | None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m rnnbench.bench",
+        prog=prog,
         description="Time rnnbench's own machinery. Sections: " + ", ".join(SECTIONS),
     )
     p.add_argument("sections", nargs="*", metavar="SECTION", help="default: all")
+    p.add_argument("--quick", action="store_true", help="a few steps of everything (for tests)")
+    p.add_argument(
+        "--out",
+        default=default_out,
+        metavar="DIR",
+        help="write bench.md and bench.json here"
+        + (f" (default {default_out})" if default_out else ""),
+    )
+    p.add_argument("--strict", action="store_true", help="exit 1 when a section misses its goal")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads (default: as `rnnbench` sets them for one job, one per core)",
+    )
     for _, add_options in SECTIONS.values():
         add_options(p)
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the chosen sections; returns 1 when one missed its goal."""
-    p = parser()
+def main(
+    argv: Sequence[str] | None = None,
+    prog: str = "python -m rnnbench.bench",
+    default_out: str | None = None,
+) -> int:
+    """Run the chosen sections; returns 2 when one cannot run, 1 when one missed its goal
+    under --strict, else 0. The last line printed is the JSON object of every figure."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = parser(prog, default_out)
     args = p.parse_args(argv)
     unknown = [s for s in args.sections if s not in SECTIONS]
     if unknown:
         p.error(f"unknown section(s) {', '.join(unknown)}; use {', '.join(SECTIONS)}")
-    results = {}
-    for name in args.sections or list(SECTIONS):
-        results[name] = SECTIONS[name][0](args)
-        print(results[name].pop("line"), flush=True)
-    print(json.dumps(results))
-    return 0 if all(r.get("ok", True) for r in results.values()) else 1
+    args.selected = args.sections or list(SECTIONS)
+    # Lightning's info lines (checkpoint restored, ...) would bury the lines a section prints.
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    if args.threads or any(s in NEEDS for s in args.selected):
+        from rnnbench.sweep import threads_per_job
+
+        torch.set_num_threads(args.threads or threads_per_job(1))
+    host = machine()
+    results: dict[str, Any] = {}
+    lines = []
+    try:
+        for name in args.selected:
+            results[name] = SECTIONS[name][0](args)
+            lines.append(results[name].pop("line"))
+            print(lines[-1], flush=True)
+    except Exception as e:
+        user = find_user_error(e)
+        if user is None:
+            raise
+        print(f"rnnbench-bench: error: {user}", file=sys.stderr)
+        return 2
+    host["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    if getattr(args, "training_figures", None):
+        results["training_figures"] = args.training_figures
+    ok = all(r.get("ok", True) for r in results.values() if isinstance(r, dict))
+    final = {**headline(results), **results, "ok": ok, "machine": host}
+    if args.out:
+        report = {
+            "command": shlex.join([prog, *argv]),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "versions": versions(),
+            **final,
+        }
+        write_outputs(Path(args.out), report, lines)
+        progress(f"wrote {Path(args.out) / 'bench.md'} and bench.json")
+    print(json.dumps(final))
+    return 1 if args.strict and not ok else 0
+
+
+def cli() -> None:
+    """Console entry point (`rnnbench-bench`): writes results/bench.md and results/bench.json."""
+    sys.exit(main(prog="rnnbench-bench", default_out="results"))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(default_out="results"))
