@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -186,32 +187,11 @@ def run(
         task = TASKS[datamodule.task](model, instantiate(cfg.optim), scheduler, datamodule.unit)
         if rank_zero:
             loggers = build_loggers(cfg.get("logger"), run_dir, record["config"], group)
-        throughput, epochs = Throughput(), EpochMetricsCSV(run_dir / "metrics.csv")
-        trace = StepTrace(run_dir / "steps.csv", cfg.trainer.get("gradient_clip_val"))
-        checkpoints = [
-            ModelCheckpoint(
-                dirpath=run_dir / "checkpoints",
-                filename="best",
-                monitor="val/loss",
-                mode="min",
-                save_last=True,
-                enable_version_counter=False,
-            )
-        ]
-        if cfg.get("checkpoint_every_n_steps"):
-            checkpoints.append(
-                ModelCheckpoint(
-                    dirpath=run_dir / "checkpoints",
-                    save_top_k=0,
-                    save_last=True,
-                    every_n_train_steps=cfg.checkpoint_every_n_steps,
-                    enable_version_counter=False,
-                )
-            )
+        callbacks = RunCallbacks.for_run(cfg, run_dir)
         trainer = instantiate(
             cfg.trainer,
             logger=loggers or False,
-            callbacks=[throughput, epochs, trace, *checkpoints, *extra_callbacks(cfg, run_dir)],
+            callbacks=callbacks.all,
             default_root_dir=str(run_dir),
         )
         record["env"] = environment(str(trainer.strategy.root_device))
@@ -220,15 +200,15 @@ def run(
         if trainer.interrupted:
             raise KeyboardInterrupt
         record["timing"] = {
-            "train_s": round(throughput.train_s, 3),
+            "train_s": round(callbacks.throughput.train_s, 3),
             "steps": trainer.global_step,
-            "items_per_s": round(throughput.items_per_s, 1),
+            "items_per_s": round(callbacks.throughput.items_per_s, 1),
         }
-        record["best"] = best_epoch(epochs.rows)
+        record["best"] = best_epoch(callbacks.epochs.rows)
         record["metrics"] |= {
             k: v for k, v in (record["best"] or {}).items() if k.startswith("val/")
         }
-        best_path = checkpoints[0].best_model_path or None
+        best_path = callbacks.best.best_model_path or None
         if best_path or not task.diverged:
             tested = trainer.test(task, datamodule=datamodule, ckpt_path=best_path, verbose=False)
             record["metrics"] |= {k: float(v) for k, v in tested[0].items()}
@@ -249,6 +229,50 @@ def run(
             write_json_atomic(run_dir / "result.json", record)
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+@dataclass
+class RunCallbacks:
+    """The callbacks every run trains with; `run` reads its record's figures from them."""
+
+    throughput: Throughput
+    epochs: EpochMetricsCSV
+    trace: StepTrace
+    best: ModelCheckpoint
+    others: list[pl.Callback]
+
+    @classmethod
+    def for_run(cls, cfg: DictConfig, run_dir: Path) -> RunCallbacks:
+        checkpoints = run_dir / "checkpoints"
+        others: list[pl.Callback] = []
+        if cfg.get("checkpoint_every_n_steps"):
+            others.append(
+                ModelCheckpoint(
+                    dirpath=checkpoints,
+                    save_top_k=0,
+                    save_last=True,
+                    every_n_train_steps=cfg.checkpoint_every_n_steps,
+                    enable_version_counter=False,
+                )
+            )
+        return cls(
+            throughput=Throughput(),
+            epochs=EpochMetricsCSV(run_dir / "metrics.csv"),
+            trace=StepTrace(run_dir / "steps.csv", cfg.trainer.get("gradient_clip_val")),
+            best=ModelCheckpoint(
+                dirpath=checkpoints,
+                filename="best",
+                monitor="val/loss",
+                mode="min",
+                save_last=True,
+                enable_version_counter=False,
+            ),
+            others=[*others, *extra_callbacks(cfg, run_dir)],
+        )
+
+    @property
+    def all(self) -> list[pl.Callback]:
+        return [self.throughput, self.epochs, self.trace, self.best, *self.others]
 
 
 def extra_callbacks(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
