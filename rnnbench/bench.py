@@ -273,14 +273,11 @@ class LightningHarness:
 
     def __init__(self, cfg, datamodule, run_dir: Path) -> None:
         from hydra.utils import instantiate
-        from pytorch_lightning.callbacks import ModelCheckpoint
 
-        from rnnbench.callbacks import EpochMetricsCSV, StepTrace, Throughput
         from rnnbench.module import TASKS
-        from rnnbench.train import build_loggers, check_trainer, extra_callbacks, new_record
+        from rnnbench.train import RunCallbacks, build_loggers, check_trainer, new_record
 
-        # Mirrors rnnbench.train.run() up to trainer.fit (but for checkpoint_every_n_steps,
-        # null by default), until that part of run() is a function of its own to call.
+        # Mirrors rnnbench.train.run() up to trainer.fit, with run()'s own callbacks.
         run_dir.mkdir(parents=True, exist_ok=True)
         check_trainer(cfg.trainer)
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -292,21 +289,7 @@ class LightningHarness:
         self.record = new_record(cfg, run_dir, None)
         self.loggers = build_loggers(cfg.get("logger"), run_dir, self.record["config"], None)
         self.clock = StepClock()
-        callbacks = [
-            self.clock,
-            Throughput(),
-            EpochMetricsCSV(run_dir / "metrics.csv"),
-            StepTrace(run_dir / "steps.csv", cfg.trainer.get("gradient_clip_val")),
-            ModelCheckpoint(
-                dirpath=run_dir / "checkpoints",
-                filename="best",
-                monitor="val/loss",
-                mode="min",
-                save_last=True,
-                enable_version_counter=False,
-            ),
-            *extra_callbacks(cfg, run_dir),
-        ]
+        callbacks = [self.clock, *RunCallbacks.for_run(cfg, run_dir).all]
         self.trainer = instantiate(
             cfg.trainer,
             logger=self.loggers or False,
