@@ -672,9 +672,7 @@ def training_section(
         return {
             "goal": goal,
             "ok": ok,
-            "figures": {
-                w: {c: f[key] for c, f in by_cell.items()} for w, by_cell in figures.items()
-            },
+            "figures": {w: per_cell(figures, key, w) for w in figures},
             "line": f"{key}: {describe(figures, key)} (goal {sign} {goal:g} {scope})"
             + ("" if ok else "  MISSED"),
         }
@@ -689,13 +687,15 @@ def training_options(p: argparse.ArgumentParser) -> None:
         help=f"comma-separated, of {', '.join(WORKLOADS)} (default all; --quick {HEADLINE})",
     )
     p.add_argument("--cells", metavar="LIST", help=f"comma-separated, of {', '.join(CELLS)}")
-    p.add_argument("--rounds", type=int, help="rounds of the training sections (default 3)")
+    p.add_argument(
+        "--rounds", type=int, help="rounds of the training sections (default 3, --quick 2)"
+    )
     p.add_argument(
         "--steps",
         type=int,
         help="timed steps per contender per round (default: per workload, "
         + ", ".join(f"{w} {x.steps}" for w, x in WORKLOADS.items())
-        + ")",
+        + "; --quick 2)",
     )
 
 
@@ -893,8 +893,7 @@ SECTIONS: dict[str, tuple[Callable[[argparse.Namespace], dict], Callable]] = {
 
 def parser(prog: str, default_out: str | None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=prog,
-        description="Time rnnbench's own machinery. Sections: " + ", ".join(SECTIONS),
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("sections", nargs="*", metavar="SECTION", help="default: all")
     p.add_argument("--quick", action="store_true", help="a few steps of everything (for tests)")
