@@ -38,6 +38,32 @@ def find_completed(root: str | Path, key: str, exclude: Path | None = None) -> P
     return Path(min(found)[1]) if found else None
 
 
+KEY_FILE = "run_key"  # <run>/run_key, written when a run starts: what its checkpoints resume
+
+
+def find_resumable(root: str | Path, key: str, exclude: Path | None = None) -> Path | None:
+    """The newest `checkpoints/last.ckpt` under `root` of a run with run_key `key` that never
+    completed (killed, interrupted, or still running elsewhere), so a relaunched sweep, or one in a
+    later session, goes on from it instead of starting over; None when there is none."""
+    found = []
+    for key_file in Path(root).rglob(KEY_FILE):
+        run_dir = key_file.parent
+        last = run_dir / "checkpoints" / "last.ckpt"
+        if exclude is not None and run_dir.resolve() == exclude.resolve():
+            continue
+        try:
+            if key_file.read_text().strip() != key or not last.exists():
+                continue
+            status = json.loads((run_dir / "result.json").read_text()).get("status")
+        except FileNotFoundError:
+            status = None
+        except (OSError, ValueError):
+            continue
+        if status not in ("completed", "diverged"):
+            found.append((last.stat().st_mtime, last))
+    return max(found)[1] if found else None
+
+
 def threads_per_job(parallel_jobs: int) -> int:
     """Cores ÷ jobs running at once, at least 1, so parallel jobs do not fight over cores."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
 import traceback
@@ -31,7 +32,13 @@ from rnnbench.module import TASKS
 from rnnbench.overrides import exit_on_bad_command_line
 from rnnbench.record import SCHEMA, environment, now_iso, run_key, write_json_atomic
 from rnnbench.summary import format_summary
-from rnnbench.sweep import find_completed, parallel_jobs, threads_per_job
+from rnnbench.sweep import (
+    KEY_FILE,
+    find_completed,
+    find_resumable,
+    parallel_jobs,
+    threads_per_job,
+)
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -153,6 +160,27 @@ def reuse(record: dict[str, Any], run_dir: Path, results_root: str | Path) -> di
     return reused
 
 
+LAST_CKPT = "checkpoints/last.ckpt"
+
+
+def resume_point(record: dict[str, Any], run_dir: Path, cfg: DictConfig) -> Path:
+    """Where this run's checkpoint to go on from is, if it exists: its own
+    `checkpoints/last.ckpt`, else (unless `force`) the newest one an unfinished run with the same
+    run_key left under results_root, copied here and named in the record's `resumed_from`.
+    Marks `run_dir` with the run_key so a later relaunch can find it in turn."""
+    (run_dir / KEY_FILE).write_text(record["run_key"])
+    last = run_dir / LAST_CKPT
+    if last.exists() or cfg.get("force") or not cfg.get("results_root"):
+        return last
+    found = find_resumable(cfg.results_root, record["run_key"], exclude=run_dir)
+    if found is None:
+        return last
+    last.parent.mkdir(exist_ok=True)
+    shutil.copyfile(found, last)
+    record["resumed_from"] = str(found.parent.parent.resolve())
+    return last
+
+
 def run(
     cfg: DictConfig,
     run_dir: str | Path,
@@ -162,7 +190,8 @@ def run(
     """Train and test one configuration; write `run_dir/result.json` however the run ends.
 
     A completed run with the same run_key under `cfg.results_root` is reused, not recomputed
-    (unless `force`); a `checkpoints/last.ckpt` already in `run_dir` is resumed from.
+    (unless `force`); a `checkpoints/last.ckpt` already in `run_dir`, or else one left by an
+    unfinished run with the same run_key, is resumed from (`resume_point`).
     Returns the record. Raises what the run raised (after recording it as failed or interrupted).
     """
     run_dir = Path(run_dir).resolve()
@@ -195,7 +224,8 @@ def run(
             default_root_dir=str(run_dir),
         )
         record["env"] = environment(str(trainer.strategy.root_device))
-        last = run_dir / "checkpoints" / "last.ckpt"
+        # Other DDP ranks start inside fit(), after rank zero has put the checkpoint in place.
+        last = resume_point(record, run_dir, cfg) if rank_zero else run_dir / LAST_CKPT
         trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
         if trainer.interrupted:
             raise KeyboardInterrupt

@@ -82,7 +82,10 @@ def test_submitit_local_launcher_runs_jobs(tmp_path):
     assert "sweep: 2 jobs: 2 completed" in result.stdout
 
 
-def test_sigkilled_run_resumes_to_the_same_metrics(tmp_path):
+@pytest.mark.parametrize("relaunch_dir", ["same", "new"])
+def test_sigkilled_run_resumes_to_the_same_metrics(tmp_path, relaunch_dir):
+    """Relaunched in its own directory, or in a new one (a later session's sweep), a killed run
+    goes on from its last checkpoint and ends where an uninterrupted run ends."""
     args = [
         "logger=none",
         "trainer.enable_progress_bar=false",
@@ -95,7 +98,7 @@ def test_sigkilled_run_resumes_to_the_same_metrics(tmp_path):
     assert whole.returncode == 0, whole.stderr[-3000:]
     [reference] = records(tmp_path / "whole")
 
-    run_dir = tmp_path / "killed" / "run"
+    run_dir = tmp_path / "runs" / "killed" / "run"  # under results_root (cwd/runs)
     resumable = [*args, f"hydra.run.dir={run_dir}"]
     proc = popen(resumable, cwd=tmp_path)
     wait_for(lambda: (run_dir / "checkpoints" / "last.ckpt").exists(), proc)
@@ -104,10 +107,14 @@ def test_sigkilled_run_resumes_to_the_same_metrics(tmp_path):
     proc.wait(timeout=30)
     assert not (run_dir / "result.json").exists()  # it never finished
 
-    resumed = rnnbench_cli(resumable, cwd=tmp_path)
+    killed_dir, run_dir = run_dir, tmp_path / "runs" / "killed" / relaunch_dir
+    if relaunch_dir == "same":
+        run_dir = killed_dir
+    resumed = rnnbench_cli([*args, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     record = json.loads((run_dir / "result.json").read_text())
     assert record["status"] == "completed"
+    assert record.get("resumed_from") == (None if relaunch_dir == "same" else str(killed_dir))
     assert record["metrics"] == reference["metrics"]
     assert record["timing"]["steps"] == reference["timing"]["steps"]
     assert len((run_dir / "metrics.csv").read_text().splitlines()) == 1 + 4  # all epochs kept
