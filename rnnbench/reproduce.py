@@ -1,0 +1,574 @@
+"""`rnnbench-reproduce`: published result tables rebuilt from our own run records.
+
+Each recipe in `conf/experiment/<source>/` reproduces one published row. This module composes
+every recipe, finds the completed runs made from it under the results folders, and writes, per
+source, a markdown table with ours beside the paper's number (`results/tcn_table1.md`,
+`results/zaremba.md`) and one CSV row per (source, task, cell, metric)
+(`results/reproduction.csv`). A recipe that has not been run shows the training time it would
+take here, measured by `rnnbench-reproduce --time` (a few real steps of the recipe), never a
+guessed result.
+
+    rnnbench-reproduce                       # tables from the runs under ./runs
+    rnnbench-reproduce --time tcn/ptb_word_lstm zaremba/large   # measure the time estimates
+
+Findings written by hand under a table survive regeneration: only the block between the
+`rnnbench-reproduce` markers is replaced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from rnnbench.errors import UserError
+from rnnbench.record import KEY_EXCLUDED, run_key
+from rnnbench.sweep import iter_records
+from rnnbench.table import _literal, direction, flatten, load_reference, match_keys
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+RESULTS_DIR = Path("results")
+TIMES_FILE = "recipe_times.csv"
+CSV_FILE = "reproduction.csv"
+BEGIN, END = "<!-- rnnbench-reproduce:begin -->", "<!-- rnnbench-reproduce:end -->"
+TOLERANCE = 0.02  # "reproduced": within 2 % of the paper on the metric's own side
+GPU_HOURS = 3.0  # a recipe needing more training than this here is left for a GPU
+SEED_KEYS = ("seed", "data.seed")
+CELLS = ("lstm", "gru", "rnn", "rnn_relu")  # the paper's column order
+CSV_COLUMNS = (
+    "source", "task", "cell", "metric", "direction", "paper", "ours", "budget", "seeds", "command"
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Source:
+    """A published table: its recipes' folder, the reference CSV it compares with, its page."""
+
+    name: str
+    reference: str
+    title: str
+    page: str
+    tasks: tuple[str, ...]  # the paper's row order
+    metrics: tuple[str, ...] = ()  # extra metrics shown beside the headline (Zaremba: val/ppl)
+
+
+SOURCES = {
+    "tcn": Source(
+        "tcn",
+        "bai2018",
+        "Bai, Kolter & Koltun 2018, Table 1: the LSTM, GRU and RNN columns",
+        "tcn_table1.md",
+        tasks=(
+            "seq_mnist",
+            "pmnist",
+            "adding",
+            "copy_memory",
+            "jsb",
+            "nottingham",
+            "ptb_word",
+            "ptb_char",
+        ),  # fmt: skip
+    ),
+    "zaremba": Source(
+        "zaremba",
+        "zaremba2014",
+        "Zaremba, Sutskever & Vinyals 2014, Table 1: LSTMs on Penn Treebank words",
+        "zaremba.md",
+        tasks=("small", "medium", "large"),
+        metrics=("val/ppl",),
+    ),
+}
+
+
+class ReproduceError(UserError):
+    """A bad argument to rnnbench-reproduce."""
+
+
+@dataclass
+class Recipe:
+    """One `conf/experiment/<source>/<task>.yaml`, composed."""
+
+    name: str  # e.g. tcn/jsb_lstm
+    config: dict[str, Any]
+    headline: str  # the metric the paper reports: test/nll, test/ppl, ...
+
+    @property
+    def source(self) -> str:
+        return self.name.split("/")[0]
+
+    @property
+    def task(self) -> str:
+        stem = self.name.split("/")[1]
+        cell = self.config["model"]["cell"]
+        return stem[: -len(cell) - 1] if stem.endswith("_" + cell) else stem
+
+    @property
+    def cell(self) -> str:
+        return self.config["model"]["cell"]
+
+    @property
+    def key(self) -> str:
+        return budget_key(self.config)
+
+    @property
+    def order(self) -> tuple[int, int, str]:
+        tasks, cells = SOURCES[self.source].tasks, CELLS
+        task = tasks.index(self.task) if self.task in tasks else len(tasks)
+        cell = cells.index(self.cell) if self.cell in cells else len(cells)
+        return task, cell, self.name
+
+
+@dataclass
+class Row:
+    """Ours against the paper for one recipe and metric."""
+
+    recipe: Recipe
+    metric: str
+    paper: float | None
+    runs: list[dict[str, Any]] = field(default_factory=list)  # the records that count
+    budget: str = "not run"  # full | reduced | not run
+    differs: list[str] = field(default_factory=list)  # reduced: what differs from the recipe
+    hours: float | None = None  # not run: measured training hours here
+
+    @property
+    def ours(self) -> float | None:
+        values = [r["metrics"].get(self.metric) for r in self.runs]
+        values = [v for v in values if isinstance(v, int | float) and math.isfinite(v)]
+        return sum(values) / len(values) if values else None
+
+    @property
+    def diverged(self) -> bool:
+        return bool(self.runs) and all(r.get("status") == "diverged" for r in self.runs)
+
+    @property
+    def sign(self) -> int:
+        return direction(self.metric)
+
+    @property
+    def within(self) -> bool | None:
+        """Ours no worse than the paper by more than TOLERANCE; None when either is missing."""
+        if self.paper is None or self.ours is None or self.budget != "full":
+            return None
+        if self.sign < 0:
+            return self.ours <= (1 + TOLERANCE) * self.paper
+        return self.ours >= (1 - TOLERANCE) * self.paper
+
+    @property
+    def command(self) -> str:
+        if self.runs:
+            return "rnnbench " + " ".join(self.runs[0].get("overrides") or [])
+        return f"rnnbench experiment={self.recipe.name}"
+
+
+def budget_key(config: dict[str, Any]) -> str:
+    """run_key without the seed: runs of one recipe under different seeds share it."""
+    plain = json.loads(json.dumps(config))
+    for dotted in SEED_KEYS:
+        *parents, leaf = dotted.split(".")
+        node = plain
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(leaf, None)
+    return run_key(plain)
+
+
+def recipe_names(sources: Iterable[str] = SOURCES, conf_dir: Path = CONF_DIR) -> list[str]:
+    """Every recipe of the given sources (top-level files of conf/experiment/<source>/)."""
+    names = []
+    for source in sources:
+        folder = conf_dir / "experiment" / source
+        names += [f"{source}/{p.stem}" for p in sorted(folder.glob("*.yaml"))]
+    return names
+
+
+def compose_recipes(names: Sequence[str], overrides: Sequence[str] = ()) -> list[Recipe]:
+    """Compose each recipe exactly as `rnnbench experiment=NAME` would."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
+
+    GlobalHydra.instance().clear()
+    recipes = []
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for name in names:
+            cfg = compose("config", overrides=[f"experiment={name}", *overrides])
+            datamodule = instantiate(cfg.data)
+            headline = datamodule.headline_metric
+            config = OmegaConf.to_container(cfg, resolve=True)
+            recipes.append(Recipe(name, config, headline))
+    GlobalHydra.instance().clear()
+    return recipes
+
+
+def published(recipe: Recipe, metric: str, references: dict[str, Any]) -> float | None:
+    """The paper's number for this recipe and metric, matched as `rnnbench-table --reference`
+    matches (every filled dotted key equals the recipe's value); None when the paper has none."""
+    ref = references[recipe.source]
+    flat = flatten(recipe.config)
+    for _, row in ref[ref["metric"] == metric].iterrows():
+        keys = [k for k in match_keys(ref) if row[k] != ""]
+        if all(_literal(row[k]) == flat.get(k) for k in keys):
+            return float(row["value"])
+    return None
+
+
+def differences(recipe: Recipe, config: dict[str, Any]) -> list[str]:
+    """`key=value` for each setting of a run that is not the recipe's (seed aside)."""
+    want, have = flatten(recipe.config), flatten(config)
+    skip = set(SEED_KEYS) | set(KEY_EXCLUDED)
+    keys = sorted(k for k in set(want) | set(have) if k not in skip and not k.startswith("logger"))
+    return [f"{k}={have.get(k)}" for k in keys if want.get(k) != have.get(k)]
+
+
+def collect(recipes: Sequence[Recipe], roots: Sequence[Path], times: dict[str, float]) -> list[Row]:
+    """One Row per recipe and shown metric, holding the runs made from the recipe: full-budget
+    runs (every setting the recipe's, any seed) when there are any, else reduced ones."""
+    by_recipe: dict[str, list[dict[str, Any]]] = {}
+    for root in roots:
+        for _, record in iter_records(root):
+            name = (record.get("config") or {}).get("recipe")
+            if name and record.get("status") in ("completed", "diverged"):
+                if not record.get("reused_from"):
+                    by_recipe.setdefault(name, []).append(record)
+    references = {s: load_reference(SOURCES[s].reference) for s in {r.source for r in recipes}}
+    rows = []
+    for recipe in sorted(recipes, key=lambda r: r.order):
+        made = by_recipe.get(recipe.name, [])
+        full = [r for r in made if budget_key(r["config"]) == recipe.key]
+        for metric in (*SOURCES[recipe.source].metrics, recipe.headline):
+            row = Row(recipe, metric, published(recipe, metric, references))
+            if full:
+                row.runs, row.budget = full, "full"
+            elif made:
+                newest = max(made, key=lambda r: r.get("finished") or "")
+                row.differs = differences(recipe, newest["config"])
+                row.runs = [
+                    r for r in made if budget_key(r["config"]) == budget_key(newest["config"])
+                ]
+                row.budget = "reduced"
+            else:
+                row.hours = times.get(recipe.name)
+            rows.append(row)
+    return rows
+
+
+def fmt(x: float | None) -> str:
+    if x is None:
+        return "-"
+    if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e5):
+        return f"{x:.2e}"
+    return f"{x:.4g}" if abs(x) < 1 else f"{x:.2f}"
+
+
+def delta_text(row: Row) -> str:
+    if row.paper is None or row.ours is None:
+        return "-"
+    return f"{100 * (row.ours / row.paper - 1):+.1f}%"
+
+
+def ours_text(row: Row) -> str:
+    if row.budget == "not run":
+        if row.hours is None:
+            return "not run (time not measured: rnnbench-reproduce --time " + row.recipe.name + ")"
+        if row.hours > GPU_HOURS:
+            return f"not run — needs a GPU, about {row.hours:.0f} h on this CPU"
+        return f"not run yet — about {row.hours:.1f} h on this CPU"
+    if row.diverged:
+        return "diverged"
+    text = fmt(row.ours)
+    if len(row.runs) > 1:
+        values = [r["metrics"][row.metric] for r in row.runs if row.metric in r["metrics"]]
+        mean = sum(values) / len(values)
+        std = (sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1)) ** 0.5
+        text += f" ± {fmt(std)} ({len(values)} seeds)"
+    return text
+
+
+def verdict(row: Row) -> str:
+    if row.budget == "reduced":
+        return "reduced budget: " + ", ".join(row.differs[:4])
+    within = row.within
+    if within is None:
+        return "" if row.budget == "not run" else "no published number"
+    return "within 2%" if within else "**missed by more than 2%**: see below"
+
+
+def render_table(rows: Sequence[Row]) -> str:
+    out = [
+        "| task | cell | metric | paper | ours | Δ | budget | verdict |",
+        "|---|---|---|---:|---:|---:|---|---|",
+    ]
+    for row in rows:
+        out.append(
+            f"| {row.recipe.task} | {row.recipe.cell.upper()} | {row.metric} | {fmt(row.paper)} "
+            f"| {ours_text(row)} | {delta_text(row)} | {row.budget} | {verdict(row)} |"
+        )
+    return "\n".join(out)
+
+
+def commands_made(rows: Sequence[Row]) -> list[str]:
+    """The command of each run behind the table (once each), then this command."""
+    seen = dict.fromkeys(row.command for row in rows if row.runs)
+    return [*seen, "rnnbench-reproduce"]
+
+
+def render_page(source: Source, rows: Sequence[Row]) -> str:
+    """The generated block of one source's page."""
+    full = [r for r in rows if r.budget == "full" and r.paper is not None]
+    hit = sum(bool(r.within) for r in full)
+    commands = "\n".join(f"    {c}" for c in commands_made(rows))
+    times = [r for r in rows if r.budget == "not run" and r.hours is not None]
+    lines = [
+        BEGIN,
+        f"# {source.title}",
+        "",
+        "Made by these commands (the runs, then the table), run in the repository root:",
+        "",
+        commands,
+        "",
+        f"Full-budget rows within 2% of the paper: {hit} of {len(full)}. "
+        'Δ = ours / paper − 1; "within 2%" means no worse than the paper by more than 2% '
+        "(lower-is-better: ours ≤ 1.02 × paper; higher-is-better: ours ≥ 0.98 × paper).",
+        "",
+        render_table(rows),
+        "",
+    ]
+    if times:
+        lines += [
+            "Hours for rows not run: training time only, measured on this machine by "
+            f"`rnnbench-reproduce --time` (a few real steps of each recipe; see "
+            f"`results/{TIMES_FILE}`), times steps per epoch times epochs.",
+            "",
+        ]
+    return "\n".join([*lines, END])
+
+
+def write_page(path: Path, block: str) -> None:
+    """Replace the generated block of `path`, keeping whatever is written around it."""
+    if path.exists():
+        text = path.read_text()
+        if BEGIN in text and END in text:
+            head, rest = text.split(BEGIN, 1)
+            tail = rest.split(END, 1)[1]
+            path.write_text(head + block + tail)
+            return
+    path.write_text(block + "\n")
+
+
+def csv_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    return [
+        {
+            "source": row.recipe.source,
+            "task": row.recipe.task,
+            "cell": row.recipe.cell,
+            "metric": row.metric,
+            "direction": "lower" if row.sign < 0 else "higher",
+            "paper": "" if row.paper is None else row.paper,
+            "ours": "" if row.ours is None else f"{row.ours:.6g}",
+            "budget": row.budget,
+            "seeds": len(row.runs),
+            "command": row.command,
+        }
+        for row in rows
+    ]
+
+
+def write_csv(path: Path, rows: Sequence[Row]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(csv_rows(rows))
+
+
+# ---------------------------------------------------------------------------------------------
+# Time estimates for recipes not run
+
+
+def read_times(path: Path) -> dict[str, float]:
+    if not path.exists():
+        return {}
+    with path.open() as f:
+        return {row["recipe"]: float(row["hours"]) for row in csv.DictReader(f)}
+
+
+def measure_time(recipe: Recipe, steps: int) -> dict[str, Any]:
+    """Train `recipe` for `steps` real steps here (after one warm-up step) and scale the time
+    per step by the steps of one epoch and the recipe's epochs."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
+
+    from rnnbench.train import run
+
+    overrides = [
+        f"experiment={recipe.name}",
+        "logger=none",
+        "trainer.enable_progress_bar=false",
+        "trainer.max_epochs=1",
+        f"trainer.limit_train_batches={steps}",
+        "trainer.limit_val_batches=0",
+        "trainer.limit_test_batches=1",
+        "force=true",
+    ]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    GlobalHydra.instance().clear()
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    per_epoch = len(datamodule.train_dataloader())
+    with tempfile.TemporaryDirectory() as tmp:
+        record = run(cfg, tmp, overrides)
+    timing = record["timing"]
+    s_per_step = timing["train_s"] / max(1, timing["steps"])
+    epochs = recipe.config["trainer"]["max_epochs"]
+    return {
+        "recipe": recipe.name,
+        "s_per_step": round(s_per_step, 4),
+        "steps_per_epoch": per_epoch,
+        "epochs": epochs,
+        "hours": round(s_per_step * per_epoch * epochs / 3600, 2),
+        "threads": record["env"].get("threads") if record.get("env") else "",
+        "load": round(os.getloadavg()[0], 1),  # other work on the machine inflates the estimate
+        "command": f"rnnbench-reproduce --time {recipe.name} --steps {steps}",
+    }
+
+
+def write_times(path: Path, measured: list[dict[str, Any]]) -> None:
+    """Merge newly measured estimates into `path` (one row per recipe)."""
+    rows: dict[str, dict[str, Any]] = {}
+    if path.exists():
+        with path.open() as f:
+            rows = {row["recipe"]: row for row in csv.DictReader(f)}
+    rows |= {m["recipe"]: m for m in measured}
+    fields = [
+        "recipe", "s_per_step", "steps_per_epoch", "epochs", "hours", "threads", "load", "command"
+    ]  # fmt: skip
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows[k] for k in sorted(rows))
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="rnnbench-reproduce",
+        description=(
+            "Rebuild the published tables (Bai et al. 2018 Table 1, Zaremba et al. 2014) from "
+            "the runs made with the conf/experiment/ recipes: ours beside the paper, one markdown "
+            "page per source and results/reproduction.csv. With --time, measure how long the "
+            "named recipes would train here instead."
+        ),
+        epilog="example: rnnbench -m experiment=tcn/jsb_lstm,tcn/jsb_gru,tcn/jsb_rnn && "
+        "rnnbench-reproduce",
+    )
+    parser.add_argument(
+        "paths",
+        nargs="*",
+        type=Path,
+        help="folders holding run records (default: $RNNBENCH_RUNS_DIR, else ./runs)",
+    )
+    parser.add_argument(
+        "--source",
+        action="append",
+        choices=sorted(SOURCES),
+        help="only this source's table (repeatable; default: all)",
+    )
+    parser.add_argument(
+        "-o",
+        "--out",
+        type=Path,
+        default=RESULTS_DIR,
+        help="folder for the pages (default: results)",
+    )
+    parser.add_argument(
+        "--time",
+        nargs="+",
+        metavar="RECIPE",
+        help="measure training time per recipe (e.g. tcn/ptb_word_lstm, or a source: tcn) and "
+        f"merge it into OUT/{TIMES_FILE}; writes no table",
+    )
+    parser.add_argument("--steps", type=int, default=10, help="steps timed per recipe (--time)")
+    return parser.parse_args(argv)
+
+
+def expand(names: Sequence[str]) -> list[str]:
+    """Recipe names, a bare source name standing for all its recipes; unknown ones refused."""
+    known = recipe_names()
+    out = []
+    for name in names:
+        if name in SOURCES:
+            out += recipe_names([name])
+        elif name in known:
+            out.append(name)
+        else:
+            raise ReproduceError(
+                f"unknown recipe {name!r}; recipes are conf/experiment/<source>/<name>.yaml, "
+                f"e.g. {known[0]}, or a whole source: {', '.join(SOURCES)}"
+            )
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.steps < 1:
+            raise ReproduceError(f"--steps must be a positive number of steps, got {args.steps}")
+        args.out.mkdir(parents=True, exist_ok=True)
+        if args.time:
+            names = expand(args.time)
+            measured = []
+            for i, recipe in enumerate(compose_recipes(names), 1):
+                print(f"[{i}/{len(names)}] timing {recipe.name} ...", file=sys.stderr, flush=True)
+                measured.append(measure_time(recipe, args.steps))
+                m = measured[-1]
+                print(
+                    f"{m['recipe']}: {m['s_per_step']} s/step x {m['steps_per_epoch']} steps x "
+                    f"{m['epochs']} epochs = {m['hours']} h"
+                )
+            write_times(args.out / TIMES_FILE, measured)
+            return 0
+        roots = args.paths or [Path(os.environ.get("RNNBENCH_RUNS_DIR") or "runs")]
+        missing = [str(p) for p in roots if not p.is_dir()]
+        if missing:
+            raise ReproduceError(f"no such folder: {', '.join(missing)} (give the runs folder)")
+        sources = args.source or list(SOURCES)
+        recipes = compose_recipes(recipe_names(sources))
+        rows = collect(recipes, roots, read_times(args.out / TIMES_FILE))
+        for name in sources:
+            mine = [r for r in rows if r.recipe.source == name]
+            page = args.out / SOURCES[name].page
+            write_page(page, render_page(SOURCES[name], mine))
+            print(f"wrote {page}")
+        write_csv(args.out / CSV_FILE, rows)
+        print(f"wrote {args.out / CSV_FILE}")
+        full = [r for r in rows if r.budget == "full" and r.paper is not None]
+        summary = {
+            "full": len(full),
+            "within_2pct": sum(bool(r.within) for r in full),
+            "reduced": sum(r.budget == "reduced" for r in rows),
+            "not_run": sum(r.budget == "not run" for r in rows),
+        }
+        print(json.dumps(summary))
+        return 0
+    except UserError as e:
+        print(f"rnnbench-reproduce: error: {e}", file=sys.stderr)
+        return 2
+
+
+def cli() -> None:
+    sys.exit(main())

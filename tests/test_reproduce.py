@@ -1,0 +1,173 @@
+"""Reproduction recipes (conf/experiment/) and `rnnbench-reproduce`: every recipe composes and
+trains a few real steps, GRU and RNN recipes sit at the LSTM's parameter budget, and the tables
+are built from real run records."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+
+from conftest import compose_config, require_data, train
+from rnnbench.reproduce import (
+    BEGIN,
+    END,
+    SOURCES,
+    collect,
+    compose_recipes,
+    main,
+    recipe_names,
+    render_page,
+    write_page,
+)
+
+RECIPES = recipe_names()
+FEW_STEPS = [
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=1",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+]
+DATA_FILES = {
+    "seq_mnist": "mnist",
+    "pmnist": "mnist",
+    "jsb": "poly_music/JSB_Chorales.mat",
+    "nottingham": "poly_music/Nottingham.mat",
+    "ptb_word": "ptb/ptb.train.txt",
+    "ptb_char": "ptb_char/ptb.char.train.txt",
+}
+
+
+def test_every_source_has_its_recipes():
+    tcn = [r for r in RECIPES if r.startswith("tcn/")]
+    assert len(tcn) == 8 * 3  # Table 1: 8 tasks x LSTM, GRU, RNN
+    assert {"zaremba/small", "zaremba/medium", "zaremba/large"} <= set(RECIPES)
+    assert {"zaremba/small_gru", "zaremba/small_rnn"} <= set(RECIPES)
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_composes_and_trains_a_step(name, tmp_path):
+    cfg = compose_config([f"experiment={name}"])
+    assert cfg.recipe == name
+    data = cfg.data.name
+    if data in DATA_FILES:
+        require_data(DATA_FILES[data])
+    record = train([f"experiment={name}", *FEW_STEPS], tmp_path)
+    assert record["status"] in ("completed", "diverged"), record["error"]
+    assert record["config"]["recipe"] == name
+    assert record["timing"]["steps"] == 1
+
+
+def params(name: str) -> int:
+    cfg = compose_config([f"experiment={name}"])
+    datamodule = instantiate(cfg.data)
+    if cfg.data.name in DATA_FILES:
+        require_data(DATA_FILES[cfg.data.name])
+    datamodule.setup("fit")
+    model = instantiate(cfg.model, **datamodule.model_io())
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    "task", ["seq_mnist", "adding", "copy_memory", "jsb", "nottingham", "ptb_char", "ptb_word"]
+)
+def test_gru_and_rnn_recipes_match_the_lstm_parameter_budget(task):
+    """Bai et al. tune GRU and RNN at the LSTM's size; a recipe whose hidden size drifts from
+    that budget by more than 2 % fails here."""
+    lstm = params(f"tcn/{task}_lstm")
+    for cell in ("gru", "rnn"):
+        assert abs(params(f"tcn/{task}_{cell}") / lstm - 1) < 0.02, (task, cell)
+
+
+def test_zaremba_recipe_follows_the_papers_code():
+    """lr x 20 and clip / 20 for the per-token mean loss; lr held for 5 epochs, as main.lua's
+    `epoch > max_epoch` test with max_epoch 4 holds it."""
+    cfg = compose_config(["experiment=zaremba/small"])
+    assert cfg.optim.lr == 20.0 and cfg.trainer.gradient_clip_val == 0.25
+    assert (cfg.data.bptt, cfg.data.batch_size, cfg.trainer.max_epochs) == (20, 20, 13)
+    import torch
+
+    schedule = instantiate(cfg.scheduler)(torch.optim.SGD([torch.zeros(1)], lr=1.0))
+    lrs = []
+    for _ in range(13):
+        lrs.append(schedule.optimizer.param_groups[0]["lr"])
+        schedule.step()
+    assert lrs[:5] == [1.0] * 5 and lrs[5] == 0.5 and lrs[12] == 0.5**8
+
+
+def test_tables_from_real_runs(tmp_path):
+    """A run of a recipe at its own budget is 'full' and compared with the paper; the same recipe
+    run shorter is 'reduced' and says what differs; a recipe not run is 'not run'."""
+    require_data("poly_music/JSB_Chorales.mat")
+    runs = tmp_path / "runs"
+    short = [*FEW_STEPS]
+    train(["experiment=tcn/jsb_lstm", *short], runs / "a")
+    train(["experiment=tcn/jsb_gru", *short], runs / "b")
+    [record_a] = [json.loads((runs / "a" / "result.json").read_text())]
+
+    # Against the recipes as composed with the same shortening, run a's budget is "full".
+    as_run = compose_recipes(["tcn/jsb_lstm"], short)
+    [row] = collect(as_run, [runs], {})
+    assert row.budget == "full" and row.ours == record_a["metrics"]["test/nll"]
+    assert row.paper == 8.45
+    assert row.within == (row.ours <= 1.02 * 8.45)
+
+    # Against the real recipes: reduced, naming the shortened settings; jsb_rnn not run.
+    rows = collect(compose_recipes(["tcn/jsb_lstm", "tcn/jsb_rnn"]), [runs], {"tcn/jsb_rnn": 0.1})
+    lstm, rnn = rows
+    assert lstm.budget == "reduced" and "trainer.max_epochs=1" in lstm.differs
+    assert lstm.within is None
+    assert rnn.budget == "not run" and rnn.hours == 0.1
+
+    page = tmp_path / "page.md"
+    page.write_text("intro\n" + BEGIN + "\nold\n" + END + "\n\n## Findings\nkept\n")
+    write_page(page, render_page(SOURCES["tcn"], rows))
+    text = page.read_text()
+    assert text.startswith("intro\n" + BEGIN) and text.endswith("## Findings\nkept\n")
+    assert "old" not in text and "not run yet — about 0.1 h on this CPU" in text
+    assert "rnnbench experiment=tcn/jsb_lstm trainer.max_epochs=1" in text
+
+
+def test_cli_writes_every_page_and_the_csv(tmp_path):
+    require_data("poly_music/JSB_Chorales.mat")
+    train(["experiment=tcn/jsb_rnn", *FEW_STEPS], tmp_path / "runs" / "r")
+    out = tmp_path / "results"
+    assert main([str(tmp_path / "runs"), "-o", str(out)]) == 0
+    assert (out / "tcn_table1.md").read_text().startswith(BEGIN)
+    assert "Zaremba" in (out / "zaremba.md").read_text()
+    with (out / "reproduction.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == [
+        "source", "task", "cell", "metric", "direction", "paper", "ours", "budget", "seeds",
+        "command",
+    ]  # fmt: skip
+    jsb_rnn = [r for r in rows if (r["source"], r["task"], r["cell"]) == ("tcn", "jsb", "rnn")]
+    assert [(r["budget"], r["seeds"], r["direction"]) for r in jsb_rnn] == [
+        ("reduced", "1", "lower")
+    ]
+    assert len(rows) == 24 + 2 * 5  # Table 1 rows, and Zaremba's val and test per recipe
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--time", "tcn/no_such"], "unknown recipe 'tcn/no_such'"),
+        (["--steps", "0", "--time", "tcn"], "--steps must be a positive"),
+        (["no/such/folder"], "no such folder: no/such/folder"),
+    ],
+)
+def test_bad_input_is_one_line(tmp_path, args, message):
+    script = Path(sys.executable).parent / "rnnbench-reproduce"
+    result = subprocess.run(
+        [str(script), *args, "-o", str(tmp_path)], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rnnbench-reproduce: error: "), result.stderr
+    assert message in lines[0]
+    assert not list(tmp_path.glob("*.csv"))
