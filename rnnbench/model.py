@@ -14,6 +14,9 @@ from rnnbench.cells import RecurrentStack, State, detach_state
 from rnnbench.errors import ConfigError, check_choice, check_positive_int
 
 READOUTS = ("all", "last")
+# With model.tbptt: one optimizer step per sequence (its chunks' gradients summed), or one per
+# chunk (the state carried on, detached), as Williams & Peng's BPTT(h; h') and Lightning 1.x did.
+TBPTT_UPDATES = ("sequence", "chunk")
 
 
 class SequenceModel(nn.Module):
@@ -44,6 +47,7 @@ class SequenceModel(nn.Module):
         init_range: float | None = None,
         forget_bias: float | None = None,
         tbptt: int | None = None,
+        tbptt_update: str = "sequence",
     ) -> None:
         super().__init__()
         if causal and bidirectional:
@@ -61,7 +65,14 @@ class SequenceModel(nn.Module):
                     "model.tbptt needs model.bidirectional=false: a backward "
                     "pass cannot be cut into chunks read forwards"
                 )
-        self.tbptt = tbptt
+        check_choice("model.tbptt_update", tbptt_update, TBPTT_UPDATES)
+        if tbptt_update == "chunk" and readout == "last":
+            raise ConfigError(
+                "model.tbptt_update=chunk needs an output at every step (language modelling, "
+                "copy memory, music): this dataset predicts from the final state only, so every "
+                "chunk but the last has no loss; use model.tbptt_update=sequence"
+            )
+        self.tbptt, self.tbptt_update = tbptt, tbptt_update
         emb_size = emb_size or hidden_size
         stack_input = emb_size if vocab_size is not None else input_size
         # The stack first: it checks cell, sizes and depth before anything is allocated.

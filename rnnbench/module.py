@@ -40,6 +40,17 @@ def clip_global_norm_(parameters, norm: Tensor, threshold: float) -> None:
             p.grad.mul_(scale)
 
 
+def time_chunks(batch: Batch, k: int) -> list[Batch]:
+    """The batch cut along time into pieces of k steps: every tensor that has the inputs'
+    (batch, time) leading shape is cut; the others (per-sequence targets) go whole."""
+    bt = batch["x"].shape[:2]
+    steps = range(0, bt[1], k)
+    return [
+        {n: v[:, i : i + k] if v.dim() >= 2 and v.shape[:2] == bt else v for n, v in batch.items()}
+        for i in steps
+    ]
+
+
 class RecurrentTask(pl.LightningModule):
     """The shared loop. A task kind names its accumulated quantities (`means`), computes the
     loss of a batch while updating them (`step`), and turns them into metrics (`derive`)."""
@@ -64,6 +75,13 @@ class RecurrentTask(pl.LightningModule):
             }
         )
         self.diverged = False
+        # Truncated BPTT with an optimizer step per chunk: the loop below steps the optimizer
+        # itself, so Lightning's automatic optimization (one step per batch) is off.
+        tbptt = getattr(model, "tbptt", None)
+        self.chunked = tbptt is not None and getattr(model, "tbptt_update", "") == "chunk"
+        self.automatic_optimization = not self.chunked
+        self.clip_value: float | None = None  # per-chunk clipping threshold (set by train.run)
+        self.carry: State | None = None  # the state handed from one chunk to the next
 
     def step(self, batch: Batch, split: str) -> Tensor:
         raise NotImplementedError
@@ -78,15 +96,52 @@ class RecurrentTask(pl.LightningModule):
     def accumulate(self, split: str, name: str, value: Tensor, weight: float | Tensor) -> None:
         self.accumulators[f"{split}_{name}"].update(value.detach(), weight)
 
+    def run_model(self, batch: Batch) -> Tensor:
+        """The model's output for a batch; going on from the previous chunk's state when
+        training chunk by chunk."""
+        out, state = self.model(batch["x"], self.carry, lengths=batch.get("lengths"))
+        if self.chunked and self.training:
+            self.carry = detach_state(state)
+        return out
+
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
+        if self.chunked:
+            return self.training_step_per_chunk(batch)
         loss = self.step(batch, "train")
-        if not torch.isfinite(loss):
-            # A non-finite loss is a finding (the run diverged), not a crash: stop cleanly.
-            self.diverged = True
-            self.trainer.should_stop = True
+        if not self.finite(loss):
             return None
         self.log("train/batch_loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss
+
+    def finite(self, loss: Tensor) -> bool:
+        if torch.isfinite(loss):
+            return True
+        # A non-finite loss is a finding (the run diverged), not a crash: stop cleanly.
+        self.diverged = True
+        self.trainer.should_stop = True
+        return False
+
+    def training_step_per_chunk(self, batch: Batch) -> Tensor | None:
+        """model.tbptt_update=chunk: forward, backward, clip and step on each chunk of
+        `tbptt` steps in turn, the state carried on detached from one chunk to the next."""
+        optimizer = self.optimizers()
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        self.carry, loss = None, None
+        for chunk in time_chunks(batch, self.model.tbptt):
+            if self.items_in(chunk) == 0:  # only padding in this stretch of every row
+                continue
+            loss = self.step(chunk, "train")
+            if not self.finite(loss):
+                return None
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            self.clip_and_record(params, self.clip_value)
+            optimizer.step()
+        self.carry = None
+        if loss is not None:
+            self.log("train/batch_loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+            return loss.detach()
+        return None
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self.step(batch, "val")
@@ -96,6 +151,21 @@ class RecurrentTask(pl.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self.log_split("train")
+        if not self.automatic_optimization:
+            self.step_schedule()
+
+    def step_schedule(self) -> None:
+        """What Lightning does at an epoch end under automatic optimization (validation has run
+        by now): step the learning-rate schedule, on val/loss for ReduceLROnPlateau."""
+        scheduler = self.lr_schedulers()
+        if scheduler is None:
+            return
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            val_loss = self.trainer.callback_metrics.get("val/loss")
+            if val_loss is not None:
+                scheduler.step(val_loss)
+        else:
+            scheduler.step()
 
     def on_validation_epoch_end(self) -> None:
         self.log_split("val")
@@ -126,13 +196,16 @@ class RecurrentTask(pl.LightningModule):
     def configure_gradient_clipping(
         self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
     ) -> None:
-        # The norm before clipping is what shows a vanilla RNN exploding: log it every step.
         params = [p for g in optimizer.param_groups for p in g["params"]]
+        self.clip_and_record(params, gradient_clip_val)
+
+    def clip_and_record(self, params: list[Tensor], threshold: float | None) -> None:
+        # The norm before clipping is what shows a vanilla RNN exploding: log it every step.
         norm = global_grad_norm(params)
         self.grad_norm = norm.detach()  # read by the StepTrace callback, without a host sync
         self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
-        if gradient_clip_val is not None:
-            clip_global_norm_(params, norm, float(gradient_clip_val))
+        if threshold is not None:
+            clip_global_norm_(params, norm, float(threshold))
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameters())
@@ -193,7 +266,7 @@ class StepClassificationTask(RecurrentTask):
     """A class per time step (copy memory): mean cross-entropy over every output position."""
 
     def step(self, batch: Batch, split: str) -> Tensor:
-        logits, _ = self.model(batch["x"])
+        logits = self.run_model(batch)
         y = batch["y"]
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
         self.accumulate(split, "loss", loss, y.numel())
@@ -206,7 +279,7 @@ class ClassificationTask(RecurrentTask):
     means = ("loss", "acc")
 
     def step(self, batch: Batch, split: str) -> Tensor:
-        logits, _ = self.model(batch["x"], lengths=batch.get("lengths"))
+        logits = self.run_model(batch)
         y = batch["y"]
         loss = F.cross_entropy(logits, y)
         self.accumulate(split, "loss", loss, y.numel())
@@ -220,7 +293,7 @@ class RegressionTask(RecurrentTask):
     means = ("loss", "mae")
 
     def step(self, batch: Batch, split: str) -> Tensor:
-        pred, _ = self.model(batch["x"])
+        pred = self.run_model(batch)
         y = batch["y"]
         pred = pred.view_as(y)
         loss = F.mse_loss(pred, y)
@@ -237,7 +310,7 @@ class MultilabelTask(RecurrentTask):
     cross-entropies, averaged over real (unpadded) frames."""
 
     def step(self, batch: Batch, split: str) -> Tensor:
-        logits, _ = self.model(batch["x"])
+        logits = self.run_model(batch)
         y, mask = batch["y"], batch["mask"]
         per_frame = F.binary_cross_entropy_with_logits(logits, y, reduction="none").sum(-1)
         frames = mask.sum()

@@ -27,6 +27,9 @@ KEY_EXCLUDED = (
     "trainer.enable_progress_bar",
     "trainer.log_every_n_steps",
 )
+# Options added after runs were recorded, left out of run_key while at the value that computes
+# what the runs before them computed, so those runs still match (and are reused).
+KEY_DEFAULTS = {"model.tbptt_update": "sequence"}
 
 
 def now_iso() -> str:
@@ -36,12 +39,14 @@ def now_iso() -> str:
 def run_key(config: dict[str, Any]) -> str:
     """A stable hash of the resolved config without paths and logger settings."""
     config = json.loads(json.dumps(config))  # a deep copy of plain data
-    for dotted in KEY_EXCLUDED:
+    for dotted in (*KEY_EXCLUDED, *KEY_DEFAULTS):
         *parents, leaf = dotted.split(".")
         node = config
         for p in parents:
             node = node.get(p, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict):
+        if isinstance(node, dict) and (
+            dotted not in KEY_DEFAULTS or node.get(leaf) == KEY_DEFAULTS[dotted]
+        ):
             node.pop(leaf, None)
     text = json.dumps(config, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]

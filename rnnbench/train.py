@@ -217,11 +217,18 @@ def run(
         if rank_zero:
             loggers = build_loggers(cfg.get("logger"), run_dir, record["config"], group)
         callbacks = RunCallbacks.for_run(cfg, run_dir)
+        manual = {}
+        if not task.automatic_optimization:  # per-chunk updates clip in the task's own loop
+            task.clip_value, manual = (
+                cfg.trainer.get("gradient_clip_val"),
+                {"gradient_clip_val": None},
+            )
         trainer = instantiate(
             cfg.trainer,
             logger=loggers or False,
             callbacks=callbacks.all,
             default_root_dir=str(run_dir),
+            **manual,
         )
         record["env"] = environment(str(trainer.strategy.root_device))
         # Other DDP ranks start inside fit(), after rank zero has put the checkpoint in place.
