@@ -5,8 +5,9 @@ rnnbench-report runs/ --reference zaremba2014 --metric test/ppl -o ptb.html
 
 The page holds the comparison table(s) of `rnnbench-table`, a bar chart of the metric per
 configuration (error bars: std over seeds), learning curves from each run's metrics.csv and the
-pre-clip gradient-norm traces from each run's steps.csv. Figures are PNGs embedded as
-base64, so the file needs no network and no other file to be viewed.
+pre-clip gradient-norm traces from each run's steps.csv, and for runs made with
+`+callbacks=gradflow` the gradient-flow curves ‖∂L/∂h_t‖ from their gradflow.csv. Figures are
+PNGs embedded as base64, so the file needs no network and no other file to be viewed.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ LINESTYLES = ("-", "--", ":", "-.")
 # Every run writes each optimizer step's loss and pre-clip gradient norm to steps.csv.
 STEP_TRACE = "steps.csv"
 GRAD_NORM = "grad_norm"
+# Runs made with `+callbacks=gradflow` also hold ‖∂L/∂h_t‖ for every step t at probe steps.
+GRAD_FLOW = "gradflow.csv"
+GRAD_FLOW_COLUMNS = {"step", "layer", "direction", "t", "norm"}
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1300px; color: #222; }
@@ -277,6 +281,46 @@ def grad_norms(runs: pd.DataFrame, view: View) -> str:
     return png_tag(fig, "gradient norm traces")
 
 
+def gradient_flow(runs: pd.DataFrame, view: View) -> str:
+    """‖∂L/∂h_t‖ against t on each run's probe batch (top layer, forward direction), one line
+    per run coloured by cell, log scale: at the first probe and at the last. Vanishing
+    gradients show as a line falling towards t = 1."""
+    flows = []
+    for _, run in runs.iterrows():
+        flow = read_csv(Path(run["run_dir"]) / GRAD_FLOW)
+        if flow is not None and GRAD_FLOW_COLUMNS <= set(flow.columns) and len(flow):
+            top = flow[(flow["layer"] == flow["layer"].max()) & (flow["direction"] == "forward")]
+            flows.append((run, top))
+    if not flows:
+        return (
+            '<p class="note">No run was made with <code>+callbacks=gradflow</code>: no '
+            "gradient-flow figure.</p>"
+        )
+    fig, axes = panels(["first", "last"], width=5.5, height=3.8)
+    styles: dict = {}
+    for ax, (which, pick) in zip(axes, (("first", min), ("last", max)), strict=True):
+        steps = set()
+        for run, flow in flows:
+            step = pick(flow["step"])
+            steps.add(int(step))
+            at = flow[flow["step"] == step].sort_values("t")
+            ax.plot(
+                at["t"],
+                at["norm"].where(at["norm"] > 0),
+                color=colour(run.get("model.cell")),
+                linestyle=style_of(run, view, styles),
+                alpha=0.85,
+                label=run_label(run, view),
+            )
+        ax.set_yscale("log")
+        ax.set_title(f"at the {which} probe (step {', '.join(map(str, sorted(steps)))})")
+        ax.set_xlabel("t (time step)")
+        ax.set_ylabel(r"$\|\partial L / \partial h_t\|$")
+        ax.grid(alpha=0.3, which="both")
+    finish(fig, axes)
+    return png_tag(fig, "gradient flow through time")
+
+
 def report_html(
     df: pd.DataFrame,
     view: View,
@@ -310,6 +354,8 @@ def report_html(
         learning_curves(runs, view),
         "<h2>Gradient norm before clipping</h2>",
         grad_norms(runs, view),
+        "<h2>Gradient flow through time</h2>",
+        gradient_flow(runs, view),
         "<h2>Runs</h2>",
         f"<details><summary>{len(df)} runs</summary>{runs_table}</details>",
         "</body></html>",

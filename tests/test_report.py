@@ -15,7 +15,7 @@ import matplotlib.image
 import pytest
 from test_table import Runs, made_runs
 
-from conftest import REPO
+from conftest import REPO, train
 from rnnbench.report import main as report_main
 
 ARTIFACTS = REPO / "test-artifacts"
@@ -179,3 +179,35 @@ def test_runs_without_a_step_trace_get_a_note_instead_of_traces(runs, tmp_path):
     page.feed(out.read_text())
     assert [img["alt"] for img in page.images] == ["test/ppl per configuration", "learning curves"]
     assert "No run folder holds a steps.csv" in out.read_text()
+
+
+def test_gradient_flow_curves_of_runs_made_with_the_callback(runs, tmp_path):
+    """Runs made with +callbacks=gradflow get the ‖∂L/∂h_t‖ figure, one line per run; the
+    report of runs without it says how to get one."""
+    flow = [
+        "+callbacks=gradflow",
+        "callbacks.gradflow.every_n_steps=4",
+        "data=adding",
+        "data.seq_len=25",
+        "data.train_size=64",
+        "data.valid_size=16",
+        "data.test_size=16",
+        "data.batch_size=8",
+        "model.num_layers=1",
+        "model.hidden_size=8",
+        "trainer.max_epochs=1",
+    ]
+    for cell in ("rnn", "lstm"):
+        train([f"model={cell}", *flow], tmp_path / "flow" / cell)
+    out = tmp_path / "report.html"
+    assert report_main([str(tmp_path / "flow"), "-o", str(out)]) == 0
+    page = Page()
+    page.feed(out.read_text())
+    assert "Gradient flow through time" in page.headings
+    [img] = [i for i in page.images if i["alt"] == "gradient flow through time"]
+    png = base64.b64decode(img["src"].split(",", 1)[1])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+    bare = tmp_path / "bare.html"
+    assert report_main([str(runs.seed), "-o", str(bare)]) == 0
+    assert "No run was made with <code>+callbacks=gradflow</code>" in bare.read_text()
