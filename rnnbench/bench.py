@@ -272,30 +272,19 @@ class LightningHarness:
     name = "harness"
 
     def __init__(self, cfg, datamodule, run_dir: Path) -> None:
-        from hydra.utils import instantiate
+        from rnnbench.train import build_training, check_trainer, new_record
 
-        from rnnbench.module import TASKS
-        from rnnbench.train import RunCallbacks, build_loggers, check_trainer, new_record
-
-        # Mirrors rnnbench.train.run() up to trainer.fit, with run()'s own callbacks.
+        # As rnnbench.train.run() builds a run, with run()'s own callbacks and loggers.
         run_dir.mkdir(parents=True, exist_ok=True)
         check_trainer(cfg.trainer)
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
-        self.model = instantiate(cfg.model, **datamodule.model_io())
-        scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
-        self.task = TASKS[datamodule.task](
-            self.model, instantiate(cfg.optim), scheduler, datamodule.unit
-        )
         self.record = new_record(cfg, run_dir, None)
-        self.loggers = build_loggers(cfg.get("logger"), run_dir, self.record["config"], None)
+        self.loggers: list = []
         self.clock = StepClock()
-        callbacks = [self.clock, *RunCallbacks.for_run(cfg, run_dir).all]
-        self.trainer = instantiate(
-            cfg.trainer,
-            logger=self.loggers or False,
-            callbacks=callbacks,
-            default_root_dir=str(run_dir),
+        built = build_training(
+            cfg, run_dir, self.record, datamodule, self.loggers, extra_callbacks=[self.clock]
         )
+        self.model, self.task, self.trainer = built.model, built.task, built.trainer
         self.datamodule = datamodule
 
     def run(self, steps: int) -> list[Sample]:

@@ -13,6 +13,7 @@ import shutil
 import signal
 import sys
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,9 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
+from torch import nn
 
-from rnnbench.callbacks import EpochMetricsCSV, StepTrace, Throughput
+from rnnbench.callbacks import EpochMetricsCSV, SteadyProgressBar, StepTrace, Throughput
 from rnnbench.errors import ConfigError, find_user_error
 from rnnbench.module import TASKS
 from rnnbench.overrides import exit_on_bad_command_line
@@ -181,6 +183,53 @@ def resume_point(record: dict[str, Any], run_dir: Path, cfg: DictConfig) -> Path
     return last
 
 
+@dataclass
+class Training:
+    """What one run trains with, built from its config: `run` fits and tests it, and
+    `rnnbench-bench` times its steps."""
+
+    model: nn.Module
+    task: pl.LightningModule
+    trainer: pl.Trainer
+    callbacks: RunCallbacks
+
+
+def build_training(
+    cfg: DictConfig,
+    run_dir: Path,
+    record: dict[str, Any],
+    datamodule: pl.LightningDataModule,
+    loggers: list,
+    group: str | None = None,
+    extra_callbacks: Sequence[pl.Callback] = (),
+) -> Training:
+    """Model, task module, loggers, callbacks and Trainer for `cfg` on a set-up datamodule
+    (seeded before the datamodule was made); fills the record's task, headline metric,
+    parameter count and environment. The loggers are appended to `loggers` as soon as they
+    exist (rank zero only), so the caller can finish them however the build ends."""
+    record["task"], record["headline"] = datamodule.task, datamodule.headline_metric
+    model = instantiate(cfg.model, **datamodule.model_io())
+    record["params"] = sum(p.numel() for p in model.parameters())
+    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    task = TASKS[datamodule.task](model, instantiate(cfg.optim), scheduler, datamodule.unit)
+    if is_rank_zero():
+        loggers += build_loggers(cfg.get("logger"), run_dir, record["config"], group)
+    callbacks = RunCallbacks.for_run(cfg, run_dir)
+    manual = {}
+    if not task.automatic_optimization:  # per-chunk updates clip in the task's own loop
+        task.clip_value = cfg.trainer.get("gradient_clip_val")
+        manual = {"gradient_clip_val": None}
+    trainer = instantiate(
+        cfg.trainer,
+        logger=loggers or False,
+        callbacks=[*extra_callbacks, *callbacks.all],
+        default_root_dir=str(run_dir),
+        **manual,
+    )
+    record["env"] = environment(str(trainer.strategy.root_device))
+    return Training(model, task, trainer, callbacks)
+
+
 def run(
     cfg: DictConfig,
     run_dir: str | Path,
@@ -209,28 +258,8 @@ def run(
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule = instantiate(cfg.data)
         datamodule.setup("fit")
-        record["task"], record["headline"] = datamodule.task, datamodule.headline_metric
-        model = instantiate(cfg.model, **datamodule.model_io())
-        record["params"] = sum(p.numel() for p in model.parameters())
-        scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
-        task = TASKS[datamodule.task](model, instantiate(cfg.optim), scheduler, datamodule.unit)
-        if rank_zero:
-            loggers = build_loggers(cfg.get("logger"), run_dir, record["config"], group)
-        callbacks = RunCallbacks.for_run(cfg, run_dir)
-        manual = {}
-        if not task.automatic_optimization:  # per-chunk updates clip in the task's own loop
-            task.clip_value, manual = (
-                cfg.trainer.get("gradient_clip_val"),
-                {"gradient_clip_val": None},
-            )
-        trainer = instantiate(
-            cfg.trainer,
-            logger=loggers or False,
-            callbacks=callbacks.all,
-            default_root_dir=str(run_dir),
-            **manual,
-        )
-        record["env"] = environment(str(trainer.strategy.root_device))
+        built = build_training(cfg, run_dir, record, datamodule, loggers, group)
+        task, trainer, callbacks = built.task, built.trainer, built.callbacks
         # Other DDP ranks start inside fit(), after rank zero has put the checkpoint in place.
         last = resume_point(record, run_dir, cfg) if rank_zero else run_dir / LAST_CKPT
         trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
@@ -282,6 +311,8 @@ class RunCallbacks:
     def for_run(cls, cfg: DictConfig, run_dir: Path) -> RunCallbacks:
         checkpoints = run_dir / "checkpoints"
         others: list[pl.Callback] = []
+        if cfg.trainer.get("enable_progress_bar", True):
+            others.append(SteadyProgressBar())
         if cfg.get("checkpoint_every_n_steps"):
             others.append(
                 ModelCheckpoint(
