@@ -66,6 +66,105 @@ def gru_step(gx: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor, reset: str) -> T
     return z * h + (1 - z) * n
 
 
+class LSTMScan(torch.autograd.Function):
+    """One direction of one LSTM layer over all T steps, with its backward written out.
+
+    Autograd through `lstm_step` records ~10 nodes per step and forms ∂L/∂W_hh as T small
+    products whose inner dimension is the batch. Here the backward walks the steps once for
+    the state gradients and forms ∂L/∂W_hh as one (4H x TB)(TB x H) product, and b_hh is added
+    to every step's input projection once. Same equations as `lstm_step`; the tests pin both
+    to torch.nn.LSTM and check this backward with gradcheck.
+    """
+
+    @staticmethod
+    def forward(ctx, gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, b_hh: Tensor):
+        steps, hidden = gx.size(0), h0.size(1)
+        pre = gx + b_hh
+        hs = gx.new_empty(steps + 1, *h0.shape)
+        cs = gx.new_empty(steps + 1, *h0.shape)
+        gates = torch.empty_like(pre)  # i, f, g, o after their nonlinearities
+        hs[0], cs[0] = h0, c0
+        for t in range(steps):
+            a = torch.addmm(pre[t], hs[t], w_hh.t(), out=gates[t])
+            torch.sigmoid_(a[:, : 2 * hidden])
+            torch.tanh_(a[:, 2 * hidden : 3 * hidden])
+            torch.sigmoid_(a[:, 3 * hidden :])
+            i, f, g, o = a.chunk(4, dim=1)
+            torch.addcmul(f * cs[t], i, g, out=cs[t + 1])
+            torch.mul(o, torch.tanh(cs[t + 1]), out=hs[t + 1])
+        ctx.save_for_backward(hs, cs, gates, w_hh)
+        return hs[1:], hs[steps], cs[steps]
+
+    @staticmethod
+    def backward(ctx, d_out: Tensor, d_hn: Tensor | None, d_cn: Tensor | None):
+        hs, cs, gates, w_hh = ctx.saved_tensors
+        steps = gates.size(0)
+        dh = torch.zeros_like(hs[0]) if d_hn is None else d_hn.clone()
+        dc = torch.zeros_like(cs[0]) if d_cn is None else d_cn.clone()
+        d_pre = torch.empty_like(gates)
+        for t in reversed(range(steps)):
+            if d_out is not None:
+                dh += d_out[t]
+            i, f, g, o = gates[t].chunk(4, dim=1)
+            tanh_c = torch.tanh(cs[t + 1])
+            dc += dh * o * (1 - tanh_c * tanh_c)
+            di, df, dg, do = d_pre[t].chunk(4, dim=1)
+            torch.mul(dc * g, i * (1 - i), out=di)
+            torch.mul(dc * cs[t], f * (1 - f), out=df)
+            torch.mul(dc * i, 1 - g * g, out=dg)
+            torch.mul(dh * tanh_c, o * (1 - o), out=do)
+            dc = dc * f
+            dh = d_pre[t] @ w_hh
+        flat = d_pre.reshape(-1, d_pre.size(-1))
+        d_w_hh = flat.t() @ hs[:-1].reshape(-1, hs.size(-1))
+        return d_pre, dh, dc, d_w_hh, flat.sum(0)
+
+
+class GRUScan(torch.autograd.Function):
+    """One direction of one GRU layer (reset after, as cuDNN and PyTorch) over all T steps,
+    with its backward written out: the same reasons and checks as `LSTMScan`."""
+
+    @staticmethod
+    def forward(ctx, gx: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor):
+        steps, hidden = gx.size(0), h0.size(1)
+        hs = gx.new_empty(steps + 1, *h0.shape)
+        hs[0] = h0
+        rz = gx.new_empty(steps, h0.size(0), 2 * hidden)  # r, z after the sigmoid
+        n = torch.empty_like(hs[1:])
+        gh_n = torch.empty_like(n)  # H W_hn + b_hn, which the reset gate scales
+        for t in range(steps):
+            gh = torch.addmm(b_hh, hs[t], w_hh.t())
+            torch.sigmoid(gx[t, :, : 2 * hidden] + gh[:, : 2 * hidden], out=rz[t])
+            r, z = rz[t].chunk(2, dim=1)
+            gh_n[t] = gh[:, 2 * hidden :]
+            torch.tanh(torch.addcmul(gx[t, :, 2 * hidden :], r, gh_n[t]), out=n[t])
+            torch.addcmul(n[t], z, hs[t] - n[t], out=hs[t + 1])
+        ctx.save_for_backward(hs, rz, n, gh_n, w_hh)
+        return hs[1:], hs[steps]
+
+    @staticmethod
+    def backward(ctx, d_out: Tensor, d_hn: Tensor | None):
+        hs, rz, n, gh_n, w_hh = ctx.saved_tensors
+        steps, hidden = rz.size(0), n.size(-1)
+        dh = torch.zeros_like(hs[0]) if d_hn is None else d_hn.clone()
+        d_gx = hs.new_empty(steps, hs.size(1), 3 * hidden)
+        d_gh = torch.empty_like(d_gx)
+        for t in reversed(range(steps)):
+            if d_out is not None:
+                dh += d_out[t]
+            r, z = rz[t].chunk(2, dim=1)
+            d_n_pre = dh * (1 - z) * (1 - n[t] * n[t])
+            torch.mul(d_n_pre * gh_n[t], r * (1 - r), out=d_gx[t, :, :hidden])
+            torch.mul(dh * (hs[t] - n[t]), z * (1 - z), out=d_gx[t, :, hidden : 2 * hidden])
+            d_gx[t, :, 2 * hidden :] = d_n_pre
+            d_gh[t, :, : 2 * hidden] = d_gx[t, :, : 2 * hidden]
+            torch.mul(d_n_pre, r, out=d_gh[t, :, 2 * hidden :])
+            dh = torch.addmm(dh * z, d_gh[t], w_hh)
+        flat = d_gh.reshape(-1, d_gh.size(-1))
+        d_w_hh = flat.t() @ hs[:-1].reshape(-1, hs.size(-1))
+        return d_gx, dh, d_w_hh, flat.sum(0)
+
+
 class ScratchRecurrence(nn.Module):
     """A multi-layer, optionally bidirectional recurrence written from the seed's equations.
 
@@ -164,6 +263,12 @@ class ScratchRecurrence(nn.Module):
         mask: Tensor | None,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """The time loop of one direction of one layer: gx is (T, B, gates*H)."""
+        # Unpadded rows take the written-out backward; padded ones the per-step autograd path.
+        if mask is None and self.cell == "lstm":
+            return LSTMScan.apply(gx, h, c, w_hh, b_hh)
+        if mask is None and self.cell == "gru" and self.gru_reset == "after":
+            out, h = GRUScan.apply(gx, h, w_hh, b_hh)
+            return out, h, None
         outputs = []
         for t, gx_t in enumerate(gx):
             h_prev, c_prev = h, c
