@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import OmegaConf
 
 from rnnbench.errors import UserError
@@ -440,7 +441,8 @@ def measure_time(recipe: Recipe, steps: int) -> dict[str, Any]:
         "hours": round(s_per_step * per_epoch * epochs / 3600, 2),
         "threads": record["env"].get("threads") if record.get("env") else "",
         "load": round(os.getloadavg()[0], 1),  # other work on the machine inflates the estimate
-        "command": f"rnnbench-reproduce --time {recipe.name} --steps {steps}",
+        "command": f"rnnbench-reproduce --time {recipe.name} --steps {steps} "
+        f"--threads {torch.get_num_threads()}",
     }
 
 
@@ -503,6 +505,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         f"merge it into OUT/{TIMES_FILE}; writes no table",
     )
     parser.add_argument("--steps", type=int, default=10, help="steps timed per recipe (--time)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads while timing (default: torch's)"
+    )
     return parser.parse_args(argv)
 
 
@@ -531,6 +536,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         if args.time:
             names = expand(args.time)
+            if args.threads:
+                torch.set_num_threads(args.threads)
             measured = []
             for i, recipe in enumerate(compose_recipes(names), 1):
                 print(f"[{i}/{len(names)}] timing {recipe.name} ...", file=sys.stderr, flush=True)

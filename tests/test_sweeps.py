@@ -45,7 +45,9 @@ def wait_for(condition, proc: subprocess.Popen, timeout: float = 180) -> None:
     while not condition():
         if proc.poll() is not None:
             raise AssertionError(f"process ended early: {proc.stderr.read()[-2000:]}")
-        assert time.monotonic() < deadline, "timed out"
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"timed out: {proc.communicate()[1][-2000:]}")
         time.sleep(0.1)
 
 
