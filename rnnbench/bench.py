@@ -705,9 +705,14 @@ SWEEP_LAUNCHERS = {"basic": (), "joblib": ("hydra/launcher=joblib", "hydra.launc
 SWEEP_RUNS = 4
 
 
+SWEEP_STEPS = 120
+
+
 def sweep_overrides(quick: bool, steps: int | None) -> list[str]:
-    """Four small PTB-small LSTM runs (seeds 1-4), one short epoch each, validated and tested;
-    under --quick, four of `aggregate`'s tiny runs (no W&B, whose start-up would dominate)."""
+    """Four PTB-small LSTM runs (seeds 1-4), one short epoch each (SWEEP_STEPS batches, about
+    7 s of training here: long enough that training, not each run's start-up, is what the
+    launchers share out), validated and tested; under --quick, four of `aggregate`'s tiny runs
+    (no W&B, whose start-up would dominate)."""
     seeds = "seed=" + ",".join(str(s) for s in range(1, SWEEP_RUNS + 1))
     if quick:
         return [*TEMPLATE_OVERRIDES, "model=lstm", seeds]
@@ -716,7 +721,7 @@ def sweep_overrides(quick: bool, steps: int | None) -> list[str]:
         *WORKLOADS[HEADLINE].overrides,
         seeds,
         "trainer.max_epochs=1",
-        f"trainer.limit_train_batches={steps or 30}",
+        f"trainer.limit_train_batches={steps or SWEEP_STEPS}",
         "trainer.limit_val_batches=5",
         "trainer.limit_test_batches=5",
     ]
@@ -779,7 +784,7 @@ def sweep_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--sweep-steps",
         type=int,
-        help="training batches per sweep run (default 30; not with --quick)",
+        help=f"training batches per sweep run (default {SWEEP_STEPS}; not with --quick)",
     )
 
 
