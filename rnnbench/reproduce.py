@@ -139,7 +139,12 @@ class Row:
     runs: list[dict[str, Any]] = field(default_factory=list)  # the records that count
     budget: str = "not run"  # full | reduced | not run
     differs: list[str] = field(default_factory=list)  # reduced: what differs from the recipe
-    hours: float | None = None  # not run: measured training hours here
+    timed: dict[str, str] | None = None  # not run: its row of recipe_times.csv
+
+    @property
+    def hours(self) -> float | None:
+        """Training hours measured here for a recipe not run; None when not measured."""
+        return float(self.timed["hours"]) if self.timed else None
 
     @property
     def ours(self) -> float | None:
@@ -231,7 +236,9 @@ def differences(recipe: Recipe, config: dict[str, Any]) -> list[str]:
     return [f"{k}={have.get(k)}" for k in keys if want.get(k) != have.get(k)]
 
 
-def collect(recipes: Sequence[Recipe], roots: Sequence[Path], times: dict[str, float]) -> list[Row]:
+def collect(
+    recipes: Sequence[Recipe], roots: Sequence[Path], times: dict[str, dict[str, str]]
+) -> list[Row]:
     """One Row per recipe and shown metric, holding the runs made from the recipe: full-budget
     runs (every setting the recipe's, any seed) when there are any, else reduced ones."""
     by_recipe: dict[str, list[dict[str, Any]]] = {}
@@ -258,7 +265,7 @@ def collect(recipes: Sequence[Recipe], roots: Sequence[Path], times: dict[str, f
                 ]
                 row.budget = "reduced"
             else:
-                row.hours = times.get(recipe.name)
+                row.timed = times.get(recipe.name)
             rows.append(row)
     return rows
 
@@ -345,10 +352,15 @@ def render_page(source: Source, rows: Sequence[Row]) -> str:
         "",
     ]
     if times:
+        loads = sorted(float(r.timed.get("load") or "nan") for r in times)
+        threads = sorted({r.timed.get("threads", "?") for r in times})
         lines += [
             "Hours for rows not run: training time only, measured on this machine by "
             f"`rnnbench-reproduce --time` (a few real steps of each recipe; see "
-            f"`results/{TIMES_FILE}`), times steps per epoch times epochs.",
+            f"`results/{TIMES_FILE}`), times steps per epoch times epochs; with "
+            f"{'/'.join(threads)} torch thread(s) at a load average of {loads[0]:g} to "
+            f"{loads[-1]:g} (other jobs on the cores make these figures longer than an idle "
+            "machine's).",
             "",
         ]
     return "\n".join([*lines, END])
@@ -395,11 +407,12 @@ def write_csv(path: Path, rows: Sequence[Row]) -> None:
 # Time estimates for recipes not run
 
 
-def read_times(path: Path) -> dict[str, float]:
+def read_times(path: Path) -> dict[str, dict[str, str]]:
+    """recipe -> its row of recipe_times.csv (hours, threads, load, command, ...)."""
     if not path.exists():
         return {}
     with path.open() as f:
-        return {row["recipe"]: float(row["hours"]) for row in csv.DictReader(f)}
+        return {row["recipe"]: row for row in csv.DictReader(f)}
 
 
 def measure_time(recipe: Recipe, steps: int) -> dict[str, Any]:

@@ -118,7 +118,8 @@ def test_tables_from_real_runs(tmp_path):
     assert row.within == (row.ours <= 1.02 * 8.45)
 
     # Against the real recipes: reduced, naming the shortened settings; jsb_rnn not run.
-    rows = collect(compose_recipes(["tcn/jsb_lstm", "tcn/jsb_rnn"]), [runs], {"tcn/jsb_rnn": 0.1})
+    timed = {"tcn/jsb_rnn": {"hours": "0.1", "threads": "1", "load": "2.5"}}
+    rows = collect(compose_recipes(["tcn/jsb_lstm", "tcn/jsb_rnn"]), [runs], timed)
     lstm, rnn = rows
     assert lstm.budget == "reduced" and "trainer.max_epochs=1" in lstm.differs
     assert lstm.within is None
@@ -130,6 +131,7 @@ def test_tables_from_real_runs(tmp_path):
     text = page.read_text()
     assert text.startswith("intro\n" + BEGIN) and text.endswith("## Findings\nkept\n")
     assert "old" not in text and "not run yet — about 0.1 h on this CPU" in text
+    assert "with 1 torch thread(s) at a load average of 2.5 to 2.5" in text
     assert "rnnbench experiment=tcn/jsb_lstm trainer.max_epochs=1" in text
 
 
