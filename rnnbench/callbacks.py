@@ -46,6 +46,7 @@ class EpochMetricsCSV(pl.callbacks.Checkpoint):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.rows: list[dict] = []
+        self.lr = math.nan
 
     # Saved in checkpoints, so a resumed run's metrics.csv keeps the epochs before the stop.
     def state_dict(self) -> dict:
@@ -54,12 +55,16 @@ class EpochMetricsCSV(pl.callbacks.Checkpoint):
     def load_state_dict(self, state_dict: dict) -> None:
         self.rows = list(state_dict.get("rows", []))
 
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        # The epoch's own learning rate: by its end the schedule may have stepped already.
+        self.lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else math.nan
+
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         row = {"epoch": trainer.current_epoch, "step": trainer.global_step}
         for key, value in sorted(trainer.callback_metrics.items()):
             if key.startswith(("train/", "val/")) and key not in STEP_METRICS:
                 row[key] = float(value)
-        row["lr"] = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else math.nan
+        row["lr"] = self.lr
         self.rows.append(row)
         columns = list(dict.fromkeys(k for r in self.rows for k in r))
         with open(self.path, "w", newline="") as f:

@@ -120,7 +120,8 @@ def test_step_decay_schedule_follows_zaremba(tmp_path):
         tmp_path,
     )
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
-    assert [float(r["lr"]) for r in rows] == [0.5, 0.25, 0.125]
+    # start_epoch=1: the first epoch at lr, then halved at the end of each (lr of each epoch).
+    assert [float(r["lr"]) for r in rows] == [1.0, 0.5, 0.25]
     assert record["status"] == "completed"
 
 
