@@ -217,6 +217,8 @@ class RecurrentTask(pl.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
+        if not self.automatic_optimization:  # step_schedule() steps it
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler}}
         return {
             "optimizer": optimizer,
             # strict=False: a run without validation (limit_val_batches=0) keeps its learning
