@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import sys
+from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra._internal.utils import get_args_parser
@@ -77,7 +78,14 @@ def check_command_line(argv: list[str], config_dir: str) -> str | None:
                     return_hydra_config=True,
                 )
     except (HydraException, OmegaConfBaseException, ValueError) as e:
-        return one_line(e)
+        problem = one_line(e)
+        if "Could not find 'experiment/" in problem:  # recipes sit one folder deeper
+            recipes = sorted(
+                p.relative_to(Path(config_dir) / "experiment").with_suffix("").as_posix()
+                for p in (Path(config_dir) / "experiment").glob("*/*.yaml")
+            )
+            problem += f"; recipes: {', '.join(recipes)}"
+        return problem
     return None
 
 

@@ -176,3 +176,11 @@ def test_bad_input_is_one_line(tmp_path, args, message):
     assert len(lines) == 1 and lines[0].startswith("rnnbench-reproduce: error: "), result.stderr
     assert message in lines[0]
     assert not list(tmp_path.glob("*.csv"))
+
+
+def test_unknown_recipe_names_the_recipes(tmp_path):
+    from conftest import assert_refused, rnnbench_cli
+
+    result = rnnbench_cli(["experiment=tcn/jsb_lsmt", "logger=none"], cwd=tmp_path)
+    assert_refused(result, "Could not find 'experiment/tcn/jsb_lsmt'", tmp_path)
+    assert "recipes: tcn/adding_gru" in result.stderr and "zaremba/small_rnn" in result.stderr
