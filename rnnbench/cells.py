@@ -114,10 +114,12 @@ class LSTMScan(torch.autograd.Function):
             torch.mul(dc * i, 1 - g * g, out=dg)
             torch.mul(dh * tanh_c, o * (1 - o), out=do)
             dc = dc * f
-            dh = d_pre[t] @ w_hh
+            if t or ctx.needs_input_grad[1]:  # a zero initial state needs no gradient
+                dh = d_pre[t] @ w_hh
         flat = d_pre.reshape(-1, d_pre.size(-1))
         d_w_hh = flat.t() @ hs[:-1].reshape(-1, hs.size(-1))
-        return d_pre, dh, dc, d_w_hh, flat.sum(0)
+        needs = ctx.needs_input_grad
+        return d_pre, dh if needs[1] else None, dc if needs[2] else None, d_w_hh, flat.sum(0)
 
 
 class GRUScan(torch.autograd.Function):
@@ -159,10 +161,11 @@ class GRUScan(torch.autograd.Function):
             d_gx[t, :, 2 * hidden :] = d_n_pre
             d_gh[t, :, : 2 * hidden] = d_gx[t, :, : 2 * hidden]
             torch.mul(d_n_pre, r, out=d_gh[t, :, 2 * hidden :])
-            dh = torch.addmm(dh * z, d_gh[t], w_hh)
+            if t or ctx.needs_input_grad[1]:  # a zero initial state needs no gradient
+                dh = torch.addmm(dh * z, d_gh[t], w_hh)
         flat = d_gh.reshape(-1, d_gh.size(-1))
         d_w_hh = flat.t() @ hs[:-1].reshape(-1, hs.size(-1))
-        return d_gx, dh, d_w_hh, flat.sum(0)
+        return d_gx, dh if ctx.needs_input_grad[1] else None, d_w_hh, flat.sum(0)
 
 
 class ScratchRecurrence(nn.Module):
