@@ -950,7 +950,7 @@ def main(
     final = {**headline(results), **results, "ok": ok, "machine": host}
     if args.out:
         report = {
-            "command": shlex.join([prog, *argv]),
+            "command": f"{prog} {shlex.join(argv)}".strip(),  # prog may be "python -m ..."
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "versions": versions(),
             **final,
