@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -82,8 +83,9 @@ class StepTrace(pl.Callback):
 
     def __init__(self, path: str | Path, clip: float | None, flush_every: int = 200) -> None:
         self.path, self.clip, self.flush_every = Path(path), clip, flush_every
-        self.steps: list[int] = []
-        self.values: list = []
+        # (step, [loss, norm]) pairs, appended in one operation: a signal (SIGTERM -> interrupt)
+        # landing mid-callback can never leave a step without its values.
+        self.pending: list[tuple[int, torch.Tensor]] = []
 
     def on_train_start(self, trainer, pl_module) -> None:
         # A resumed run re-runs the steps after its checkpoint: drop their old rows.
@@ -101,31 +103,39 @@ class StepTrace(pl.Callback):
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if loss is None or norm is None:  # a skipped step (the run diverged)
             return
-        self.steps.append(trainer.global_step)
-        self.values.append(torch.stack([loss.detach().float(), norm.float()]))
-        if len(self.steps) >= self.flush_every:
+        self.pending.append(
+            (trainer.global_step, torch.stack([loss.detach().float(), norm.float()]))
+        )
+        if len(self.pending) >= self.flush_every:
             self.flush(trainer)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self.flush(trainer)
 
     def on_exception(self, trainer, pl_module, exception) -> None:
-        self.flush(trainer)
+        # The run is already ending with `exception`: a trace that cannot be written must not
+        # replace it (an interrupted run would be recorded as failed).
+        try:
+            self.flush(trainer)
+        except Exception as e:
+            print(f"rnnbench: warning: steps.csv not completed ({e!r})", file=sys.stderr)
 
     def flush(self, trainer: pl.Trainer | None = None) -> None:
         """Write the steps held so far to steps.csv and hand every `log_every_n_steps`-th to the
         experiment loggers as train/batch_loss and train/grad_norm (W&B, CSV)."""
-        if not self.steps:
+        if not self.pending:
             return
-        values = torch.stack(self.values).tolist()
+        pending, self.pending = self.pending, []
+        steps = [step for step, _ in pending]
+        values = torch.stack([v for _, v in pending]).tolist()
         with open(self.path, "a", newline="") as f:
             writer = csv.writer(f)
-            for step, (loss, norm) in zip(self.steps, values, strict=True):
+            for step, (loss, norm) in zip(steps, values, strict=True):
                 clipped = int(self.clip is not None and norm > self.clip)
                 writer.writerow([step, f"{loss:.6g}", f"{norm:.6g}", clipped])
         if trainer is not None and trainer.loggers:
             every = max(1, trainer.log_every_n_steps)
-            for step, (loss, norm) in zip(self.steps, values, strict=True):
+            for step, (loss, norm) in zip(steps, values, strict=True):
                 if step % every == 0:
                     for logger in trainer.loggers:
                         logger.log_metrics(
@@ -133,7 +143,6 @@ class StepTrace(pl.Callback):
                         )
             for logger in trainer.loggers:
                 logger.save()
-        self.steps, self.values = [], []
 
 
 class SteadyProgressBar(TQDMProgressBar):
