@@ -30,14 +30,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from rnnbench.errors import UserError
 from rnnbench.record import KEY_EXCLUDED, run_key
 from rnnbench.sweep import iter_records
 from rnnbench.table import _literal, direction, flatten, load_reference, match_keys
+from rnnbench.train import CONF_DIR  # the one conf/ folder every command composes from
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 RESULTS_DIR = Path("results")
 TIMES_FILE = "recipe_times.csv"
 CSV_FILE = "reproduction.csv"
@@ -197,22 +197,27 @@ def recipe_names(sources: Iterable[str] = SOURCES, conf_dir: Path = CONF_DIR) ->
     return names
 
 
-def compose_recipes(names: Sequence[str], overrides: Sequence[str] = ()) -> list[Recipe]:
-    """Compose each recipe exactly as `rnnbench experiment=NAME` would."""
+def compose_config(overrides: Sequence[str]) -> DictConfig:
+    """The configuration `rnnbench OVERRIDES` would run, composed outside a Hydra app."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.utils import instantiate
 
     GlobalHydra.instance().clear()
-    recipes = []
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        for name in names:
-            cfg = compose("config", overrides=[f"experiment={name}", *overrides])
-            datamodule = instantiate(cfg.data)
-            headline = datamodule.headline_metric
-            config = OmegaConf.to_container(cfg, resolve=True)
-            recipes.append(Recipe(name, config, headline))
+        cfg = compose("config", overrides=list(overrides))
     GlobalHydra.instance().clear()
+    return cfg
+
+
+def compose_recipes(names: Sequence[str], overrides: Sequence[str] = ()) -> list[Recipe]:
+    """Compose each recipe exactly as `rnnbench experiment=NAME` would."""
+    from hydra.utils import instantiate
+
+    recipes = []
+    for name in names:
+        cfg = compose_config([f"experiment={name}", *overrides])
+        headline = instantiate(cfg.data).headline_metric
+        recipes.append(Recipe(name, OmegaConf.to_container(cfg, resolve=True), headline))
     return recipes
 
 
@@ -428,10 +433,8 @@ def read_times(path: Path) -> dict[str, dict[str, str]]:
 
 
 def measure_time(recipe: Recipe, steps: int) -> dict[str, Any]:
-    """Train `recipe` for `steps` real steps here (after one warm-up step) and scale the time
-    per step by the steps of one epoch and the recipe's epochs."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    """Train `recipe` for `steps` real steps here (the first one's start-up included) and scale
+    the time per step by the steps of one epoch and the recipe's epochs."""
     from hydra.utils import instantiate
 
     from rnnbench.train import run
@@ -446,10 +449,7 @@ def measure_time(recipe: Recipe, steps: int) -> dict[str, Any]:
         "trainer.limit_test_batches=1",
         "force=true",
     ]
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
-    GlobalHydra.instance().clear()
+    cfg = compose_config(overrides)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     per_epoch = len(datamodule.train_dataloader())
