@@ -313,15 +313,12 @@ class RunCallbacks:
         others: list[pl.Callback] = []
         if cfg.trainer.get("enable_progress_bar", True):
             others.append(SteadyProgressBar())
+        # last.ckpt has its own callback: the best-model one only writes when val/loss improves,
+        # and a resume must go on from the latest epoch, not from the best one.
+        others.append(last_checkpoint(checkpoints))
         if cfg.get("checkpoint_every_n_steps"):
             others.append(
-                ModelCheckpoint(
-                    dirpath=checkpoints,
-                    save_top_k=0,
-                    save_last=True,
-                    every_n_train_steps=cfg.checkpoint_every_n_steps,
-                    enable_version_counter=False,
-                )
+                last_checkpoint(checkpoints, every_n_train_steps=cfg.checkpoint_every_n_steps)
             )
         return cls(
             throughput=Throughput(),
@@ -332,7 +329,6 @@ class RunCallbacks:
                 filename="best",
                 monitor="val/loss",
                 mode="min",
-                save_last=True,
                 enable_version_counter=False,
             ),
             others=[*others, *extra_callbacks(cfg, run_dir)],
@@ -341,6 +337,20 @@ class RunCallbacks:
     @property
     def all(self) -> list[pl.Callback]:
         return [self.throughput, self.epochs, self.trace, self.best, *self.others]
+
+
+def last_checkpoint(checkpoints: Path, every_n_train_steps: int | None = None) -> ModelCheckpoint:
+    """Writes `checkpoints/last.ckpt` at every epoch end (or every N training steps)."""
+    # Not save_last: Lightning writes "last" only beside a top-k save, so with save_top_k=0 it
+    # came at the end of training alone. One unmonitored top-1 file named "last" is overwritten
+    # at every trigger instead.
+    return ModelCheckpoint(
+        dirpath=checkpoints,
+        filename="last",
+        save_top_k=1,
+        every_n_train_steps=every_n_train_steps,
+        enable_version_counter=False,
+    )
 
 
 def extra_callbacks(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:

@@ -130,3 +130,18 @@ def test_a_run_without_validation_completes(tmp_path):
     record = train([*SMALL_REBER, "trainer.limit_val_batches=0"], tmp_path)
     assert record["status"] == "completed", record["error"]
     assert "val/loss" not in record["metrics"] and "test/ppl" in record["metrics"]
+
+
+def test_last_checkpoint_is_the_latest_epoch_even_when_validation_does_not_improve(tmp_path):
+    """A resume must go on from the newest epoch: with lr 0 validation never improves after the
+    first epoch, so best.ckpt stays there while last.ckpt follows every epoch."""
+    import torch
+
+    epochs = 3
+    args = [*SMALL_REBER, f"trainer.max_epochs={epochs}", "optim.lr=0"]
+    record = train(args, tmp_path)
+    assert record["status"] == "completed"
+    checkpoints = tmp_path / "checkpoints"
+    best = torch.load(checkpoints / "best.ckpt", map_location="cpu", weights_only=False)
+    last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)
+    assert best["global_step"] * epochs == last["global_step"] == record["timing"]["steps"]
