@@ -159,7 +159,7 @@ def test_padded_rows_scratch_masking_equals_fused_packing(cell):
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_written_out_backward_passes_gradcheck(cell):
     """LSTMScan / GRUScan's hand-written backward against finite differences, for every input
-    (the input projections, both initial states, W_hh, b_hh)."""
+    (the input projections, both initial states, W_hh, and GRU's b_hh; LSTM's is in gx)."""
     from rnnbench.cells import GRUScan, LSTMScan
 
     torch.manual_seed(0)
@@ -170,7 +170,7 @@ def test_written_out_backward_passes_gradcheck(cell):
     w_hh = (0.5 * torch.randn(gates * hidden, hidden, dtype=torch.float64)).requires_grad_()
     b_hh = torch.randn(gates * hidden, dtype=torch.float64, requires_grad=True)
     if cell == "lstm":
-        inputs, scan = (gx, h0, c0, w_hh, b_hh), LSTMScan.apply
+        inputs, scan = (gx, h0, c0, w_hh), LSTMScan.apply
     else:
         inputs, scan = (gx, h0, w_hh, b_hh), GRUScan.apply
     assert torch.autograd.gradcheck(scan, inputs)
