@@ -776,6 +776,7 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
     ratio = statistics.median(j / b for j, b in zip(walls["joblib"], walls["basic"], strict=True))
     basic, joblib = statistics.median(walls["basic"]), statistics.median(walls["joblib"])
     ok = ratio <= SWEEP_GOAL
+    scaling = thread_scaling(args.quick)
     return {
         "runs": SWEEP_RUNS,
         "overrides": overrides,
@@ -786,11 +787,50 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
         "joblib_vs_basic": round(ratio, 4),
         "goal": SWEEP_GOAL,
         "ok": ok,
+        "thread_scaling": scaling,
         "line": (
             f"sweep: {SWEEP_RUNS} runs, joblib 2 jobs {joblib:.1f} s vs basic {basic:.1f} s = "
             f"{ratio:.3f} x (goal <= {SWEEP_GOAL:g}, median of {rounds} round(s))"
             + ("" if ok else "  MISSED")
+            + f"; a PTB-small LSTM step runs {scaling['speedup']:.2f} x faster on "
+            f"{scaling['threads_basic']} threads than on {scaling['threads_joblib']}, so "
+            f"training alone keeps joblib above {scaling['joblib_bound']:.2f} x"
         ),
+    }
+
+
+def thread_scaling(quick: bool) -> dict[str, Any]:
+    """Tokens/s of the PTB-small LSTM step (the plain loop) on the threads the basic launcher
+    gives its one job over the threads each of joblib's two jobs gets, alternating by round.
+    Two jobs side by side can at best halve the time, so half this speed-up is the lowest
+    joblib/basic ratio that training time alone allows."""
+    from hydra.utils import instantiate
+
+    from rnnbench.sweep import threads_per_job
+
+    alone, shared = threads_per_job(1), threads_per_job(2)
+    cfg = compose(["model=lstm", *WORKLOADS[HEADLINE].overrides, *TRAINING_OVERRIDES])
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    loop = PlainLoop(cfg, datamodule)
+    steps, rounds = (2, 1) if quick else (10, 5)
+    before = torch.get_num_threads()
+    rates: dict[int, list[float]] = {alone: [], shared: []}
+    progress(f"sweep: thread scaling, {alone} vs {shared} threads x {rounds} rounds")
+    try:
+        loop.run(1 if quick else 3)
+        for r in range(rounds):
+            for n in (alone, shared)[:: 1 if r % 2 == 0 else -1]:
+                torch.set_num_threads(n)
+                rates[n].append(rate(loop.run(steps), "tokens"))
+    finally:
+        torch.set_num_threads(before)
+    speedup = statistics.median(a / b for a, b in zip(rates[alone], rates[shared], strict=True))
+    return {
+        "threads_basic": alone,
+        "threads_joblib": shared,
+        "speedup": round(speedup, 4),
+        "joblib_bound": round(speedup / 2, 4),
     }
 
 

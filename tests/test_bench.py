@@ -95,6 +95,9 @@ def test_quick_sweep_times_both_launchers(tmp_path):
     assert len(sweep["basic_rounds_s"]) == len(sweep["joblib_rounds_s"]) == 1
     assert final["sweep_vs_basic"] == pytest.approx(sweep["joblib_s"] / sweep["basic_s"], rel=1e-2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the sweeps ran elsewhere
+    scaling = sweep["thread_scaling"]
+    assert positive_finite(scaling["speedup"])
+    assert scaling["joblib_bound"] == pytest.approx(scaling["speedup"] / 2, rel=1e-3)
 
 
 def test_unknown_workload_is_one_error_line(capsys):
