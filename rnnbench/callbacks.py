@@ -35,6 +35,13 @@ class Throughput(pl.Callback):
     def items_per_s(self) -> float:
         return self.items / self.train_s if self.train_s else 0.0
 
+    # Kept in checkpoints: a run resumed from one reports the training time of all its epochs.
+    def state_dict(self) -> dict:
+        return {"train_s": self.train_s, "items": self.items}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.train_s, self.items = state_dict["train_s"], state_dict["items"]
+
 
 class EpochMetricsCSV(pl.callbacks.Checkpoint):
     """Appends one row per epoch (epoch, step, every epoch-level metric) to `path`, whatever the

@@ -323,7 +323,10 @@ def trained_text(row: Row) -> str:
     if not seconds:
         return "-"
     mean = sum(seconds) / len(seconds)
-    return f"{mean / 3600:.1f} h" if mean >= 3600 else f"{mean / 60:.1f} min"
+    text = f"{mean / 3600:.1f} h" if mean >= 3600 else f"{mean / 60:.1f} min"
+    # Records written before checkpoints kept the training time timed only their last segment.
+    partial = any(r.get("resumed_from") and "items" not in r.get("timing", {}) for r in row.runs)
+    return f"> {text} (resumed; earlier parts untimed)" if partial else text
 
 
 def render_table(rows: Sequence[Row]) -> str:

@@ -268,6 +268,7 @@ def run(
         record["timing"] = {
             "train_s": round(callbacks.throughput.train_s, 3),
             "steps": trainer.global_step,
+            "items": callbacks.throughput.items,
             "items_per_s": round(callbacks.throughput.items_per_s, 1),
         }
         record["best"] = best_epoch(callbacks.epochs.rows)

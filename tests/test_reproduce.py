@@ -18,11 +18,14 @@ from rnnbench.reproduce import (
     BEGIN,
     END,
     SOURCES,
+    Recipe,
+    Row,
     collect,
     compose_recipes,
     main,
     recipe_names,
     render_page,
+    trained_text,
     write_page,
 )
 
@@ -184,3 +187,13 @@ def test_unknown_recipe_names_the_recipes(tmp_path):
     result = rnnbench_cli(["experiment=tcn/jsb_lsmt", "logger=none"], cwd=tmp_path)
     assert_refused(result, "Could not find 'experiment/tcn/jsb_lsmt'", tmp_path)
     assert "recipes: tcn/adding_gru" in result.stderr and "zaremba/small_rnn" in result.stderr
+
+
+def test_trained_time_of_a_resumed_run():
+    """A resumed run's record times every epoch (the checkpoint carries the count); one written
+    before that timed only its last part, and the table says so instead of passing it off."""
+    recipe = Recipe("tcn/jsb_lstm", {}, "test/nll")
+    whole = {"timing": {"train_s": 720.0, "items": 1000}, "resumed_from": "runs/a"}
+    assert trained_text(Row(recipe, "test/nll", 8.45, runs=[whole])) == "12.0 min"
+    old = {"timing": {"train_s": 720.0, "steps": 10}, "resumed_from": "runs/a"}
+    assert trained_text(Row(recipe, "test/nll", 8.45, runs=[old])).startswith("> 12.0 min")

@@ -118,6 +118,8 @@ def test_sigkilled_run_resumes_to_the_same_metrics(tmp_path, relaunch_dir):
     assert record.get("resumed_from") == (None if relaunch_dir == "same" else str(killed_dir))
     assert record["metrics"] == reference["metrics"]
     assert record["timing"]["steps"] == reference["timing"]["steps"]
+    # Training time and items count every epoch, the ones before the kill too.
+    assert record["timing"]["items"] == reference["timing"]["items"]
     assert len((run_dir / "metrics.csv").read_text().splitlines()) == 1 + 4  # all epochs kept
 
 
