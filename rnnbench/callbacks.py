@@ -23,6 +23,7 @@ class Throughput(pl.Callback):
         self.train_s = 0.0
         self.items = 0
         self._t0 = 0.0
+        self.restored = False  # set when a checkpoint handed over the earlier epochs' counts
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._t0 = time.perf_counter()
@@ -41,6 +42,7 @@ class Throughput(pl.Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.train_s, self.items = state_dict["train_s"], state_dict["items"]
+        self.restored = True
 
 
 class EpochMetricsCSV(pl.callbacks.Checkpoint):

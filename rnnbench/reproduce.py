@@ -316,6 +316,11 @@ def verdict(row: Row) -> str:
     return "within 2%" if within else "**missed by more than 2%**: see below"
 
 
+def is_partly_timed(record: dict[str, Any]) -> bool:
+    timing = record.get("timing", {})
+    return bool(timing.get("partial") or (record.get("resumed_from") and "items" not in timing))
+
+
 def trained_text(row: Row) -> str:
     """How long the runs behind a row trained here (their record's timing), e.g. 5.1 min."""
     seconds = [r.get("timing", {}).get("train_s") for r in row.runs]
@@ -324,8 +329,9 @@ def trained_text(row: Row) -> str:
         return "-"
     mean = sum(seconds) / len(seconds)
     text = f"{mean / 3600:.1f} h" if mean >= 3600 else f"{mean / 60:.1f} min"
-    # Records written before checkpoints kept the training time timed only their last segment.
-    partial = any(r.get("resumed_from") and "items" not in r.get("timing", {}) for r in row.runs)
+    # A run resumed from a checkpoint that did not carry the training time so far (or recorded
+    # before records said so) timed only its last part.
+    partial = any(is_partly_timed(r) for r in row.runs)
     return f"> {text} (resumed; earlier parts untimed)" if partial else text
 
 

@@ -262,7 +262,8 @@ def run(
         task, trainer, callbacks = built.task, built.trainer, built.callbacks
         # Other DDP ranks start inside fit(), after rank zero has put the checkpoint in place.
         last = resume_point(record, run_dir, cfg) if rank_zero else run_dir / LAST_CKPT
-        trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
+        resumed = last.exists()
+        trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if resumed else None)
         if trainer.interrupted:
             raise KeyboardInterrupt
         record["timing"] = {
@@ -271,6 +272,9 @@ def run(
             "items": callbacks.throughput.items,
             "items_per_s": round(callbacks.throughput.items_per_s, 1),
         }
+        if resumed and not callbacks.throughput.restored:
+            # A checkpoint from before it carried the timing: the epochs before it are untimed.
+            record["timing"]["partial"] = True
         record["best"] = best_epoch(callbacks.epochs.rows)
         record["metrics"] |= {
             k: v for k, v in (record["best"] or {}).items() if k.startswith("val/")

@@ -197,3 +197,5 @@ def test_trained_time_of_a_resumed_run():
     assert trained_text(Row(recipe, "test/nll", 8.45, runs=[whole])) == "12.0 min"
     old = {"timing": {"train_s": 720.0, "steps": 10}, "resumed_from": "runs/a"}
     assert trained_text(Row(recipe, "test/nll", 8.45, runs=[old])).startswith("> 12.0 min")
+    from_old_checkpoint = {"timing": {"train_s": 720.0, "items": 10, "partial": True}}
+    assert trained_text(Row(recipe, "test/nll", 8.45, runs=[from_old_checkpoint])).startswith(">")

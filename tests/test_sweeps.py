@@ -120,6 +120,7 @@ def test_sigkilled_run_resumes_to_the_same_metrics(tmp_path, relaunch_dir):
     assert record["timing"]["steps"] == reference["timing"]["steps"]
     # Training time and items count every epoch, the ones before the kill too.
     assert record["timing"]["items"] == reference["timing"]["items"]
+    assert "partial" not in record["timing"]
     assert len((run_dir / "metrics.csv").read_text().splitlines()) == 1 + 4  # all epochs kept
 
 

@@ -145,3 +145,27 @@ def test_last_checkpoint_is_the_latest_epoch_even_when_validation_does_not_impro
     best = torch.load(checkpoints / "best.ckpt", map_location="cpu", weights_only=False)
     last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)
     assert best["global_step"] * epochs == last["global_step"] == record["timing"]["steps"]
+
+
+def test_a_resumed_run_times_every_epoch(tmp_path):
+    """The training time and item count travel in the checkpoint; resumed from one that does
+    not carry them (written before they did), the record says its timing is partial."""
+    import shutil
+
+    import torch
+
+    first = train([*SMALL_REBER, "trainer.max_epochs=2"], tmp_path / "first")
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    old = torch.load(last, map_location="cpu", weights_only=False)
+    del old["callbacks"]["Throughput"]
+    for name in ("carried", "untimed"):
+        (tmp_path / name / "checkpoints").mkdir(parents=True)
+    shutil.copyfile(last, tmp_path / "carried" / "checkpoints" / "last.ckpt")
+    torch.save(old, tmp_path / "untimed" / "checkpoints" / "last.ckpt")
+
+    carried = train([*SMALL_REBER, "trainer.max_epochs=3"], tmp_path / "carried")["timing"]
+    untimed = train([*SMALL_REBER, "trainer.max_epochs=3"], tmp_path / "untimed")["timing"]
+    per_epoch = first["timing"]["items"] // 2
+    assert carried["items"] == 3 * per_epoch and "partial" not in carried
+    assert carried["train_s"] > first["timing"]["train_s"]
+    assert untimed["items"] == per_epoch and untimed["partial"] is True
