@@ -51,7 +51,9 @@ RECORD_COLUMNS = (
     "run_dir",
     "timing.train_s",
     "timing.steps",
+    "timing.items",
     "timing.items_per_s",
+    "timing.partial",
 )
 # The keys users sweep most (README), in the order a default table puts them in columns.
 AXIS_ORDER = (
