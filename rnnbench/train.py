@@ -177,10 +177,40 @@ def resume_point(record: dict[str, Any], run_dir: Path, cfg: DictConfig) -> Path
     found = find_resumable(cfg.results_root, record["run_key"], exclude=run_dir)
     if found is None:
         return last
-    last.parent.mkdir(exist_ok=True)
-    shutil.copyfile(found, last)
+    adopt_checkpoints(found.parent, last.parent)
     record["resumed_from"] = str(found.parent.parent.resolve())
     return last
+
+
+CHECKPOINT_PATH_KEYS = ("dirpath", "best_model_path", "kth_best_model_path", "last_model_path")
+
+
+def adopt_checkpoints(old: Path, new: Path) -> None:
+    """Copy an unfinished run's `best.ckpt` and `last.ckpt` from folder `old` into `new`, with
+    the ModelCheckpoint state in last.ckpt pointed at `new`. Lightning restores the best score
+    only when the checkpoint's folder is the callback's own; otherwise the first epoch after the
+    resume would become "best" whatever its validation loss, and the test would use it."""
+    new.mkdir(parents=True, exist_ok=True)
+    if (old / "best.ckpt").exists():
+        shutil.copyfile(old / "best.ckpt", new / "best.ckpt")
+    ckpt = torch.load(old / "last.ckpt", map_location="cpu", weights_only=False)
+    here = os.path.realpath(new)
+    for name, state in ckpt.get("callbacks", {}).items():
+        if not name.startswith("ModelCheckpoint") or not state.get("dirpath"):
+            continue
+        there = state["dirpath"]
+        for key in CHECKPOINT_PATH_KEYS:
+            if isinstance(state.get(key), str):
+                state[key] = _rebase(state[key], there, here)
+        if isinstance(state.get("best_k_models"), dict):
+            state["best_k_models"] = {
+                _rebase(k, there, here): v for k, v in state["best_k_models"].items()
+            }
+    torch.save(ckpt, new / "last.ckpt")
+
+
+def _rebase(path: str, old: str, new: str) -> str:
+    return new + path[len(old) :] if path.startswith(old) else path
 
 
 @dataclass

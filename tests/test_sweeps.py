@@ -124,6 +124,37 @@ def test_sigkilled_run_resumes_to_the_same_metrics(tmp_path, relaunch_dir):
     assert len((run_dir / "metrics.csv").read_text().splitlines()) == 1 + 4  # all epochs kept
 
 
+def test_a_run_resumed_in_a_new_folder_keeps_its_best_checkpoint(tmp_path):
+    """Lightning restores the best validation score only when the checkpoint was written in the
+    callback's own folder. At lr 0 validation never improves after the first epoch, so a run
+    killed after two epochs and resumed elsewhere must still test the first epoch's weights."""
+    import torch
+
+    args = [
+        "logger=none",
+        "trainer.enable_progress_bar=false",
+        "trainer.max_epochs=6",
+        "optim.lr=0",
+        "data.train_strings=1000",
+    ]
+    killed = tmp_path / "runs" / "killed"
+    proc = popen([*args, f"hydra.run.dir={killed}"], cwd=tmp_path)
+    epochs = killed / "metrics.csv"
+    wait_for(lambda: epochs.exists() and len(epochs.read_text().splitlines()) >= 1 + 2, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not (killed / "result.json").exists()
+
+    new = tmp_path / "runs" / "new"
+    resumed = rnnbench_cli([*args, f"hydra.run.dir={new}"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    record = json.loads((new / "result.json").read_text())
+    assert record["resumed_from"] == str(killed)
+    assert record["best"]["epoch"] == 0
+    best = torch.load(new / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    assert best["global_step"] == record["best"]["step"] < record["timing"]["steps"]
+
+
 def test_killed_multirun_relaunch_runs_only_the_unfinished_jobs(tmp_path):
     sweep = ["-m", "model=rnn,gru,lstm,rnn_relu", *SMALL[:-1], "trainer.max_epochs=3"]
     proc = popen(sweep, cwd=tmp_path)
