@@ -177,40 +177,39 @@ def resume_point(record: dict[str, Any], run_dir: Path, cfg: DictConfig) -> Path
     found = find_resumable(cfg.results_root, record["run_key"], exclude=run_dir)
     if found is None:
         return last
-    adopt_checkpoints(found.parent, last.parent)
+    adopt_checkpoints(found, last.parent)
     record["resumed_from"] = str(found.parent.parent.resolve())
     return last
 
 
-CHECKPOINT_PATH_KEYS = ("dirpath", "best_model_path", "kth_best_model_path", "last_model_path")
+CHECKPOINT_PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path")
 
 
-def adopt_checkpoints(old: Path, new: Path) -> None:
-    """Copy an unfinished run's `best.ckpt` and `last.ckpt` from folder `old` into `new`, with
-    the ModelCheckpoint state in last.ckpt pointed at `new`. Lightning restores the best score
-    only when the checkpoint's folder is the callback's own; otherwise the first epoch after the
-    resume would become "best" whatever its validation loss, and the test would use it."""
+def adopt_checkpoints(last: Path, new: Path) -> None:
+    """Take an unfinished run's `last.ckpt` into folder `new`, with the checkpoints its
+    ModelCheckpoint states name (best.ckpt) copied beside it and those states pointed at `new`.
+    Lightning restores the best score only when the state's folder is the callback's own;
+    otherwise the first epoch after the resume would become "best" whatever its validation
+    loss, and the test would use its weights."""
     new.mkdir(parents=True, exist_ok=True)
-    if (old / "best.ckpt").exists():
-        shutil.copyfile(old / "best.ckpt", new / "best.ckpt")
-    ckpt = torch.load(old / "last.ckpt", map_location="cpu", weights_only=False)
-    here = os.path.realpath(new)
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+
+    def moved(path: str) -> str:
+        source, target = Path(path), new / Path(path).name
+        if source.is_file() and not target.exists():
+            shutil.copyfile(source, target)
+        return os.path.realpath(target)
+
     for name, state in ckpt.get("callbacks", {}).items():
-        if not name.startswith("ModelCheckpoint") or not state.get("dirpath"):
+        if not name.startswith("ModelCheckpoint"):
             continue
-        there = state["dirpath"]
+        state["dirpath"] = os.path.realpath(new)
         for key in CHECKPOINT_PATH_KEYS:
-            if isinstance(state.get(key), str):
-                state[key] = _rebase(state[key], there, here)
+            if state.get(key):
+                state[key] = moved(state[key])
         if isinstance(state.get("best_k_models"), dict):
-            state["best_k_models"] = {
-                _rebase(k, there, here): v for k, v in state["best_k_models"].items()
-            }
+            state["best_k_models"] = {moved(k): v for k, v in state["best_k_models"].items()}
     torch.save(ckpt, new / "last.ckpt")
-
-
-def _rebase(path: str, old: str, new: str) -> str:
-    return new + path[len(old) :] if path.startswith(old) else path
 
 
 @dataclass
