@@ -56,6 +56,7 @@ from rnnbench.module import (
     StepClassificationTask,
 )
 from rnnbench.report import GRAD_NORM, STEP_TRACE, colour, panels, read_csv
+from rnnbench.table import flatten, is_identity_key
 
 DIRECTIONS = ("forward", "backward")
 COLUMNS = ("step", "layer", "direction", "t", "norm", "loss")
@@ -500,22 +501,45 @@ def format_table(summary: pd.DataFrame) -> str:
     return shown.to_string(index=False, float_format=lambda v: f"{v:.3g}")
 
 
+CLIP_KEY = "trainer.gradient_clip_val"
+
+
+def run_labels(records: Sequence[dict]) -> list[str]:
+    """A label per run: its cell, the settings that differ between the runs (seeds and paths
+    aside), and its clipping threshold."""
+    flat = [flatten(r["config"]) for r in records]
+    keys = sorted({k for f in flat for k in f if is_identity_key(k)})
+    varying = [
+        k
+        for k in keys
+        if k not in ("model.cell", CLIP_KEY) and len({repr(f.get(k)) for f in flat}) > 1
+    ]
+    labels = []
+    for f in flat:
+        clip = f.get(CLIP_KEY)
+        parts = [str(f.get("model.cell")), *(f"{k.split('.')[-1]}={f.get(k)}" for k in varying)]
+        parts.append("no clipping" if clip is None else f"clip θ={clip:g}")
+        labels.append(", ".join(parts))
+    return labels
+
+
 def explosion(run_dirs: Sequence[str | Path], path: str | Path) -> pd.DataFrame:
     """Read each run's steps.csv (pre-clip gradient norm and loss at every optimizer step) and
     result.json; draw both traces per run into `path` and return one summary row per run."""
     import matplotlib.pyplot as plt
 
-    rows, traces = [], []
+    runs = []
     for run_dir in map(Path, run_dirs):
         steps = read_csv(run_dir / STEP_TRACE)
         if steps is None or GRAD_NORM not in steps:
             raise FileNotFoundError(f"{run_dir / STEP_TRACE}: no per-step trace to read")
-        record = json.loads((run_dir / "result.json").read_text())
-        model, trainer = record["config"]["model"], record["config"]["trainer"]
-        clip = trainer.get("gradient_clip_val")
-        label = f"{model['cell']} init_range={model.get('init_range')}, " + (
-            "no clipping" if clip is None else f"clip θ={clip:g}"
-        )
+        runs.append((run_dir, steps, json.loads((run_dir / "result.json").read_text())))
+    rows, traces = [], []
+    for (run_dir, steps, record), label in zip(
+        runs, run_labels([r for _, _, r in runs]), strict=True
+    ):
+        clip = record["config"]["trainer"].get("gradient_clip_val")
+        headline = record.get("headline") or "test/loss"
         traces.append((label, clip, steps))
         rows.append(
             {
@@ -525,10 +549,11 @@ def explosion(run_dirs: Sequence[str | Path], path: str | Path) -> pd.DataFrame:
                 "grad_norm median": steps[GRAD_NORM].median(),
                 "grad_norm max": steps[GRAD_NORM].max(),
                 "clipped steps": int(steps["clipped"].sum()),
+                "clipped share": steps["clipped"].mean(),
                 "loss first": steps["batch_loss"].iloc[0],
                 # One batch is noisy: the end of training as the mean of its last 50 steps.
                 "loss last 50 mean": steps["batch_loss"].tail(50).mean(),
-                "test/mse": record["metrics"].get("test/mse", math.nan),
+                headline: record["metrics"].get(headline, math.nan),
                 "run_dir": str(run_dir),
             }
         )
@@ -540,7 +565,7 @@ def explosion(run_dirs: Sequence[str | Path], path: str | Path) -> pd.DataFrame:
         if clip is not None:
             norm_ax.axhline(clip, color=shade, ls=":", lw=1, label=f"θ = {clip:g}")
     norm_ax.set(yscale="log", xlabel="step", ylabel="‖g‖ before clipping", title="gradient norm")
-    loss_ax.set(yscale="log", xlabel="step", ylabel="batch MSE", title="training loss")
+    loss_ax.set(yscale="log", xlabel="step", ylabel="batch loss", title="training loss")
     for ax in (norm_ax, loss_ax):
         ax.grid(alpha=0.3, which="both")
     norm_ax.legend(fontsize=8)

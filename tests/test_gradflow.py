@@ -24,7 +24,7 @@ from rnnbench.data.music import PolyphonicMusic
 from rnnbench.data.reber import EmbeddedReber
 from rnnbench.data.sst2 import SST2
 from rnnbench.data.synthetic import AddingProblem, CopyMemory
-from rnnbench.gradflow import GradFlow, hidden_grad_norms, main
+from rnnbench.gradflow import GradFlow, hidden_grad_norms, main, run_labels
 from rnnbench.model import SequenceModel
 from rnnbench.module import TASKS, RegressionTask
 
@@ -421,9 +421,27 @@ def test_explode_reads_real_runs(tmp_path, capsys):
         assert math.isclose(run["loss first"], float(steps[0]["batch_loss"]))
         tail = [float(r["batch_loss"]) for r in steps[-50:]]
         assert run["loss last 50 mean"] == pytest.approx(sum(tail) / len(tail))
-    assert runs[0]["clipped steps"] == 0 and "no clipping" in runs[0]["run"]
-    assert "clip θ=0.5" in runs[1]["run"]
+        assert run["clipped share"] == pytest.approx(run["clipped steps"] / run["steps"])
+        assert math.isfinite(run["test/mse"])  # the runs' headline metric
+    assert runs[0]["clipped steps"] == 0
+    # Labelled by what differs between the runs: here only the clipping.
+    assert [r["run"] for r in runs] == ["rnn, no clipping", "rnn, clip θ=0.5"]
     assert (tmp_path / "ex.png").stat().st_size > 0
 
     assert main(["--explode", str(tmp_path / "nowhere")]) == 2
     assert "rnnbench-gradflow: error:" in capsys.readouterr().err
+
+
+def test_explode_labels_name_what_differs_between_runs():
+    def record(cell: str, lr: float, seed: int) -> dict:
+        config = {"model": {"cell": cell}, "optim": {"lr": lr}, "seed": seed}
+        return {"config": {**config, "trainer": {"gradient_clip_val": 1.0}}}
+
+    labels = run_labels(
+        [record("gru", 0.004, 1), record("gru", 0.001, 2), record("lstm", 0.004, 3)]
+    )
+    assert labels == [
+        "gru, lr=0.004, clip θ=1",
+        "gru, lr=0.001, clip θ=1",
+        "lstm, lr=0.004, clip θ=1",
+    ]
