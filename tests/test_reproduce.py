@@ -18,6 +18,7 @@ from rnnbench.reproduce import (
     BEGIN,
     END,
     SOURCES,
+    TUNED,
     Recipe,
     Row,
     collect,
@@ -25,6 +26,7 @@ from rnnbench.reproduce import (
     main,
     recipe_names,
     render_page,
+    render_table,
     trained_text,
     write_page,
 )
@@ -50,8 +52,8 @@ DATA_FILES = {
 
 
 def test_every_source_has_its_recipes():
-    tcn = [r for r in RECIPES if r.startswith("tcn/")]
-    assert len(tcn) == 8 * 3  # Table 1: 8 tasks x LSTM, GRU, RNN
+    tcn = [r for r in RECIPES if r.startswith("tcn/") and not r.endswith(TUNED)]
+    assert len(tcn) == 8 * 3  # Table 1: 8 tasks x LSTM, GRU, RNN (tuned rows beside them)
     assert {"zaremba/small", "zaremba/medium", "zaremba/large"} <= set(RECIPES)
     assert {"zaremba/small_gru", "zaremba/small_rnn"} <= set(RECIPES)
 
@@ -83,11 +85,13 @@ def params(name: str) -> int:
     "task", ["seq_mnist", "adding", "copy_memory", "jsb", "nottingham", "ptb_char", "ptb_word"]
 )
 def test_gru_and_rnn_recipes_match_the_lstm_parameter_budget(task):
-    """Bai et al. tune GRU and RNN at the LSTM's size; a recipe whose hidden size drifts from
-    that budget by more than 2 % fails here."""
+    """Bai et al. tune GRU and RNN at the LSTM's size; a recipe (tuned ones too) whose hidden
+    size drifts from that budget by more than 2 % fails here."""
     lstm = params(f"tcn/{task}_lstm")
-    for cell in ("gru", "rnn"):
-        assert abs(params(f"tcn/{task}_{cell}") / lstm - 1) < 0.02, (task, cell)
+    others = [n for n in RECIPES if n.startswith(f"tcn/{task}_") and n != f"tcn/{task}_lstm"]
+    assert {f"tcn/{task}_gru", f"tcn/{task}_rnn"} <= set(others)
+    for name in others:
+        assert abs(params(name) / lstm - 1) < 0.02, name
 
 
 def test_zaremba_recipe_follows_the_papers_code():
@@ -158,7 +162,8 @@ def test_cli_writes_every_page_and_the_csv(tmp_path):
     assert [(r["budget"], r["seeds"], r["direction"]) for r in jsb_rnn] == [
         ("reduced", "1", "lower")
     ]
-    assert len(rows) == 24 + 2 * 5  # Table 1 rows, and Zaremba's val and test per recipe
+    zaremba = [r for r in RECIPES if r.startswith("zaremba/")]
+    assert len(rows) == len(RECIPES) + len(zaremba)  # Zaremba's rows: val and test
 
 
 @pytest.mark.parametrize(
@@ -199,3 +204,15 @@ def test_trained_time_of_a_resumed_run():
     assert trained_text(Row(recipe, "test/nll", 8.45, runs=[old])).startswith("> 12.0 min")
     from_old_checkpoint = {"timing": {"train_s": 720.0, "items": 10, "partial": True}}
     assert trained_text(Row(recipe, "test/nll", 8.45, runs=[from_old_checkpoint])).startswith(">")
+
+
+def test_a_tuned_recipe_is_its_own_row_beside_the_papers():
+    plain = Recipe("tcn/nottingham_rnn", {"model": {"cell": "rnn"}}, "test/nll")
+    tuned = Recipe("tcn/nottingham_rnn_tuned", {"model": {"cell": "rnn"}}, "test/nll")
+    later = Recipe("tcn/ptb_word_lstm", {"model": {"cell": "lstm"}}, "test/ppl")
+    assert (plain.task, plain.label(), plain.tuned) == ("nottingham", "rnn", False)
+    assert (tuned.task, tuned.label(), tuned.tuned) == ("nottingham", "rnn (tuned)", True)
+    assert plain.order < tuned.order < later.order
+    table = render_table([Row(plain, "test/nll", 4.05), Row(tuned, "test/nll", 4.05)])
+    assert "| nottingham | RNN | test/nll |" in table
+    assert "| nottingham | RNN (tuned) | test/nll |" in table
