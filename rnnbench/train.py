@@ -195,8 +195,9 @@ def adopt_checkpoints(last: Path, new: Path) -> None:
     ckpt = torch.load(last, map_location="cpu", weights_only=False)
 
     def moved(path: str) -> str:
+        # last.ckpt itself is written below, with the states changed: no need to copy it first.
         source, target = Path(path), new / Path(path).name
-        if source.is_file() and not target.exists():
+        if source.is_file() and not target.exists() and source.resolve() != last.resolve():
             shutil.copyfile(source, target)
         return os.path.realpath(target)
 
