@@ -70,6 +70,7 @@ from torch import Tensor, nn
 
 from rnnbench import table
 from rnnbench.errors import UserError, find_user_error
+from rnnbench.outputs import check_writable_folder, make_folder, one_line, write_text
 
 AGGREGATE_GOAL_S = 3.0
 # The sweep `aggregate` trains when it is given no records: three cells, tiny and one epoch.
@@ -902,21 +903,34 @@ LEGEND = (
 )
 
 
+def code_span(text: str) -> str:
+    """`text` as one markdown code span: fenced by more backticks than any run inside it."""
+    text = one_line(text)
+    longest = current = 0
+    for ch in text:
+        current = current + 1 if ch == "`" else 0
+        longest = max(longest, current)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def write_outputs(out: Path, report: dict[str, Any], lines: Sequence[str]) -> None:
     """bench.json (everything) and bench.md (the command first, as rnnbench-table writes it,
-    then the machine, the training table and every section's line)."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    then the machine, the training table and every section's line). OutputError when the
+    folder or a file in it cannot be written; a file is never left half written."""
+    make_folder(out, "--out")
+    write_text(out / "bench.json", json.dumps(report, indent=2) + "\n")
     m, v = report["machine"], report["versions"]
     facts = [
-        f"- command: `{report['command']}`",
+        f"- command: {code_span(report['command'])}",
         f"- machine: {m['cpu']} ({m['cpu_capability']}), {m['cores_usable']} usable cores of "
         f"{m['logical_cpus']}, torch threads {m['torch_threads']}; load average "
         f"{m['load_average_start'][0]} at the start, {m['load_average_end'][0]} at the end",
         "- versions: " + ", ".join(f"{k} {x}" for k, x in v.items()),
         f"- date: {report['date']}",
     ]
-    command = table.COMMENT["md"].format(report["command"])
+    command = table.COMMENT["md"](report["command"])
     text = [command, "", "# rnnbench benchmark", "", *facts, ""]
     figures = report.get("training_figures")
     if figures:
@@ -926,7 +940,7 @@ def write_outputs(out: Path, report: dict[str, Any], lines: Sequence[str]) -> No
         text += [f"- {w}: {WORKLOADS[w].title}" for w in figures] + [""]
         text += [LEGEND, ""]
     text += ["## Sections", "", *(f"- {line}" for line in lines), ""]
-    (out / "bench.md").write_text("\n".join(text))
+    write_text(out / "bench.md", "\n".join(text))
 
 
 # Name -> (run, add its options). Every section returns its figures, "ok" and one "line".
@@ -978,6 +992,10 @@ def main(
     if unknown:
         p.error(f"unknown section(s) {', '.join(unknown)}; use {', '.join(SECTIONS)}")
     args.selected = args.sections or list(SECTIONS)
+    problem = args.out and check_writable_folder(args.out, "--out")
+    if problem:  # before minutes of measuring
+        print(f"rnnbench-bench: error: {one_line(problem)}", file=sys.stderr)
+        return 2
     # Lightning's info lines (checkpoint restored, ...) would bury the lines a section prints.
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     if args.threads or any(s in NEEDS for s in args.selected):
@@ -996,7 +1014,7 @@ def main(
         user = find_user_error(e)
         if user is None:
             raise
-        print(f"rnnbench-bench: error: {user}", file=sys.stderr)
+        print(f"rnnbench-bench: error: {one_line(str(user))}", file=sys.stderr)
         return 2
     host["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     if getattr(args, "training_figures", None):
@@ -1010,7 +1028,11 @@ def main(
             "versions": versions(),
             **final,
         }
-        write_outputs(Path(args.out), report, lines)
+        try:
+            write_outputs(Path(args.out), report, lines)
+        except UserError as e:
+            print(f"rnnbench-bench: error: {one_line(str(e))}", file=sys.stderr)
+            return 2
         progress(f"wrote {Path(args.out) / 'bench.md'} and bench.json")
     print(json.dumps(final))
     return 1 if args.strict and not ok else 0

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import io
 import json
 import logging
 import math
@@ -45,6 +46,7 @@ from torch import Tensor, nn
 
 from rnnbench.cells import CELLS, RecurrentStack, State, reverse_time
 from rnnbench.data.synthetic import AddingProblem
+from rnnbench.errors import UserError
 from rnnbench.model import SequenceModel
 from rnnbench.module import (
     Batch,
@@ -55,6 +57,7 @@ from rnnbench.module import (
     RegressionTask,
     StepClassificationTask,
 )
+from rnnbench.outputs import check_writable, mpl_text, one_line, write_bytes, write_text
 from rnnbench.report import GRAD_NORM, STEP_TRACE, colour, panels, read_csv
 from rnnbench.table import flatten, is_identity_key
 
@@ -451,7 +454,6 @@ def measure_cell(
 def plot_flow(frame: pd.DataFrame, path: str | Path, title: str) -> None:
     """One log-scale panel per cell: ‖∂L/∂h_t‖ against t, at initialisation (dashed) and
     after training (solid), one line per layer and direction."""
-    import matplotlib.pyplot as plt
 
     cells = list(dict.fromkeys(frame["cell"]))
     fig, axes = panels(cells, width=4.6, height=3.4)
@@ -481,10 +483,34 @@ def plot_flow(frame: pd.DataFrame, path: str | Path, title: str) -> None:
         ax.set_ylabel(r"$\|\partial L / \partial h_t\|$")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(mpl_text(title), fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path)
+
+
+def figure_format(path: str | Path) -> str:
+    """The image format `path` names by its suffix (png when it has none), as savefig reads it;
+    ValueError naming the formats when matplotlib cannot write that one."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    suffix = Path(path).suffix[1:].lower() or "png"
+    known = FigureCanvasBase.get_supported_filetypes()
+    if suffix not in known:
+        raise ValueError(f"{path}: unknown image format {suffix!r}; use one of {', '.join(known)}")
+    return suffix
+
+
+def save_figure(fig, path: str | Path, dpi: int = 90) -> None:
+    """Draw `fig` in memory and write it to `path` in one go (see outputs.write_bytes), then
+    close it: a figure that fails to draw or write leaves no half file."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format=figure_format(path), dpi=dpi)
+    finally:
+        plt.close(fig)
+    write_bytes(path, buf.getvalue())
 
 
 def format_table(summary: pd.DataFrame) -> str:
@@ -533,6 +559,8 @@ def explosion(run_dirs: Sequence[str | Path], path: str | Path) -> pd.DataFrame:
         steps = read_csv(run_dir / STEP_TRACE)
         if steps is None or GRAD_NORM not in steps:
             raise FileNotFoundError(f"{run_dir / STEP_TRACE}: no per-step trace to read")
+        if not (run_dir / "result.json").is_file():
+            raise FileNotFoundError(f"{run_dir / 'result.json'}: no run record to read")
         runs.append((run_dir, steps, json.loads((run_dir / "result.json").read_text())))
     rows, traces = [], []
     for (run_dir, steps, record), label in zip(
@@ -560,7 +588,7 @@ def explosion(run_dirs: Sequence[str | Path], path: str | Path) -> pd.DataFrame:
     fig, (norm_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 3.6))
     for i, (label, clip, steps) in enumerate(traces):
         shade = f"C{i % 10}"  # matplotlib's own cycle: ten well-separated colours
-        norm_ax.plot(steps["step"], steps[GRAD_NORM], lw=0.8, color=shade, label=label)
+        norm_ax.plot(steps["step"], steps[GRAD_NORM], lw=0.8, color=shade, label=mpl_text(label))
         loss_ax.plot(steps["step"], steps["batch_loss"], lw=0.8, color=shade)
         if clip is not None:
             norm_ax.axhline(clip, color=shade, ls=":", lw=1, label=f"θ = {clip:g}")
@@ -570,8 +598,7 @@ def explosion(run_dirs: Sequence[str | Path], path: str | Path) -> pd.DataFrame:
         ax.grid(alpha=0.3, which="both")
     norm_ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path)
     return pd.DataFrame(rows)
 
 
@@ -652,12 +679,27 @@ def check_sizes(args: argparse.Namespace) -> str | None:
     return None
 
 
+def check_outputs(args: argparse.Namespace, output: str) -> str | None:
+    """Why the PNG (-o) or the CSV (--csv) cannot be written; None when both can."""
+    try:
+        figure_format(output)
+    except ValueError as e:
+        return str(e)
+    problem = check_writable(output, "-o")
+    if not problem and args.csv is not None:
+        problem = check_writable(args.csv, "--csv")
+    return problem
+
+
 def run_explode(args: argparse.Namespace) -> int:
     output = args.output or "explosion.png"
     try:
+        problem = check_outputs(args, output)
+        if problem:
+            raise UserError(problem)
         summary = explosion(args.explode, output)
-    except (FileNotFoundError, KeyError, json.JSONDecodeError) as e:
-        print(f"rnnbench-gradflow: error: {e}", file=sys.stderr)
+    except (FileNotFoundError, KeyError, json.JSONDecodeError, UserError) as e:
+        print(f"rnnbench-gradflow: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     print(summary.drop(columns="run_dir").to_string(index=False, float_format="{:.4g}".format))
     print(f"wrote {output}", file=sys.stderr)
@@ -670,11 +712,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.explode:
         return run_explode(args)
-    problem = check_sizes(args)
-    if problem:
-        print(f"rnnbench-gradflow: error: {problem}", file=sys.stderr)
-        return 2
     output = args.output or "gradient_flow.png"
+    problem = check_sizes(args) or check_outputs(args, output)  # before minutes of training
+    if problem:
+        print(f"rnnbench-gradflow: error: {one_line(problem)}", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
     # Lightning's start-up banners and its few-workers advice would bury the tables.
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
@@ -712,11 +754,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\n{cell} ({time.perf_counter() - t0:.0f} s)")
         print(format_table(summary))
     everything = pd.concat(frames, ignore_index=True)
-    plot_flow(everything, output, f"‖∂L/∂h_t‖ on a fixed batch: {setting}")
-    print(f"\nwrote {output}", file=sys.stderr)
-    if args.csv:
-        everything.to_csv(args.csv, index=False)
-        print(f"wrote {args.csv}", file=sys.stderr)
+    try:
+        plot_flow(everything, output, f"‖∂L/∂h_t‖ on a fixed batch: {setting}")
+        print(f"\nwrote {one_line(output)}", file=sys.stderr)
+        if args.csv is not None:
+            write_text(args.csv, everything.to_csv(index=False))
+            print(f"wrote {one_line(args.csv)}", file=sys.stderr)
+    except UserError as e:
+        print(f"rnnbench-gradflow: error: {one_line(str(e))}", file=sys.stderr)
+        return 2
     ratios = first_last_ratios(everything)
     result = {
         "ratio_h1_hT": {

@@ -31,6 +31,13 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from rnnbench.errors import UserError  # noqa: E402
+from rnnbench.outputs import (  # noqa: E402
+    check_writable,
+    html_comment,
+    mpl_text,
+    one_line,
+    write_text,
+)
 from rnnbench.table import (  # noqa: E402
     SHOWN,
     View,
@@ -131,7 +138,7 @@ def run_label(run: pd.Series, view: View) -> str:
     so it always comes first)."""
     keys = [k for k in ["model.cell", *view.rows, *view.cols] if k != "data.name" and k in run]
     keys = list(dict.fromkeys(keys))
-    return ", ".join(f"{k.rsplit('.', 1)[-1]}={key_text(run[k])}" for k in keys)
+    return mpl_text(", ".join(f"{k.rsplit('.', 1)[-1]}={key_text(run[k])}" for k in keys))
 
 
 def curve_column(metric: str, columns: Sequence[str]) -> str | None:
@@ -144,6 +151,10 @@ def curve_column(metric: str, columns: Sequence[str]) -> str | None:
 
 
 def read_csv(path: Path) -> pd.DataFrame | None:
+    """The CSV file at `path`, or None when there is no regular file (a pipe would block the
+    read forever) or it does not parse."""
+    if not path.is_file():
+        return None
     try:
         return pd.read_csv(path)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
@@ -187,9 +198,9 @@ def learning_curves(runs: pd.DataFrame, view: View) -> str:
             labelled.add(label)
             drawn += 1
         shown = " / ".join(sorted(drawn_series)) or "validation"
-        ax.set_title(f"{name or 'runs'}: {shown} by step")
+        ax.set_title(mpl_text(f"{name or 'runs'}: {shown} by step"))
         ax.set_xlabel("step")
-        ax.set_ylabel(shown)
+        ax.set_ylabel(mpl_text(shown))
         ax.grid(alpha=0.3)
     if not drawn:
         plt.close(fig)
@@ -233,13 +244,13 @@ def metric_bars(agg: pd.DataFrame, view: View) -> str:
                 y = cell["mean"] + (cell["std"] if cell["n"] > 1 else 0)
             ax.text(i, y + 0.015 * top, note, ha="center", va="bottom", fontsize=8)
         ax.set_ylim(0, top * 1.1)
-        labels = ["\n".join(key_text(c[k]) for k in keys) for _, c in cells.iterrows()]
+        labels = [mpl_text("\n".join(key_text(c[k]) for k in keys)) for _, c in cells.iterrows()]
         ax.set_xticks(list(x), labels, fontsize=8)
-        ax.set_xlabel(" / ".join(keys))
-        ax.set_ylabel(view.metric)
-        ax.set_title(name or "runs")
+        ax.set_xlabel(mpl_text(" / ".join(keys)))
+        ax.set_ylabel(mpl_text(view.metric))
+        ax.set_title(mpl_text(name or "runs"))
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"{view.metric}: mean ± std over seeds, n = runs")
+    fig.suptitle(mpl_text(f"{view.metric}: mean ± std over seeds, n = runs"))
     fig.tight_layout()
     return png_tag(fig, f"{view.metric} per configuration")
 
@@ -273,7 +284,7 @@ def grad_norms(runs: pd.DataFrame, view: View) -> str:
         labelled.add((cell, label))
     for cell, ax in by_cell.items():
         ax.set_yscale("log")
-        ax.set_title(f"{cell}: global gradient norm before clipping")
+        ax.set_title(mpl_text(f"{cell}: global gradient norm before clipping"))
         ax.set_xlabel("step")
         ax.set_ylabel("‖g‖")
         ax.grid(alpha=0.3, which="both")
@@ -337,7 +348,7 @@ def report_html(
     esc = html.escape
     parts = [
         "<!doctype html>",
-        f"<!-- command: {esc(command)} -->" if command else "",
+        html_comment(f"command: {command}") if command else "",
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>rnnbench report: {esc(view.metric)}</title>",
         f"<style>{STYLE}</style></head><body>",
@@ -387,16 +398,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
     try:
+        problem = check_writable(args.output)
+        if problem:  # before reading the runs and drawing every figure
+            raise UserError(problem)
         df = load_frame(args.paths)
         check_shown(df)
         view = resolve_view(df, split_keys(args.rows), split_keys(args.cols), args.metric)
         command = shlex.join(["rnnbench-report", *argv])
         page = report_html(df, view, split_keys(args.reference) or [], args.paths, command)
+        write_text(args.output, page)
     except UserError as e:
-        print(f"rnnbench-report: error: {e}", file=sys.stderr)
+        print(f"rnnbench-report: error: {one_line(str(e))}", file=sys.stderr)
         return 2
-    Path(args.output).write_text(page)
-    print(f"wrote {args.output}", file=sys.stderr)
+    print(f"wrote {one_line(args.output)}", file=sys.stderr)
     return 0
 
 

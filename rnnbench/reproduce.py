@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import os
@@ -33,9 +34,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rnnbench.errors import UserError
+from rnnbench.outputs import make_folder, one_line, write_text
 from rnnbench.record import KEY_EXCLUDED, run_key
 from rnnbench.sweep import iter_records
-from rnnbench.table import _literal, direction, flatten, load_reference, match_keys
+from rnnbench.table import _literal, _md_escape, direction, flatten, load_reference, match_keys
 from rnnbench.train import CONF_DIR  # the one conf/ folder every command composes from
 
 RESULTS_DIR = Path("results")
@@ -319,8 +321,8 @@ def ours_text(row: Row) -> str:
 
 
 def verdict(row: Row) -> str:
-    if row.budget == "reduced":
-        return "reduced budget: " + ", ".join(row.differs[:4])
+    if row.budget == "reduced":  # the settings come from run records: shown verbatim
+        return "reduced budget: " + ", ".join(map(_md_escape, row.differs[:4]))
     within = row.within
     if within is None:
         return "" if row.budget == "not run" else "no published number"
@@ -370,7 +372,7 @@ def render_page(source: Source, rows: Sequence[Row]) -> str:
     """The generated block of one source's page."""
     full = [r for r in rows if r.budget == "full" and r.paper is not None]
     hit = sum(bool(r.within) for r in full)
-    commands = "\n".join(f"    {c}" for c in commands_made(rows))
+    commands = "\n".join(f"    {one_line(c)}" for c in commands_made(rows))
     times = [r for r in rows if r.budget == "not run" and r.hours is not None]
     lines = [
         BEGIN,
@@ -405,14 +407,14 @@ def render_page(source: Source, rows: Sequence[Row]) -> str:
 
 def write_page(path: Path, block: str) -> None:
     """Replace the generated block of `path`, keeping whatever is written around it."""
-    if path.exists():
+    if path.is_file():
         text = path.read_text()
         if BEGIN in text and END in text:
             head, rest = text.split(BEGIN, 1)
             tail = rest.split(END, 1)[1]
-            path.write_text(head + block + tail)
+            write_text(path, head + block + tail)
             return
-    path.write_text(block + "\n")
+    write_text(path, block + "\n")
 
 
 def csv_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
@@ -434,10 +436,11 @@ def csv_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
 
 
 def write_csv(path: Path, rows: Sequence[Row]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        writer.writerows(csv_rows(rows))
+    f = io.StringIO(newline="")
+    writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    writer.writerows(csv_rows(rows))
+    write_text(path, f.getvalue())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -446,7 +449,7 @@ def write_csv(path: Path, rows: Sequence[Row]) -> None:
 
 def read_times(path: Path) -> dict[str, dict[str, str]]:
     """recipe -> its row of recipe_times.csv (hours, threads, load, command, ...)."""
-    if not path.exists():
+    if not path.is_file():
         return {}
     with path.open() as f:
         return {row["recipe"]: row for row in csv.DictReader(f)}
@@ -493,18 +496,15 @@ def measure_time(recipe: Recipe, steps: int) -> dict[str, Any]:
 
 def write_times(path: Path, measured: list[dict[str, Any]]) -> None:
     """Merge newly measured estimates into `path` (one row per recipe)."""
-    rows: dict[str, dict[str, Any]] = {}
-    if path.exists():
-        with path.open() as f:
-            rows = {row["recipe"]: row for row in csv.DictReader(f)}
-    rows |= {m["recipe"]: m for m in measured}
+    rows = read_times(path) | {m["recipe"]: m for m in measured}
     fields = [
         "recipe", "s_per_step", "steps_per_epoch", "epochs", "hours", "threads", "load", "command"
     ]  # fmt: skip
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows[k] for k in sorted(rows))
+    f = io.StringIO(newline="")
+    writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows[k] for k in sorted(rows))
+    write_text(path, f.getvalue())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -578,7 +578,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.steps < 1:
             raise ReproduceError(f"--steps must be a positive number of steps, got {args.steps}")
-        args.out.mkdir(parents=True, exist_ok=True)
+        make_folder(args.out, "-o")  # before any timing or reading: refused in one line
         if args.time:
             names = expand(args.time)
             if args.threads:
@@ -618,7 +618,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(summary))
         return 0
     except UserError as e:
-        print(f"rnnbench-reproduce: error: {e}", file=sys.stderr)
+        print(f"rnnbench-reproduce: error: {one_line(str(e))}", file=sys.stderr)
         return 2
 
 

@@ -31,6 +31,7 @@ from typing import Any
 import pandas as pd
 
 from rnnbench.errors import UserError
+from rnnbench.outputs import check_writable, html_comment, one_line, write_text
 from rnnbench.record import KEY_EXCLUDED, read_record
 
 RESULT = "result.json"
@@ -226,6 +227,9 @@ def load_rows(
         raise TableError(f"no {RESULT} under {', '.join(map(str, paths))}")
     loaded = []
     for f in files:
+        if not f.is_file():  # a pipe named result.json would block the read forever
+            warn(f"skipped {f}: not a regular file")
+            continue
         try:
             record = read_record(f)
             loaded.append((record, record_row(record, f)))
@@ -701,8 +705,14 @@ def comparison_table(pairs: pd.DataFrame, view: View) -> Table:
 # Rendering
 
 
+# Markdown punctuation a cell or note could use to become markup: a cell end, an HTML tag, an
+# entity, a link, code or emphasis. Backslash-escaped, they show as themselves.
+MD_SPECIAL = "\\|<>&[]`*$"
+
+
 def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|")
+    """`text` as markdown that shows it verbatim, on one line (a GitHub table cell)."""
+    return "".join("\\" + ch if ch in MD_SPECIAL else ch for ch in one_line(text))
 
 
 def render_md(table: Table) -> str:
@@ -716,13 +726,18 @@ def render_md(table: Table) -> str:
     out = [line(map(_md_escape, table.header)), line(align)]
     for row in table.body:
         out.append(line(f"**{_md_escape(c.text)}**" if c.best else _md_escape(c.text) for c in row))
-    return "\n".join(out + [""] + table.notes)
+    return "\n".join(out + [""] + [_md_escape(n) for n in table.notes])
 
 
 LATEX_SPECIAL = {c: "\\" + c for c in "&%$#_{}"} | {
     "~": r"\textasciitilde{}",
     "^": r"\textasciicircum{}",
     "\\": r"\textbackslash{}",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
+    "|": r"\textbar{}",
+    "\n": " ",
+    "\r": " ",
     "±": r"$\pm$",
     "Δ": r"$\Delta$",
 }
@@ -749,7 +764,7 @@ def render_latex(table: Table) -> str:
         ]
         out.append(" & ".join(texts) + r" \\")
     out += ["\\bottomrule", "\\end{tabular}"]
-    out += [f"% {note}" for note in table.notes]
+    out += [f"% {one_line(note)}" for note in table.notes]
     return "\n".join(out)
 
 
@@ -779,11 +794,11 @@ def render_html(table: Table) -> str:
 
 RENDERERS = {"md": render_md, "latex": render_latex, "html": render_html}
 # What each format tolerates as a first line that the reader skips: the command that made it.
-COMMENT = {
-    "md": "<!-- command: {} -->",
-    "html": "<!-- command: {} -->",
-    "latex": "% command: {}",
-    "csv": "# command: {}",
+COMMENT: dict[str, Callable[[str], str]] = {
+    "md": lambda text: html_comment(f"command: {text}"),
+    "html": lambda text: html_comment(f"command: {text}"),
+    "latex": lambda text: f"% command: {one_line(text)}",
+    "csv": lambda text: f"# command: {one_line(text)}",
 }
 
 
@@ -791,7 +806,7 @@ def to_csv(data: pd.DataFrame, notes: Sequence[str] = ()) -> str:
     """Machine-readable: one line per cell (or per run), numbers at full precision; the notes
     as trailing `# ` lines (pandas: `read_csv(..., comment="#")`)."""
     text = data.to_csv(index=False, lineterminator="\n")
-    return text + "".join(f"# {n}\n" for n in notes)
+    return text + "".join(f"# {one_line(n)}\n" for n in notes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -879,7 +894,7 @@ def render(result: Result, fmt: str, command: str | None = None) -> str:
     else:
         text = "\n\n".join(RENDERERS[fmt](t) for t in result.tables)
     if command:
-        text = COMMENT[fmt].format(command) + "\n" + text
+        text = COMMENT[fmt](command) + "\n" + text
     return text if text.endswith("\n") else text + "\n"
 
 
@@ -945,6 +960,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
     try:
+        problem = args.output is not None and check_writable(args.output)
+        if problem:  # before reading thousands of records
+            raise TableError(problem)
         df = load_frame(args.paths, args.wandb)
         if not args.long:
             check_shown(df)
@@ -952,12 +970,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = build(df, view, split_keys(args.reference) or [], args.long)
         command = shlex.join(["rnnbench-table", *argv]) if args.output else None
         text = render(result, args.format, command)
+        if args.output is not None:
+            write_text(args.output, text)
     except UserError as e:
-        print(f"rnnbench-table: error: {e}", file=sys.stderr)
+        print(f"rnnbench-table: error: {one_line(str(e))}", file=sys.stderr)
         return 2
-    if args.output:
-        Path(args.output).write_text(text)
-        print(f"wrote {args.output}", file=sys.stderr)
+    if args.output is not None:
+        print(f"wrote {one_line(args.output)}", file=sys.stderr)
     else:
         sys.stdout.write(text)
     return 0

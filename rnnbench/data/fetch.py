@@ -1,11 +1,17 @@
 """Find a data file under RNNBENCH_DATA_DIR, downloading it from its canonical URL when missing,
 and refuse any file whose checksum does not match the published one.
+
+`ensure_file` is the one place every file-backed dataset gets its path from, so it is also where
+a path that is no plain readable file (a folder, a named pipe, a dangling link) is refused in one
+line, before anything opens it: opening a pipe for reading would block forever.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import stat
 import tempfile
 import urllib.error
 import urllib.request
@@ -13,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rnnbench.errors import DataError
+from rnnbench.outputs import default_file_mode
 
 
 @dataclass(frozen=True)
@@ -143,11 +150,70 @@ class DataFolder:
 
 
 def sha256_of(path: Path) -> str:
+    """The sha256 of the regular file `path`; DataError when it is something else or cannot be
+    read. Opened non-blocking and checked before reading, so a pipe never blocks the read."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with open(fd, "rb") as f:
+            kind = _kind(os.fstat(fd).st_mode)
+            if kind:
+                raise DataError(f"data file {path} is {kind}, not a regular file")
+            os.set_blocking(fd, True)
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as e:
+        raise DataError(f"cannot read data file {path} ({e.strerror or e})") from None
     return digest.hexdigest()
+
+
+def _kind(mode: int) -> str | None:
+    """What a non-regular file is, in words ("a folder", "a named pipe", ...); None if regular."""
+    if stat.S_ISREG(mode):
+        return None
+    kinds = {
+        stat.S_ISDIR: "a folder",
+        stat.S_ISFIFO: "a named pipe",
+        stat.S_ISSOCK: "a socket",
+        stat.S_ISCHR: "a character device",
+        stat.S_ISBLK: "a block device",
+    }
+    return next((name for test, name in kinds.items() if test(mode)), "a special file")
+
+
+def check_data_file(path: Path, url: str) -> bool:
+    """Whether a regular file is at `path` (False: nothing is there, download it). Raises
+    DataError in one line naming `path`, what is wrong and what to do, when something else is
+    there: a folder, a named pipe, a device, a symbolic link to nothing, a file in the way of
+    a folder, or a path that cannot be looked at."""
+    fix = f"remove it to have it downloaded from {url}, or point RNNBENCH_DATA_DIR elsewhere"
+    try:
+        link = stat.S_ISLNK(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        if e.errno == errno.ENOTDIR:
+            above = next((p for p in path.parents if p.exists() and not p.is_dir()), path.parent)
+            raise DataError(
+                f"cannot use data file {path}: {above} is a file, not a folder; move it away "
+                "or point RNNBENCH_DATA_DIR at another folder"
+            ) from None
+        raise DataError(f"cannot look at data file {path} ({e.strerror})") from None
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        if link and e.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise DataError(
+                f"data file {path} is a symbolic link to {os.readlink(path)}, which does not "
+                f"exist; fix the link or {fix}"
+            ) from None
+        raise DataError(f"cannot look at data file {path} ({e.strerror}); {fix}") from None
+    kind = _kind(mode)
+    if kind:
+        raise DataError(f"data file {path} is {kind}, not a regular file; {fix}")
+    if not os.access(path, os.R_OK):
+        raise DataError(f"data file {path} cannot be read (permission denied); {fix}")
+    return True
 
 
 def url_for(relpath: str, mirror: str | None = None) -> str:
@@ -173,7 +239,7 @@ def ensure_file(
     source = CATALOG[relpath]
     path = data_root(root) / relpath
     url = url_for(relpath, mirror)
-    if not path.exists():
+    if not check_data_file(path, url):
         if not download:
             raise DataError(
                 f"missing data file {path} (download is off: data.download=false); "
@@ -198,9 +264,16 @@ def _download(url: str, path: Path, expected: str) -> None:
             f"cannot create {path.parent} for {path.name} ({e}); "
             f"set RNNBENCH_DATA_DIR to a writable folder"
         ) from None
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    except OSError as e:
+        raise DataError(
+            f"missing data file {path} and cannot download it into {path.parent} "
+            f"({e.strerror}); set RNNBENCH_DATA_DIR to a writable folder"
+        ) from None
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+            os.fchmod(out.fileno(), default_file_mode())  # mkstemp makes 0600; this is a plain file
             total = int(response.headers.get("Content-Length") or 0)
             _copy_with_progress(response, out, total, f"downloading {path.name}")
         actual = sha256_of(Path(tmp))
