@@ -1,3 +1,3 @@
-from rnnbench.train import cli
+from rnnbench.overrides import cli
 
 cli()

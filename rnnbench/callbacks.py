@@ -65,16 +65,18 @@ class EpochMetricsCSV(pl.callbacks.Checkpoint):
     def load_state_dict(self, state_dict: dict) -> None:
         self.rows = list(state_dict.get("rows", []))
 
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        # The epoch's own learning rate: by its end the schedule may have stepped already.
-        self.lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else math.nan
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        # The epoch's own learning rate, read at its first batch (the first after a resume):
+        # by its end the schedule may have stepped already.
+        if math.isnan(self.lr) and trainer.optimizers:
+            self.lr = trainer.optimizers[0].param_groups[0]["lr"]
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         row = {"epoch": trainer.current_epoch, "step": trainer.global_step}
         for key, value in sorted(trainer.callback_metrics.items()):
             if key.startswith(("train/", "val/")) and key not in STEP_METRICS:
                 row[key] = float(value)
-        row["lr"] = self.lr
+        row["lr"], self.lr = self.lr, math.nan
         self.rows.append(row)
         columns = list(dict.fromkeys(k for r in self.rows for k in r))
         with open(self.path, "w", newline="") as f:

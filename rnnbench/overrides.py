@@ -1,6 +1,8 @@
-"""Check a command line's overrides before Hydra launches anything, so that a bad key, an
-unknown config option or launcher, or a sweep preset naming a key that does not exist is one
-clear line and a non-zero exit instead of Hydra's multi-line report."""
+"""Check a command line before Hydra launches anything: a bad key, an unknown config option or
+launcher, a sweep preset naming a key that does not exist, a value outside what its key allows
+(every value of every sweep), a run folder that cannot be written or that holds another
+configuration's run. Each is one clear line and exit 2 instead of Hydra's multi-line report or a
+run that starts and lies; torch is not imported until the line has passed."""
 
 from __future__ import annotations
 
@@ -8,12 +10,20 @@ import re
 import sys
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
 from hydra._internal.utils import get_args_parser
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from rnnbench.config import CHECKS, CONF_DIR, compose, config_problem
+from rnnbench.errors import UserError
+from rnnbench.outputs import check_writable_folder
+from rnnbench.record import check_run_folder, run_key
+
+# Values of a sweep checked one by one, each composed; beyond this many, the rest are checked
+# by type and range alone (a seed sweep of range(1000) need not compose a thousand times).
+COMPOSED_SWEEP_VALUES = 20
 
 # Lines of Hydra's messages that say where it looked, not what is wrong.
 NOISE = re.compile(
@@ -42,6 +52,39 @@ def one_line(message: str) -> str:
     return " ".join(parts)
 
 
+def sweep_variants(overrides: list[str]) -> list[list[str]]:
+    """The overrides with each sweep narrowed to its first value, then, for every sweep, one
+    variant per further value (the others at their first): every value gets composed once."""
+    parser = OverridesParser.create()
+    parsed = parser.parse_overrides(overrides)
+    first = first_values(overrides)
+    variants = [first]
+    for i, override in enumerate(parsed):
+        if not override.is_sweep_override():
+            continue
+        key = override.get_key_element()
+        for n, value in enumerate(override.sweep_string_iterator()):
+            if n == 0:
+                continue
+            if n >= COMPOSED_SWEEP_VALUES and key in CHECKS:
+                continue  # checked by value below
+            variants.append([*first[:i], f"{key}={value}", *first[i + 1 :]])
+    return variants
+
+
+def leaf_sweep_problem(overrides: list[str]) -> str | None:
+    """Type and range of every value of a sweep over a plain key (seed=range(1000))."""
+    parser = OverridesParser.create()
+    for override in parser.parse_overrides(overrides):
+        key = override.get_key_element()
+        if override.is_sweep_override() and key in CHECKS:
+            for value in override.sweep_iterator():
+                problem = CHECKS[key].problem(key, value)
+                if problem:
+                    return problem
+    return None
+
+
 def first_values(overrides: list[str]) -> list[str]:
     """Each override with a sweep (a,b,c or range(...)) narrowed to its first value."""
     parser = OverridesParser.create()
@@ -62,21 +105,18 @@ def check_command_line(argv: list[str], config_dir: str) -> str | None:
     if args.help or args.hydra_help or args.info or args.cfg or args.shell_completion:
         return None
     try:
-        overrides = first_values(args.overrides)
-        with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
-            cfg = compose(
-                config_name=args.config_name or "config",
-                overrides=overrides,
-                return_hydra_config=True,
-            )
+        problem = leaf_sweep_problem(args.overrides)
+        if problem:
+            return problem
+        for n, overrides in enumerate(sweep_variants(args.overrides)):
+            cfg = compose(overrides, return_hydra_config=True)
             params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
             if params and args.multirun:
                 preset = first_values([f"{k}={v}" for k, v in params.items()])
-                compose(
-                    config_name=args.config_name or "config",
-                    overrides=[*preset, *overrides],
-                    return_hydra_config=True,
-                )
+                cfg = compose([*preset, *overrides], return_hydra_config=True)
+            problem = config_problem(cfg) or (n == 0 and folder_problem(cfg, args.multirun))
+            if problem:
+                return problem
     except (HydraException, OmegaConfBaseException, ValueError) as e:
         problem = one_line(e)
         if "Could not find 'experiment/" in problem:  # recipes sit one folder deeper
@@ -89,8 +129,33 @@ def check_command_line(argv: list[str], config_dir: str) -> str | None:
     return None
 
 
-def exit_on_bad_command_line(config_dir: str) -> None:
+def folder_problem(cfg: DictConfig, multirun: bool) -> str | None:
+    """Why the run (or sweep) folder cannot hold this run: it cannot be written, or (a single
+    run) it holds another configuration's run. None when it can."""
+    folder = cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir
+    option = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    problem = check_writable_folder(folder, option=f"results_root or {option}")
+    if problem or multirun:
+        return problem
+    plain = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    try:
+        check_run_folder(Path(folder), run_key(OmegaConf.to_container(plain, resolve=True)))
+    except UserError as e:
+        return str(e)
+    return None
+
+
+def exit_on_bad_command_line(config_dir: str = str(CONF_DIR)) -> None:
     problem = check_command_line(sys.argv[1:], config_dir)
     if problem:
         print(f"rnnbench: error: {problem}", file=sys.stderr)
         sys.exit(2)
+
+
+def cli() -> None:
+    """Console entry point (`rnnbench`, also `python -m rnnbench`): the command line is
+    checked first, then handed to Hydra; torch and Lightning are imported only after that."""
+    exit_on_bad_command_line()
+    from rnnbench.train import main
+
+    main()

@@ -12,6 +12,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from rnnbench.errors import ConfigError
+from rnnbench.outputs import default_file_mode
+
 SCHEMA = "rnnbench.result/1"
 STATUSES = ("completed", "diverged", "failed", "interrupted")
 # Keys that say where or how a run is watched, not what it computes: left out of run_key.
@@ -52,12 +55,44 @@ def run_key(config: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+RECORD_FILE = "result.json"
+KEY_FILE = "run_key"  # <run>/run_key, written when a run starts: what its checkpoints resume
+
+
+def folder_key(run_dir: Path) -> str | None:
+    """The run_key of the run a folder holds (its record's, else its run_key file's)."""
+    try:
+        record = json.loads((run_dir / RECORD_FILE).read_text())
+        if isinstance(record, dict) and record.get("run_key"):
+            return str(record["run_key"])
+    except (OSError, ValueError):
+        pass
+    try:
+        return (run_dir / KEY_FILE).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def check_run_folder(run_dir: Path, key: str) -> None:
+    """Refuse to run configuration `key` in a folder that holds another configuration's run:
+    it would resume from that run's checkpoint and overwrite its record."""
+    held = folder_key(run_dir)
+    if held is not None and held != key:
+        raise ConfigError(
+            f"run folder {run_dir} holds another configuration's run (run_key {held}); this "
+            f"configuration is run_key {key}: give it its own hydra.run.dir, or delete that "
+            f"folder to replace its run"
+        )
+
+
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     """Write JSON to a temp file in the same folder, fsync, then rename over `path`: a reader
-    sees the old record or the new one, never half of one."""
+    sees the old record or the new one, never half of one. The file gets the mode a plain
+    open() would give it (0644 under umask 022), not mkstemp's 0600."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, default_file_mode())
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=2, sort_keys=False, default=str)
             f.write("\n")

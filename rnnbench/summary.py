@@ -55,6 +55,8 @@ def format_summary(record: dict[str, Any]) -> str:
                 f"{timing['steps']} steps ({timing['train_s']:.1f} s training)",
             )
         )
+    for note in record.get("notes") or []:
+        lines.append(("note", note))
     lines.append(("result", f"{record['run_dir']}/result.json"))
     if record.get("wandb"):
         lines.append(

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from rnnbench.record import SCHEMA
+from rnnbench.record import KEY_FILE, SCHEMA
 
 
 def iter_records(root: str | Path):
@@ -38,13 +40,10 @@ def find_completed(root: str | Path, key: str, exclude: Path | None = None) -> P
     return Path(min(found)[1]) if found else None
 
 
-KEY_FILE = "run_key"  # <run>/run_key, written when a run starts: what its checkpoints resume
-
-
-def find_resumable(root: str | Path, key: str, exclude: Path | None = None) -> Path | None:
-    """The newest `checkpoints/last.ckpt` under `root` of a run with run_key `key` that never
-    completed (killed, interrupted, or still running elsewhere), so a relaunched sweep, or one in a
-    later session, goes on from it instead of starting over; None when there is none."""
+def find_resumable(root: str | Path, key: str, exclude: Path | None = None) -> list[Path]:
+    """The `checkpoints/last.ckpt` files under `root`, newest first, of runs with run_key `key`
+    that never completed (killed, interrupted, or still running elsewhere), so a relaunched
+    sweep, or one in a later session, goes on from one instead of starting over."""
     found = []
     for key_file in Path(root).rglob(KEY_FILE):
         run_dir = key_file.parent
@@ -61,7 +60,7 @@ def find_resumable(root: str | Path, key: str, exclude: Path | None = None) -> P
             continue
         if status not in ("completed", "diverged"):
             found.append((last.stat().st_mtime, last))
-    return max(found)[1] if found else None
+    return [last for _, last in sorted(found, reverse=True)]
 
 
 def threads_per_job(parallel_jobs: int) -> int:
@@ -89,9 +88,94 @@ def summarize(records: list[dict[str, Any]]) -> tuple[str, Counter]:
     return f"sweep: {len(records)} jobs: " + ", ".join(parts), counts
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (children, their children, ...), read from /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                # pid (comm) state ppid ...: comm may hold spaces, so split after its ')'.
+                state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
+        except (OSError, IndexError, ValueError):
+            continue
+        if state != "Z":
+            parents.setdefault(int(ppid), []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def stop_workers(grace_s: float = 60.0) -> None:
+    """Ask every worker process of this sweep to stop (SIGTERM: a running job records itself
+    interrupted), wait up to `grace_s` for them, then kill what is left: no orphans."""
+    workers = descendants(os.getpid())
+    for pid in workers:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and set(workers) & set(descendants(os.getpid())):
+        time.sleep(0.2)
+    for pid in descendants(os.getpid()):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+_sweep_parent: int | None = None  # the pid of the process that launched this sweep, there
+
+
+def print_summary(sweep_dir: str | Path) -> Counter:
+    line, counts = summarize([r for _, r in iter_records(sweep_dir)])
+    print(line, flush=True)
+    return counts
+
+
+def stop_sweep_on_signal(sweep_dir: str | Path) -> None:
+    """Make SIGTERM and Ctrl-C to a sweep's parent stop its workers (recording the running
+    jobs interrupted), print the summary line and exit 128 + signal, without a traceback."""
+    global _sweep_parent
+    _sweep_parent = os.getpid()
+
+    def stop(signum: int, frame: Any) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):  # a second Ctrl-C must not cut this short
+            signal.signal(sig, signal.SIG_IGN)
+        print(f"rnnbench: sweep stopped by {signal.Signals(signum).name}", file=sys.stderr)
+        if not descendants(os.getpid()):
+            # The job runs in this process (the basic launcher): it records itself
+            # interrupted, then end_interrupted_job ends the sweep.
+            raise KeyboardInterrupt(f"signal {signum}")
+        stop_workers()
+        print_summary(sweep_dir)
+        sys.stderr.flush()
+        # os._exit: the launcher's own clean-up would wait on workers that are gone.
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+
+def end_interrupted_job(sweep_dir: str | Path) -> None:
+    """After a sweep's job recorded itself interrupted: its process takes no further job. In
+    the sweep's own process (the basic launcher) the summary line comes first."""
+    if _sweep_parent == os.getpid():
+        print_summary(sweep_dir)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
+
+
 class SweepSummary(Callback):
-    """Hydra callback: refuses launcher settings that cannot run, and ends a multirun with one
-    summary line, exiting non-zero when any job failed."""
+    """Hydra callback: refuses launcher settings that cannot run, stops the sweep cleanly on
+    SIGTERM or Ctrl-C, and ends a multirun with one summary line, exiting non-zero when any job
+    failed or was interrupted."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         launcher = config.hydra.get("launcher") or {}
@@ -103,10 +187,9 @@ class SweepSummary(Callback):
                 file=sys.stderr,
             )
             sys.exit(2)
+        stop_sweep_on_signal(config.hydra.sweep.dir)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        records = [r for _, r in iter_records(config.hydra.sweep.dir)]
-        line, counts = summarize(records)
-        print(line, flush=True)
+        counts = print_summary(config.hydra.sweep.dir)
         if counts["failed"] or counts["interrupted"]:
             sys.exit(1)

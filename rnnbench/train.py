@@ -8,8 +8,8 @@ rnnbench -m model=rnn,gru,lstm model.num_layers=1,2
 from __future__ import annotations
 
 import json
+import math
 import os
-import shutil
 import signal
 import sys
 import traceback
@@ -29,38 +29,23 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 
 from rnnbench.callbacks import EpochMetricsCSV, SteadyProgressBar, StepTrace, Throughput
-from rnnbench.errors import ConfigError, find_user_error
+from rnnbench.checkpoints import LAST_CKPT, AtomicCheckpointIO, ResumeCheckpoint, resume_point
+from rnnbench.config import CONF_DIR, check_config
+from rnnbench.errors import UserError, find_user_error
 from rnnbench.module import TASKS
-from rnnbench.overrides import exit_on_bad_command_line
-from rnnbench.record import SCHEMA, environment, now_iso, run_key, write_json_atomic
-from rnnbench.summary import format_summary
-from rnnbench.sweep import (
-    KEY_FILE,
-    find_completed,
-    find_resumable,
-    parallel_jobs,
-    threads_per_job,
+from rnnbench.record import (
+    RECORD_FILE,
+    SCHEMA,
+    check_run_folder,
+    environment,
+    now_iso,
+    run_key,
+    write_json_atomic,
 )
+from rnnbench.summary import format_summary
+from rnnbench.sweep import end_interrupted_job, find_completed, parallel_jobs, threads_per_job
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-
-
-def check_trainer(trainer_cfg: DictConfig) -> None:
-    """Refuse clipping settings the seed's formula g <- min(1, θ/‖g‖) g does not cover."""
-    clip = trainer_cfg.get("gradient_clip_val")
-    if clip is not None and (
-        isinstance(clip, bool) or not isinstance(clip, int | float) or clip <= 0
-    ):
-        raise ConfigError(
-            f"trainer.gradient_clip_val={clip} is not allowed: use a positive "
-            f"threshold θ, or null for no clipping"
-        )
-    algorithm = trainer_cfg.get("gradient_clip_algorithm", "norm")
-    if algorithm != "norm":
-        raise ConfigError(
-            f"trainer.gradient_clip_algorithm={algorithm!r} is not supported: "
-            f"rnnbench clips by global norm, use 'norm'"
-        )
+__all__ = ["CONF_DIR", "main", "run"]
 
 
 def is_rank_zero() -> bool:
@@ -136,6 +121,7 @@ def new_record(cfg: DictConfig, run_dir: Path, overrides: list[str] | None) -> d
         "finished": None,
         "wandb": None,
         "error": None,
+        "notes": [],
         "run_dir": str(run_dir),
     }
 
@@ -160,57 +146,6 @@ def reuse(record: dict[str, Any], run_dir: Path, results_root: str | Path) -> di
     }
     write_json_atomic(run_dir / "result.json", reused)
     return reused
-
-
-LAST_CKPT = "checkpoints/last.ckpt"
-
-
-def resume_point(record: dict[str, Any], run_dir: Path, cfg: DictConfig) -> Path:
-    """Where this run's checkpoint to go on from is, if it exists: its own
-    `checkpoints/last.ckpt`, else (unless `force`) the newest one an unfinished run with the same
-    run_key left under results_root, copied here and named in the record's `resumed_from`.
-    Marks `run_dir` with the run_key so a later relaunch can find it in turn."""
-    (run_dir / KEY_FILE).write_text(record["run_key"])
-    last = run_dir / LAST_CKPT
-    if last.exists() or cfg.get("force") or not cfg.get("results_root"):
-        return last
-    found = find_resumable(cfg.results_root, record["run_key"], exclude=run_dir)
-    if found is None:
-        return last
-    adopt_checkpoints(found, last.parent)
-    record["resumed_from"] = str(found.parent.parent.resolve())
-    return last
-
-
-CHECKPOINT_PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path")
-
-
-def adopt_checkpoints(last: Path, new: Path) -> None:
-    """Take an unfinished run's `last.ckpt` into folder `new`, with the checkpoints its
-    ModelCheckpoint states name (best.ckpt) copied beside it and those states pointed at `new`.
-    Lightning restores the best score only when the state's folder is the callback's own;
-    otherwise the first epoch after the resume would become "best" whatever its validation
-    loss, and the test would use its weights."""
-    new.mkdir(parents=True, exist_ok=True)
-    ckpt = torch.load(last, map_location="cpu", weights_only=False)
-
-    def moved(path: str) -> str:
-        # last.ckpt itself is written below, with the states changed: no need to copy it first.
-        source, target = Path(path), new / Path(path).name
-        if source.is_file() and not target.exists() and source.resolve() != last.resolve():
-            shutil.copyfile(source, target)
-        return os.path.realpath(target)
-
-    for name, state in ckpt.get("callbacks", {}).items():
-        if not name.startswith("ModelCheckpoint"):
-            continue
-        state["dirpath"] = os.path.realpath(new)
-        for key in CHECKPOINT_PATH_KEYS:
-            if state.get(key):
-                state[key] = moved(state[key])
-        if isinstance(state.get("best_k_models"), dict):
-            state["best_k_models"] = {moved(k): v for k, v in state["best_k_models"].items()}
-    torch.save(ckpt, new / "last.ckpt")
 
 
 @dataclass
@@ -254,6 +189,7 @@ def build_training(
         logger=loggers or False,
         callbacks=[*extra_callbacks, *callbacks.all],
         default_root_dir=str(run_dir),
+        plugins=[AtomicCheckpointIO()],
         **manual,
     )
     record["env"] = environment(str(trainer.strategy.root_device))
@@ -268,14 +204,19 @@ def run(
 ) -> dict[str, Any]:
     """Train and test one configuration; write `run_dir/result.json` however the run ends.
 
-    A completed run with the same run_key under `cfg.results_root` is reused, not recomputed
-    (unless `force`); a `checkpoints/last.ckpt` already in `run_dir`, or else one left by an
-    unfinished run with the same run_key, is resumed from (`resume_point`).
+    Refused with ConfigError, before anything is written: a value outside what its key allows,
+    and a `run_dir` that holds another configuration's run. A completed run with the same
+    run_key under `cfg.results_root` is reused, not recomputed (unless `force`); a
+    `checkpoints/last.ckpt` already in `run_dir`, or else one left by an unfinished run with the
+    same run_key, is resumed from (`checkpoints.resume_point`). A completed record already in
+    `run_dir` is never replaced by one that did not complete (a forced re-run that failed).
     Returns the record. Raises what the run raised (after recording it as failed or interrupted).
     """
     run_dir = Path(run_dir).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_config(cfg)
     record = new_record(cfg, run_dir, overrides)
+    check_run_folder(run_dir, record["run_key"])
+    run_dir.mkdir(parents=True, exist_ok=True)
     rank_zero = is_rank_zero()
     if rank_zero and not cfg.get("force") and cfg.get("results_root"):
         reused = reuse(record, run_dir, cfg.results_root)
@@ -284,16 +225,22 @@ def run(
     loggers: list = []
     previous_sigterm = _sigterm_interrupts()
     try:
-        check_trainer(cfg.trainer)
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule = instantiate(cfg.data)
         datamodule.setup("fit")
         built = build_training(cfg, run_dir, record, datamodule, loggers, group)
         task, trainer, callbacks = built.task, built.trainer, built.callbacks
         # Other DDP ranks start inside fit(), after rank zero has put the checkpoint in place.
-        last = resume_point(record, run_dir, cfg) if rank_zero else run_dir / LAST_CKPT
-        resumed = last.exists()
-        trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if resumed else None)
+        if rank_zero:
+            last = resume_point(record, run_dir, cfg)
+        else:
+            last = run_dir / LAST_CKPT if (run_dir / LAST_CKPT).exists() else None
+        if record.get("resume") and not record["resume"]["exact"]:
+            record["notes"].append(
+                f"resumed from a mid-epoch checkpoint (step {record['resume']['step']}): the "
+                f"rest of that epoch is not the uninterrupted run's (checkpoint_every_n_steps)"
+            )
+        trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if last else None)
         if trainer.interrupted:
             raise KeyboardInterrupt
         record["timing"] = {
@@ -302,7 +249,7 @@ def run(
             "items": callbacks.throughput.items,
             "items_per_s": round(callbacks.throughput.items_per_s, 1),
         }
-        if resumed and not callbacks.throughput.restored:
+        if last and not callbacks.throughput.restored:
             # A checkpoint from before it carried the timing: the epochs before it are untimed.
             record["timing"]["partial"] = True
         record["best"] = best_epoch(callbacks.epochs.rows)
@@ -310,11 +257,20 @@ def run(
             k: v for k, v in (record["best"] or {}).items() if k.startswith("val/")
         }
         best_path = callbacks.best.best_model_path or None
+        record["tested"] = "best" if best_path else "last"
+        if best_path is None:
+            record["notes"].append(
+                "no validation ran (the budget ended before the first validation): the test "
+                "used the last weights"
+            )
         if best_path or not task.diverged:
             tested = trainer.test(task, datamodule=datamodule, ckpt_path=best_path, verbose=False)
             record["metrics"] |= {k: float(v) for k, v in tested[0].items()}
         record["metrics"] |= datamodule.reference_metrics()
-        record["status"] = "diverged" if task.diverged else "completed"
+        why = divergence(task, built.model, record["metrics"])
+        if why:
+            record["notes"].append(f"diverged: {why}")
+        record["status"] = "diverged" if why else "completed"
         return record
     except (KeyboardInterrupt, SystemExit):
         record["status"] = "interrupted"
@@ -327,15 +283,59 @@ def run(
         record["finished"] = now_iso()
         if rank_zero:
             finish_wandb(loggers, record)
-            write_json_atomic(run_dir / "result.json", record)
+            unwritten = write_record(run_dir, record)
+            if unwritten and sys.exc_info()[1] is None:
+                raise UserError(unwritten)
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def divergence(task: pl.LightningModule, model: nn.Module, metrics: dict[str, Any]) -> str | None:
+    """Why a run that trained to the end is no result, or None: its training loss went
+    non-finite, its weights did, or a validation or test metric is inf or NaN."""
+    if task.diverged:
+        return "the training loss became non-finite"
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        return "the weights became non-finite"
+    bad = sorted(
+        k
+        for k, v in metrics.items()
+        if k.startswith(("val/", "test/")) and isinstance(v, float) and not math.isfinite(v)
+    )
+    return f"{', '.join(bad)} not finite" if bad else None
+
+
+def write_record(run_dir: Path, record: dict[str, Any]) -> str | None:
+    """Write the record as run_dir/result.json, unless that holds a completed record and this
+    one is not (a forced re-run that failed keeps the result it would have replaced). Returns
+    why it could not be written (a full disk, a read-only folder), None when it was."""
+    path = run_dir / RECORD_FILE
+    if record["status"] != "completed":
+        try:
+            kept = json.loads(path.read_text()).get("status") == "completed"
+        except (OSError, ValueError, AttributeError):
+            kept = False
+        if kept:
+            print(
+                f"rnnbench: warning: kept the completed record {path}; this run ended "
+                f"{record['status']} and is not recorded there",
+                file=sys.stderr,
+            )
+            return None
+    try:
+        write_json_atomic(path, record)
+    except OSError as e:
+        reason = f"cannot write the run record {path} ({e.strerror or e})"
+        print(f"rnnbench: warning: {reason}", file=sys.stderr)
+        return reason
+    return None
 
 
 @dataclass
 class RunCallbacks:
     """The callbacks every run trains with; `run` reads its record's figures from them."""
 
+    resume: ResumeCheckpoint
     throughput: Throughput
     epochs: EpochMetricsCSV
     trace: StepTrace
@@ -350,12 +350,12 @@ class RunCallbacks:
             others.append(SteadyProgressBar())
         # last.ckpt has its own callback: the best-model one only writes when val/loss improves,
         # and a resume must go on from the latest epoch, not from the best one.
-        others.append(last_checkpoint(checkpoints))
         if cfg.get("checkpoint_every_n_steps"):
             others.append(
                 last_checkpoint(checkpoints, every_n_train_steps=cfg.checkpoint_every_n_steps)
             )
         return cls(
+            resume=ResumeCheckpoint(run_dir / LAST_CKPT),
             throughput=Throughput(),
             epochs=EpochMetricsCSV(run_dir / "metrics.csv"),
             trace=StepTrace(run_dir / "steps.csv", cfg.trainer.get("gradient_clip_val")),
@@ -371,11 +371,12 @@ class RunCallbacks:
 
     @property
     def all(self) -> list[pl.Callback]:
-        return [self.throughput, self.epochs, self.trace, self.best, *self.others]
+        # The resume checkpoint first: its writing time is not training time (Throughput).
+        return [self.resume, self.throughput, self.epochs, self.trace, self.best, *self.others]
 
 
-def last_checkpoint(checkpoints: Path, every_n_train_steps: int | None = None) -> ModelCheckpoint:
-    """Writes `checkpoints/last.ckpt` at every epoch end (or every N training steps)."""
+def last_checkpoint(checkpoints: Path, every_n_train_steps: int) -> ModelCheckpoint:
+    """Writes `checkpoints/last.ckpt` every N training steps (checkpoint_every_n_steps)."""
     # Not save_last: Lightning writes "last" only beside a top-k save, so with save_top_k=0 it
     # came at the end of training alone. One unmonitored top-1 file named "last" is overwritten
     # at every trigger instead.
@@ -465,6 +466,16 @@ def main(cfg: DictConfig) -> None:
             list(hydra_cfg.overrides.task),
             group=Path(hydra_cfg.sweep.dir).name if multirun else None,
         )
+    except (KeyboardInterrupt, SystemExit) as e:
+        # Ctrl-C, SIGTERM, or Lightning's exit after catching one: recorded as interrupted.
+        if isinstance(e, SystemExit) and e.code in (0, None):
+            raise
+        where = hydra_cfg.runtime.output_dir
+        label = f"job {hydra_cfg.job.num}" if multirun else "run"
+        print(f"rnnbench: {label} interrupted (record in {where})", file=sys.stderr)
+        if multirun:
+            end_interrupted_job(hydra_cfg.sweep.dir)
+        sys.exit(130)
     except Exception as e:
         user = find_user_error(e)
         if multirun:
@@ -493,9 +504,10 @@ def main(cfg: DictConfig) -> None:
 
 
 def cli() -> None:
-    """Console entry point (`rnnbench`), also `python -m rnnbench`."""
-    exit_on_bad_command_line(str(CONF_DIR))
-    main()
+    """Console entry point (`rnnbench`), also `python -m rnnbench`: see overrides.cli."""
+    from rnnbench.overrides import cli as checked_cli
+
+    checked_cli()
 
 
 if __name__ == "__main__":

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from rnnbench.train import CONF_DIR, run
+from rnnbench.config import compose
+from rnnbench.train import run
 
 REPO = Path(__file__).resolve().parent.parent
 # Small, fast settings for runs whose point is "it trains end to end", not the numbers.
@@ -37,8 +37,7 @@ def require_data(*relpaths: str) -> Path:
 
 
 def compose_config(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+    return compose(overrides)
 
 
 def train(overrides: list[str], run_dir: Path) -> dict:

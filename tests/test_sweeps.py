@@ -83,47 +83,6 @@ def test_submitit_local_launcher_runs_jobs(tmp_path):
     assert "sweep: 2 jobs: 2 completed" in result.stdout
 
 
-@pytest.mark.parametrize("relaunch_dir", ["same", "new"])
-def test_sigkilled_run_resumes_to_the_same_metrics(tmp_path, relaunch_dir):
-    """Relaunched in its own directory, or in a new one (a later session's sweep), a killed run
-    goes on from its last checkpoint and ends where an uninterrupted run ends."""
-    args = [
-        "logger=none",
-        "trainer.enable_progress_bar=false",
-        "trainer.max_epochs=4",
-        "model.dropout=0.2",
-        "data.train_strings=1000",
-    ]
-    (tmp_path / "whole").mkdir()
-    whole = rnnbench_cli(args, cwd=tmp_path / "whole")
-    assert whole.returncode == 0, whole.stderr[-3000:]
-    [reference] = records(tmp_path / "whole")
-
-    run_dir = tmp_path / "runs" / "killed" / "run"  # under results_root (cwd/runs)
-    resumable = [*args, f"hydra.run.dir={run_dir}"]
-    proc = popen(resumable, cwd=tmp_path)
-    wait_for(lambda: (run_dir / "checkpoints" / "last.ckpt").exists(), proc)
-    time.sleep(0.5)  # into the next epoch
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    assert not (run_dir / "result.json").exists()  # it never finished
-
-    killed_dir, run_dir = run_dir, tmp_path / "runs" / "killed" / relaunch_dir
-    if relaunch_dir == "same":
-        run_dir = killed_dir
-    resumed = rnnbench_cli([*args, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    record = json.loads((run_dir / "result.json").read_text())
-    assert record["status"] == "completed"
-    assert record.get("resumed_from") == (None if relaunch_dir == "same" else str(killed_dir))
-    assert record["metrics"] == reference["metrics"]
-    assert record["timing"]["steps"] == reference["timing"]["steps"]
-    # Training time and items count every epoch, the ones before the kill too.
-    assert record["timing"]["items"] == reference["timing"]["items"]
-    assert "partial" not in record["timing"]
-    assert len((run_dir / "metrics.csv").read_text().splitlines()) == 1 + 4  # all epochs kept
-
-
 def test_a_run_resumed_in_a_new_folder_keeps_its_best_checkpoint(tmp_path):
     """Lightning restores the best validation score only when the checkpoint was written in the
     callback's own folder. At lr 0 validation never improves after the first epoch, so a run
@@ -172,9 +131,12 @@ def test_killed_multirun_relaunch_runs_only_the_unfinished_jobs(tmp_path):
 
 def test_one_failing_job_does_not_stop_the_sweep(tmp_path):
     result = rnnbench_cli(
+        # Values the command line allows, but one job's model refuses: reading a next-step
+        # task backwards would show the model the answer.
         [
             "-m",
-            "model.hidden_size=8,12,-1,16",
+            "model.hidden_size=8,12",
+            "model.bidirectional=false,true",
             *SMALL[:5],
             "model.num_layers=1",
             "trainer.max_epochs=1",
@@ -182,10 +144,10 @@ def test_one_failing_job_does_not_stop_the_sweep(tmp_path):
         cwd=tmp_path,
     )
     assert result.returncode != 0
-    assert "sweep: 4 jobs: 3 completed, 1 failed" in result.stdout
+    assert "sweep: 4 jobs: 2 completed, 2 failed" in result.stdout
     failed = [r for r in records(tmp_path / "runs") if r["status"] == "failed"]
-    assert len(failed) == 1 and "model.hidden_size=-1" in failed[0]["error"]
-    assert "rnnbench: job 2 failed: model.hidden_size=-1" in result.stderr
+    assert len(failed) == 2 and all("bidirectional=true" in r["error"] for r in failed)
+    assert "rnnbench: job 1 failed: model.bidirectional=true" in result.stderr
 
 
 def test_ddp_on_two_cpu_processes_writes_one_record_equal_to_one_process(tmp_path):

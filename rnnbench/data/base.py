@@ -59,6 +59,14 @@ class EpochShuffle(Sampler[int]):
         return iter(order.tolist())
 
 
+def own_generator() -> torch.Generator:
+    """A DataLoader's own generator. Without one, every `iter(loader)` draws its base seed
+    from the global RNG: the validation and test loaders would shift the dropout masks of
+    later epochs, and a resumed run (which makes its iterators at other points) would draw other
+    masks than an uninterrupted one."""
+    return torch.Generator().manual_seed(0)
+
+
 def rank_and_world(datamodule: pl.LightningDataModule) -> tuple[int, int]:
     trainer = datamodule.trainer
     return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
@@ -110,6 +118,7 @@ class SequenceDataModule(pl.LightningDataModule):
             sampler=sampler,
             collate_fn=self.collate,
             batch_size=self.batch_size if train else self.eval_batch_size,
+            generator=own_generator(),
         )
 
     def train_dataloader(self) -> DataLoader:

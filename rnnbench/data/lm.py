@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from rnnbench.data.base import SPLITS, SequenceDataModule, rank_and_world
+from rnnbench.data.base import SPLITS, SequenceDataModule, own_generator, rank_and_world
 from rnnbench.data.fetch import ensure_file
 from rnnbench.errors import ConfigError, DataError, check_positive_int
 
@@ -148,7 +148,9 @@ class LMDataModule(SequenceDataModule):
                     f"by the {world} DDP processes (got {rows.size(0)})"
                 )
             rows = rows[rank::world]
-        return DataLoader(BPTTWindows(rows, self.bptt), batch_size=None, shuffle=False)
+        return DataLoader(
+            BPTTWindows(rows, self.bptt), batch_size=None, shuffle=False, generator=own_generator()
+        )
 
 
 def words(line: str) -> list[str]:

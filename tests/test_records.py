@@ -1,0 +1,549 @@
+"""A record never lies: another configuration never lands in a run's folder, a resume ends
+exactly where the uninterrupted run ends, checkpoints are data and never code, a run that is no
+result is never `completed`, a full or read-only disk loses nothing, a stopped sweep leaves no
+orphans, and every bad value is one line before anything starts. Real processes throughout."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import pickle
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, assert_refused, records, rnnbench_cli, train
+from rnnbench.errors import ConfigError
+from rnnbench.sweep import descendants
+
+SCRIPT = Path(sys.executable).parent / "rnnbench"
+QUIET = ["logger=none", "trainer.enable_progress_bar=false"]
+TINY = [
+    *QUIET,
+    "data.train_strings=200",
+    "data.valid_strings=40",
+    "data.test_strings=40",
+    "model.hidden_size=16",
+    "model.num_layers=1",
+    "trainer.max_epochs=1",
+]
+
+
+def popen(args: list[str], cwd: Path, **kw) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(SCRIPT), *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "WANDB_MODE": "offline"},
+        **kw,
+    )
+
+
+def wait_for(condition, proc: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            raise AssertionError(f"process ended early: {proc.stderr.read()[-2000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"timed out: {proc.communicate()[1][-2000:]}")
+        time.sleep(0.1)
+
+
+def epochs_done(run_dir: Path) -> int:
+    path = run_dir / "metrics.csv"
+    return len(path.read_text().splitlines()) - 1 if path.exists() else 0
+
+
+# 1. Another configuration into an existing run folder ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def completed_folder(tmp_path_factory):
+    """A folder holding a completed run, and the bytes of its record and checkpoints."""
+    cwd = tmp_path_factory.mktemp("taken")
+    run_dir = cwd / "runs" / "mine"
+    done = rnnbench_cli([*TINY, f"hydra.run.dir={run_dir}"], cwd=cwd)
+    assert done.returncode == 0, done.stderr[-3000:]
+    files = {p: p.read_bytes() for p in [run_dir / "result.json", *run_dir.rglob("*.ckpt")]}
+    return cwd, run_dir, files
+
+
+@pytest.mark.parametrize("change", ["optim.lr=0.01", "seed=7", "model.hidden_size=12"])
+def test_another_config_is_refused_from_a_run_folder(completed_folder, change):
+    cwd, run_dir, files = completed_folder
+    key = json.loads((run_dir / "result.json").read_text())["run_key"]
+    result = rnnbench_cli([*TINY, change, f"hydra.run.dir={run_dir}"], cwd=cwd)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    [line] = [x for x in result.stderr.splitlines() if "error" in x]
+    assert str(run_dir) in line and key in line and "run_key" in line
+    for path, data in files.items():  # the run's record and checkpoints are untouched
+        assert path.read_bytes() == data, path
+
+
+def test_another_config_is_refused_by_run_itself(completed_folder):
+    """The same guarantee for a run started in-process (a sweep job, the Python API)."""
+    from conftest import compose_config
+    from rnnbench.train import run
+
+    cwd, run_dir, files = completed_folder
+    with pytest.raises(ConfigError, match="holds another configuration's run"):
+        run(compose_config([*TINY, "optim.lr=0.01"]), run_dir)
+    for path, data in files.items():
+        assert path.read_bytes() == data, path
+
+
+# 2. Exact resume ----------------------------------------------------------------------------
+
+RESUMABLE = [*QUIET, "data.train_strings=1000", "model.dropout=0.2", "trainer.max_epochs=3"]
+BUDGETS = {
+    "epochs bind": [],
+    "max_steps binds mid-epoch": ["trainer.max_steps=50"],  # 19 steps an epoch: 2.6 epochs
+}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The run folder of each budget's run without a stop, made once."""
+    made: dict[str, Path] = {}
+
+    def folder(budget: str) -> Path:
+        if budget not in made:
+            cwd = tmp_path_factory.mktemp("whole")
+            done = rnnbench_cli([*RESUMABLE, *BUDGETS[budget], "hydra.run.dir=whole"], cwd=cwd)
+            assert done.returncode == 0, done.stderr[-3000:]
+            made[budget] = cwd / "whole"
+        return made[budget]
+
+    return folder
+
+
+@pytest.mark.parametrize("budget", list(BUDGETS))
+@pytest.mark.parametrize("relaunch_dir", ["same", "new"])
+def test_killed_run_resumes_exactly(tmp_path, budget, relaunch_dir, uninterrupted):
+    """SIGKILL after the first epoch, relaunch: metrics, step count, metrics.csv and steps.csv
+    are the uninterrupted run's, with the history once."""
+    args = [*RESUMABLE, *BUDGETS[budget]]
+    whole = uninterrupted(budget)
+
+    cwd = tmp_path / "later"  # its own results_root: the whole run is not reused
+    killed = cwd / "runs" / "killed"
+    cwd.mkdir()
+    proc = popen([*args, f"hydra.run.dir={killed}"], cwd=cwd)
+    wait_for(lambda: epochs_done(killed) >= 1, proc)
+    time.sleep(0.3)  # into the second epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not (killed / "result.json").exists()
+
+    again = killed if relaunch_dir == "same" else cwd / "runs" / "new"
+    resumed = rnnbench_cli([*args, f"hydra.run.dir={again}"], cwd=cwd)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = json.loads((whole / "result.json").read_text())
+    b = json.loads((again / "result.json").read_text())
+    assert b["status"] == "completed" and b["resume"]["exact"] is True
+    assert b["resume"]["step"] > 0
+    assert b["metrics"] == a["metrics"]
+    assert b["timing"]["steps"] == a["timing"]["steps"]
+    assert b["timing"]["items"] == a["timing"]["items"]
+    for name in ("metrics.csv", "steps.csv"):
+        assert (again / name).read_text() == (whole / name).read_text(), name
+
+
+def test_killed_joblib_sweep_resumes_exactly(tmp_path):
+    """A joblib sweep killed whole (its process group) and launched again: every job ends
+    with the metrics of the same job run without a stop."""
+    sweep = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=rnn,gru"]
+    args = [*RESUMABLE, "threads=1"]
+    (tmp_path / "whole").mkdir()
+    whole = rnnbench_cli([*sweep, *args], cwd=tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    reference = {r["config"]["model"]["cell"]: r for r in records(tmp_path / "whole")}
+
+    cwd = tmp_path / "killed"
+    cwd.mkdir()
+    proc = popen([*sweep, *args], cwd=cwd, start_new_session=True)
+    wait_for(lambda: len([p for p in cwd.rglob("metrics.csv") if epochs_done(p.parent)]) >= 2, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not records(cwd / "runs")
+
+    time.sleep(1.1)  # a new sweep folder
+    again = rnnbench_cli([*sweep, *args], cwd=cwd)
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = [r for r in records(cwd / "runs") if r.get("resumed_from")]
+    assert len(resumed) == 2
+    for r in resumed:
+        ref = reference[r["config"]["model"]["cell"]]
+        assert r["metrics"] == ref["metrics"] and r["timing"]["steps"] == ref["timing"]["steps"]
+
+
+def test_a_mid_epoch_resume_says_it_is_not_exact(tmp_path):
+    """checkpoint_every_n_steps can leave a mid-epoch checkpoint; a resume from one is
+    recorded as such, never passed off as the uninterrupted run."""
+    args = [*RESUMABLE, "checkpoint_every_n_steps=5"]
+    run_dir = tmp_path / "runs" / "killed"
+    proc = popen([*args, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    wait_for(lambda: epochs_done(run_dir) >= 1, proc)
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    start = ckpt.stat().st_mtime
+    wait_for(lambda: ckpt.stat().st_mtime > start + 1e-3, proc)  # a step checkpoint
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    import torch
+
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    resumed = rnnbench_cli([*args, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    record = json.loads((run_dir / "result.json").read_text())
+    exact = bool(state.get("rnnbench_boundary"))
+    assert record["resume"]["exact"] is exact
+    assert any("mid-epoch" in note for note in record["notes"]) is (not exact)
+    if not exact:
+        assert "mid-epoch" in resumed.stdout  # the summary says so
+
+
+# 3. No code from a checkpoint ---------------------------------------------------------------
+
+
+class RunsCode:
+    """A pickle that would create a file when unpickled with weights_only=False."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture(scope="module")
+def real_checkpoint(tmp_path_factory) -> bytes:
+    run_dir = tmp_path_factory.mktemp("ckpt")
+    train(TINY, run_dir)
+    return (run_dir / "checkpoints" / "last.ckpt").read_bytes()
+
+
+def bad_checkpoint(kind: str, real: bytes, marker: Path) -> bytes:
+    return {
+        "truncated": lambda: real[: len(real) // 2],
+        "random bytes": lambda: os.urandom(4096),
+        "empty": lambda: b"",
+        "pickle with code": lambda: pickle.dumps({"state_dict": RunsCode(marker)}),
+    }[kind]()
+
+
+@pytest.mark.parametrize("kind", ["truncated", "random bytes", "empty", "pickle with code"])
+def test_an_unloadable_checkpoint_of_its_own_is_refused_in_one_line(
+    kind, tmp_path, real_checkpoint
+):
+    marker = tmp_path / "code-ran"
+    run_dir = tmp_path / "runs" / "mine"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    last.write_bytes(bad_checkpoint(kind, real_checkpoint, marker))
+    result = rnnbench_cli([*TINY, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert not marker.exists()  # the pickle's code never ran
+    assert_refused(result, f"checkpoint {last} cannot be loaded", tmp_path)
+
+
+def test_a_corrupt_checkpoint_of_another_run_is_skipped(tmp_path, real_checkpoint, capsys):
+    """An unfinished run with the same run_key left a truncated last.ckpt: a later launch warns,
+    starts afresh and completes, instead of failing on it for ever."""
+    from omegaconf import OmegaConf
+
+    from conftest import compose_config
+    from rnnbench.record import KEY_FILE, run_key
+    from rnnbench.train import run
+
+    cfg = compose_config([*TINY, f"results_root={tmp_path / 'runs'}"])
+    first = tmp_path / "runs" / "first"
+    (first / "checkpoints").mkdir(parents=True)
+    (first / KEY_FILE).write_text(run_key(OmegaConf.to_container(cfg, resolve=True)))
+    (first / "checkpoints" / "last.ckpt").write_bytes(real_checkpoint[:1000])
+    record = run(cfg, tmp_path / "runs" / "second")
+    assert record["status"] == "completed" and "resumed_from" not in record
+    err = capsys.readouterr().err
+    assert "warning: skipped: checkpoint" in err and str(first) in err
+
+
+def test_every_torch_load_is_weights_only():
+    """No module loads a checkpoint in a way that can run code."""
+    offenders = []
+    for path in (REPO / "rnnbench").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "load"
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "torch"
+            ):
+                safe = [k for k in node.keywords if k.arg == "weights_only"]
+                if not safe or not (
+                    isinstance(safe[0].value, ast.Constant) and safe[0].value.value is True
+                ):
+                    offenders.append(f"{path.name}:{node.lineno}")
+    assert not offenders
+
+
+# 4. Non-finite results, zero budgets, no validation --------------------------------------------
+
+
+def test_non_finite_weights_or_metrics_are_diverged_not_completed():
+    """divergence() on a real model and real metric values."""
+    import torch
+
+    from rnnbench.model import SequenceModel
+    from rnnbench.train import divergence
+
+    class Task:
+        diverged = False
+
+    model = SequenceModel(output_size=5, vocab_size=5, cell="lstm", hidden_size=4, num_layers=1)
+    finite = {"val/loss": 1.0, "test/loss": 1.2, "test/ppl": 3.3}
+    assert divergence(Task(), model, finite) is None
+    assert "test/ppl" in divergence(Task(), model, {**finite, "test/ppl": float("inf")})
+    assert "val/loss" in divergence(Task(), model, {**finite, "val/loss": float("nan")})
+    with torch.no_grad():
+        next(model.parameters())[0] = float("nan")
+    assert "weights" in divergence(Task(), model, finite)
+
+
+def test_weights_blown_up_by_the_last_step_make_the_run_diverged(tmp_path):
+    """One SGD step at an absurd rate: its loss was finite, the weights after it are not."""
+    record = train(
+        [*TINY, "optim=sgd", "optim.lr=1e38", "trainer.limit_train_batches=1", "scheduler=none"],
+        tmp_path,
+    )
+    assert record["status"] == "diverged", record["metrics"]
+    assert any(note.startswith("diverged:") for note in record["notes"])
+
+
+def test_a_budget_shorter_than_an_epoch_says_the_test_used_the_last_weights(tmp_path):
+    record = train([*TINY, "trainer.max_steps=3", "trainer.limit_val_batches=0"], tmp_path)
+    assert record["status"] == "completed" and record["best"] is None
+    assert record["tested"] == "last"
+    assert any("no validation ran" in note for note in record["notes"])
+
+
+# 5. Disk full and read-only folders ---------------------------------------------------------
+
+
+def in_small_tmpfs(script: str, size: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """Run `script` (bash; $D is the mount point) in a private mount namespace with a tmpfs
+    of `size` on $D, so a full or read-only disk is real and nothing leaks out."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare is not installed")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    probe = subprocess.run(
+        ["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs {mount}"],
+        capture_output=True,
+    )
+    if probe.returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI cannot mount a tmpfs: {probe.stderr.decode()[-500:]}")
+        pytest.skip("no permission to mount a tmpfs in a private namespace")
+    env = {**os.environ, "WANDB_MODE": "offline", "D": str(mount), "RB": str(SCRIPT)}
+    env.pop("RNNBENCH_RUNS_DIR", None)
+    return subprocess.run(
+        ["unshare", "-m", "bash", "-c", f"mount -t tmpfs -o size={size} tmpfs $D && {script}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+BIG = [*TINY, "model.hidden_size=256"]  # a checkpoint of ~3 MB
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_truncated_checkpoint(tmp_path):
+    args = " ".join([*BIG, "hydra.run.dir=$D/run", "results_root=$D"])
+    out = in_small_tmpfs(
+        f'$RB {args}; echo "rc=$?"; ls -a $D/run/checkpoints; echo ---; cat $D/run/result.json',
+        "400k",
+        tmp_path,
+    )
+    listing, _, record = out.stdout.partition("---")
+    assert "rc=0" not in listing and "rc=" in listing, out.stdout + out.stderr
+    errors = [x for x in out.stderr.splitlines() if "error" in x.lower()]
+    assert len(errors) == 1 and "No space left on device" in errors[0], out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    assert ".ckpt" not in listing and ".tmp" not in listing  # nothing half-written
+    if record.strip():
+        assert json.loads(record)["status"] == "failed"
+
+
+def test_a_full_disk_keeps_the_earlier_completed_record(tmp_path):
+    """A forced re-run in a completed run's folder on a disk that fills up: the completed
+    record survives, byte for byte."""
+    small = " ".join([*TINY, "hydra.run.dir=$D/run", "results_root=$D"])
+    big = " ".join([*BIG, "force=true", "hydra.run.dir=$D/run", "results_root=$D"])
+    script = (
+        f"$RB {small} >/dev/null 2>&1 && cp $D/run/result.json $D/../before.json && "
+        f"dd if=/dev/zero of=$D/fill bs=4k 2>/dev/null; rm -f $D/fill; "
+        f"dd if=/dev/zero of=$D/fill bs=1k count=$(( $(df -k --output=avail $D | tail -1) - 200 )) "
+        f"2>/dev/null; $RB {big}; echo rc=$?; cmp $D/run/result.json $D/../before.json && echo SAME"
+    )
+    script = script.replace("$D/../before.json", "/tmp/rnnbench-before-$$.json")
+    out = in_small_tmpfs(script, "6m", tmp_path)
+    assert "rc=0" not in out.stdout and "rc=" in out.stdout, out.stdout + out.stderr[-3000:]
+    assert "SAME" in out.stdout, out.stdout + out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+
+
+def test_a_read_only_run_folder_is_one_line_before_the_run(tmp_path):
+    small = " ".join([*TINY, "hydra.run.dir=$D/run", "results_root=$D"])
+    script = (
+        f"$RB {small} >/dev/null 2>&1 && sha256sum $D/run/result.json && "
+        f"mount -o remount,ro $D && $RB {small} force=true; echo rc=$?; "
+        f"sha256sum $D/run/result.json"
+    )
+    out = in_small_tmpfs(script, "4m", tmp_path)
+    sums = [x.split()[0] for x in out.stdout.splitlines() if x.endswith("result.json")]
+    assert len(sums) == 2 and sums[0] == sums[1], out.stdout
+    assert "rc=2" in out.stdout, out.stdout + out.stderr[-2000:]
+    [line] = [x for x in out.stderr.splitlines() if "error" in x]
+    assert "Read-only file system" in line and "Traceback" not in out.stderr
+
+
+# 6. Stopping a sweep ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "launcher, signum",
+    [
+        ("joblib", signal.SIGTERM),
+        ("joblib", signal.SIGINT),
+        ("submitit_local", signal.SIGTERM),
+        ("basic", signal.SIGINT),
+    ],
+)
+def test_a_stopped_sweep_leaves_no_orphans_and_records_its_jobs(launcher, signum, tmp_path):
+    sweep = ["-m", f"hydra/launcher={launcher}", "model=rnn,gru", *TINY[:-1]]
+    sweep += ["trainer.max_epochs=500", "threads=1"]
+    if launcher == "joblib":
+        sweep.append("hydra.launcher.n_jobs=2")
+    running = 1 if launcher == "basic" else 2
+    proc = popen(sweep, cwd=tmp_path)
+    wait_for(lambda: len(list(tmp_path.rglob("metrics.csv"))) >= running, proc)
+    workers = descendants(proc.pid)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum or proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "Traceback" not in out
+    assert "sweep: " in out and f"{running} interrupted" in out, out[-2000:]
+    time.sleep(0.5)
+    alive = [pid for pid in workers if Path(f"/proc/{pid}").exists() and not zombie(pid)]
+    assert not alive
+    statuses = [r["status"] for r in records(tmp_path / "runs")]
+    assert statuses == ["interrupted"] * running
+
+
+def zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+# 7. One clear line for every bad value, before anything starts -------------------------------
+
+BAD_VALUES = {
+    "seed negative": (["seed=-1"], "seed=-1 is not allowed"),
+    "seed a string": (["seed=abc"], "seed='abc' is not allowed"),
+    "threads zero": (["threads=0"], "threads=0 is not allowed"),
+    "lr negative": (["optim.lr=-0.1"], "optim.lr=-0.1 is not allowed"),
+    "lr a string": (["optim.lr=fast"], "optim.lr='fast' is not allowed"),
+    "momentum 1": (["optim=sgd", "optim.momentum=1.0"], "optim.momentum=1.0 is not allowed"),
+    "weight decay": (["optim.weight_decay=-1"], "optim.weight_decay=-1 is not allowed"),
+    "plateau factor": (["scheduler.factor=4"], "scheduler.factor=4 is not allowed"),
+    "plateau patience": (["scheduler.patience=-2"], "scheduler.patience=-2 is not allowed"),
+    "dropout 1.5": (["model.dropout=1.5"], "model.dropout=1.5 is not allowed"),
+    "init range 0": (["model.init_range=0"], "model.init_range=0 is not allowed"),
+    "forget bias nan": (["model.forget_bias=nan"], "model.forget_bias=nan is not allowed"),
+    "bool as string": (["model.bidirectional=yes"], "model.bidirectional='yes' is not allowed"),
+    "max_steps 0": (["trainer.max_steps=0"], "trainer.max_steps=0 is not allowed"),
+    "max_epochs 0": (["trainer.max_epochs=0"], "trainer.max_epochs=0 is not allowed"),
+    "no train batches": (
+        ["trainer.limit_train_batches=0"],
+        "trainer.limit_train_batches=0 is not allowed",
+    ),
+    "devices 0": (["trainer.devices=0"], "trainer.devices=0 is not allowed"),
+    "checkpoint steps": (["checkpoint_every_n_steps=0"], "checkpoint_every_n_steps=0 is not"),
+    "gru option on lstm": (["model.gru_reset=before"], "applies to model.cell=gru only"),
+    "forget bias on gru": (["model=gru", "model.forget_bias=1"], "applies to model.cell=lstm"),
+    "data.name a path": (["data.name=../../escape"], "data.name='../../escape' is not allowed"),
+    "results_root under a file": (["results_root=afile/runs"], "afile is a file, not a folder"),
+    "sweep value": (["-m", "optim.lr=0.1,-5"], "optim.lr=-5 is not allowed"),
+    "sweep group value": (["-m", "model=lstm,gru", "model.forget_bias=1"], "model.cell=gru"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_VALUES))
+def test_every_bad_value_is_one_line_before_any_run_folder(name, tmp_path):
+    overrides, message = BAD_VALUES[name]
+    (tmp_path / "afile").write_text("not a folder")
+    result = rnnbench_cli([*overrides, "logger=none"], cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [x for x in result.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("rnnbench: error: "), result.stderr[-2000:]
+    assert message in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists()  # no run folder was made
+
+
+def test_a_bad_value_is_refused_before_torch_is_imported(tmp_path):
+    code = (
+        "import sys\n"
+        "from rnnbench.overrides import cli\n"
+        "sys.argv = ['rnnbench', 'optim.lr=-1']\n"
+        "try:\n    cli()\nexcept SystemExit as e:\n    print('exit', e.code)\n"
+        "print('torch' in sys.modules, 'pytorch_lightning' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert out.stdout.split() == ["exit", "2", "False", "False"], out.stdout + out.stderr
+
+
+def test_every_shipped_config_passes_the_checks():
+    """Every recipe and every option of every group composes to values the checks allow."""
+    from conftest import compose_config
+    from rnnbench.config import config_problem
+
+    overrides = [
+        [f"experiment={p.relative_to(REPO / 'conf' / 'experiment').with_suffix('')}"]
+        for p in (REPO / "conf" / "experiment").glob("*/*.yaml")
+    ]
+    for group in ("data", "model", "optim", "scheduler", "trainer"):
+        overrides += [[f"{group}={p.stem}"] for p in (REPO / "conf" / group).glob("*.yaml")]
+    assert len(overrides) > 30
+    for o in overrides:
+        assert config_problem(compose_config(o)) is None, o
+
+
+# 9. Modes -----------------------------------------------------------------------------------
+
+
+def test_records_and_checkpoints_get_the_mode_of_the_runs_other_files(tmp_path):
+    old = os.umask(0o022)
+    try:
+        train(TINY, tmp_path)
+    finally:
+        os.umask(old)
+    for name in ("result.json", "metrics.csv", "checkpoints/last.ckpt", "checkpoints/best.ckpt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
