@@ -15,7 +15,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from rnnbench.record import KEY_FILE, SCHEMA
+from rnnbench.record import KEY_FILE, RECORD_FILE, SCHEMA
 
 
 def iter_records(root: str | Path):
@@ -110,9 +110,20 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def stop_workers(grace_s: float = 60.0) -> None:
+def unrecorded_jobs(sweep_dir: str | Path) -> list[Path]:
+    """Job folders of a sweep that started (they hold a run_key file) but have no record yet."""
+    return [
+        key.parent
+        for key in Path(sweep_dir).rglob(KEY_FILE)
+        if not (key.parent / RECORD_FILE).exists()
+    ]
+
+
+def stop_workers(sweep_dir: str | Path, grace_s: float = 60.0) -> None:
     """Ask every worker process of this sweep to stop (SIGTERM: a running job records itself
-    interrupted), wait up to `grace_s` for them, then kill what is left: no orphans."""
+    interrupted), wait up to `grace_s` until they are gone or every started job has its
+    record (helpers such as loky's resource tracker ignore SIGTERM), then kill what is left:
+    no orphans."""
     workers = descendants(os.getpid())
     for pid in workers:
         try:
@@ -121,6 +132,9 @@ def stop_workers(grace_s: float = 60.0) -> None:
             pass
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline and set(workers) & set(descendants(os.getpid())):
+        if not unrecorded_jobs(sweep_dir):
+            time.sleep(0.5)  # the jobs' last lines
+            break
         time.sleep(0.2)
     for pid in descendants(os.getpid()):
         try:
@@ -152,7 +166,7 @@ def stop_sweep_on_signal(sweep_dir: str | Path) -> None:
             # The job runs in this process (the basic launcher): it records itself
             # interrupted, then end_interrupted_job ends the sweep.
             raise KeyboardInterrupt(f"signal {signum}")
-        stop_workers()
+        stop_workers(sweep_dir)
         print_summary(sweep_dir)
         sys.stderr.flush()
         # os._exit: the launcher's own clean-up would wait on workers that are gone.
