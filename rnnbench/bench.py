@@ -273,11 +273,12 @@ class LightningHarness:
     name = "harness"
 
     def __init__(self, cfg, datamodule, run_dir: Path) -> None:
-        from rnnbench.train import build_training, check_trainer, new_record
+        from rnnbench.config import check_config
+        from rnnbench.train import build_training, new_record
 
         # As rnnbench.train.run() builds a run, with run()'s own callbacks and loggers.
         run_dir.mkdir(parents=True, exist_ok=True)
-        check_trainer(cfg.trainer)
+        check_config(cfg)
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         self.record = new_record(cfg, run_dir, None)
         self.loggers: list = []
