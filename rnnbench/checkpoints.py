@@ -21,7 +21,6 @@ import io
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +30,7 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from omegaconf import DictConfig
 
 from rnnbench.errors import UserError
-from rnnbench.outputs import default_file_mode
-from rnnbench.record import KEY_FILE
+from rnnbench.record import KEY_FILE, write_whole
 from rnnbench.sweep import find_resumable
 
 LAST_CKPT = "checkpoints/last.ckpt"
@@ -61,22 +59,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"used. Delete it to start this run afresh"
         )
     return ckpt
-
-
-def write_whole(path: Path, data: bytes) -> None:
-    """`data` into `path` through a temporary file renamed over it: all of it or none."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, default_file_mode())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

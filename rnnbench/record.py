@@ -85,17 +85,17 @@ def check_run_folder(run_dir: Path, key: str) -> None:
         )
 
 
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write JSON to a temp file in the same folder, fsync, then rename over `path`: a reader
-    sees the old record or the new one, never half of one. The file gets the mode a plain
-    open() would give it (0644 under umask 022), not mkstemp's 0600."""
+def write_whole(path: str | Path, data: bytes) -> None:
+    """Write `data` to a temp file in `path`'s folder, fsync, then rename over `path`: a
+    reader sees the old file or the new one, never half of one; a failed write (a full disk)
+    leaves no temp file. The file gets the mode a plain open() would give it (0644 under
+    umask 022), not mkstemp's 0600."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, default_file_mode())
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=False, default=str)
-            f.write("\n")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -103,6 +103,11 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """`obj` as indented JSON, written whole (`write_whole`)."""
+    write_whole(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
 
 
 def read_record(path: str | Path) -> dict[str, Any]:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +21,20 @@ REPO = Path(__file__).resolve().parent.parent
 # Small, fast settings for runs whose point is "it trains end to end", not the numbers.
 # force=true: an in-process test run never reuses a finished run found under ./runs.
 QUIET = ["logger=none", "trainer.enable_progress_bar=false", "force=true"]
+
+
+# One tiny Reber run through the command line: a second or two of training.
+TINY_REBER = [
+    "data.train_strings=200",
+    "data.valid_strings=40",
+    "data.test_strings=40",
+    "model.hidden_size=16",
+    "model.num_layers=1",
+    "trainer.max_epochs=1",
+    "logger=none",
+    "trainer.enable_progress_bar=false",
+]
+SCRIPT = Path(sys.executable).parent / "rnnbench"
 
 
 def data_dir() -> Path:
@@ -67,3 +85,47 @@ def assert_refused(result, message: str, cwd: Path) -> None:
     assert errors[0].startswith("rnnbench: error: ") and message in errors[0], errors[0]
     assert all(r["status"] == "failed" for r in records(cwd / "runs"))
     assert all(message in r["error"] for r in records(cwd / "runs"))
+
+
+def popen(args: list[str], cwd: Path, **kw) -> subprocess.Popen:
+    """The real `rnnbench` started in the background, W&B offline."""
+    return subprocess.Popen(
+        [str(SCRIPT), *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "WANDB_MODE": "offline"},
+        **kw,
+    )
+
+
+def wait_for(condition, proc: subprocess.Popen, timeout: float = 240) -> None:
+    """Poll `condition` while `proc` runs; fail with its stderr if it ends or times out."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            raise AssertionError(f"process ended early: {proc.stderr.read()[-2000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"timed out: {proc.communicate()[1][-2000:]}")
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def http_server():
+    """A real HTTP server on 127.0.0.1 serving a folder: call it with the folder, get the URL."""
+    servers = []
+
+    def start(folder: Path) -> str:
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+        handler.log_message = lambda *a, **k: None
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()

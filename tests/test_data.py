@@ -1,12 +1,8 @@
 """Datasets against the counts in the shared data's SOURCES.md, and the fetch-and-verify path
 against a real HTTP server on 127.0.0.1."""
 
-import functools
-import http.server
 import math
 import shutil
-import threading
-from pathlib import Path
 
 import pytest
 import torch
@@ -118,25 +114,6 @@ def test_reber_depends_on_the_seed_only():
 
 
 # ---- fetch and verify --------------------------------------------------------------------
-
-
-@pytest.fixture
-def http_server():
-    """A real HTTP server on 127.0.0.1 serving a folder; yields (folder, base URL)."""
-    servers = []
-
-    def start(folder: Path) -> str:
-        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
-        handler.log_message = lambda *a, **k: None
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}"
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
 
 
 def test_missing_file_is_downloaded_and_verified(tmp_path, http_server):

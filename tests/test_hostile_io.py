@@ -8,9 +8,7 @@ bits stop nothing: unwritable outputs are a path under a regular file, a folder,
 
 from __future__ import annotations
 
-import functools
 import html
-import http.server
 import json
 import os
 import re
@@ -25,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import assert_refused, require_data, rnnbench_cli
+from conftest import TINY_REBER, assert_refused, require_data, rnnbench_cli
 from rnnbench import outputs
 from rnnbench.data.fetch import ensure_file
 from rnnbench.errors import DataError
@@ -33,16 +31,7 @@ from rnnbench.errors import DataError
 BIN = Path(sys.executable).parent
 # A run folder whose name closes an HTML comment, opens a script and holds every LaTeX special.
 HOSTILE = Path("h%&$#_{}~^\\") / "x--><script>alert(1)</script>"
-TINY = [
-    "data.train_strings=200",
-    "data.valid_strings=40",
-    "data.test_strings=40",
-    "model.hidden_size=16",
-    "model.num_layers=1",
-    "trainer.max_epochs=1",
-    "logger=none",
-    "trainer.enable_progress_bar=false",
-]
+TINY = TINY_REBER
 PTB_FILES = ("ptb/ptb.train.txt", "ptb/ptb.valid.txt", "ptb/ptb.test.txt")
 # Small enough that the old code trained and only then failed to write, in seconds.
 GRADFLOW_TINY = ["--cells", "rnn", "--seq-len", "4", "--hidden-size", "4", "--steps", "1"]
@@ -362,25 +351,6 @@ def test_every_dataset_gets_the_check_in_ensure_file(kind, tmp_path):
 
 
 # ---- modes of downloaded files -----------------------------------------------------------
-
-
-@pytest.fixture
-def http_server():
-    """A real HTTP server on 127.0.0.1 serving a folder; returns its base URL."""
-    servers = []
-
-    def start(folder: Path) -> str:
-        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
-        handler.log_message = lambda *a, **k: None
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}"
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)], ids=["022", "027"])

@@ -3,17 +3,13 @@ launchers, reuse of finished runs, resume after SIGKILL, failing jobs, DDP on th
 without a network, and the sweep-level bad inputs."""
 
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from conftest import records, rnnbench_cli
+from conftest import popen, records, rnnbench_cli, wait_for
 from rnnbench.sweep import threads_per_job
 
 SMALL = [
@@ -26,29 +22,6 @@ SMALL = [
     "model.num_layers=1",
     "trainer.max_epochs=1",
 ]
-SCRIPT = Path(sys.executable).parent / "rnnbench"
-
-
-def popen(args: list[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [str(SCRIPT), *args],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "WANDB_MODE": "offline"},
-    )
-
-
-def wait_for(condition, proc: subprocess.Popen, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if proc.poll() is not None:
-            raise AssertionError(f"process ended early: {proc.stderr.read()[-2000:]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"timed out: {proc.communicate()[1][-2000:]}")
-        time.sleep(0.1)
 
 
 def test_joblib_sweep_then_relaunch_reuses_everything(tmp_path):
