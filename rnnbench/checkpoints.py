@@ -30,7 +30,8 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from omegaconf import DictConfig
 
 from rnnbench.errors import UserError
-from rnnbench.record import KEY_FILE, write_whole
+from rnnbench.outputs import write_whole
+from rnnbench.record import KEY_FILE
 from rnnbench.sweep import find_resumable
 
 LAST_CKPT = "checkpoints/last.ckpt"

@@ -178,19 +178,26 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
             with open(fd, "wb") as f:
                 f.write(data)
             return
-        _replace(p, data, stat.S_IMODE(st.st_mode) if st is not None else default_file_mode())
+        write_whole(p, data, stat.S_IMODE(st.st_mode) if st is not None else None)
     except OSError as e:
         reason = e.strerror or str(e)
         raise OutputError(f"cannot write {shown(path)} ({reason}); pick another path") from None
 
 
-def _replace(p: Path, data: bytes, mode: int) -> None:
-    target = _target(p)  # through a link: the file it points to is replaced, not the link
+def write_whole(path: str | os.PathLike, data: bytes, mode: int | None = None) -> None:
+    """Write `data` to a temp file in `path`'s folder, fsync, then rename over `path` (through
+    a link: over the file it names): a reader sees the old file or the new one, never half of
+    one, and a failed write (a full disk) leaves no temp file. The file gets `mode`, by default
+    the mode a plain open() would give it (0644 under umask 022), not mkstemp's 0600. The one
+    atomic writer: records, checkpoints and every command's output go through it."""
+    target = _target(Path(path))
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, default_file_mode() if mode is None else mode)
         with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, target)
     finally:
         with contextlib.suppress(FileNotFoundError):

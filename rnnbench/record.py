@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import subprocess
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from rnnbench.errors import ConfigError
-from rnnbench.outputs import default_file_mode
+from rnnbench.outputs import write_whole
 
 SCHEMA = "rnnbench.result/1"
 STATUSES = ("completed", "diverged", "failed", "interrupted")
@@ -85,28 +83,8 @@ def check_run_folder(run_dir: Path, key: str) -> None:
         )
 
 
-def write_whole(path: str | Path, data: bytes) -> None:
-    """Write `data` to a temp file in `path`'s folder, fsync, then rename over `path`: a
-    reader sees the old file or the new one, never half of one; a failed write (a full disk)
-    leaves no temp file. The file gets the mode a plain open() would give it (0644 under
-    umask 022), not mkstemp's 0600."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, default_file_mode())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """`obj` as indented JSON, written whole (`write_whole`)."""
+    """`obj` as indented JSON, written whole (outputs.write_whole)."""
     write_whole(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
 
 

@@ -10,16 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, assert_refused, compose_config, records, require_data, rnnbench_cli
+from conftest import (
+    REPO,
+    TINY_REBER_RUN,
+    assert_refused,
+    compose_config,
+    records,
+    require_data,
+    rnnbench_cli,
+)
 
-FAST = [
-    "data.train_strings=200",
-    "data.valid_strings=40",
-    "data.test_strings=40",
-    "model.hidden_size=16",
-    "model.num_layers=1",
-    "trainer.max_epochs=1",
-]
+FAST = TINY_REBER_RUN
 
 
 def test_default_command_writes_only_runs_and_a_wandb_offline_run(tmp_path):

@@ -9,19 +9,10 @@ import time
 
 import pytest
 
-from conftest import popen, records, rnnbench_cli, wait_for
+from conftest import TINY_REBER_RUN, popen, records, rnnbench_cli, wait_for
 from rnnbench.sweep import threads_per_job
 
-SMALL = [
-    "logger=none",
-    "trainer.enable_progress_bar=false",
-    "data.train_strings=200",
-    "data.valid_strings=40",
-    "data.test_strings=40",
-    "model.hidden_size=16",
-    "model.num_layers=1",
-    "trainer.max_epochs=1",
-]
+SMALL = ["logger=none", "trainer.enable_progress_bar=false", *TINY_REBER_RUN]
 
 
 def test_joblib_sweep_then_relaunch_reuses_everything(tmp_path):
