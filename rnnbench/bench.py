@@ -69,8 +69,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnbench import table
+from rnnbench.config import compose
 from rnnbench.errors import UserError, find_user_error
 from rnnbench.outputs import check_writable_folder, make_folder, one_line, write_text
+from rnnbench.record import RECORD_FILE
 
 AGGREGATE_GOAL_S = 3.0
 # The sweep `aggregate` trains when it is given no records: three cells, tiny and one epoch.
@@ -99,17 +101,6 @@ class BenchError(UserError):
     """A benchmark that cannot run (missing data, a failed sweep): one line, exit status 2."""
 
 
-def compose(overrides: Sequence[str]):
-    """rnnbench's configuration for `overrides`, composed as the `rnnbench` command does."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from rnnbench.train import CONF_DIR
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=list(overrides))
-
-
 # ---------------------------------------------------------------------------------------------
 # aggregate
 
@@ -122,7 +113,7 @@ def train_templates(workdir: Path) -> list[Path]:
     for cell in TEMPLATE_CELLS:
         overrides = [*TEMPLATE_OVERRIDES, f"model={cell}"]
         run(compose(overrides), workdir / cell, overrides)
-        paths.append(workdir / cell / table.RESULT)
+        paths.append(workdir / cell / RECORD_FILE)
     return paths
 
 
@@ -146,7 +137,7 @@ def fan_out(templates: Sequence[dict[str, Any]], n: int, dest: Path, seed: int =
         out = dest / str(i)
         out.mkdir(parents=True)
         record["run_dir"] = str(out)
-        (out / table.RESULT).write_text(json.dumps(record))
+        (out / RECORD_FILE).write_text(json.dumps(record))
 
 
 def aggregate(args: argparse.Namespace) -> dict[str, Any]:
@@ -273,14 +264,17 @@ class LightningHarness:
     name = "harness"
 
     def __init__(self, cfg, datamodule, run_dir: Path) -> None:
+        from omegaconf import OmegaConf
+
         from rnnbench.config import check_config
-        from rnnbench.train import build_training, new_record
+        from rnnbench.record import new_record
+        from rnnbench.train import build_training
 
         # As rnnbench.train.run() builds a run, with run()'s own callbacks and loggers.
         run_dir.mkdir(parents=True, exist_ok=True)
         check_config(cfg)
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
-        self.record = new_record(cfg, run_dir, None)
+        self.record = new_record(OmegaConf.to_container(cfg, resolve=True), run_dir)
         self.loggers: list = []
         self.clock = StepClock()
         built = build_training(
@@ -746,7 +740,7 @@ def sweep_overrides(quick: bool, steps: int | None) -> list[str]:
 
 def run_sweep(launcher: Sequence[str], overrides: Sequence[str]) -> float:
     """Wall seconds of one `rnnbench -m` sweep in a fresh folder; every run must complete."""
-    from rnnbench.sweep import iter_records
+    from rnnbench.record import iter_records
 
     with tempfile.TemporaryDirectory(prefix="rnnbench-bench-sweep-") as tmp:
         env = {**os.environ, "RNNBENCH_RUNS_DIR": str(Path(tmp) / "runs")}

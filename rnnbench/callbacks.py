@@ -1,4 +1,6 @@
-"""Callbacks every run gets: training throughput and a per-epoch metrics CSV beside result.json."""
+"""The callbacks every run gets (conf/callbacks/default.yaml): training throughput, the
+per-epoch metrics CSV and the per-step trace beside result.json, and the progress bar. A file
+path given relative (the default) is taken inside the run folder (train.place_in)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import TQDMProgressBar
+
+from rnnbench.record import METRICS_FILE, STEPS_COLUMNS, STEPS_FILE
 
 # Logged every step, not per epoch: the last step's value says nothing about the epoch.
 STEP_METRICS = {"train/batch_loss", "train/grad_norm"}
@@ -53,7 +57,7 @@ class EpochMetricsCSV(pl.callbacks.Checkpoint):
     on_train_epoch_end, where the epoch's training metrics are logged.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path = METRICS_FILE) -> None:
         self.path = Path(path)
         self.rows: list[dict] = []
         self.lr = math.nan
@@ -90,9 +94,12 @@ class StepTrace(pl.Callback):
     gradient norm before clipping (what shows a vanilla RNN exploding), and whether clipping
     acted. Values stay on the device and reach the host once per `flush_every` steps."""
 
-    COLUMNS = ("step", "batch_loss", "grad_norm", "clipped")
+    COLUMNS = STEPS_COLUMNS
 
-    def __init__(self, path: str | Path, clip: float | None, flush_every: int = 200) -> None:
+    def __init__(
+        self, path: str | Path = STEPS_FILE, clip: float | None = None, flush_every: int = 200
+    ) -> None:
+        # clip: the run's gradient-clipping threshold, set by train.run from trainer config.
         self.path, self.clip, self.flush_every = Path(path), clip, flush_every
         # (step, [loss, norm]) pairs, appended in one operation: a signal (SIGTERM -> interrupt)
         # landing mid-callback can never leave a step without its values.

@@ -31,10 +31,8 @@ from omegaconf import DictConfig
 
 from rnnbench.errors import UserError
 from rnnbench.outputs import write_whole
-from rnnbench.record import KEY_FILE
-from rnnbench.sweep import find_resumable
+from rnnbench.record import LAST_CKPT, claim_run_folder, find_resumable
 
-LAST_CKPT = "checkpoints/last.ckpt"
 # Set in a checkpoint's dict by ResumeCheckpoint: taken where a resume is exact.
 BOUNDARY = "rnnbench_boundary"
 
@@ -88,7 +86,7 @@ class ResumeCheckpoint(pl.Callback):
     """Writes `path` (checkpoints/last.ckpt) before each epoch's first batch and when
     training ends."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: str | Path = LAST_CKPT) -> None:
         self.path = Path(path)
         self._saving = False
 
@@ -123,7 +121,7 @@ def resume_point(record: dict[str, Any], run_dir: Path, cfg: DictConfig) -> Path
     load is skipped with a warning. Marks `run_dir` with the run_key so a later relaunch can
     find it in turn, and notes in the record whether the resume is exact (an epoch boundary).
     """
-    (run_dir / KEY_FILE).write_text(record["run_key"])
+    claim_run_folder(run_dir, record["run_key"])
     last = run_dir / LAST_CKPT
     if last.exists():
         ckpt = load_checkpoint(last)
@@ -137,7 +135,7 @@ def resume_point(record: dict[str, Any], run_dir: Path, cfg: DictConfig) -> Path
             except CheckpointError as e:
                 print(f"rnnbench: warning: skipped: {e}", file=sys.stderr)
                 continue
-            adopt_checkpoints(found, ckpt, last.parent)
+            adopt_checkpoints(found, ckpt, last)
             source = found.parent.parent
             # The per-step traces (steps.csv, gradflow.csv) so far: the callbacks keep their
             # rows up to the checkpoint's step, so the new folder holds the whole history once.
@@ -159,20 +157,21 @@ def resume_point(record: dict[str, Any], run_dir: Path, cfg: DictConfig) -> Path
 CHECKPOINT_PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path")
 
 
-def adopt_checkpoints(last: Path, ckpt: dict[str, Any], new: Path) -> None:
-    """Take an unfinished run's `last.ckpt` (loaded as `ckpt`) into folder `new`, with the
+def adopt_checkpoints(last: Path, ckpt: dict[str, Any], target: Path) -> None:
+    """Take an unfinished run's `last.ckpt` (loaded as `ckpt`) in as `target`, with the
     checkpoints its ModelCheckpoint states name (best.ckpt) copied beside it and those states
-    pointed at `new`. Lightning restores the best score only when the state's folder is the
-    callback's own; otherwise the first epoch after the resume would become "best" whatever
-    its validation loss, and the test would use its weights."""
+    pointed at the target's folder. Lightning restores the best score only when the state's
+    folder is the callback's own; otherwise the first epoch after the resume would become
+    "best" whatever its validation loss, and the test would use its weights."""
+    new = target.parent
     new.mkdir(parents=True, exist_ok=True)
 
     def moved(path: str) -> str:
         # last.ckpt itself is written below, with the states changed: no need to copy it first.
-        source, target = Path(path), new / Path(path).name
-        if source.is_file() and not target.exists() and source.resolve() != last.resolve():
-            shutil.copyfile(source, target)
-        return os.path.realpath(target)
+        source, copy = Path(path), new / Path(path).name
+        if source.is_file() and not copy.exists() and source.resolve() != last.resolve():
+            shutil.copyfile(source, copy)
+        return os.path.realpath(copy)
 
     for name, state in ckpt.get("callbacks", {}).items():
         if not name.startswith("ModelCheckpoint"):
@@ -185,4 +184,4 @@ def adopt_checkpoints(last: Path, ckpt: dict[str, Any], new: Path) -> None:
             state["best_k_models"] = {moved(k): v for k, v in state["best_k_models"].items()}
     buffer = io.BytesIO()
     torch.save(ckpt, buffer)
-    write_whole(new / "last.ckpt", buffer.getvalue())
+    write_whole(target, buffer.getvalue())

@@ -58,8 +58,8 @@ from rnnbench.module import (
     StepClassificationTask,
 )
 from rnnbench.outputs import check_writable, mpl_text, one_line, write_bytes, write_text
-from rnnbench.report import GRAD_NORM, STEP_TRACE, colour, panels, read_csv
-from rnnbench.table import flatten, is_identity_key
+from rnnbench.record import RECORD_FILE, STEPS_FILE, flatten, is_identity_key, read_record
+from rnnbench.report import GRAD_NORM, colour, panels, read_csv
 
 DIRECTIONS = ("forward", "backward")
 COLUMNS = ("step", "layer", "direction", "t", "norm", "loss")
@@ -247,7 +247,7 @@ class GradFlow(pl.Callback):
     training batch, or its first `probe_size` rows) before the first optimizer step, every
     `every_n_steps` steps and at the end of training.
 
-    Rows (step, layer, direction, t, norm, loss) are appended to the CSV `out_path` (None: kept
+    Rows (step, layer, direction, t, norm, loss) are appended to the CSV `path` (None: kept
     in memory only, see `frame`); with a W&B logger each measurement is also logged as a
     table, a line plot and the ratio ‖∂L/∂h_1‖/‖∂L/∂h_T‖ per slot. The probe batch is saved in
     checkpoints, so a resumed run keeps measuring on the same batch. The probe computes in
@@ -257,7 +257,7 @@ class GradFlow(pl.Callback):
     def __init__(
         self,
         every_n_steps: int,
-        out_path: str | Path | None,
+        path: str | Path | None,
         probe_size: int | None = None,
         dtype: torch.dtype | None = torch.float64,
     ) -> None:
@@ -266,7 +266,7 @@ class GradFlow(pl.Callback):
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps={every_n_steps}: use an integer >= 1")
         self.every_n_steps, self.probe_size, self.dtype = every_n_steps, probe_size, dtype
-        self.out_path = Path(out_path) if out_path is not None else None
+        self.path = Path(path) if path is not None else None
         self.probe: Batch | None = None
         self.frames: list[pd.DataFrame] = []
         self.measured: int | None = None
@@ -285,15 +285,15 @@ class GradFlow(pl.Callback):
         self.probe = state_dict.get("probe")
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.out_path is None or not trainer.is_global_zero:
+        if self.path is None or not trainer.is_global_zero:
             return
         # A resumed run measures again from its checkpoint's step on: drop the later rows.
         kept = []
-        if self.out_path.exists() and trainer.global_step > 0:
-            with open(self.out_path, newline="") as f:
+        if self.path.exists() and trainer.global_step > 0:
+            with open(self.path, newline="") as f:
                 kept = [r for r in csv.DictReader(f) if int(r["step"]) < trainer.global_step]
-        self.out_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.out_path, "w", newline="") as f:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=COLUMNS)
             writer.writeheader()
             writer.writerows(kept)
@@ -331,8 +331,8 @@ class GradFlow(pl.Callback):
         )
         frame.insert(0, "step", step)
         self.frames.append(frame)
-        if self.out_path is not None:
-            frame.to_csv(self.out_path, mode="a", header=False, index=False)
+        if self.path is not None:
+            frame.to_csv(self.path, mode="a", header=False, index=False)
         self.log_wandb(trainer, frame)
 
     @staticmethod
@@ -427,7 +427,7 @@ def measure_cell(
         **data.model_io(),
     )
     task = RegressionTask(model, partial(torch.optim.Adam, lr=lr))
-    flow = GradFlow(every_n_steps=steps, out_path=None)
+    flow = GradFlow(every_n_steps=steps, path=None)
     callbacks: list[pl.Callback] = [flow]
     if progress:
         callbacks.append(Progress(cell, steps, max(1, steps // 5)))
@@ -556,12 +556,12 @@ def explosion(run_dirs: Sequence[str | Path], path: str | Path) -> pd.DataFrame:
 
     runs = []
     for run_dir in map(Path, run_dirs):
-        steps = read_csv(run_dir / STEP_TRACE)
+        steps = read_csv(run_dir / STEPS_FILE)
         if steps is None or GRAD_NORM not in steps:
-            raise FileNotFoundError(f"{run_dir / STEP_TRACE}: no per-step trace to read")
-        if not (run_dir / "result.json").is_file():
-            raise FileNotFoundError(f"{run_dir / 'result.json'}: no run record to read")
-        runs.append((run_dir, steps, json.loads((run_dir / "result.json").read_text())))
+            raise FileNotFoundError(f"{run_dir / STEPS_FILE}: no per-step trace to read")
+        if not (run_dir / RECORD_FILE).is_file():
+            raise FileNotFoundError(f"{run_dir / RECORD_FILE}: no run record to read")
+        runs.append((run_dir, steps, read_record(run_dir / RECORD_FILE)))
     rows, traces = [], []
     for (run_dir, steps, record), label in zip(
         runs, run_labels([r for _, _, r in runs]), strict=True

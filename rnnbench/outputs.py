@@ -50,6 +50,14 @@ def html_comment(text: str) -> str:
     return f"<!-- {inner} -->"
 
 
+MD_SPECIAL = "\\|<>&[]`*$"
+
+
+def md_text(text: str) -> str:
+    """`text` as markdown that shows it verbatim, on one line (a GitHub table cell)."""
+    return "".join("\\" + ch if ch in MD_SPECIAL else ch for ch in one_line(text))
+
+
 def mpl_text(text: str) -> str:
     """`text` as a matplotlib title, label or legend entry shows it verbatim: `$` escaped so
     that it never starts mathtext (which fails to draw on a malformed formula)."""

@@ -1,20 +1,166 @@
-"""The run record: `result.json` in each run directory, the one file every consumer reads."""
+"""The run folder: the files a run leaves there, what its record (`result.json`) holds, which
+configuration it is (its run_key), and how runs are found again. Every reader and writer of run
+folders (train, checkpoints, sweep, table, report, reproduce, gradflow, bench) goes through here:
+nothing else names these files."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import platform
+import re
 import subprocess
+import sys
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 from rnnbench.errors import ConfigError
 from rnnbench.outputs import write_whole
 
+# ---------------------------------------------------------------------------------------------
+# The files of a run folder
+
+RECORD_FILE = "result.json"  # the record: every consumer reads it
+METRICS_FILE = "metrics.csv"  # one row per epoch: train/val metrics, learning rate
+STEPS_FILE = "steps.csv"  # every optimizer step: loss and pre-clip gradient norm
+STEPS_COLUMNS = ("step", "batch_loss", "grad_norm", "clipped")
+KEY_FILE = "run_key"  # written when a run starts: which configuration its checkpoints resume
+CHECKPOINT_DIR = "checkpoints"
+LAST_CKPT = f"{CHECKPOINT_DIR}/last.ckpt"  # what a resume goes on from
+BEST_NAME = "best"  # checkpoints/best.ckpt: the lowest val/loss, what the test uses
+
+
+def trace_file(name: str) -> str:
+    """The file an optional callback (`+callbacks=NAME`) writes its trace to: NAME.csv."""
+    return f"{name}.csv"
+
+
+# ---------------------------------------------------------------------------------------------
+# The record
+
 SCHEMA = "rnnbench.result/1"
-STATUSES = ("completed", "diverged", "failed", "interrupted")
+Status = Literal["completed", "diverged", "failed", "interrupted"]
+STATUSES: tuple[Status, ...] = ("completed", "diverged", "failed", "interrupted")
+
+
+class Timing(TypedDict, total=False):
+    train_s: float  # wall time of fit()
+    steps: int  # optimizer steps
+    items: int  # predicted items trained on (tokens, frames, sequences)
+    items_per_s: float
+    partial: bool  # the run did not reach its budget (diverged, interrupted)
+
+
+class Resume(TypedDict):
+    step: int
+    epoch: int
+    exact: bool  # false for a mid-epoch checkpoint (checkpoint_every_n_steps)
+
+
+class Record(TypedDict, total=False):
+    """`result.json`, version SCHEMA. `status` is only ever `completed` for a run that trained
+    its whole budget with finite weights and metrics and was tested."""
+
+    schema: str
+    status: Status
+    run_key: str
+    task: str | None  # a tasks.KINDS name
+    headline: str | None  # the metric tables show by default, e.g. test/ppl
+    config: dict[str, Any]  # the resolved configuration
+    overrides: list[str]  # the command line that made it
+    metrics: dict[str, float]  # split/name: test/ppl, val/loss, ...
+    best: dict[str, Any] | None  # the epoch row with the lowest val/loss
+    tested: Literal["best", "last"]  # which weights the test metrics come from
+    timing: Timing
+    params: int | None
+    env: dict[str, Any] | None
+    seed: int | None
+    started: str
+    finished: str | None
+    wandb: dict[str, Any] | None
+    error: str | None
+    notes: list[str]
+    run_dir: str
+    resume: Resume  # present when the run went on from a checkpoint
+    resumed_from: str  # the checkpoint of another folder it went on from
+    reused_from: str  # a completed run with the same run_key, copied instead of recomputed
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def new_record(config: dict[str, Any], run_dir: Path, overrides: Iterable[str] = ()) -> Record:
+    """The record of a run about to start: `failed` until the run says otherwise."""
+    return {
+        "schema": SCHEMA,
+        "status": "failed",
+        "run_key": run_key(config),
+        "task": None,
+        "headline": None,
+        "config": config,
+        "overrides": list(overrides),
+        "metrics": {},
+        "best": None,
+        "timing": {},
+        "params": None,
+        "env": None,
+        "seed": config.get("seed"),
+        "started": now_iso(),
+        "finished": None,
+        "wandb": None,
+        "error": None,
+        "notes": [],
+        "run_dir": str(run_dir),
+    }
+
+
+def read_record(path: str | Path) -> Record:
+    """Load one result.json; raises ValueError when it is not an rnnbench record."""
+    with open(path) as f:
+        record = json.load(f)
+    if not isinstance(record, dict) or record.get("schema") != SCHEMA:
+        raise ValueError(f"{path} is not an rnnbench result record ({SCHEMA})")
+    return record
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """`obj` as indented JSON, written whole (outputs.write_whole)."""
+    write_whole(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
+
+
+def write_record(run_dir: Path, record: Record) -> str | None:
+    """Write the record as run_dir/result.json, unless that holds a completed record and this
+    one is not (a forced re-run that failed keeps the result it would have replaced). Returns
+    why it could not be written (a full disk, a read-only folder), None when it was."""
+    path = run_dir / RECORD_FILE
+    if record["status"] != "completed":
+        try:
+            kept = json.loads(path.read_text()).get("status") == "completed"
+        except (OSError, ValueError, AttributeError):
+            kept = False
+        if kept:
+            print(
+                f"rnnbench: warning: kept the completed record {path}; this run ended "
+                f"{record['status']} and is not recorded there",
+                file=sys.stderr,
+            )
+            return None
+    try:
+        write_json_atomic(path, record)
+    except OSError as e:
+        reason = f"cannot write the run record {path} ({e.strerror or e})"
+        print(f"rnnbench: warning: {reason}", file=sys.stderr)
+        return reason
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Identity: which configuration a run is
+
 # Keys that say where or how a run is watched, not what it computes: left out of run_key.
 KEY_EXCLUDED = (
     "logger",
@@ -27,34 +173,84 @@ KEY_EXCLUDED = (
     "checkpoint_every_n_steps",
     "trainer.enable_progress_bar",
     "trainer.log_every_n_steps",
+    # The always-on callbacks (conf/callbacks/default.yaml) watch a run; they compute nothing.
+    *(
+        f"callbacks.{name}"
+        for name in ("resume", "throughput", "epochs", "trace", "best", "progress_bar")
+    ),
 )
 # Options added after runs were recorded, left out of run_key while at the value that computes
 # what the runs before them computed, so those runs still match (and are reused).
 KEY_DEFAULTS = {"model.tbptt_update": "sequence"}
 
 
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+def is_seed_key(key: str) -> bool:
+    """`seed`, `data.seed`, ...: keys that differ between repeats of one configuration."""
+    return key == "seed" or key.endswith(".seed")
 
 
-def run_key(config: dict[str, Any]) -> str:
-    """A stable hash of the resolved config without paths and logger settings."""
-    config = json.loads(json.dumps(config))  # a deep copy of plain data
-    for dotted in (*KEY_EXCLUDED, *KEY_DEFAULTS):
-        *parents, leaf = dotted.split(".")
-        node = config
-        for p in parents:
-            node = node.get(p, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict) and (
-            dotted not in KEY_DEFAULTS or node.get(leaf) == KEY_DEFAULTS[dotted]
-        ):
-            node.pop(leaf, None)
+@functools.lru_cache(maxsize=4096)  # called per key per run: 10,000 runs share ~50 keys
+def is_identity_key(key: str) -> bool:
+    """Whether dotted `key` says what a run computes: not a seed, not a path or logger setting."""
+    excluded = any(key == e or key.startswith(e + ".") for e in KEY_EXCLUDED)
+    return not excluded and not is_seed_key(key)
+
+
+def identity(config: dict[str, Any], seeds: bool = True) -> dict[str, Any]:
+    """A copy of `config` holding only what the run computes (KEY_EXCLUDED and defaulted
+    KEY_DEFAULTS removed), and without its seeds unless `seeds`."""
+
+    def walk(node: Any, prefix: str) -> Any:
+        if not isinstance(node, dict):
+            return node
+        kept = {}
+        for key, value in node.items():
+            dotted = f"{prefix}{key}"
+            if dotted in KEY_EXCLUDED or (not seeds and is_seed_key(dotted)):
+                continue
+            if dotted in KEY_DEFAULTS and value == KEY_DEFAULTS[dotted]:
+                continue
+            kept[key] = walk(value, dotted + ".")
+            if isinstance(value, dict) and value and not kept[key]:
+                del kept[key]  # held only excluded keys: as if it were not there
+        return kept
+
+    return walk(json.loads(json.dumps(config, default=str)), "")
+
+
+def config_hash(config: dict[str, Any]) -> str:
     text = json.dumps(config, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-RECORD_FILE = "result.json"
-KEY_FILE = "run_key"  # <run>/run_key, written when a run starts: what its checkpoints resume
+def run_key(config: dict[str, Any]) -> str:
+    """Which configuration a run is: a stable hash of what it computes (`identity`). Reuse,
+    resume and a run folder's ownership go by it."""
+    return config_hash(identity(config))
+
+
+def repeat_key(config: dict[str, Any]) -> str:
+    """run_key without the seeds: runs sharing it are repeats of one configuration (a table's
+    cell, a recipe's budget)."""
+    return config_hash(identity(config, seeds=False))
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts to dotted keys; lists and empty dicts become JSON text, so they can group."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, dotted + "."))
+        elif isinstance(value, list | dict):
+            out[dotted] = json.dumps(value)
+        else:
+            out[dotted] = value
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Ownership of a folder
 
 
 def folder_key(run_dir: Path) -> str | None:
@@ -83,18 +279,80 @@ def check_run_folder(run_dir: Path, key: str) -> None:
         )
 
 
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """`obj` as indented JSON, written whole (outputs.write_whole)."""
-    write_whole(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
+def claim_run_folder(run_dir: Path, key: str) -> None:
+    """Mark `run_dir` as configuration `key`'s, so a relaunch resumes it and no other
+    configuration takes it over."""
+    (run_dir / KEY_FILE).write_text(key)
 
 
-def read_record(path: str | Path) -> dict[str, Any]:
-    """Load one result.json; raises ValueError when it is not an rnnbench record."""
-    with open(path) as f:
-        record = json.load(f)
-    if not isinstance(record, dict) or record.get("schema") != SCHEMA:
-        raise ValueError(f"{path} is not an rnnbench result record ({SCHEMA})")
-    return record
+# ---------------------------------------------------------------------------------------------
+# Discovery
+
+
+def natural_key(path: Path) -> list:
+    """Sort key putting run folder 10 after 9, not after 1."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
+
+
+def record_files(root: str | Path) -> list[Path]:
+    """Every result.json under folder `root`, in natural order."""
+    return sorted(Path(root).rglob(RECORD_FILE), key=natural_key)
+
+
+def iter_records(root: str | Path) -> Iterator[tuple[Path, Record]]:
+    """(path, record) for every readable rnnbench result.json under `root`."""
+    for path in record_files(root):
+        if not path.is_file():  # a pipe named result.json would block the read forever
+            continue
+        try:
+            yield path, read_record(path)
+        except (OSError, ValueError):
+            continue
+
+
+def find_completed(root: str | Path, key: str, exclude: Path | None = None) -> Path | None:
+    """A run directory under `root` whose record has run_key `key` and status completed;
+    an original run is preferred over a record that itself reused one."""
+    found = []
+    for path, record in iter_records(root):
+        if record.get("run_key") == key and record.get("status") == "completed":
+            if exclude is None or path.parent.resolve() != exclude.resolve():
+                found.append((record.get("reused_from") is not None, str(path.parent)))
+    return Path(min(found)[1]) if found else None
+
+
+def find_resumable(root: str | Path, key: str, exclude: Path | None = None) -> list[Path]:
+    """The `checkpoints/last.ckpt` files under `root`, newest first, of runs with run_key `key`
+    that never completed (killed, interrupted, or still running elsewhere), so a relaunched
+    sweep, or one in a later session, goes on from one instead of starting over."""
+    found = []
+    for key_file in Path(root).rglob(KEY_FILE):
+        run_dir = key_file.parent
+        last = run_dir / LAST_CKPT
+        if exclude is not None and run_dir.resolve() == exclude.resolve():
+            continue
+        try:
+            if key_file.read_text().strip() != key or not last.exists():
+                continue
+            status = json.loads((run_dir / RECORD_FILE).read_text()).get("status")
+        except FileNotFoundError:
+            status = None
+        except (OSError, ValueError):
+            continue
+        if status not in ("completed", "diverged"):
+            found.append((last.stat().st_mtime, last))
+    return [last for _, last in sorted(found, reverse=True)]
+
+
+def unrecorded_runs(root: str | Path) -> list[Path]:
+    """Run folders under `root` that started (they hold a run_key file) but have no record."""
+    return [
+        key.parent for key in Path(root).rglob(KEY_FILE) if not (key.parent / RECORD_FILE).exists()
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment
 
 
 def git_sha() -> str | None:

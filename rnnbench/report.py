@@ -38,6 +38,7 @@ from rnnbench.outputs import (  # noqa: E402
     one_line,
     write_text,
 )
+from rnnbench.record import METRICS_FILE, STEPS_COLUMNS, STEPS_FILE, trace_file  # noqa: E402
 from rnnbench.table import (  # noqa: E402
     SHOWN,
     View,
@@ -54,11 +55,10 @@ from rnnbench.table import (  # noqa: E402
 CELL_COLOURS = {"rnn": "#1f77b4", "rnn_relu": "#9467bd", "gru": "#ff7f0e", "lstm": "#2ca02c"}
 OTHER_COLOURS = ("#d62728", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 LINESTYLES = ("-", "--", ":", "-.")
-# Every run writes each optimizer step's loss and pre-clip gradient norm to steps.csv.
-STEP_TRACE = "steps.csv"
-GRAD_NORM = "grad_norm"
+# The pre-clip gradient norm column of every run's steps.csv.
+GRAD_NORM = STEPS_COLUMNS[2]
 # Runs made with `+callbacks=gradflow` also hold ‖∂L/∂h_t‖ for every step t at probe steps.
-GRAD_FLOW = "gradflow.csv"
+GRAD_FLOW = trace_file("gradflow")
 GRAD_FLOW_COLUMNS = {"step", "layer", "direction", "t", "norm"}
 
 STYLE = """
@@ -179,7 +179,7 @@ def learning_curves(runs: pd.DataFrame, view: View) -> str:
         labelled: set = set()
         drawn_series: set = set()
         for _, run in of_dataset(runs, name).iterrows():
-            epochs = read_csv(Path(run["run_dir"]) / "metrics.csv")
+            epochs = read_csv(Path(run["run_dir"]) / METRICS_FILE)
             series = curve_column(view.metric, epochs.columns) if epochs is not None else None
             if series is None or "step" not in epochs:
                 continue
@@ -259,7 +259,7 @@ def grad_norms(runs: pd.DataFrame, view: View) -> str:
     """The per-step pre-clip gradient norm of each run, one panel per cell, log scale."""
     traces = []
     for _, run in runs.iterrows():
-        steps = read_csv(Path(run["run_dir"]) / STEP_TRACE)
+        steps = read_csv(Path(run["run_dir"]) / STEPS_FILE)
         if steps is not None and GRAD_NORM in steps and steps[GRAD_NORM].notna().any():
             traces.append((run, steps[["step", GRAD_NORM]].dropna()))
     if not traces:

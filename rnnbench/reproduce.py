@@ -31,14 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
+from rnnbench.config import CONF_DIR, compose
 from rnnbench.errors import UserError
-from rnnbench.outputs import make_folder, one_line, write_text
-from rnnbench.record import KEY_EXCLUDED, run_key
-from rnnbench.sweep import iter_records
-from rnnbench.table import _literal, _md_escape, direction, flatten, load_reference, match_keys
-from rnnbench.train import CONF_DIR  # the one conf/ folder every command composes from
+from rnnbench.outputs import make_folder, md_text, one_line, write_text
+from rnnbench.record import flatten, is_identity_key, iter_records, repeat_key
+from rnnbench.table import direction, literal, load_reference, match_keys
 
 RESULTS_DIR = Path("results")
 TIMES_FILE = "recipe_times.csv"
@@ -46,7 +45,6 @@ CSV_FILE = "reproduction.csv"
 BEGIN, END = "<!-- rnnbench-reproduce:begin -->", "<!-- rnnbench-reproduce:end -->"
 TOLERANCE = 0.02  # "reproduced": within 2 % of the paper on the metric's own side
 GPU_HOURS = 6.0  # a recipe needing more training than this here is left for a GPU
-SEED_KEYS = ("seed", "data.seed")
 CELLS = ("lstm", "gru", "rnn", "rnn_relu")  # the paper's column order
 TUNED = "_tuned"  # recipe name suffix: a row beside the paper's, with settings tuned here
 CSV_COLUMNS = (
@@ -132,7 +130,7 @@ class Recipe:
 
     @property
     def key(self) -> str:
-        return budget_key(self.config)
+        return repeat_key(self.config)
 
     @property
     def order(self) -> tuple[int, int, str]:
@@ -189,18 +187,6 @@ class Row:
         return f"rnnbench experiment={self.recipe.name}"
 
 
-def budget_key(config: dict[str, Any]) -> str:
-    """run_key without the seed: runs of one recipe under different seeds share it."""
-    plain = json.loads(json.dumps(config))
-    for dotted in SEED_KEYS:
-        *parents, leaf = dotted.split(".")
-        node = plain
-        for p in parents:
-            node = node.get(p, {})
-        node.pop(leaf, None)
-    return run_key(plain)
-
-
 def recipe_names(sources: Iterable[str] = SOURCES, conf_dir: Path = CONF_DIR) -> list[str]:
     """Every recipe of the given sources (top-level files of conf/experiment/<source>/)."""
     names = []
@@ -210,25 +196,13 @@ def recipe_names(sources: Iterable[str] = SOURCES, conf_dir: Path = CONF_DIR) ->
     return names
 
 
-def compose_config(overrides: Sequence[str]) -> DictConfig:
-    """The configuration `rnnbench OVERRIDES` would run, composed outside a Hydra app."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides))
-    GlobalHydra.instance().clear()
-    return cfg
-
-
 def compose_recipes(names: Sequence[str], overrides: Sequence[str] = ()) -> list[Recipe]:
     """Compose each recipe exactly as `rnnbench experiment=NAME` would."""
     from hydra.utils import instantiate
 
     recipes = []
     for name in names:
-        cfg = compose_config([f"experiment={name}", *overrides])
+        cfg = compose([f"experiment={name}", *overrides])
         headline = instantiate(cfg.data).headline_metric
         recipes.append(Recipe(name, OmegaConf.to_container(cfg, resolve=True), headline))
     return recipes
@@ -241,7 +215,7 @@ def published(recipe: Recipe, metric: str, references: dict[str, Any]) -> float 
     flat = flatten(recipe.config)
     for _, row in ref[ref["metric"] == metric].iterrows():
         keys = [k for k in match_keys(ref) if row[k] != ""]
-        if all(_literal(row[k]) == flat.get(k) for k in keys):
+        if all(literal(row[k]) == flat.get(k) for k in keys):
             return float(row["value"])
     return None
 
@@ -249,8 +223,7 @@ def published(recipe: Recipe, metric: str, references: dict[str, Any]) -> float 
 def differences(recipe: Recipe, config: dict[str, Any]) -> list[str]:
     """`key=value` for each setting of a run that is not the recipe's (seed aside)."""
     want, have = flatten(recipe.config), flatten(config)
-    skip = set(SEED_KEYS) | set(KEY_EXCLUDED)
-    keys = sorted(k for k in set(want) | set(have) if k not in skip and not k.startswith("logger"))
+    keys = sorted(k for k in set(want) | set(have) if is_identity_key(k))
     return [f"{k}={have.get(k)}" for k in keys if want.get(k) != have.get(k)]
 
 
@@ -270,7 +243,7 @@ def collect(
     rows = []
     for recipe in sorted(recipes, key=lambda r: r.order):
         made = by_recipe.get(recipe.name, [])
-        full = [r for r in made if budget_key(r["config"]) == recipe.key]
+        full = [r for r in made if repeat_key(r["config"]) == recipe.key]
         for metric in (*SOURCES[recipe.source].metrics, recipe.headline):
             row = Row(recipe, metric, published(recipe, metric, references))
             if full:
@@ -279,7 +252,7 @@ def collect(
                 newest = max(made, key=lambda r: r.get("finished") or "")
                 row.differs = differences(recipe, newest["config"])
                 row.runs = [
-                    r for r in made if budget_key(r["config"]) == budget_key(newest["config"])
+                    r for r in made if repeat_key(r["config"]) == repeat_key(newest["config"])
                 ]
                 row.budget = "reduced"
             else:
@@ -322,7 +295,7 @@ def ours_text(row: Row) -> str:
 
 def verdict(row: Row) -> str:
     if row.budget == "reduced":  # the settings come from run records: shown verbatim
-        return "reduced budget: " + ", ".join(map(_md_escape, row.differs[:4]))
+        return "reduced budget: " + ", ".join(map(md_text, row.differs[:4]))
     within = row.within
     if within is None:
         return "" if row.budget == "not run" else "no published number"
@@ -472,7 +445,7 @@ def measure_time(recipe: Recipe, steps: int) -> dict[str, Any]:
         "trainer.limit_test_batches=1",
         "force=true",
     ]
-    cfg = compose_config(overrides)
+    cfg = compose(overrides)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     per_epoch = len(datamodule.train_dataloader())

@@ -1,9 +1,9 @@
-"""Sweeps that scale out and never recompute: finding a finished run by its key, sharing the
-cores between parallel jobs, and the summary line at the end of a multirun."""
+"""Sweeps that scale out: sharing the cores between parallel jobs, stopping every worker when
+the sweep is stopped, and the summary line at the end of a multirun. (Finding a finished run
+by its key is record.find_completed.)"""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -15,52 +15,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from rnnbench.record import KEY_FILE, RECORD_FILE, SCHEMA
-
-
-def iter_records(root: str | Path):
-    """(path, record) for every readable rnnbench result.json under `root`."""
-    for path in Path(root).rglob("result.json"):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(record, dict) and record.get("schema") == SCHEMA:
-            yield path, record
-
-
-def find_completed(root: str | Path, key: str, exclude: Path | None = None) -> Path | None:
-    """A run directory under `root` whose record has run_key `key` and status completed;
-    an original run is preferred over a record that itself reused one."""
-    found = []
-    for path, record in iter_records(root):
-        if record.get("run_key") == key and record.get("status") == "completed":
-            if exclude is None or path.parent.resolve() != exclude.resolve():
-                found.append((record.get("reused_from") is not None, str(path.parent)))
-    return Path(min(found)[1]) if found else None
-
-
-def find_resumable(root: str | Path, key: str, exclude: Path | None = None) -> list[Path]:
-    """The `checkpoints/last.ckpt` files under `root`, newest first, of runs with run_key `key`
-    that never completed (killed, interrupted, or still running elsewhere), so a relaunched
-    sweep, or one in a later session, goes on from one instead of starting over."""
-    found = []
-    for key_file in Path(root).rglob(KEY_FILE):
-        run_dir = key_file.parent
-        last = run_dir / "checkpoints" / "last.ckpt"
-        if exclude is not None and run_dir.resolve() == exclude.resolve():
-            continue
-        try:
-            if key_file.read_text().strip() != key or not last.exists():
-                continue
-            status = json.loads((run_dir / "result.json").read_text()).get("status")
-        except FileNotFoundError:
-            status = None
-        except (OSError, ValueError):
-            continue
-        if status not in ("completed", "diverged"):
-            found.append((last.stat().st_mtime, last))
-    return [last for _, last in sorted(found, reverse=True)]
+from rnnbench.record import iter_records, unrecorded_runs
 
 
 def threads_per_job(parallel_jobs: int) -> int:
@@ -110,15 +65,6 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def unrecorded_jobs(sweep_dir: str | Path) -> list[Path]:
-    """Job folders of a sweep that started (they hold a run_key file) but have no record yet."""
-    return [
-        key.parent
-        for key in Path(sweep_dir).rglob(KEY_FILE)
-        if not (key.parent / RECORD_FILE).exists()
-    ]
-
-
 def stop_workers(sweep_dir: str | Path, grace_s: float = 60.0) -> None:
     """Ask every worker process of this sweep to stop (SIGTERM: a running job records itself
     interrupted), wait up to `grace_s` until they are gone or every started job has its
@@ -132,7 +78,7 @@ def stop_workers(sweep_dir: str | Path, grace_s: float = 60.0) -> None:
             pass
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline and set(workers) & set(descendants(os.getpid())):
-        if not unrecorded_jobs(sweep_dir):
+        if not unrecorded_runs(sweep_dir):
             time.sleep(0.5)  # the jobs' last lines
             break
         time.sleep(0.2)

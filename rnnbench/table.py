@@ -14,12 +14,9 @@ configs differ only in their seed (`seed`, `data.seed`, ...) collapse to mean ±
 from __future__ import annotations
 
 import argparse
-import functools
-import hashlib
 import html
 import json
 import math
-import re
 import shlex
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -31,10 +28,16 @@ from typing import Any
 import pandas as pd
 
 from rnnbench.errors import UserError
-from rnnbench.outputs import check_writable, html_comment, one_line, write_text
-from rnnbench.record import KEY_EXCLUDED, read_record
+from rnnbench.outputs import check_writable, html_comment, md_text, one_line, write_text
+from rnnbench.record import (
+    RECORD_FILE,
+    flatten,
+    is_identity_key,
+    read_record,
+    record_files,
+    repeat_key,
+)
 
-RESULT = "result.json"
 FORMATS = ("md", "csv", "latex", "html")
 # Runs in these states have a number (or "diverged") to show; the rest are left out and counted.
 SHOWN = ("completed", "diverged")
@@ -88,39 +91,6 @@ class TableError(UserError):
 # Records -> rows -> DataFrame
 
 
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dicts to dotted keys; lists and empty dicts become JSON text, so they can group."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, dotted + "."))
-        elif isinstance(value, list | dict):
-            out[dotted] = json.dumps(value)
-        else:
-            out[dotted] = value
-    return out
-
-
-def is_seed_key(key: str) -> bool:
-    """`seed`, `data.seed`, ...: keys that differ between repeats of one configuration."""
-    return key == "seed" or key.endswith(".seed")
-
-
-@functools.lru_cache(maxsize=4096)  # called per key per run: 10,000 runs share ~50 keys
-def is_identity_key(key: str) -> bool:
-    """Whether `key` says what a run computes: not a seed, not a path or logger setting."""
-    excluded = any(key == e or key.startswith(e + ".") for e in KEY_EXCLUDED)
-    return not excluded and not is_seed_key(key)
-
-
-def config_id(flat_config: dict[str, Any]) -> str:
-    """A hash of the configuration without its seeds: runs sharing it are repeats of one config."""
-    items = sorted((k, v) for k, v in flat_config.items() if is_identity_key(k))
-    text = json.dumps(items, separators=(",", ":"), default=str)
-    return hashlib.sha1(text.encode()).hexdigest()[:12]
-
-
 def make_row(
     config: dict[str, Any],
     metrics: dict[str, Any],
@@ -133,7 +103,7 @@ def make_row(
     row |= {
         "status": status,
         "seed": config.get("seed"),
-        "config_id": config_id(flat),
+        "config_id": repeat_key(config),
         **extra,
         **flat,
         **metrics,
@@ -194,11 +164,6 @@ def wandb_row(
     )
 
 
-def natural_key(path: Path) -> list:
-    """Sort key putting run folder 10 after 9, not after 1."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
-
-
 def find_results(paths: Iterable[str | Path]) -> list[Path]:
     """Every result.json at or under `paths` (files or folders), in natural order per path."""
     found: list[Path] = []
@@ -208,7 +173,7 @@ def find_results(paths: Iterable[str | Path]) -> list[Path]:
         if p.is_file():
             found.append(p)
         else:
-            found.extend(sorted(p.rglob(RESULT), key=natural_key))
+            found.extend(record_files(p))
     return list(dict.fromkeys(found))
 
 
@@ -224,7 +189,7 @@ def load_rows(
     paths = list(paths)
     files = find_results(paths)
     if not files:
-        raise TableError(f"no {RESULT} under {', '.join(map(str, paths))}")
+        raise TableError(f"no {RECORD_FILE} under {', '.join(map(str, paths))}")
     loaded = []
     for f in files:
         if not f.is_file():  # a pipe named result.json would block the read forever
@@ -605,7 +570,7 @@ def reference_names() -> list[str]:
     return sorted(p.name[: -len(".csv")] for p in folder.iterdir() if p.name.endswith(".csv"))
 
 
-def _literal(text: str) -> Any:
+def literal(text: str) -> Any:
     """A reference CSV cell as the config value it stands for: 2, 0.5, true, or the text."""
     try:
         return json.loads(text)
@@ -658,7 +623,7 @@ def compare(df: pd.DataFrame, agg: pd.DataFrame, view: View, ref: pd.DataFrame) 
     for _, cell in agg.iterrows():
         runs = runs_by_cell[tuple(_hashable(cell[k]) for k in keys)]
         for _, pub in ref.iterrows():
-            wanted = {k: _literal(pub[k]) for k in match_keys(ref) if pub[k] != ""}
+            wanted = {k: literal(pub[k]) for k in match_keys(ref) if pub[k] != ""}
             if all(k in runs and (runs[k].map(_hashable) == v).all() for k, v in wanted.items()):
                 delta = cell["mean"] - pub["value"]
                 out.append(
@@ -707,14 +672,6 @@ def comparison_table(pairs: pd.DataFrame, view: View) -> Table:
 
 # Markdown punctuation a cell or note could use to become markup: a cell end, an HTML tag, an
 # entity, a link, code or emphasis. Backslash-escaped, they show as themselves.
-MD_SPECIAL = "\\|<>&[]`*$"
-
-
-def _md_escape(text: str) -> str:
-    """`text` as markdown that shows it verbatim, on one line (a GitHub table cell)."""
-    return "".join("\\" + ch if ch in MD_SPECIAL else ch for ch in one_line(text))
-
-
 def render_md(table: Table) -> str:
     """GitHub markdown; best cells in bold, notes as plain lines below."""
 
@@ -723,10 +680,10 @@ def render_md(table: Table) -> str:
 
     numbers = len(table.header) - table.index_columns - table.text_columns
     align = ["---"] * table.index_columns + ["---:"] * numbers + ["---"] * table.text_columns
-    out = [line(map(_md_escape, table.header)), line(align)]
+    out = [line(map(md_text, table.header)), line(align)]
     for row in table.body:
-        out.append(line(f"**{_md_escape(c.text)}**" if c.best else _md_escape(c.text) for c in row))
-    return "\n".join(out + [""] + [_md_escape(n) for n in table.notes])
+        out.append(line(f"**{md_text(c.text)}**" if c.best else md_text(c.text) for c in row))
+    return "\n".join(out + [""] + [md_text(n) for n in table.notes])
 
 
 LATEX_SPECIAL = {c: "\\" + c for c in "&%$#_{}"} | {

@@ -7,7 +7,6 @@ rnnbench -m model=rnn,gru,lstm model.num_layers=1,2
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -25,25 +24,30 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
 from torch import nn
 
-from rnnbench.callbacks import EpochMetricsCSV, SteadyProgressBar, StepTrace, Throughput
-from rnnbench.checkpoints import LAST_CKPT, AtomicCheckpointIO, ResumeCheckpoint, resume_point
+from rnnbench.callbacks import EpochMetricsCSV, StepTrace, Throughput
+from rnnbench.checkpoints import AtomicCheckpointIO, ResumeCheckpoint, resume_point
 from rnnbench.config import CONF_DIR, check_config
 from rnnbench.errors import UserError, find_user_error
 from rnnbench.module import TASKS
 from rnnbench.record import (
+    CHECKPOINT_DIR,
+    LAST_CKPT,
     RECORD_FILE,
-    SCHEMA,
+    Record,
     check_run_folder,
     environment,
+    find_completed,
+    new_record,
     now_iso,
-    run_key,
+    read_record,
     write_json_atomic,
+    write_record,
 )
 from rnnbench.summary import format_summary
-from rnnbench.sweep import end_interrupted_job, find_completed, parallel_jobs, threads_per_job
+from rnnbench.sweep import end_interrupted_job, parallel_jobs, threads_per_job
 
 __all__ = ["CONF_DIR", "main", "run"]
 
@@ -101,32 +105,7 @@ def build_loggers(
     return loggers
 
 
-def new_record(cfg: DictConfig, run_dir: Path, overrides: list[str] | None) -> dict[str, Any]:
-    config = OmegaConf.to_container(cfg, resolve=True)
-    return {
-        "schema": SCHEMA,
-        "status": "failed",
-        "run_key": run_key(config),
-        "task": None,
-        "headline": None,
-        "config": config,
-        "overrides": list(overrides or []),
-        "metrics": {},
-        "best": None,
-        "timing": {},
-        "params": None,
-        "env": None,
-        "seed": cfg.get("seed"),
-        "started": now_iso(),
-        "finished": None,
-        "wandb": None,
-        "error": None,
-        "notes": [],
-        "run_dir": str(run_dir),
-    }
-
-
-def reuse(record: dict[str, Any], run_dir: Path, results_root: str | Path) -> dict | None:
+def reuse(record: Record, run_dir: Path, results_root: str | Path) -> Record | None:
     """The record of a completed run with the same run_key, copied into `run_dir` with
     `reused_from` naming its source; None when there is none."""
     source = find_completed(results_root, record["run_key"])
@@ -134,8 +113,8 @@ def reuse(record: dict[str, Any], run_dir: Path, results_root: str | Path) -> di
     if source is None:
         return None
     if source.resolve() == run_dir.resolve():
-        return json.loads((run_dir / "result.json").read_text())
-    original = json.loads((source / "result.json").read_text())
+        return read_record(run_dir / RECORD_FILE)
+    original = read_record(source / RECORD_FILE)
     reused = {
         **original,
         "run_dir": str(run_dir),
@@ -144,7 +123,7 @@ def reuse(record: dict[str, Any], run_dir: Path, results_root: str | Path) -> di
         "started": record["started"],
         "finished": now_iso(),
     }
-    write_json_atomic(run_dir / "result.json", reused)
+    write_json_atomic(run_dir / RECORD_FILE, reused)
     return reused
 
 
@@ -214,7 +193,7 @@ def run(
     """
     run_dir = Path(run_dir).resolve()
     check_config(cfg)
-    record = new_record(cfg, run_dir, overrides)
+    record = new_record(OmegaConf.to_container(cfg, resolve=True), run_dir, overrides or [])
     check_run_folder(run_dir, record["run_key"])
     run_dir.mkdir(parents=True, exist_ok=True)
     rank_zero = is_rank_zero()
@@ -243,20 +222,22 @@ def run(
         trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if last else None)
         if trainer.interrupted:
             raise KeyboardInterrupt
-        record["timing"] = {
-            "train_s": round(callbacks.throughput.train_s, 3),
-            "steps": trainer.global_step,
-            "items": callbacks.throughput.items,
-            "items_per_s": round(callbacks.throughput.items_per_s, 1),
-        }
-        if last and not callbacks.throughput.restored:
-            # A checkpoint from before it carried the timing: the epochs before it are untimed.
-            record["timing"]["partial"] = True
-        record["best"] = best_epoch(callbacks.epochs.rows)
+        if callbacks.throughput is not None:  # absent when ~callbacks.throughput
+            clock = callbacks.throughput
+            record["timing"] = {
+                "train_s": round(clock.train_s, 3),
+                "steps": trainer.global_step,
+                "items": clock.items,
+                "items_per_s": round(clock.items_per_s, 1),
+            }
+            if last and not clock.restored:
+                # A checkpoint from before it carried the timing: the epochs before are untimed.
+                record["timing"]["partial"] = True
+        record["best"] = best_epoch(callbacks.epochs.rows) if callbacks.epochs else None
         record["metrics"] |= {
             k: v for k, v in (record["best"] or {}).items() if k.startswith("val/")
         }
-        best_path = callbacks.best.best_model_path or None
+        best_path = (callbacks.best.best_model_path or None) if callbacks.best else None
         record["tested"] = "best" if best_path else "last"
         if best_path is None:
             record["notes"].append(
@@ -305,74 +286,53 @@ def divergence(task: pl.LightningModule, model: nn.Module, metrics: dict[str, An
     return f"{', '.join(bad)} not finite" if bad else None
 
 
-def write_record(run_dir: Path, record: dict[str, Any]) -> str | None:
-    """Write the record as run_dir/result.json, unless that holds a completed record and this
-    one is not (a forced re-run that failed keeps the result it would have replaced). Returns
-    why it could not be written (a full disk, a read-only folder), None when it was."""
-    path = run_dir / RECORD_FILE
-    if record["status"] != "completed":
-        try:
-            kept = json.loads(path.read_text()).get("status") == "completed"
-        except (OSError, ValueError, AttributeError):
-            kept = False
-        if kept:
-            print(
-                f"rnnbench: warning: kept the completed record {path}; this run ended "
-                f"{record['status']} and is not recorded there",
-                file=sys.stderr,
-            )
-            return None
-    try:
-        write_json_atomic(path, record)
-    except OSError as e:
-        reason = f"cannot write the run record {path} ({e.strerror or e})"
-        print(f"rnnbench: warning: {reason}", file=sys.stderr)
-        return reason
-    return None
-
-
 @dataclass
 class RunCallbacks:
-    """The callbacks every run trains with; `run` reads its record's figures from them."""
+    """The callbacks a run trains with: the `callbacks` group's entries
+    (conf/callbacks/default.yaml, plus `+callbacks=NAME`), placed in the run folder. `run` reads
+    its record's figures from the always-on ones; each may be dropped (`~callbacks.NAME`), and
+    the record then goes without what it gave (timing, best epoch, steps.csv, resume)."""
 
-    resume: ResumeCheckpoint
-    throughput: Throughput
-    epochs: EpochMetricsCSV
-    trace: StepTrace
-    best: ModelCheckpoint
-    others: list[pl.Callback]
+    resume: ResumeCheckpoint | None
+    throughput: Throughput | None
+    epochs: EpochMetricsCSV | None
+    best: ModelCheckpoint | None
+    all: list[pl.Callback]
 
     @classmethod
     def for_run(cls, cfg: DictConfig, run_dir: Path) -> RunCallbacks:
-        checkpoints = run_dir / "checkpoints"
-        others: list[pl.Callback] = []
-        if cfg.trainer.get("enable_progress_bar", True):
-            others.append(SteadyProgressBar())
-        # last.ckpt has its own callback: the best-model one only writes when val/loss improves,
-        # and a resume must go on from the latest epoch, not from the best one.
+        entries = (cfg.get("callbacks") or {}).values()
+        made = [place_in(instantiate(conf), run_dir) for conf in entries]
+        if not cfg.trainer.get("enable_progress_bar", True):
+            made = [c for c in made if not isinstance(c, ProgressBar)]
+        for c in made:
+            if isinstance(c, StepTrace):
+                c.clip = cfg.trainer.get("gradient_clip_val")
+        # last.ckpt every N steps has its own callback: the best-model one only writes when
+        # val/loss improves, and a resume must go on from the latest step, not the best one.
         if cfg.get("checkpoint_every_n_steps"):
-            others.append(
-                last_checkpoint(checkpoints, every_n_train_steps=cfg.checkpoint_every_n_steps)
-            )
-        return cls(
-            resume=ResumeCheckpoint(run_dir / LAST_CKPT),
-            throughput=Throughput(),
-            epochs=EpochMetricsCSV(run_dir / "metrics.csv"),
-            trace=StepTrace(run_dir / "steps.csv", cfg.trainer.get("gradient_clip_val")),
-            best=ModelCheckpoint(
-                dirpath=checkpoints,
-                filename="best",
-                monitor="val/loss",
-                mode="min",
-                enable_version_counter=False,
-            ),
-            others=[*others, *extra_callbacks(cfg, run_dir)],
-        )
+            made.append(last_checkpoint(run_dir / CHECKPOINT_DIR, cfg.checkpoint_every_n_steps))
 
-    @property
-    def all(self) -> list[pl.Callback]:
+        def first(kind: type) -> Any:
+            return next((c for c in made if type(c) is kind), None)
+
         # The resume checkpoint first: its writing time is not training time (Throughput).
-        return [self.resume, self.throughput, self.epochs, self.trace, self.best, *self.others]
+        made.sort(key=lambda c: not isinstance(c, ResumeCheckpoint))
+        best = next(
+            (c for c in made if isinstance(c, ModelCheckpoint) and c.monitor == "val/loss"), None
+        )
+        return cls(first(ResumeCheckpoint), first(Throughput), first(EpochMetricsCSV), best, made)
+
+
+def place_in(callback: pl.Callback, run_dir: Path) -> pl.Callback:
+    """`callback` with its files inside `run_dir`: a relative `path` is taken there, and a
+    ModelCheckpoint without a folder writes to run_dir/checkpoints."""
+    if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
+        callback.dirpath = str(run_dir / CHECKPOINT_DIR)
+    path = getattr(callback, "path", None)
+    if isinstance(path, Path) and not path.is_absolute():
+        callback.path = run_dir / path
+    return callback
 
 
 def last_checkpoint(checkpoints: Path, every_n_train_steps: int) -> ModelCheckpoint:
@@ -382,19 +342,11 @@ def last_checkpoint(checkpoints: Path, every_n_train_steps: int) -> ModelCheckpo
     # at every trigger instead.
     return ModelCheckpoint(
         dirpath=checkpoints,
-        filename="last",
+        filename=Path(LAST_CKPT).stem,
         save_top_k=1,
         every_n_train_steps=every_n_train_steps,
         enable_version_counter=False,
     )
-
-
-def extra_callbacks(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
-    """The `callbacks` group's entries (`+callbacks=gradflow`), each writing <run>/<name>.csv."""
-    return [
-        instantiate(conf, out_path=run_dir / f"{name}.csv")
-        for name, conf in (cfg.get("callbacks") or {}).items()
-    ]
 
 
 def _raise_interrupt(signum, frame) -> None:
@@ -501,14 +453,3 @@ def main(cfg: DictConfig) -> None:
         )
     else:
         print(format_summary(record))
-
-
-def cli() -> None:
-    """Console entry point (`rnnbench`), also `python -m rnnbench`: see overrides.cli."""
-    from rnnbench.overrides import cli as checked_cli
-
-    checked_cli()
-
-
-if __name__ == "__main__":
-    cli()

@@ -53,13 +53,9 @@ def require_data(*relpaths: str) -> Path:
     return root
 
 
-def compose_config(overrides: list[str]):
-    return compose(overrides)
-
-
 def train(overrides: list[str], run_dir: Path) -> dict:
     """Compose `overrides` exactly as the CLI would and run it in-process."""
-    return run(compose_config([*QUIET, *overrides]), run_dir, overrides)
+    return run(compose([*QUIET, *overrides]), run_dir, overrides)
 
 
 def rnnbench_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 300):

@@ -14,11 +14,11 @@ from conftest import (
     REPO,
     TINY_REBER_RUN,
     assert_refused,
-    compose_config,
     records,
     require_data,
     rnnbench_cli,
 )
+from rnnbench.config import compose
 
 FAST = TINY_REBER_RUN
 
@@ -136,7 +136,7 @@ def test_every_config_option_composes():
         options = sorted(p.stem for p in (REPO / "conf" / group).glob("*.yaml"))
         assert options, group
         for option in options:
-            cfg = compose_config([f"{prefix}{group}={option}"])
+            cfg = compose([f"{prefix}{group}={option}"])
             node = cfg.get(group) if "/" not in group else None
             targets = [node.get("_target_")] if node is not None else []
             if group in ("logger", "callbacks") and node is not None:

@@ -255,7 +255,7 @@ def mse_on(batch):
 
 
 def test_callback_records_the_probe_during_a_real_fit(tmp_path):
-    flow = GradFlow(every_n_steps=3, out_path=tmp_path / "gradflow.csv")
+    flow = GradFlow(every_n_steps=3, path=tmp_path / "gradflow.csv")
     task, initial = fit([flow])
 
     rows = pd.read_csv(tmp_path / "gradflow.csv")
@@ -303,7 +303,7 @@ def test_callback_handles_every_task_kind(kind, tmp_path):
     model = SequenceModel(cell="gru", hidden_size=8, num_layers=1, **data.model_io())
     initial = copy.deepcopy(model)
     task = TASKS[data.task](model, partial(torch.optim.Adam, lr=0.01))
-    flow = GradFlow(every_n_steps=1, out_path=tmp_path / "gradflow.csv", probe_size=2)
+    flow = GradFlow(every_n_steps=1, path=tmp_path / "gradflow.csv", probe_size=2)
     pl.Trainer(
         accelerator="cpu",
         max_steps=2,
@@ -343,7 +343,7 @@ def test_callback_logs_a_wandb_table(tmp_path):
     from pytorch_lightning.loggers import WandbLogger
 
     logger = WandbLogger(project="rnnbench", save_dir=str(tmp_path), mode="offline")
-    fit([GradFlow(every_n_steps=2, out_path=None)], max_steps=2, logger=logger)
+    fit([GradFlow(every_n_steps=2, path=None)], max_steps=2, logger=logger)
     logger.experiment.finish()
     tables = sorted(tmp_path.glob("wandb/offline-run-*/files/media/table/gradflow/norms_*.json"))
     assert len(tables) == 2  # step 0 and step 2

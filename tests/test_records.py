@@ -71,12 +71,12 @@ def test_another_config_is_refused_from_a_run_folder(completed_folder, change):
 
 def test_another_config_is_refused_by_run_itself(completed_folder):
     """The same guarantee for a run started in-process (a sweep job, the Python API)."""
-    from conftest import compose_config
+    from rnnbench.config import compose
     from rnnbench.train import run
 
     cwd, run_dir, files = completed_folder
     with pytest.raises(ConfigError, match="holds another configuration's run"):
-        run(compose_config([*TINY, "optim.lr=0.01"]), run_dir)
+        run(compose([*TINY, "optim.lr=0.01"]), run_dir)
     for path, data in files.items():
         assert path.read_bytes() == data, path
 
@@ -242,11 +242,11 @@ def test_a_corrupt_checkpoint_of_another_run_is_skipped(tmp_path, real_checkpoin
     starts afresh and completes, instead of failing on it for ever."""
     from omegaconf import OmegaConf
 
-    from conftest import compose_config
+    from rnnbench.config import compose
     from rnnbench.record import KEY_FILE, run_key
     from rnnbench.train import run
 
-    cfg = compose_config([*TINY, f"results_root={tmp_path / 'runs'}"])
+    cfg = compose([*TINY, f"results_root={tmp_path / 'runs'}"])
     first = tmp_path / "runs" / "first"
     (first / "checkpoints").mkdir(parents=True)
     (first / KEY_FILE).write_text(run_key(OmegaConf.to_container(cfg, resolve=True)))
@@ -503,8 +503,7 @@ def test_a_bad_value_is_refused_before_torch_is_imported(tmp_path):
 
 def test_every_shipped_config_passes_the_checks():
     """Every recipe and every option of every group composes to values the checks allow."""
-    from conftest import compose_config
-    from rnnbench.config import config_problem
+    from rnnbench.config import compose, config_problem
 
     overrides = [
         [f"experiment={p.relative_to(REPO / 'conf' / 'experiment').with_suffix('')}"]
@@ -514,7 +513,7 @@ def test_every_shipped_config_passes_the_checks():
         overrides += [[f"{group}={p.stem}"] for p in (REPO / "conf" / group).glob("*.yaml")]
     assert len(overrides) > 30
     for o in overrides:
-        assert config_problem(compose_config(o)) is None, o
+        assert config_problem(compose(o)) is None, o
 
 
 # 9. Modes -----------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from hydra.utils import instantiate
 
-from conftest import compose_config, require_data, train
+from conftest import require_data, train
+from rnnbench.config import compose
 from rnnbench.reproduce import (
     BEGIN,
     END,
@@ -60,7 +61,7 @@ def test_every_source_has_its_recipes():
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipe_composes_and_trains_a_step(name, tmp_path):
-    cfg = compose_config([f"experiment={name}"])
+    cfg = compose([f"experiment={name}"])
     assert cfg.recipe == name
     data = cfg.data.name
     if data in DATA_FILES:
@@ -72,7 +73,7 @@ def test_recipe_composes_and_trains_a_step(name, tmp_path):
 
 
 def params(name: str) -> int:
-    cfg = compose_config([f"experiment={name}"])
+    cfg = compose([f"experiment={name}"])
     datamodule = instantiate(cfg.data)
     if cfg.data.name in DATA_FILES:
         require_data(DATA_FILES[cfg.data.name])
@@ -97,7 +98,7 @@ def test_gru_and_rnn_recipes_match_the_lstm_parameter_budget(task):
 def test_zaremba_recipe_follows_the_papers_code():
     """lr x 20 and clip / 20 for the per-token mean loss; lr held for 5 epochs, as main.lua's
     `epoch > max_epoch` test with max_epoch 4 holds it."""
-    cfg = compose_config(["experiment=zaremba/small"])
+    cfg = compose(["experiment=zaremba/small"])
     assert cfg.optim.lr == 20.0 and cfg.trainer.gradient_clip_val == 0.25
     assert (cfg.data.bptt, cfg.data.batch_size, cfg.trainer.max_epochs) == (20, 20, 13)
     import torch

@@ -21,7 +21,8 @@ from omegaconf import OmegaConf
 
 from conftest import require_data, rnnbench_cli, train
 from rnnbench import bench, table
-from rnnbench.train import CONF_DIR
+from rnnbench.config import CONF_DIR
+from rnnbench.record import RECORD_FILE
 
 TINY = [
     "data.train_strings=200",
@@ -76,7 +77,7 @@ def made_runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     (root / "sweep").mkdir()
     done = rnnbench_cli(SWEEP, cwd=root / "sweep")
     assert done.returncode == 0, done.stderr[-3000:]
-    [sweep] = {p.parent.parent for p in (root / "sweep").rglob(table.RESULT)}
+    [sweep] = {p.parent.parent for p in (root / "sweep").rglob(RECORD_FILE)}
 
     train(["model=lstm", "model.num_layers=1", "seed=7", *TINY], root / "seed" / "lstm-seed7")
 
@@ -101,7 +102,7 @@ def runs(tmp_path_factory) -> Runs:
 
 
 def records(*paths: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for path in paths for p in sorted(path.rglob(table.RESULT))]
+    return [json.loads(p.read_text()) for path in paths for p in sorted(path.rglob(RECORD_FILE))]
 
 
 def ppl(recs: list[dict], cell: str, layers: int) -> list[float]:
@@ -286,10 +287,10 @@ def test_a_path_without_runs_is_one_line_and_a_failure(tmp_path):
 def test_truncated_and_foreign_records_are_skipped_with_a_warning(runs, tmp_path):
     copy = tmp_path / "sweep"
     shutil.copytree(runs.sweep, copy, ignore=shutil.ignore_patterns("checkpoints", "csv"))
-    truncated = copy / "0" / table.RESULT
+    truncated = copy / "0" / RECORD_FILE
     lost = json.loads(truncated.read_text())["config"]["model"]
     truncated.write_text(truncated.read_text()[:200])
-    foreign = copy / "other" / table.RESULT
+    foreign = copy / "other" / RECORD_FILE
     foreign.parent.mkdir()
     foreign.write_text(json.dumps({"schema": "someone-else/1", "accuracy": 0.9}))
     done = rnnbench_table(copy)
@@ -372,7 +373,7 @@ def wandb_offline_run(run_dir: Path) -> tuple[dict, dict, str]:
 
 
 def test_wandb_rows_are_the_rows_of_result_json(runs):
-    [path] = runs.ptb.rglob(table.RESULT)
+    [path] = runs.ptb.rglob(RECORD_FILE)
     record = json.loads(path.read_text())
     config, summary, state = wandb_offline_run(path.parent)
     assert state == "finished" and "trainer/global_step" in summary  # W&B's own keys are there
