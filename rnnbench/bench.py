@@ -65,7 +65,6 @@ from typing import Any, NamedTuple
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnbench import table
@@ -318,23 +317,25 @@ class PlainLoop:
         self.params = list(self.model.parameters())
         self.optimizer = instantiate(cfg.optim)(self.params)
         self.clip = cfg.trainer.get("gradient_clip_val")
-        losses = {"lm": self.lm_loss, "classify": self.classify_loss}
+        losses = {"lm": self.carried_state_loss, "classify": self.sequence_loss}
         if datamodule.task not in losses:
             raise BenchError(f"no plain loop for task {datamodule.task!r}: use {sorted(losses)}")
-        self.loss = losses[datamodule.task]
+        self.kind, self.loss = datamodule.kind, losses[datamodule.task]
         self.loader = datamodule.train_dataloader()
         self.batches = iter(self.loader)
         self.state = None
 
-    def lm_loss(self, batch: dict[str, Tensor]) -> Tensor:
+    def carried_state_loss(self, batch: dict[str, Tensor]) -> Tensor:
+        """The kind's loss, the state carried (detached) from the previous window, as the
+        language-model task does."""
         from rnnbench.module import detach_state
 
         logits, self.state = self.model(batch["x"], detach_state(self.state))
-        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch["y"].reshape(-1))
+        return self.kind.loss(logits, batch)
 
-    def classify_loss(self, batch: dict[str, Tensor]) -> Tensor:
+    def sequence_loss(self, batch: dict[str, Tensor]) -> Tensor:
         logits, _ = self.model(batch["x"], lengths=batch.get("lengths"))
-        return F.cross_entropy(logits, batch["y"])
+        return self.kind.loss(logits, batch)
 
     def next_batch(self) -> dict[str, Tensor]:
         try:

@@ -41,7 +41,6 @@ from pathlib import Path
 import pandas as pd
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnbench.cells import CELLS, RecurrentStack, State, reverse_time
@@ -50,12 +49,8 @@ from rnnbench.errors import UserError
 from rnnbench.model import SequenceModel
 from rnnbench.module import (
     Batch,
-    ClassificationTask,
-    LanguageModelTask,
-    MultilabelTask,
     RecurrentTask,
     RegressionTask,
-    StepClassificationTask,
 )
 from rnnbench.outputs import check_writable, mpl_text, one_line, write_bytes, write_text
 from rnnbench.record import RECORD_FILE, STEPS_FILE, flatten, is_identity_key, read_record
@@ -201,26 +196,10 @@ def hidden_grad_norms(
 
 
 def probe_loss(task: RecurrentTask, batch: Batch) -> Callable[[Tensor], Tensor]:
-    """The loss the probe differentiates for `task` on `batch`: the task's own loss where the
-    head reads the final state (regression, classification), and for per-step tasks the sum
-    over steps of each step's loss averaged over the batch, so every step's loss counts."""
-    y = batch["y"]
-    if isinstance(task, RegressionTask):
-        return lambda out: F.mse_loss(out.view_as(y), y)
-    if isinstance(task, ClassificationTask):
-        return lambda out: F.cross_entropy(out, y)
-    if isinstance(task, LanguageModelTask | StepClassificationTask):
-        return lambda out: (
-            F.cross_entropy(out.reshape(-1, out.size(-1)), y.reshape(-1), reduction="sum")
-            / y.size(0)
-        )
-    if isinstance(task, MultilabelTask):
-        mask = batch["mask"]
-        return lambda out: (
-            (F.binary_cross_entropy_with_logits(out, y, reduction="none").sum(-1) * mask).sum()
-            / y.size(0)
-        )
-    raise TypeError(f"GradFlow does not know the loss of {type(task).__name__}")
+    """The loss the probe differentiates for `task` on `batch`: its kind's `probe_loss` (the
+    task's own loss where the head reads the final state; for per-step heads the sum over steps
+    of each step's loss averaged over the batch, so every step's loss counts)."""
+    return lambda out: task.kind.probe_loss(out, batch)
 
 
 def first_last_ratios(frame: pd.DataFrame) -> pd.DataFrame:

@@ -13,11 +13,11 @@ from collections.abc import Callable
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.aggregation import MeanMetric
 
 from rnnbench.cells import State, detach_state
+from rnnbench.tasks import KINDS, TaskKind
 
 LN2 = math.log(2.0)
 SPLITS = ("train", "val", "test")
@@ -52,9 +52,11 @@ def time_chunks(batch: Batch, k: int) -> list[Batch]:
 
 
 class RecurrentTask(pl.LightningModule):
-    """The shared loop. A task kind names its accumulated quantities (`means`), computes the
-    loss of a batch while updating them (`step`), and turns them into metrics (`derive`)."""
+    """The shared loop. A task module has its kind (rnnbench.tasks: loss, items, metrics), names
+    its accumulated quantities (`means`), computes the kind's loss of a batch while updating
+    them (`step`), and turns them into the kind's metrics (`derive`)."""
 
+    kind: TaskKind
     means: tuple[str, ...] = ("loss",)
 
     def __init__(
@@ -95,7 +97,7 @@ class RecurrentTask(pl.LightningModule):
 
     def items_in(self, batch: Batch) -> int:
         """How many predicted items a batch holds (tokens, frames, sequences): for throughput."""
-        return batch["y"].numel()
+        return self.kind.items(batch)
 
     def accumulate(self, split: str, name: str, value: Tensor, weight: float | Tensor) -> None:
         self.accumulators[f"{split}_{name}"].update(value.detach(), weight)
@@ -236,6 +238,8 @@ class LanguageModelTask(RecurrentTask):
     """Next-token prediction over BPTT windows read in order; the hidden state is carried from
     one window to the next (detached) and starts from zero at each epoch of each split."""
 
+    kind = KINDS["lm"]
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.state: State | None = None
@@ -244,9 +248,8 @@ class LanguageModelTask(RecurrentTask):
     def step(self, batch: Batch, split: str) -> Tensor:
         logits, state = self.model(batch["x"], detach_state(self.state))
         self.state = state
-        y = batch["y"]
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
-        self.accumulate(split, "loss", loss, y.numel())
+        loss = self.kind.loss(logits, batch)
+        self.accumulate(split, "loss", loss, self.kind.items(batch))
         return loss
 
     def derive(self, means: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -272,40 +275,41 @@ class LanguageModelTask(RecurrentTask):
 class StepClassificationTask(RecurrentTask):
     """A class per time step (copy memory): mean cross-entropy over every output position."""
 
+    kind = KINDS["steps"]
+
     def step(self, batch: Batch, split: str) -> Tensor:
-        logits = self.run_model(batch)
-        y = batch["y"]
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
-        self.accumulate(split, "loss", loss, y.numel())
+        loss = self.kind.loss(self.run_model(batch), batch)
+        self.accumulate(split, "loss", loss, self.kind.items(batch))
         return loss
 
 
 class ClassificationTask(RecurrentTask):
     """One class per sequence from the final state: cross-entropy and accuracy."""
 
+    kind = KINDS["classify"]
     means = ("loss", "acc")
 
     def step(self, batch: Batch, split: str) -> Tensor:
         logits = self.run_model(batch)
-        y = batch["y"]
-        loss = F.cross_entropy(logits, y)
-        self.accumulate(split, "loss", loss, y.numel())
-        self.accumulate(split, "acc", (logits.argmax(-1) == y).float().mean(), y.numel())
+        y, n = batch["y"], self.kind.items(batch)
+        loss = self.kind.loss(logits, batch)
+        self.accumulate(split, "loss", loss, n)
+        self.accumulate(split, "acc", (logits.argmax(-1) == y).float().mean(), n)
         return loss
 
 
 class RegressionTask(RecurrentTask):
     """Real-valued targets from the final state: mean squared error (the loss) and MAE."""
 
+    kind = KINDS["regress"]
     means = ("loss", "mae")
 
     def step(self, batch: Batch, split: str) -> Tensor:
-        pred = self.run_model(batch)
-        y = batch["y"]
-        pred = pred.view_as(y)
-        loss = F.mse_loss(pred, y)
-        self.accumulate(split, "loss", loss, y.numel())
-        self.accumulate(split, "mae", (pred - y).abs().mean(), y.numel())
+        y, n = batch["y"], self.kind.items(batch)
+        pred = self.run_model(batch).view_as(y)
+        loss = self.kind.loss(pred, batch)
+        self.accumulate(split, "loss", loss, n)
+        self.accumulate(split, "mae", (pred - y).abs().mean(), n)
         return loss
 
     def derive(self, means: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -316,26 +320,25 @@ class MultilabelTask(RecurrentTask):
     """Next-frame prediction of 88 binary keys: NLL per frame = the sum of the 88 binary
     cross-entropies, averaged over real (unpadded) frames."""
 
-    def step(self, batch: Batch, split: str) -> Tensor:
-        logits = self.run_model(batch)
-        y, mask = batch["y"], batch["mask"]
-        per_frame = F.binary_cross_entropy_with_logits(logits, y, reduction="none").sum(-1)
-        frames = mask.sum()
-        loss = (per_frame * mask).sum() / frames
-        self.accumulate(split, "loss", loss, frames)
-        return loss
+    kind = KINDS["multilabel"]
 
-    def items_in(self, batch: Batch) -> int:
-        return int(batch["mask"].sum())
+    def step(self, batch: Batch, split: str) -> Tensor:
+        loss = self.kind.loss(self.run_model(batch), batch)
+        self.accumulate(split, "loss", loss, self.kind.items(batch))
+        return loss
 
     def derive(self, means: dict[str, Tensor]) -> dict[str, Tensor]:
         return {"loss": means["loss"], "nll": means["loss"]}
 
 
+# The module that trains each kind of rnnbench.tasks.KINDS.
 TASKS: dict[str, type[RecurrentTask]] = {
-    "lm": LanguageModelTask,
-    "steps": StepClassificationTask,
-    "classify": ClassificationTask,
-    "regress": RegressionTask,
-    "multilabel": MultilabelTask,
+    task.kind.name: task
+    for task in (
+        LanguageModelTask,
+        StepClassificationTask,
+        ClassificationTask,
+        RegressionTask,
+        MultilabelTask,
+    )
 }

@@ -37,7 +37,8 @@ from rnnbench.config import CONF_DIR, compose
 from rnnbench.errors import UserError
 from rnnbench.outputs import make_folder, md_text, one_line, write_text
 from rnnbench.record import flatten, is_identity_key, iter_records, repeat_key
-from rnnbench.table import direction, literal, load_reference, match_keys
+from rnnbench.table import literal, load_reference, match_keys
+from rnnbench.tasks import direction
 
 RESULTS_DIR = Path("results")
 TIMES_FILE = "recipe_times.csv"
@@ -103,6 +104,7 @@ class Recipe:
     name: str  # e.g. tcn/jsb_lstm
     config: dict[str, Any]
     headline: str  # the metric the paper reports: test/nll, test/ppl, ...
+    kind: str = ""  # its dataset's task kind (rnnbench.tasks): says which way is better
 
     @property
     def source(self) -> str:
@@ -169,7 +171,7 @@ class Row:
 
     @property
     def sign(self) -> int:
-        return direction(self.metric)
+        return direction(self.metric, [self.recipe.kind])
 
     @property
     def within(self) -> bool | None:
@@ -203,8 +205,9 @@ def compose_recipes(names: Sequence[str], overrides: Sequence[str] = ()) -> list
     recipes = []
     for name in names:
         cfg = compose([f"experiment={name}", *overrides])
-        headline = instantiate(cfg.data).headline_metric
-        recipes.append(Recipe(name, OmegaConf.to_container(cfg, resolve=True), headline))
+        data = instantiate(cfg.data)
+        config = OmegaConf.to_container(cfg, resolve=True)
+        recipes.append(Recipe(name, config, data.headline_metric, data.task))
     return recipes
 
 

@@ -37,12 +37,11 @@ from rnnbench.record import (
     record_files,
     repeat_key,
 )
+from rnnbench.tasks import direction
 
 FORMATS = ("md", "csv", "latex", "html")
 # Runs in these states have a number (or "diverged") to show; the rest are left out and counted.
 SHOWN = ("completed", "diverged")
-LOWER_IS_BETTER = ("loss", "ppl", "bpc", "mse", "mae", "nll", "train_s")
-HIGHER_IS_BETTER = ("acc", "items_per_s")
 RECORD_COLUMNS = (
     "status",
     "task",
@@ -259,14 +258,11 @@ def metric_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns if "/" in c or c.startswith("timing.") or c == "params"]
 
 
-def direction(metric: str) -> int:
-    """-1 when lower is better, +1 when higher is better, 0 when unknown (no best is marked)."""
-    name = metric.rsplit("/", 1)[-1].rsplit(".", 1)[-1]
-    if name.startswith(HIGHER_IS_BETTER) or name in HIGHER_IS_BETTER:
-        return 1
-    if name.split("_")[0] in LOWER_IS_BETTER or name in LOWER_IS_BETTER:
-        return -1
-    return 0
+def metric_direction(df: pd.DataFrame, metric: str) -> int:
+    """-1 lower is better, +1 higher, 0 no best marked: as the task kinds of the runs in `df`
+    declare it (rnnbench.tasks), never guessed from the metric's name."""
+    kinds = df["task"].dropna().unique().tolist() if "task" in df.columns else []
+    return direction(metric, kinds)
 
 
 def config_columns(df: pd.DataFrame) -> list[str]:
@@ -411,7 +407,7 @@ def aggregate(
     agg["diverged"] = agg["diverged"].astype(int)
     # Numbers of different datasets are not comparable: best is per column and dataset.
     within = [*cols, *(["data.name"] if "data.name" in rows else [])]
-    agg["best"] = _best_flags(agg, within, direction(metric))
+    agg["best"] = _best_flags(agg, within, metric_direction(df, metric))
     return agg.reset_index(drop=True)
 
 
@@ -524,7 +520,7 @@ def pivot_table(agg: pd.DataFrame, view: View) -> Table:
 
 def table_notes(df: pd.DataFrame, agg: pd.DataFrame, view: View) -> list[str]:
     """The lines under a table: what the numbers are, which runs were left out and why."""
-    sign = direction(view.metric)
+    sign = metric_direction(df, view.metric)
     better = {1: "higher is better", -1: "lower is better", 0: "no best marked"}[sign]
     notes = [
         f"{view.metric}: mean ± sample std over seeds, n = runs when more than one; {better}"

@@ -13,6 +13,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from rnnbench.errors import check_positive_int
+from rnnbench.tasks import TaskKind, kind_of
 
 SPLITS = ("train", "valid", "test")
 
@@ -73,12 +74,12 @@ def rank_and_world(datamodule: pl.LightningDataModule) -> tuple[int, int]:
 
 
 class SequenceDataModule(pl.LightningDataModule):
-    """Base of every dataset. Subclasses set `task`, `causal` and `headline_metric`, and
-    implement `load_splits` and `model_io`."""
+    """Base of every dataset. Subclasses set `task` (a kind of rnnbench.tasks: it says the head,
+    the loss, the metrics and the headline) and `causal`, and implement `load_splits` and
+    `model_io`."""
 
     task = ""
     causal = False  # next-step prediction: a bidirectional model would see the answer
-    headline_metric = "test/loss"
     unit = ""
     collate: Callable | None = None
 
@@ -92,6 +93,16 @@ class SequenceDataModule(pl.LightningDataModule):
         self.name, self.seed = name, seed
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.splits: dict[str, Dataset] = {}
+
+    @property
+    def kind(self) -> TaskKind:
+        return kind_of(self.task)
+
+    @property
+    def headline_metric(self) -> str:
+        """The metric tables show by default (the task kind's; bits per character for text
+        counted in characters)."""
+        return self.kind.headline_metric(self.unit)
 
     def load_splits(self) -> dict[str, Dataset]:
         raise NotImplementedError

@@ -56,7 +56,7 @@ class PixelMNIST(SequenceDataModule):
     """`seq_mnist` (permute=false) or `pmnist` (permute=true, order drawn from
     `permutation_seed`). The last `valid_size` images of a seeded shuffle of train validate."""
 
-    task, headline_metric = "classify", "test/acc"
+    task = "classify"
 
     def __init__(
         self,
@@ -99,4 +99,4 @@ class PixelMNIST(SequenceDataModule):
         }
 
     def model_io(self) -> dict:
-        return {"input_size": 1, "output_size": 10, "readout": "last", "causal": False}
+        return {"input_size": 1, "output_size": 10, "readout": self.kind.readout, "causal": False}

@@ -104,11 +104,6 @@ class LMDataModule(SequenceDataModule):
         raise NotImplementedError
 
     @property
-    def headline_metric(self) -> str:
-        """The metric tables show by default: bits per character for character sets."""
-        return "test/bpc" if self.unit == "char" else "test/ppl"
-
-    @property
     def vocab_size(self) -> int:
         return len(self.vocab)
 
@@ -116,7 +111,7 @@ class LMDataModule(SequenceDataModule):
         return {
             "vocab_size": self.vocab_size,
             "output_size": self.vocab_size,
-            "readout": "all",
+            "readout": self.kind.readout,
             "causal": True,
         }
 

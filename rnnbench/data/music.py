@@ -73,7 +73,7 @@ def pad_next_frame(rolls: list[Tensor]) -> dict[str, Tensor]:
 class PolyphonicMusic(SequenceDataModule):
     """JSB Chorales, Nottingham, MuseData or Piano-midi.de; NLL per frame is the metric."""
 
-    task, causal, headline_metric = "multilabel", True, "test/nll"
+    task, causal = "multilabel", True
     collate = staticmethod(pad_next_frame)
 
     def __init__(
@@ -97,4 +97,9 @@ class PolyphonicMusic(SequenceDataModule):
         return {split: PianoRolls(seqs) for split, seqs in rolls.items()}
 
     def model_io(self) -> dict:
-        return {"input_size": KEYS, "output_size": KEYS, "readout": "all", "causal": True}
+        return {
+            "input_size": KEYS,
+            "output_size": KEYS,
+            "readout": self.kind.readout,
+            "causal": True,
+        }

@@ -59,7 +59,7 @@ def pad_sentences(items: list[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
 
 
 class SST2(SequenceDataModule):
-    task, headline_metric = "classify", "test/acc"
+    task = "classify"
     collate = staticmethod(pad_sentences)
 
     def __init__(
@@ -97,4 +97,9 @@ class SST2(SequenceDataModule):
         }
 
     def model_io(self) -> dict:
-        return {"vocab_size": len(self.vocab), "output_size": 2, "readout": "last", "causal": False}
+        return {
+            "vocab_size": len(self.vocab),
+            "output_size": 2,
+            "readout": self.kind.readout,
+            "causal": False,
+        }

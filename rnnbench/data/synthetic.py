@@ -48,7 +48,7 @@ class AddingProblem(GeneratedSplits):
     """Hochreiter & Schmidhuber 1997, as in Bai et al.: channel 0 holds uniform values, channel 1
     marks exactly two positions; the target is the sum of the two marked values."""
 
-    task, headline_metric = "regress", "test/mse"
+    task = "regress"
 
     def __init__(
         self,
@@ -80,7 +80,7 @@ class AddingProblem(GeneratedSplits):
         return TensorDictDataset(x=x, y=y)
 
     def model_io(self) -> dict:
-        return {"input_size": 2, "output_size": 1, "readout": "last", "causal": False}
+        return {"input_size": 2, "output_size": 1, "readout": self.kind.readout, "causal": False}
 
     def reference_metrics(self) -> dict[str, float]:
         """The trivial predictor always answers 1, the target's mean: MSE = 2 × Var U(0,1) = 1/6."""
@@ -92,7 +92,7 @@ class CopyMemory(GeneratedSplits):
     """Bai et al.'s copy memory: 10 digits from 1-8, then T-1 blanks (0), then 11 delimiters (9);
     the output is 0 everywhere except the last 10 steps, which must repeat the digits."""
 
-    task, causal, headline_metric = "steps", True, "test/loss"
+    task, causal = "steps", True
     MEMORY, SYMBOLS = 10, 10
 
     def __init__(
@@ -123,7 +123,7 @@ class CopyMemory(GeneratedSplits):
         return {
             "vocab_size": self.SYMBOLS,
             "output_size": self.SYMBOLS,
-            "readout": "all",
+            "readout": self.kind.readout,
             "causal": True,
         }
 

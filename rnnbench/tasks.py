@@ -1,0 +1,165 @@
+"""Task kinds: what a dataset asks of a model, declared once.
+
+A kind says where its head reads the recurrent stack (every step, or the final state), its loss
+(the one the Lightning module trains on, the gradient-flow probe differentiates and the
+benchmark's plain loop times), the metrics its runs record with whether lower or higher is
+better, and its headline metric (what tables and reproduction show by default). A dataset names
+its kind (`task = "lm"`); tables and reproduction read a metric's direction from here.
+
+Importing this module does not import torch: tables and reports read the declarations alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    Batch = dict[str, Tensor]
+
+Better = Literal["lower", "higher"]
+
+
+# The losses, each the mean over the items a batch predicts (tokens, frames, sequences). torch
+# is imported on the first call, not with this module.
+
+
+def token_cross_entropy(out: Tensor, batch: Batch) -> Tensor:
+    """Mean cross-entropy over every (sequence, step) target: next-token or per-step class."""
+    from torch.nn import functional as F
+
+    return F.cross_entropy(out.reshape(-1, out.size(-1)), batch["y"].reshape(-1))
+
+
+def sequence_cross_entropy(out: Tensor, batch: Batch) -> Tensor:
+    """Mean cross-entropy of one class per sequence."""
+    from torch.nn import functional as F
+
+    return F.cross_entropy(out, batch["y"])
+
+
+def squared_error(out: Tensor, batch: Batch) -> Tensor:
+    """Mean squared error over every target value."""
+    from torch.nn import functional as F
+
+    y = batch["y"]
+    return F.mse_loss(out.view_as(y), y)
+
+
+def frame_nll(out: Tensor, batch: Batch) -> Tensor:
+    """Negative log-likelihood per real (unpadded) frame: the sum of the binary cross-entropies
+    of its keys, averaged over the frames `batch["mask"]` marks."""
+    from torch.nn import functional as F
+
+    y, mask = batch["y"], batch["mask"]
+    per_frame = F.binary_cross_entropy_with_logits(out, y, reduction="none").sum(-1)
+    return (per_frame * mask).sum() / mask.sum()
+
+
+def targets(batch: Batch) -> int:
+    return batch["y"].numel()
+
+
+def real_frames(batch: Batch) -> int:
+    return int(batch["mask"].sum())
+
+
+@dataclass(frozen=True)
+class TaskKind:
+    """One kind of task. `metrics` maps each metric name a run records per split (`test/ppl`
+    is split `test`, name `ppl`) to which way is better; `headline` names the default one."""
+
+    name: str
+    readout: Literal["all", "last"]  # the head reads every step, or the final state
+    loss: Callable[[Tensor, Batch], Tensor]  # the mean over `items(batch)` predicted items
+    items: Callable[[Batch], int]  # how many items a batch predicts: the loss's weight
+    metrics: dict[str, Better]
+    headline: str  # a name of `metrics`; shown as test/<headline>
+    char_headline: str | None = None  # the headline for character-level data (bpc, not ppl)
+
+    def headline_metric(self, unit: str = "") -> str:
+        """The metric tables show by default for data counted in `unit` (char, word...)."""
+        name = self.char_headline if unit == "char" and self.char_headline else self.headline
+        return f"test/{name}"
+
+    def probe_loss(self, out: Tensor, batch: Batch) -> Tensor:
+        """The loss with every step's contribution counted: for a per-step head the sum over
+        steps of each step's loss, averaged over the sequences (the mean loss times the items
+        per sequence); for a final-state head the loss itself. What the gradient-flow probe
+        differentiates, so ‖∂L/∂h_t‖ does not shrink with the sequence length."""
+        loss = self.loss(out, batch)
+        if self.readout == "last":
+            return loss
+        return loss * self.items(batch) / batch["y"].size(0)
+
+
+KINDS: dict[str, TaskKind] = {
+    kind.name: kind
+    for kind in (
+        TaskKind(
+            "lm",
+            "all",
+            token_cross_entropy,
+            targets,
+            {"loss": "lower", "ppl": "lower", "bpc": "lower"},
+            headline="ppl",
+            char_headline="bpc",
+        ),
+        TaskKind("steps", "all", token_cross_entropy, targets, {"loss": "lower"}, "loss"),
+        TaskKind(
+            "classify",
+            "last",
+            sequence_cross_entropy,
+            targets,
+            {"loss": "lower", "acc": "higher"},
+            "acc",
+        ),
+        TaskKind(
+            "regress",
+            "last",
+            squared_error,
+            targets,
+            {"loss": "lower", "mse": "lower", "mae": "lower"},
+            "mse",
+        ),
+        TaskKind(
+            "multilabel", "all", frame_nll, real_frames, {"loss": "lower", "nll": "lower"}, "nll"
+        ),
+    )
+}
+# What every run records beside its task's metrics (the record's timing and size).
+RUN_FIGURES: dict[str, Better] = {
+    "timing.train_s": "lower",
+    "timing.items_per_s": "higher",
+}
+
+
+# A dataset's reference numbers (Reber's `test/ppl_optimal`, a series' `test/mse_naive`) go the
+# way of the metric they are a reference for.
+REFERENCE_SUFFIXES = ("_optimal", "_naive", "_baseline")
+
+
+def direction(metric: str, tasks: tuple[str, ...] | list[str] = ()) -> int:
+    """-1 when lower is better, +1 when higher is better, 0 when the kinds of `tasks` (every
+    kind when none is given) do not declare it or disagree: no best is marked then."""
+    if metric in RUN_FIGURES:
+        return -1 if RUN_FIGURES[metric] == "lower" else 1
+    name = metric.rsplit("/", 1)[-1]
+    for suffix in REFERENCE_SUFFIXES:
+        name = name.removesuffix(suffix)
+    kinds = [KINDS[t] for t in tasks if t in KINDS] or list(KINDS.values())
+    said = {kind.metrics[name] for kind in kinds if name in kind.metrics}
+    if len(said) != 1:
+        return 0
+    return -1 if said == {"lower"} else 1
+
+
+def kind_of(name: str) -> TaskKind:
+    """The kind a dataset names; KeyError lists the kinds there are."""
+    try:
+        return KINDS[name]
+    except KeyError:
+        raise KeyError(f"unknown task kind {name!r}: one of {', '.join(KINDS)}") from None
