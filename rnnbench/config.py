@@ -23,7 +23,11 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from rnnbench.errors import ConfigError
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# One conf tree in git, at the repo top. A wheel carries a copy inside the package (setup.py puts
+# it there); a source or editable checkout has no rnnbench/conf and reads the repo-top one.
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+if not CONF_DIR.is_dir():
+    CONF_DIR = CONF_DIR.parent.parent / "conf"
 
 CELLS = ("rnn", "rnn_relu", "gru", "lstm")
 IMPLS = ("fused", "scratch")
