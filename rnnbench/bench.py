@@ -328,7 +328,7 @@ class PlainLoop:
     def carried_state_loss(self, batch: dict[str, Tensor]) -> Tensor:
         """The kind's loss, the state carried (detached) from the previous window, as the
         language-model task does."""
-        from rnnbench.module import detach_state
+        from rnnbench.cells import detach_state
 
         logits, self.state = self.model(batch["x"], detach_state(self.state))
         return self.kind.loss(logits, batch)

@@ -15,10 +15,13 @@ import sys
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from rnnbench.errors import ConfigError
 from rnnbench.outputs import write_whole
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # ---------------------------------------------------------------------------------------------
 # The files of a run folder
@@ -30,12 +33,35 @@ STEPS_COLUMNS = ("step", "batch_loss", "grad_norm", "clipped")
 KEY_FILE = "run_key"  # written when a run starts: which configuration its checkpoints resume
 CHECKPOINT_DIR = "checkpoints"
 LAST_CKPT = f"{CHECKPOINT_DIR}/last.ckpt"  # what a resume goes on from
-BEST_NAME = "best"  # checkpoints/best.ckpt: the lowest val/loss, what the test uses
+# checkpoints/best.ckpt (the lowest val/loss, what the test scores) is the `best` entry of
+# conf/callbacks/default.yaml: a ModelCheckpoint whose folder train.place_in sets.
 
 
 def trace_file(name: str) -> str:
     """The file an optional callback (`+callbacks=NAME`) writes its trace to: NAME.csv."""
     return f"{name}.csv"
+
+
+# The columns of steps.csv by name: the optimizer step, that batch's loss, the global gradient
+# norm before clipping and whether clipping changed the gradient.
+STEP, BATCH_LOSS, PRE_CLIP_GRAD_NORM, CLIPPED = STEPS_COLUMNS
+# `+callbacks=gradflow` writes ‖∂L/∂h_t‖ for every step t, layer and direction at each probe step
+# (conf/callbacks/gradflow.yaml names the same file).
+GRADFLOW_FILE = trace_file("gradflow")
+GRADFLOW_COLUMNS = ("step", "layer", "direction", "t", "norm", "loss")
+
+
+def read_trace(path: Path) -> pd.DataFrame | None:
+    """One of a run's CSV traces (metrics.csv, steps.csv, gradflow.csv) as a DataFrame, or None
+    when there is no regular file (a pipe would block the read forever) or it does not parse."""
+    import pandas as pd  # not at import: training never reads a trace back
+
+    if not path.is_file():
+        return None
+    try:
+        return pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,31 +15,31 @@ from __future__ import annotations
 import argparse
 import base64
 import html
-import io
 import shlex
 import sys
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")  # no display: render to PNG in memory
-
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from rnnbench.errors import UserError  # noqa: E402
-from rnnbench.outputs import (  # noqa: E402
-    check_writable,
-    html_comment,
-    mpl_text,
-    one_line,
-    write_text,
+from rnnbench.errors import UserError
+from rnnbench.outputs import check_writable, html_comment, mpl_text, one_line, write_text
+from rnnbench.plots import colour, figure_bytes, hidden_grad_axes, panels
+from rnnbench.record import (
+    GRADFLOW_COLUMNS,
+    GRADFLOW_FILE,
+    METRICS_FILE,
+    PRE_CLIP_GRAD_NORM,
+    RECORD_FILE,
+    STEP,
+    STEPS_FILE,
+    read_trace,
 )
-from rnnbench.record import METRICS_FILE, STEPS_COLUMNS, STEPS_FILE, trace_file  # noqa: E402
-from rnnbench.table import (  # noqa: E402
+from rnnbench.table import (
     SHOWN,
     View,
     build,
@@ -51,15 +51,9 @@ from rnnbench.table import (  # noqa: E402
     split_keys,
 )
 
-# One colour per cell, the same in every figure.
-CELL_COLOURS = {"rnn": "#1f77b4", "rnn_relu": "#9467bd", "gru": "#ff7f0e", "lstm": "#2ca02c"}
-OTHER_COLOURS = ("#d62728", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 LINESTYLES = ("-", "--", ":", "-.")
-# The pre-clip gradient norm column of every run's steps.csv.
-GRAD_NORM = STEPS_COLUMNS[2]
-# Runs made with `+callbacks=gradflow` also hold ‖∂L/∂h_t‖ for every step t at probe steps.
-GRAD_FLOW = trace_file("gradflow")
-GRAD_FLOW_COLUMNS = {"step", "layer", "direction", "t", "norm"}
+# What the gradient-flow figure draws from a run's gradflow.csv (not the probe's loss).
+FLOW_DRAWN = {c for c in GRADFLOW_COLUMNS if c != "loss"}
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1300px; color: #222; }
@@ -79,32 +73,13 @@ img { max-width: 100%; border: 1px solid #ddd; margin: 0.5em 0; }
 """
 
 
-def colour(cell: object, index: int = 0) -> str:
-    return CELL_COLOURS.get(str(cell), OTHER_COLOURS[index % len(OTHER_COLOURS)])
-
-
-def png_tag(fig: plt.Figure, alt: str) -> str:
+def png_tag(fig: Figure, alt: str) -> str:
     """The figure as an <img> with the PNG inline (base64), then closed."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    data = base64.b64encode(figure_bytes(fig, "png", dpi=100, tight=True)).decode("ascii")
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def panels(groups: list, width: float = 6.0, height: float = 4.0) -> tuple[plt.Figure, list]:
-    """One subplot per group, side by side (wrapping after three)."""
-    n = max(1, len(groups))
-    ncols = min(n, 3)
-    nrows = -(-n // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
-    flat = list(axes.flat)
-    for ax in flat[n:]:
-        ax.set_visible(False)
-    return fig, flat[:n]
-
-
-def finish(fig: plt.Figure, axes: list) -> None:
+def finish(fig: Figure, axes: list) -> None:
     """Integer steps on every x axis, and one legend for all panels, below them (lines of one
     configuration look the same in every panel, so one key serves all)."""
     handles: dict[str, object] = {}
@@ -150,17 +125,6 @@ def curve_column(metric: str, columns: Sequence[str]) -> str | None:
     return None
 
 
-def read_csv(path: Path) -> pd.DataFrame | None:
-    """The CSV file at `path`, or None when there is no regular file (a pipe would block the
-    read forever) or it does not parse."""
-    if not path.is_file():
-        return None
-    try:
-        return pd.read_csv(path)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
-        return None
-
-
 def datasets(runs: pd.DataFrame) -> list:
     return list(dict.fromkeys(runs["data.name"])) if "data.name" in runs else [None]
 
@@ -179,7 +143,7 @@ def learning_curves(runs: pd.DataFrame, view: View) -> str:
         labelled: set = set()
         drawn_series: set = set()
         for _, run in of_dataset(runs, name).iterrows():
-            epochs = read_csv(Path(run["run_dir"]) / METRICS_FILE)
+            epochs = read_trace(Path(run["run_dir"]) / METRICS_FILE)
             series = curve_column(view.metric, epochs.columns) if epochs is not None else None
             if series is None or "step" not in epochs:
                 continue
@@ -204,7 +168,7 @@ def learning_curves(runs: pd.DataFrame, view: View) -> str:
         ax.grid(alpha=0.3)
     if not drawn:
         plt.close(fig)
-        return '<p class="note">No run folder holds a metrics.csv to draw.</p>'
+        return f'<p class="note">No run folder holds a {METRICS_FILE} to draw.</p>'
     finish(fig, axes)
     return png_tag(fig, "learning curves")
 
@@ -259,11 +223,15 @@ def grad_norms(runs: pd.DataFrame, view: View) -> str:
     """The per-step pre-clip gradient norm of each run, one panel per cell, log scale."""
     traces = []
     for _, run in runs.iterrows():
-        steps = read_csv(Path(run["run_dir"]) / STEPS_FILE)
-        if steps is not None and GRAD_NORM in steps and steps[GRAD_NORM].notna().any():
-            traces.append((run, steps[["step", GRAD_NORM]].dropna()))
+        steps = read_trace(Path(run["run_dir"]) / STEPS_FILE)
+        if (
+            steps is not None
+            and PRE_CLIP_GRAD_NORM in steps
+            and steps[PRE_CLIP_GRAD_NORM].notna().any()
+        ):
+            traces.append((run, steps[[STEP, PRE_CLIP_GRAD_NORM]].dropna()))
     if not traces:
-        return '<p class="note">No run folder holds a steps.csv with gradient norms.</p>'
+        return f'<p class="note">No run folder holds a {STEPS_FILE} with gradient norms.</p>'
 
     cells = list(dict.fromkeys(str(run.get("model.cell")) for run, _ in traces))
     fig, axes = panels(cells, width=4.8, height=3.5)
@@ -274,8 +242,8 @@ def grad_norms(runs: pd.DataFrame, view: View) -> str:
         cell = str(run.get("model.cell"))
         label = run_label(run, view)
         by_cell[cell].plot(
-            steps["step"],
-            steps[GRAD_NORM],
+            steps[STEP],
+            steps[PRE_CLIP_GRAD_NORM],
             color=colour(cell),
             linestyle=style_of(run, view, styles),
             alpha=0.8,
@@ -298,8 +266,8 @@ def gradient_flow(runs: pd.DataFrame, view: View) -> str:
     gradients show as a line falling towards t = 1."""
     flows = []
     for _, run in runs.iterrows():
-        flow = read_csv(Path(run["run_dir"]) / GRAD_FLOW)
-        if flow is not None and GRAD_FLOW_COLUMNS <= set(flow.columns) and len(flow):
+        flow = read_trace(Path(run["run_dir"]) / GRADFLOW_FILE)
+        if flow is not None and FLOW_DRAWN <= set(flow.columns) and len(flow):
             top = flow[(flow["layer"] == flow["layer"].max()) & (flow["direction"] == "forward")]
             flows.append((run, top))
     if not flows:
@@ -323,11 +291,8 @@ def gradient_flow(runs: pd.DataFrame, view: View) -> str:
                 alpha=0.85,
                 label=run_label(run, view),
             )
-        ax.set_yscale("log")
-        ax.set_title(f"at the {which} probe (step {', '.join(map(str, sorted(steps)))})")
-        ax.set_xlabel("t (time step)")
-        ax.set_ylabel(r"$\|\partial L / \partial h_t\|$")
-        ax.grid(alpha=0.3, which="both")
+        shown = ", ".join(map(str, sorted(steps)))
+        hidden_grad_axes(ax, f"at the {which} probe (step {shown})", xlabel="t (time step)")
     finish(fig, axes)
     return png_tag(fig, "gradient flow through time")
 
@@ -384,7 +349,7 @@ def parser() -> argparse.ArgumentParser:
             "Figures are embedded, so the page opens offline."
         ),
     )
-    p.add_argument("paths", nargs="+", metavar="PATH", help="result.json files or folders")
+    p.add_argument("paths", nargs="+", metavar="PATH", help=f"{RECORD_FILE} files or folders")
     p.add_argument("-o", "--output", default="report.html", help="default: report.html")
     p.add_argument("--rows", help="comma-separated table row keys (as rnnbench-table)")
     p.add_argument("--cols", help="comma-separated table column keys (as rnnbench-table)")

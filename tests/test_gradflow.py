@@ -24,7 +24,8 @@ from rnnbench.data.music import PolyphonicMusic
 from rnnbench.data.reber import EmbeddedReber
 from rnnbench.data.sst2 import SST2
 from rnnbench.data.synthetic import AddingProblem, CopyMemory
-from rnnbench.gradflow import GradFlow, hidden_grad_norms, main, run_labels
+from rnnbench.gradflow import GradFlow, hidden_grad_norms
+from rnnbench.gradflow_experiment import main, run_labels
 from rnnbench.model import SequenceModel
 from rnnbench.module import TASKS, RegressionTask
 
@@ -350,6 +351,34 @@ def test_callback_logs_a_wandb_table(tmp_path):
     table = json.loads(tables[-1].read_text())
     assert table["columns"] == ["step", "layer", "direction", "t", "norm", "loss"]
     assert len(table["data"]) == 2 * 12 and {r[0] for r in table["data"]} == {2}
+
+
+PRESENTATION = ("matplotlib", "rnnbench.report", "rnnbench.plots", "rnnbench.table")
+IMPORTS_NO_PRESENTATION = f"""
+import json, sys
+import pytorch_lightning
+# Lightning's torchmetrics imports matplotlib itself whenever it is installed: mark every module
+# of it as missing, so that an import of matplotlib by rnnbench fails here instead of finding it.
+for name in [n for n in sys.modules if n.partition(".")[0] == "matplotlib"]:
+    sys.modules[name] = None
+import rnnbench.gradflow, rnnbench.train, rnnbench.callbacks
+print(json.dumps([n for n in {PRESENTATION!r} if sys.modules.get(n) is not None]))
+"""
+
+
+def test_training_modules_import_no_presentation_code():
+    """The callback runs inside training: importing it, the trainer or the always-on callbacks
+    loads neither matplotlib nor the report, plotting or table modules (fresh interpreter: this
+    one has imported them all)."""
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORTS_NO_PRESENTATION],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "WANDB_MODE": "offline"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
 
 
 def test_command_runs_end_to_end(tmp_path):

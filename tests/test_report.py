@@ -1,4 +1,6 @@
-"""`rnnbench-report` on runs the harness made, opened in a real headless Chromium."""
+"""`rnnbench-report` on run folders laid out as the harness lays them out (fixture_runs: chosen
+numbers, nothing trained; see test_table.made_runs), opened in a real headless Chromium. The
+gradient-flow test trains two real tiny runs: its figure is drawn from what the callback writes."""
 
 from __future__ import annotations
 
@@ -13,9 +15,10 @@ from pathlib import Path
 
 import matplotlib.image
 import pytest
-from test_table import Runs, made_runs
+from test_table import SEED7_PPL, SWEEP_PPL, Runs, made_runs, parse_cell
 
 from conftest import REPO, train
+from rnnbench.record import RECORD_FILE, STEPS_FILE
 from rnnbench.report import main as report_main
 
 ARTIFACTS = REPO / "test-artifacts"
@@ -70,6 +73,8 @@ class Page(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
         self.tables: list[list[list[str]]] = []
+        self.best: set[tuple[int, int, int]] = set()  # (table, row, cell) of class="best" cells
+        self._is_best = False
         self.images: list[dict[str, str]] = []
         self.headings: list[str] = []
         self._row: list[str] | None = None
@@ -83,6 +88,7 @@ class Page(HTMLParser):
             self._row = []
         elif tag in ("td", "th"):
             self._cell = []
+            self._is_best = "best" in (dict(attrs).get("class") or "").split()
         elif tag == "img":
             self.images.append(dict(attrs))
         elif tag in ("h1", "h2"):
@@ -90,6 +96,8 @@ class Page(HTMLParser):
 
     def handle_endtag(self, tag):
         if tag in ("td", "th") and self._cell is not None:
+            if self._is_best:
+                self.best.add((len(self.tables) - 1, len(self.tables[-1]), len(self._row)))
             self._row.append("".join(self._cell).strip())
             self._cell = None
         elif tag == "tr" and self._row is not None:
@@ -125,14 +133,31 @@ def test_report_in_a_headless_browser(runs, report, tmp_path):
 
     assert {"Comparison", "Learning curves", "Gradient norm before clipping"} <= set(page.headings)
     pivot, comparison, listing = page.tables
-    assert pivot[0][:2] == ["data.name", "model.cell"]
+    assert pivot[0] == ["data.name", "model.cell", "model.num_layers=1", "model.num_layers=2"]
     cells = {tuple(row[:2]): row[2:] for row in pivot[1:]}
-    for cell in ("rnn", "gru", "lstm"):
-        assert ("reber", cell) in cells
-    assert cells[("reber", "rnn_relu")][0] == "diverged"
-    assert "(n=2)" in cells[("reber", "lstm")][0]  # the second seed
+    shown = {
+        (cell, layers): parse_cell(text)
+        for (data, cell), texts in cells.items()
+        if data == "reber" and cell != "rnn_relu"
+        for layers, text in zip((1, 2), texts, strict=True)
+    }
+    # Every Reber cell shows the numbers written; lstm/1 averages in the second seed.
+    expected = SWEEP_PPL | {("lstm", 1): (SWEEP_PPL["lstm", 1] + SEED7_PPL) / 2}
+    assert {k: round(v[0], 3) for k, v in shown.items()} == {
+        k: round(v, 3) for k, v in expected.items()
+    }
+    assert {k: v[2] for k, v in shown.items()} == {k: 2 if k == ("lstm", 1) else 1 for k in shown}
+    assert cells[("reber", "rnn_relu")] == ["diverged", "-"]
+    assert cells[("ptb_word", "lstm")] == ["-", "131.2"]
+    # The best cell of each depth among the Reber rows is marked; PTB, alone, is not.
+    rows = [tuple(row[:2]) for row in pivot]
+    marked = {(rows[r], pivot[0][c]) for t, r, c in page.best if t == 0}
+    assert marked == {
+        (("reber", "gru"), "model.num_layers=1"),
+        (("reber", "lstm"), "model.num_layers=2"),
+    }
     assert sorted(float(row[4]) for row in comparison[1:]) == [78.93, 114.5]
-    assert len(listing) - 1 == len(list(runs.sweep.rglob("result.json"))) + 4
+    assert len(listing) - 1 == len(list(runs.sweep.rglob(RECORD_FILE))) + 4
     assert "left out: 1 failed" in dom.stdout
 
     alts = [img.get("alt") for img in page.images]
@@ -171,9 +196,13 @@ def test_runs_without_a_step_trace_get_a_note_instead_of_traces(runs, tmp_path):
     """Run folders whose steps.csv is gone (older or pruned runs): no gradient-norm figure."""
     copy = tmp_path / "runs"
     shutil.copytree(runs.seed, copy)
-    for trace in copy.rglob("steps.csv"):
-        trace.unlink()
     out = tmp_path / "report.html"
+    assert report_main([str(copy), "-o", str(out)]) == 0
+    page = Page()
+    page.feed(out.read_text())
+    assert "gradient norm traces" in [img["alt"] for img in page.images]  # with its steps.csv
+    for trace in copy.rglob(STEPS_FILE):
+        trace.unlink()
     assert report_main([str(copy), "-o", str(out)]) == 0
     page = Page()
     page.feed(out.read_text())

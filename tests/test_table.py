@@ -1,5 +1,8 @@
-"""`rnnbench-table` on runs the harness made: a real sweep, a second seed, a diverged and a failed
-run, a tiny PTB run logged to W&B offline. The console script runs in a subprocess."""
+"""`rnnbench-table` on run folders laid out as the harness lays them out: a sweep, a second seed,
+a diverged and a failed run and a PTB run, written with chosen numbers by fixture_runs (nothing
+trains), so every assertion checks numbers known in advance. One real tiny run, logged to W&B
+offline, is trained for what only a real run has: its W&B files, and bench's copies of real
+records. The console script runs in a subprocess."""
 
 from __future__ import annotations
 
@@ -17,88 +20,110 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from fixture_runs import write_run, write_sweep
 from omegaconf import OmegaConf
 
-from conftest import require_data, rnnbench_cli, train
+from conftest import TINY_REBER_RUN, rnnbench_cli
 from rnnbench import bench, table
-from rnnbench.config import CONF_DIR
-from rnnbench.record import RECORD_FILE
+from rnnbench.config import CONF_DIR, compose
+from rnnbench.record import RECORD_FILE, flatten
 
+CELLS = ["rnn", "gru", "lstm"]
 TINY = [
     "data.train_strings=200",
     "data.valid_strings=40",
     "data.test_strings=40",
     "model.hidden_size=16",
-    "trainer.max_epochs=1",
+    "trainer.max_epochs=3",
 ]
-SWEEP = [
-    "-m",
-    "model=rnn,gru,lstm",
-    "model.num_layers=1,2",
-    "logger=none",
-    "trainer.enable_progress_bar=false",
-    *TINY,
-]
-PTB_FILES = ["ptb/ptb.train.txt", "ptb/ptb.valid.txt", "ptb/ptb.test.txt"]
-# Zaremba et al.'s small LSTM (2 x 200, no dropout), trained for two batches: a record whose
-# keys match published rows, not one whose number comes near them.
+SWEEP = {"model": CELLS, "model.num_layers": [1, 2]}  # rnnbench -m model=... model.num_layers=1,2
+SWEEP_COMMON = ["logger=none", "trainer.enable_progress_bar=false", *TINY]
+# test/ppl of each sweep job. Each depth has another best cell (gru at 1 layer, lstm at 2), none
+# of them the first row, no two equal: a table that bolds the wrong cell, or none, fails.
+SWEEP_PPL = {
+    ("rnn", 1): 6.90,
+    ("rnn", 2): 7.10,
+    ("gru", 1): 6.70,
+    ("gru", 2): 6.95,
+    ("lstm", 1): 6.80,
+    ("lstm", 2): 6.60,
+}
+# lstm, 1 layer again with seed 7: that cell becomes mean 6.86, sample std 0.08485 (n=2); a
+# population std (0.06) or a single run's number would show otherwise. Still above gru's 6.70.
+SEED7_PPL = 6.92
+# rnn_relu at lr 1000: finite for two epochs, non-finite in the third. Its best epoch was
+# tested (a finite number, as the harness records it), yet the run is no result: a table that
+# averaged it in would show 7.4 instead of "diverged".
+DIVERGED = ["model=rnn_relu", "model.num_layers=1", "optim.lr=1000", *TINY]
+DIVERGED_PPL = 7.4
+# A value the checks allow but the model refuses (Reber is next-step prediction): a run that
+# started and failed before training, with its record.
+FAILED = ["model.bidirectional=true", *TINY]
+FAILED_ERROR = (
+    "model.bidirectional=true is not allowed for next-step prediction: reading the sequence "
+    "backwards shows the model the very values it must predict; use model.bidirectional=false "
+    "(bidirectional suits classification and regression)"
+)
+# Zaremba et al.'s small LSTM (2 x 200, no dropout) on PTB: a record whose keys match published
+# rows, with numbers chosen away from them (Δ 16.7 and 52.27 against 114.5 and 78.93).
 PTB = [
     "data=ptb_word",
     "model=lstm",
     "model.num_layers=2",
     "model.hidden_size=200",
-    "trainer.limit_train_batches=2",
-    "trainer.limit_val_batches=2",
-    "trainer.limit_test_batches=2",
-    "trainer.max_epochs=1",
+    "trainer.max_epochs=2",
     "trainer.enable_progress_bar=false",
-    "logger=wandb",
+    "logger=none",
 ]
-CELLS = ["rnn", "gru", "lstm"]
+PTB_PPL, PTB_VAL_PPL = 131.2, [150.2, 136.4]
 NUMBER = r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?"
 
 
 @dataclass
 class Runs:
-    sweep: Path  # 3 cells x 2 depths, seed 1234
+    sweep: Path  # 3 cells x 2 depths, seed 1234: <sweep>/<job number>/result.json
     seed: Path  # lstm, 1 layer, seed 7: the sweep's lstm/1 config again
     odd: Path  # a diverged run and a failed one
-    ptb: Path  # one tiny PTB run, also logged to W&B offline
+    ptb: Path  # one PTB record shaped as Zaremba's small LSTM
 
 
 _RUNS: list[Runs] = []
 
 
 def made_runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
-    """The runs every test of this file and test_report.py reads, made once per session."""
+    """The run folders every test of this file and test_report.py reads, written once per
+    session by fixture_runs (a few seconds: ten configs composed, nothing trained)."""
     if _RUNS:
         return _RUNS[0]
     root = tmp_path_factory.mktemp("made")
-    (root / "sweep").mkdir()
-    done = rnnbench_cli(SWEEP, cwd=root / "sweep")
-    assert done.returncode == 0, done.stderr[-3000:]
-    [sweep] = {p.parent.parent for p in (root / "sweep").rglob(RECORD_FILE)}
 
-    train(["model=lstm", "model.num_layers=1", "seed=7", *TINY], root / "seed" / "lstm-seed7")
+    def numbers(job: dict) -> dict:
+        return {"test": SWEEP_PPL[job["model"], job["model.num_layers"]]}
 
-    rnn_relu = ["model=rnn_relu", "model.num_layers=1", "optim.lr=1000", *TINY]
-    assert train(rnn_relu, root / "odd" / "diverged")["status"] == "diverged"
-    # A value the checks allow but the model refuses (Reber is next-step prediction): a run
-    # that started and failed, with its record.
-    with pytest.raises(Exception, match="bidirectional"):
-        train(["model.bidirectional=true", *TINY], root / "odd" / "failed")
-
-    require_data(*PTB_FILES)
-    (root / "ptb").mkdir()
-    done = rnnbench_cli(PTB, cwd=root / "ptb")
-    assert done.returncode == 0, done.stderr[-3000:]
-    _RUNS.append(Runs(sweep, root / "seed", root / "odd", root / "ptb"))
+    write_sweep(root / "sweep", SWEEP, SWEEP_COMMON, numbers)
+    seed7 = ["model=lstm", "model.num_layers=1", "seed=7", *TINY]
+    write_run(root / "seed" / "lstm-seed7", seed7, test=SEED7_PPL)
+    write_run(root / "odd" / "diverged", DIVERGED, test=DIVERGED_PPL, status="diverged")
+    write_run(root / "odd" / "failed", FAILED, status="failed", error=FAILED_ERROR)
+    write_run(root / "ptb" / "zaremba-small", PTB, test=PTB_PPL, val=PTB_VAL_PPL)
+    _RUNS.append(Runs(root / "sweep", root / "seed", root / "odd", root / "ptb"))
     return _RUNS[0]
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Runs:
     return made_runs(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory) -> Path:
+    """One real tiny Reber run made by the `rnnbench` console script, logged to W&B offline:
+    the folder holding its run folder."""
+    root = tmp_path_factory.mktemp("real")
+    args = [*TINY_REBER_RUN, "logger=wandb", "trainer.enable_progress_bar=false"]
+    done = rnnbench_cli(args, cwd=root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return root / "runs"
 
 
 def records(*paths: Path) -> list[dict]:
@@ -168,12 +193,13 @@ def test_markdown_pivot_of_a_sweep_is_cells_by_depths_of_test_ppl(runs):
         for layers, text in zip((1, 2), row[1:], strict=True):
             mean, std, n, _ = parse_cell(text)
             [expected] = ppl(recs, row[0], layers)
+            assert expected == SWEEP_PPL[row[0], layers]  # the record holds what was written
             assert close(mean, expected) and std is None and n == 1
-    for col in (1, 2):  # the one bold cell per column is its lowest perplexity
-        values = {row[0]: parse_cell(row[col]) for row in pivot[1:]}
-        bold = [cell for cell, v in values.items() if v[3]]
-        assert bold == [min(values, key=lambda c: values[c][0])]
-    assert "test/ppl" in out and "lower is better" in out
+    for col, winner in ((1, "gru"), (2, "lstm")):  # one bold cell per column: its lowest ppl
+        bold = [row[0] for row in pivot[1:] if parse_cell(row[col])[3]]
+        assert bold == [winner]
+    [note] = [line for line in out.splitlines() if line.startswith("test/ppl:")]
+    assert "lower is better" in note
 
 
 def test_latex_and_csv_give_the_same_numbers(runs):
@@ -202,9 +228,10 @@ def test_seeds_collapse_to_mean_std_and_n(runs):
     cells = {row[0]: row[1:] for row in pivot[1:]}
     mean, std, n, _ = parse_cell(cells["lstm"][0])
     both = ppl(records(runs.sweep, runs.seed), "lstm", 1)
-    assert len(both) == 2 and n == 2
+    assert sorted(both) == [SWEEP_PPL["lstm", 1], SEED7_PPL] and n == 2
     assert close(mean, statistics.mean(both))
-    assert math.isclose(std, statistics.stdev(both), rel_tol=0.05, abs_tol=1e-3)
+    # The std is printed with the mean's decimals (6.860 ± 0.085): half a unit of the last one.
+    assert math.isclose(std, statistics.stdev(both), abs_tol=5e-4)
     assert parse_cell(cells["lstm"][1])[2] == 1  # the other depth still has one run
     assert "mix configurations" not in out  # the seed was the only difference
 
@@ -213,15 +240,29 @@ def test_seeds_collapse_to_mean_std_and_n(runs):
     assert lstm1["n"] == 2 and close(lstm1["std"], statistics.stdev(both))
 
     [long] = md_tables(ok(runs.sweep, runs.seed, "--long"))
-    assert len(long) - 1 == 7 and {"seed", "status", "test/ppl", "run_dir"} <= set(long[0])
+    lines = [dict(zip(long[0], line, strict=True)) for line in long[1:]]
+    by_folder = {str(p.parent): json.loads(p.read_text()) for p in runs.seed.rglob(RECORD_FILE)}
+    by_folder |= {str(p.parent): json.loads(p.read_text()) for p in runs.sweep.rglob(RECORD_FILE)}
+    assert sorted(line["run_dir"] for line in lines) == sorted(by_folder)  # each run once
+    for line in lines:
+        record = by_folder[line["run_dir"]]
+        assert int(line["seed"]) == record["seed"] and line["status"] == record["status"]
+        assert close(float(line["test/ppl"]), record["metrics"]["test/ppl"])
+        assert line["model.cell"] == record["config"]["model"]["cell"]
+    assert sorted(int(line["seed"]) for line in lines) == [7] + [1234] * 6
 
 
 def test_diverged_shows_in_its_cell_and_failed_is_counted_under_the_table(runs):
     out = ok(runs.sweep, runs.odd)
     [pivot] = md_tables(out)
     cells = {row[0]: row[1:] for row in pivot[1:]}
+    # Its record holds a finite test/ppl (its best epoch, tested): "diverged" comes from status.
+    [diverged] = records(runs.odd / "diverged")
+    assert diverged["status"] == "diverged" and diverged["metrics"]["test/ppl"] == DIVERGED_PPL
     assert cells["rnn_relu"] == ["diverged", "-"]
     assert set(cells) == {*CELLS, "rnn_relu"}  # the failed run (an lstm) is in no cell
+    lstm = [parse_cell(text) for text in cells["lstm"]]
+    assert [(v[0], v[2]) for v in lstm] == [(SWEEP_PPL["lstm", 1], 1), (SWEEP_PPL["lstm", 2], 1)]
     [left_out] = [line for line in out.splitlines() if line.startswith("left out:")]
     assert "1 failed" in left_out and str(runs.odd / "failed") in left_out
 
@@ -235,6 +276,7 @@ def test_reference_puts_published_numbers_and_deltas_beside_matching_rows(runs):
     rows = [dict(zip(header, r, strict=True)) for r in comparison[1:]]
     [ptb_record] = records(runs.ptb)
     ours = ptb_record["metrics"]["test/ppl"]
+    assert ours == PTB_PPL
     # Only the PTB cell has published numbers: Zaremba's small LSTM (its size matches) and Bai's
     # LSTM (matched on data + cell); Zaremba's medium and large need 650 and 1500 units.
     assert {(r["data.name"], r["model.cell"], r["model.num_layers"]) for r in rows} == {
@@ -250,6 +292,9 @@ def test_reference_puts_published_numbers_and_deltas_beside_matching_rows(runs):
 
     val = md_tables(ok(*args, "--reference", "zaremba2014", "--metric", "val/ppl"))[1]
     assert [float(r[4]) for r in val[1:]] == [120.7]  # the validation number of the same row
+    # ours: the best epoch's val/ppl, as the record keeps it (the lower of the two epochs)
+    [(shown, delta)] = [(float(r[3]), float(r[5])) for r in val[1:]]
+    assert close(shown, min(PTB_VAL_PPL)) and close(delta, min(PTB_VAL_PPL) - 120.7)
 
     csv = pd.read_csv(
         io.StringIO(ok(*args, "--reference", "zaremba2014,bai2018", "--format", "csv")),
@@ -372,8 +417,8 @@ def wandb_offline_run(run_dir: Path) -> tuple[dict, dict, str]:
     return config, summary, state
 
 
-def test_wandb_rows_are_the_rows_of_result_json(runs):
-    [path] = runs.ptb.rglob(RECORD_FILE)
+def test_wandb_rows_are_the_rows_of_result_json(real_run):
+    [path] = real_run.rglob(RECORD_FILE)
     record = json.loads(path.read_text())
     config, summary, state = wandb_offline_run(path.parent)
     assert state == "finished" and "trainer/global_step" in summary  # W&B's own keys are there
@@ -401,21 +446,27 @@ def test_references_ship_with_citations():
     for name in ("zaremba2014", "bai2018"):
         ref = table.load_reference(name)
         assert (ref[["paper", "table", "row", "metric", "label"]] != "").all().all()
-        assert {"data.name", "model.cell"} <= set(table.match_keys(ref))
         assert ref["value"].gt(0).all()
     bai = table.load_reference("bai2018")
     assert len(bai) == 24 and set(bai["model.cell"]) == {"rnn", "gru", "lstm"}
-    # A reference row for a dataset name no config has would never match a run.
-    datasets = {OmegaConf.load(f).get("name") for f in (CONF_DIR / "data").glob("*.yaml")}
+    # A reference row for a dataset name no config has, or keyed on a key the configuration of
+    # its dataset and cell does not have, would never match a run.
+    datasets = {OmegaConf.load(f).get("name"): f.stem for f in (CONF_DIR / "data").glob("*.yaml")}
     for name in ("zaremba2014", "bai2018"):
-        assert set(table.load_reference(name)["data.name"]) <= datasets
+        ref = table.load_reference(name)
+        assert set(ref["data.name"]) <= set(datasets)
+        for data, rows in ref.groupby("data.name"):  # one compose per dataset: ~0.2 s each
+            config = compose([f"data={datasets[data]}", f"model={rows['model.cell'].iloc[0]}"])
+            keys = set(flatten(OmegaConf.to_container(config, resolve=True)))
+            used = {k for k in table.match_keys(ref) if (rows[k] != "").any()}
+            assert used and used <= keys, (name, data, used - keys)
 
 
-def test_bench_aggregates_copies_of_real_records(runs, capsys):
-    assert bench.main(["aggregate", "-n", "300", "--records", str(runs.sweep)]) == 0
+def test_bench_aggregates_copies_of_real_records(real_run, capsys):
+    assert bench.main(["aggregate", "-n", "300", "--records", str(real_run)]) == 0
     line, last = capsys.readouterr().out.strip().splitlines()[-2:]
     assert line.startswith("aggregate: 300 records -> DataFrame + pivot in ")
     result = json.loads(last)["aggregate"]
-    assert result["records"] == result["rows"] == 300 and result["templates"] == 6
-    assert result["cells"] == 3 * 4  # three cells, depths 1-4
+    assert result["records"] == result["rows"] == 300 and result["templates"] == 1
+    assert result["cells"] == 1 * 4  # the one real run's cell (lstm), depths 1-4
     assert result["ok"] is (result["seconds"] < result["goal_s"])
