@@ -23,6 +23,7 @@ import io
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
@@ -36,11 +37,22 @@ from omegaconf import OmegaConf
 from rnnbench.config import CONF_DIR, compose
 from rnnbench.errors import UserError
 from rnnbench.outputs import make_folder, md_text, one_line, write_text
-from rnnbench.record import flatten, is_identity_key, iter_records, repeat_key
+from rnnbench.record import (
+    METRICS_FILE,
+    RECORD_FILE,
+    flatten,
+    is_identity_key,
+    iter_records,
+    repeat_key,
+    write_json_atomic,
+)
 from rnnbench.table import literal, load_reference, match_keys
 from rnnbench.tasks import direction
 
 RESULTS_DIR = Path("results")
+# OUT/records/<recipe>/<run_key>/: a copy of each run record behind a row (result.json and
+# metrics.csv, no checkpoints), committed with the tables, so a fresh clone regenerates them.
+RECORDS_DIR = "records"
 TIMES_FILE = "recipe_times.csv"
 CSV_FILE = "reproduction.csv"
 BEGIN, END = "<!-- rnnbench-reproduce:begin -->", "<!-- rnnbench-reproduce:end -->"
@@ -153,6 +165,7 @@ class Row:
     budget: str = "not run"  # full | reduced | not run
     differs: list[str] = field(default_factory=list)  # reduced: what differs from the recipe
     timed: dict[str, str] | None = None  # not run: its row of recipe_times.csv
+    kept: dict[str, str] | None = None  # carried over from the committed reproduction.csv
 
     @property
     def hours(self) -> float | None:
@@ -161,6 +174,8 @@ class Row:
 
     @property
     def ours(self) -> float | None:
+        if self.kept is not None:
+            return float(self.kept["ours"]) if self.kept["ours"] else None
         values = [r["metrics"].get(self.metric) for r in self.runs]
         values = [v for v in values if isinstance(v, int | float) and math.isfinite(v)]
         return sum(values) / len(values) if values else None
@@ -183,7 +198,13 @@ class Row:
         return self.ours >= (1 - TOLERANCE) * self.paper
 
     @property
+    def seeds(self) -> int:
+        return int(self.kept["seeds"]) if self.kept is not None else len(self.runs)
+
+    @property
     def command(self) -> str:
+        if self.kept is not None:
+            return self.kept["command"]
         if self.runs:
             return "rnnbench " + " ".join(self.runs[0].get("overrides") or [])
         return f"rnnbench experiment={self.recipe.name}"
@@ -236,12 +257,15 @@ def collect(
     """One Row per recipe and shown metric, holding the runs made from the recipe: full-budget
     runs (every setting the recipe's, any seed) when there are any, else reduced ones."""
     by_recipe: dict[str, list[dict[str, Any]]] = {}
+    seen = set()  # one run found twice (under runs/ and its copy in results/records)
     for root in roots:
-        for _, record in iter_records(root):
+        for path, record in iter_records(root):
             name = (record.get("config") or {}).get("recipe")
             if name and record.get("status") in ("completed", "diverged"):
-                if not record.get("reused_from"):
-                    by_recipe.setdefault(name, []).append(record)
+                once = (record.get("run_key"), record.get("seed"), record.get("started"))
+                if not record.get("reused_from") and once not in seen:
+                    seen.add(once)
+                    by_recipe.setdefault(name, []).append({**record, "run_dir": str(path.parent)})
     references = {s: load_reference(SOURCES[s].reference) for s in {r.source for r in recipes}}
     rows = []
     for recipe in sorted(recipes, key=lambda r: r.order):
@@ -296,7 +320,14 @@ def ours_text(row: Row) -> str:
     return text
 
 
+KEPT_NOTE = "record not in the repo: carried over from the committed reproduction.csv"
+
+
 def verdict(row: Row) -> str:
+    if row.kept is not None:
+        within = row.within
+        said = "" if within is None else ("within 2%; " if within else "missed by more than 2%; ")
+        return said + KEPT_NOTE
     if row.budget == "reduced":  # the settings come from run records: shown verbatim
         return "reduced budget: " + ", ".join(map(md_text, row.differs[:4]))
     within = row.within
@@ -404,7 +435,7 @@ def csv_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
             "paper": "" if row.paper is None else row.paper,
             "ours": "" if row.ours is None else f"{row.ours:.6g}",
             "budget": row.budget,
-            "seeds": len(row.runs),
+            "seeds": row.seeds,
             "command": row.command,
         }
         for row in rows
@@ -417,6 +448,49 @@ def write_csv(path: Path, rows: Sequence[Row]) -> None:
     writer.writeheader()
     writer.writerows(csv_rows(rows))
     write_text(path, f.getvalue())
+
+
+def row_id(source: str, task: str, cell: str, metric: str) -> tuple[str, str, str, str]:
+    return source, task, cell, metric
+
+
+def carry_over(rows: Sequence[Row], path: Path) -> int:
+    """Give each row no run record backs ("not run") the committed line of `path` that had
+    one (a row made before its records were kept in the repo): a regeneration in a fresh
+    clone, or with other runs, never turns a measured row into "not run". Returns how many."""
+    if not path.is_file():
+        return 0
+    with path.open() as f:
+        previous = {
+            row_id(r["source"], r["task"], r["cell"], r["metric"]): r
+            for r in csv.DictReader(f)
+            if r.get("budget") not in (None, "", "not run")
+        }
+    carried = 0
+    for row in rows:
+        key = row_id(row.recipe.source, row.recipe.task, row.recipe.label(), row.metric)
+        if row.budget == "not run" and key in previous:
+            row.kept, row.budget = previous[key], previous[key]["budget"]
+            carried += 1
+    return carried
+
+
+def archive_records(rows: Sequence[Row], out: Path) -> int:
+    """Copy each run record behind a row into OUT/records/<recipe>/<run_key>-<seed>/ (its
+    result.json and metrics.csv; checkpoints stay behind). Returns how many were new."""
+    new = 0
+    for row in rows:
+        for record in row.runs:
+            source = Path(record["run_dir"])
+            folder = out / RECORDS_DIR / row.recipe.name / f"{record['run_key']}-{record['seed']}"
+            if (folder / RECORD_FILE).is_file() or folder.resolve() == source.resolve():
+                continue
+            make_folder(folder, "-o")
+            write_json_atomic(folder / RECORD_FILE, {**record, "run_dir": str(folder)})
+            if (source / METRICS_FILE).is_file():
+                shutil.copyfile(source / METRICS_FILE, folder / METRICS_FILE)
+            new += 1
+    return new
 
 
 # ---------------------------------------------------------------------------------------------
@@ -576,7 +650,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ReproduceError(f"no such folder: {', '.join(missing)} (give the runs folder)")
         sources = args.source or list(SOURCES)
         recipes = compose_recipes(recipe_names(sources))
+        kept_records = args.out / RECORDS_DIR
+        if kept_records.is_dir() and kept_records.resolve() not in [r.resolve() for r in roots]:
+            roots = [*roots, kept_records]  # the records behind the committed rows
         rows = collect(recipes, roots, read_times(args.out / TIMES_FILE))
+        carried = carry_over(rows, args.out / CSV_FILE)
+        archived = archive_records(rows, args.out)
         for name in sources:
             mine = [r for r in rows if r.recipe.source == name]
             page = args.out / SOURCES[name].page
@@ -590,6 +669,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "within_2pct": sum(bool(r.within) for r in full),
             "reduced": sum(r.budget == "reduced" for r in rows),
             "not_run": sum(r.budget == "not run" for r in rows),
+            "carried_over": carried,
+            "records_archived": archived,
         }
         print(json.dumps(summary))
         return 0

@@ -14,13 +14,14 @@ configs differ only in their seed (`seed`, `data.seed`, ...) collapse to mean ±
 from __future__ import annotations
 
 import argparse
+import functools
 import html
 import json
 import math
 import shlex
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,8 @@ WANDB_STATES = {
     "killed": "interrupted",
     "preempted": "interrupted",
 }
+# Logged into a W&B run's config beside the configuration itself (rnnbench.train.build_loggers).
+WANDB_EXTRAS = ("overrides", "run_key")
 REFERENCE_DIR = "references"
 MISSING = "-"
 
@@ -139,10 +142,14 @@ def wandb_row(
     Hydra config the harness logged), `run.summary_metrics` (the record's metrics and `status`,
     put there when the run finished, plus W&B's own keys) and `run.state`.
 
-    Timing and `run_key` are not in W&B, so those columns stay empty; `headline`, `task` and
-    `params` are read from the summary when the run put them there.
+    Timing is not in W&B, so those columns stay empty; `headline`, `task`, `params` and
+    `run_key` are read from the summary (or the logged config) when the run put them there.
     """
-    config = {k: v for k, v in config.items() if not k.startswith("_wandb")}
+    # The harness logs a run's `overrides` and `run_key` beside its configuration.
+    run_key = config.get("run_key")
+    config = {
+        k: v for k, v in config.items() if not k.startswith("_wandb") and k not in WANDB_EXTRAS
+    }
     metrics = {
         k: v
         for k, v in summary.items()
@@ -158,6 +165,7 @@ def wandb_row(
         task=summary.get("task"),
         headline=summary.get("headline"),
         params=summary.get("params"),
+        run_key=summary.get("run_key") or run_key,
         source="wandb",
         run_dir=run_dir,
     )
@@ -232,6 +240,10 @@ def frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
     first = [c for c in RECORD_COLUMNS if c in df.columns]
     config = sorted(c for c in df.columns if c not in first and "/" not in c)
     metrics = sorted(c for c in df.columns if "/" in c)
+    # pandas turns a column of ints with a gap into floats (limit_train_batches 5 -> 5.0) and
+    # mixes types per column: each config value stays what the run recorded (None: absent).
+    for c in config:
+        df[c] = pd.Series([row.get(c) for row in rows], index=df.index, dtype=object)
     return df[first + config + metrics]
 
 
@@ -258,6 +270,15 @@ def metric_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns if "/" in c or c.startswith("timing.") or c == "params"]
 
 
+def sections(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """The runs split by dataset (`data.name`), in the order the datasets first appear: numbers
+    of different datasets (and task kinds) are never one table's cells."""
+    if "data.name" not in df.columns:
+        return [("", df)]
+    names = df["data.name"].map(lambda v: MISSING if _hashable(v) is None else str(v))
+    return [(name, df[names == name]) for name in dict.fromkeys(names)]
+
+
 def metric_direction(df: pd.DataFrame, metric: str) -> int:
     """-1 lower is better, +1 higher, 0 no best marked: as the task kinds of the runs in `df`
     declare it (rnnbench.tasks), never guessed from the metric's name."""
@@ -277,15 +298,25 @@ def varying_keys(df: pd.DataFrame) -> list[str]:
 
 
 def leading_keys(keys: Sequence[str]) -> list[str]:
-    """`keys` without those that follow from another: the rest of `data.*` when data.name is
-    among them, and `_target_`s (they follow a config group choice, as model.cell does)."""
-    follows_name = "data.name" in keys
-    return [
-        k
-        for k in keys
-        if not k.endswith(("._target_", "._partial_"))
-        and not (follows_name and k.startswith("data.") and k != "data.name")
-    ]
+    """`keys` without those that follow from another: `_target_`s (they follow a config group
+    choice, as model.cell does). Tables are per dataset (`sections`), so the other `data.*`
+    keys that vary are real axes (two Reber sizes), not the dataset's own settings."""
+    return [k for k in keys if not k.endswith(("._target_", "._partial_"))]
+
+
+def pooled_keys(df: pd.DataFrame, keys: Sequence[str]) -> list[str]:
+    """Config keys that differ between the completed or diverged runs of one cell of a table on
+    `keys`: a cell averages repeats (seeds) of one configuration, never several."""
+    shown = df[df["status"].isin(SHOWN)]
+    if shown.empty:
+        return []
+    groups = shown.groupby(list(keys), dropna=False, sort=False) if keys else [(None, shown)]
+    found: list[str] = []
+    for _, cell in groups:
+        if cell["config_id"].nunique() > 1:
+            found += [k for k in leading_keys(varying_keys(cell)) if k not in keys]
+    first = [k for k in AXIS_ORDER if k in found]
+    return list(dict.fromkeys(first + found))
 
 
 def default_axes(df: pd.DataFrame) -> tuple[list[str], list[str]]:
@@ -366,6 +397,46 @@ def _hashable(value: Any) -> Any:
     return value
 
 
+# Lightning's budget settings at which a run trains and scores whole splits: a float 1.0 is
+# "all batches" (an int 1 is one batch), max_steps -1 is no cap.
+FULL_LIMITS = (
+    "trainer.limit_train_batches",
+    "trainer.limit_val_batches",
+    "trainer.limit_test_batches",
+)
+REDUCED_MARK = "†"
+
+
+@functools.lru_cache(maxsize=64)
+def recipe_epochs(recipe: str) -> int | None:
+    """trainer.max_epochs of a reproduction recipe (conf/experiment/RECIPE), None when it does
+    not compose here (a recipe of another version)."""
+    from rnnbench.config import compose
+
+    try:
+        return int(compose([f"experiment={recipe}"]).trainer.max_epochs)
+    except Exception:  # noqa: BLE001 - an unknown or broken recipe only means "not known"
+        return None
+
+
+def budget_cuts(run: pd.Series) -> list[str]:
+    """`key=value` for each setting that cut this run short of its configuration's full
+    budget: a limit on train/val/test batches, a max_steps cap, fewer epochs than its recipe."""
+    cuts = []
+    for key in FULL_LIMITS:
+        value = _hashable(run.get(key))
+        if value is not None and not (isinstance(value, float) and value == 1.0):
+            cuts.append(f"{key}={key_text(value)}")
+    steps = _hashable(run.get("trainer.max_steps"))
+    if steps is not None and steps != -1:
+        cuts.append(f"trainer.max_steps={key_text(steps)}")
+    recipe, epochs = _hashable(run.get("recipe")), _hashable(run.get("trainer.max_epochs"))
+    full = recipe_epochs(str(recipe)) if recipe is not None else None
+    if full is not None and epochs is not None and 0 <= epochs < full:
+        cuts.append(f"trainer.max_epochs={epochs} (recipe: {full})")
+    return cuts
+
+
 @dataclass
 class View:
     """What a table shows: the metric, the row and column keys, the runs it left out."""
@@ -392,17 +463,24 @@ def aggregate(
     work["_diverged"] = shown["status"] == "diverged"
     work["_config"] = shown["config_id"]
     work["_dup"] = shown.duplicated(["config_id", "seed"], keep=False)
-    work["_all"] = "all"  # the one group when there are no keys
-    grouped = work.groupby(keys or ["_all"], sort=False, dropna=False)
+    work["_cuts"] = [budget_cuts(run) for _, run in shown.iterrows()]
+    # Grouped on the values' text, their first run giving them back: grouping on the values
+    # themselves would make one index of 1.0 and 5, both floats (5 -> "5.0").
+    work["_cell"] = [repr(tuple(map(_hashable, r))) for r in shown[keys].itertuples(index=False)]
+    grouped = work.groupby("_cell", sort=False)
     agg = grouped.agg(
+        **{k: (k, "first") for k in keys},
         mean=("_value", "mean"),
         std=("_value", "std"),
         n=("_value", "count"),
         diverged=("_diverged", "sum"),
         configs=("_config", "nunique"),
         repeated=("_dup", "any"),
-    ).reset_index()
-    agg = _sort_by_keys(agg.drop(columns="_all", errors="ignore"), keys, shown)
+        cuts=("_cuts", lambda runs: "; ".join(sorted({c for cuts in runs for c in cuts}))),
+    ).reset_index(drop=True)
+    for k in keys:  # "first" skips None: a key absent from every run of the cell is None
+        agg[k] = agg[k].astype(object)
+    agg = _sort_by_keys(agg, keys, shown)
     agg.insert(len(keys), "metric", metric)
     agg["diverged"] = agg["diverged"].astype(int)
     # Numbers of different datasets are not comparable: best is per column and dataset.
@@ -506,7 +584,8 @@ def pivot_table(agg: pd.DataFrame, view: View) -> Table:
     for _, line in agg.iterrows():
         r = tuple(_hashable(line[k]) for k in view.rows)
         c = tuple(_hashable(line[k]) for k in view.cols)
-        cells.setdefault(r, {})[c] = Cell(cell_text(line), bool(line["best"]))
+        text = cell_text(line) + (f" {REDUCED_MARK}" if line.get("cuts") else "")
+        cells.setdefault(r, {})[c] = Cell(text, bool(line["best"]))
     body = [
         ([Cell(key_text(v)) for v in r] or [Cell("all runs")])
         + [row.get(c, Cell(MISSING)) for c in col_keys]
@@ -553,6 +632,12 @@ def table_notes(df: pd.DataFrame, agg: pd.DataFrame, view: View) -> list[str]:
         )
     if agg["repeated"].any():
         notes.append("some cells count repeated runs of one config and seed (n counts runs)")
+    cuts = sorted({c for text in agg["cuts"] for c in text.split("; ") if c})
+    if cuts:
+        notes.append(
+            f"{REDUCED_MARK} reduced budget, not a full run of its configuration: "
+            + ", ".join(cuts)
+        )
     return notes
 
 
@@ -616,7 +701,7 @@ def compare(df: pd.DataFrame, agg: pd.DataFrame, view: View, ref: pd.DataFrame) 
     runs_by_cell = {
         tuple(_hashable(v) for v in (k if isinstance(k, tuple) else (k,))): g for k, g in groups
     }
-    for _, cell in agg.iterrows():
+    for position, cell in agg.iterrows():
         runs = runs_by_cell[tuple(_hashable(cell[k]) for k in keys)]
         for _, pub in ref.iterrows():
             wanted = {k: literal(pub[k]) for k in match_keys(ref) if pub[k] != ""}
@@ -625,6 +710,7 @@ def compare(df: pd.DataFrame, agg: pd.DataFrame, view: View, ref: pd.DataFrame) 
                 out.append(
                     {
                         **cell.to_dict(),
+                        "cell": position,
                         "published": pub["value"],
                         "delta": delta,
                         "delta_pct": 100 * delta / pub["value"],
@@ -633,14 +719,18 @@ def compare(df: pd.DataFrame, agg: pd.DataFrame, view: View, ref: pd.DataFrame) 
                         "reference": pub["reference"],
                     }
                 )
-    columns = [*agg.columns, "published", "delta", "delta_pct", "label", "source", "reference"]
-    return pd.DataFrame(out, columns=columns)
+    columns = [*agg.columns, "cell", "published", "delta", "delta_pct", "label", "source"]
+    columns.append("reference")
+    pairs = pd.DataFrame(out, columns=columns)
+    for k in keys:  # as the runs recorded them: a column of 1.0 and 5 is not all floats
+        pairs[k] = pd.Series([line[k] for line in out], index=pairs.index, dtype=object)
+    return pairs
 
 
 def comparison_table(pairs: pd.DataFrame, view: View) -> Table:
     """One line per (cell, published row) pair from `compare`."""
     keys = [*view.rows, *view.cols]
-    header = [*keys, "ours", "published", "Δ", "Δ %", "published setting", "source"]
+    header = [*keys, "ours", "published", "Δ", "Δ %", "budget", "published setting", "source"]
     body = []
     for _, p in pairs.iterrows():
         have = int(p["n"]) > 0
@@ -651,6 +741,7 @@ def comparison_table(pairs: pd.DataFrame, view: View) -> Table:
                 Cell(fmt_number(p["published"])),
                 Cell(signed(p["delta"]) if have else MISSING),
                 Cell(f"{p['delta_pct']:+.1f}%" if have else MISSING),
+                Cell(f"reduced: {p['cuts']}" if p["cuts"] else "full"),
                 Cell(p["label"]),
                 Cell(p["source"]),
             ]
@@ -659,7 +750,12 @@ def comparison_table(pairs: pd.DataFrame, view: View) -> Table:
     if pairs.empty:
         notes = [f"no published {view.metric} matches these runs (see rnnbench/references/)"]
     title = f"{view.metric} against published numbers"
-    return Table(title, header, body, notes, index_columns=len(keys), text_columns=2)
+    if (pairs["cuts"] != "").any():
+        notes.append(
+            "a reduced budget (limited batches, capped steps, fewer epochs than the recipe) is "
+            "no reproduction: its Δ says how far that short run got, not whether the paper holds"
+        )
+    return Table(title, header, body, notes, index_columns=len(keys), text_columns=3)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -751,15 +847,18 @@ COMMENT: dict[str, Callable[[str], str]] = {
     "md": lambda text: html_comment(f"command: {text}"),
     "html": lambda text: html_comment(f"command: {text}"),
     "latex": lambda text: f"% command: {one_line(text)}",
-    "csv": lambda text: f"# command: {one_line(text)}",
 }
 
 
-def to_csv(data: pd.DataFrame, notes: Sequence[str] = ()) -> str:
-    """Machine-readable: one line per cell (or per run), numbers at full precision; the notes
-    as trailing `# ` lines (pandas: `read_csv(..., comment="#")`)."""
-    text = data.to_csv(index=False, lineterminator="\n")
-    return text + "".join(f"# {one_line(n)}\n" for n in notes)
+def to_csv(data: pd.DataFrame) -> str:
+    """Machine-readable: one line per cell (or per run), numbers at full precision, nothing
+    else, so a plain `pandas.read_csv` reads it; the notes go beside it (`notes_file`)."""
+    return data.to_csv(index=False, lineterminator="\n")
+
+
+def notes_file(output: str | Path) -> Path:
+    """Where `-o FILE --format csv` puts the command and the notes: FILE.notes.txt."""
+    return Path(f"{output}.notes.txt")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -787,7 +886,15 @@ def resolve_view(
     cols = list(cols) if cols is not None else [c for c in auto_cols if c not in rows]
     check_keys(df, rows, "--rows")
     check_keys(df, cols, "--cols")
-    return View(metric, rows, cols)
+    notes = []
+    pooled = pooled_keys(df, [*rows, *cols])
+    if pooled:
+        rows = [*rows, *pooled]
+        notes.append(
+            f"rows also split by {', '.join(pooled)}: runs of one cell differed there, and a "
+            "cell averages only seeds of one configuration"
+        )
+    return View(metric, rows, cols, notes)
 
 
 @dataclass
@@ -808,7 +915,7 @@ def build(
     if long:
         return long_view(df, view)
     agg = aggregate(df, view.rows, view.cols, view.metric)
-    view.notes = table_notes(df, agg, view)
+    view = replace(view, notes=[*view.notes, *table_notes(df, agg, view)])
     tables = [pivot_table(agg, view)]
     data = agg.drop(columns=["repeated"])
     if references:
@@ -817,8 +924,11 @@ def build(
         ref = ref.fillna("")
         pairs = compare(df, agg, view, ref)
         tables.append(comparison_table(pairs, view))
-        extra = pairs[["published", "delta", "delta_pct", "label", "source"]]
-        data = data.merge(pairs[[*data.columns, *extra.columns]], how="left", on=list(data.columns))
+        # Joined on the cell's position, not on its keys: a key holding text in one run and a
+        # number in another would not merge.
+        extra = pairs[["cell", "published", "delta", "delta_pct", "label", "source"]]
+        data = data.merge(extra, how="left", left_index=True, right_on="cell")
+        data = data.drop(columns="cell").reset_index(drop=True)
     return Result(view, agg, tables, data)
 
 
@@ -841,14 +951,71 @@ def render(result: Result, fmt: str, command: str | None = None) -> str:
     """The text of `result` in `fmt`; with `command`, a first line saying what made it."""
     if fmt not in FORMATS:
         raise TableError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    return render_sections([("", result)], fmt, command)
+
+
+# A dataset's heading above its tables, when a table command shows several datasets.
+HEADING: dict[str, Callable[[str], str]] = {
+    "md": lambda text: f"### {md_text(text)}\n",
+    "html": lambda text: f"<h3>{html.escape(text)}</h3>",
+    "latex": lambda text: f"\\paragraph{{{_latex_escape(text)}}}",
+}
+
+
+def render_sections(
+    sections: Sequence[tuple[str, Result]], fmt: str, command: str | None = None
+) -> str:
+    """The text of each (dataset, result), under a heading naming the dataset when there are
+    several; CSV is one table of every section's lines (with `data.name`) and no comments."""
+    if fmt not in FORMATS:
+        raise TableError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     if fmt == "csv":
-        notes = [n for t in result.tables for n in t.notes]
-        text = to_csv(result.data, notes)
-    else:
-        text = "\n\n".join(RENDERERS[fmt](t) for t in result.tables)
+        frames = []
+        for name, result in sections:
+            data = result.data
+            if name and "data.name" not in data.columns:
+                data = data.assign(**{"data.name": name})[["data.name", *data.columns]]
+            frames.append(data)
+        return to_csv(pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0])
+    parts = []
+    for name, result in sections:
+        body = "\n\n".join(RENDERERS[fmt](t) for t in result.tables)
+        if len(sections) > 1:
+            headline = result.view.metric
+            body = HEADING[fmt](f"{name} — {headline}") + "\n" + body
+        parts.append(body)
+    text = "\n\n".join(parts)
     if command:
         text = COMMENT[fmt](command) + "\n" + text
     return text if text.endswith("\n") else text + "\n"
+
+
+def build_sections(
+    df: pd.DataFrame,
+    rows: Sequence[str] | None = None,
+    cols: Sequence[str] | None = None,
+    metric: str | None = None,
+    references: Sequence[str] = (),
+    long: bool = False,
+) -> tuple[list[tuple[str, Result]], list[str]]:
+    """One (dataset, Result) per dataset of `df` (`sections`), each with its own default axes
+    and headline metric, unless data.name is among the given --rows/--cols (then one table).
+    Returns them with a note per dataset left out (no such metric, nothing completed)."""
+    together = "data.name" in [*(rows or []), *(cols or [])]
+    parts = [("", df)] if together else sections(df)
+    built, skipped = [], []
+    for name, part in parts:
+        if not long and not part["status"].isin(SHOWN).any():
+            skipped.append(f"{name}: no completed or diverged run")
+            continue
+        if metric and len(parts) > 1 and (metric not in part.columns or part[metric].isna().all()):
+            skipped.append(f"{name}: no {metric}")
+            continue
+        view = resolve_view(part, rows, cols, metric)
+        built.append((name, build(part, view, references, long)))
+    if not built:
+        raise TableError("nothing to show: " + "; ".join(skipped))
+    return built, skipped
 
 
 # ---------------------------------------------------------------------------------------------
@@ -919,17 +1086,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         df = load_frame(args.paths, args.wandb)
         if not args.long:
             check_shown(df)
-        view = resolve_view(df, split_keys(args.rows), split_keys(args.cols), args.metric)
-        result = build(df, view, split_keys(args.reference) or [], args.long)
-        command = shlex.join(["rnnbench-table", *argv]) if args.output else None
-        text = render(result, args.format, command)
+        built, skipped = build_sections(
+            df,
+            split_keys(args.rows),
+            split_keys(args.cols),
+            args.metric,
+            split_keys(args.reference) or [],
+            args.long,
+        )
+        command = shlex.join(["rnnbench-table", *argv])
+        csv = args.format == "csv"
+        text = render_sections(built, args.format, command if args.output and not csv else None)
+        notes = [f"left out {s}" for s in skipped]
+        notes += [
+            f"{name}: {n}" if name else n for name, r in built for t in r.tables for n in t.notes
+        ]
         if args.output is not None:
             write_text(args.output, text)
+            if csv:  # the CSV stays plain: what made it and what it means go beside it
+                lines = [f"command: {command}", *notes]
+                write_text(notes_file(args.output), "".join(one_line(n) + "\n" for n in lines))
+        else:  # md, latex and html print their tables' notes below them
+            for note in notes if csv else [f"left out {s}" for s in skipped]:
+                print(f"rnnbench-table: note: {one_line(note)}", file=sys.stderr)
     except UserError as e:
         print(f"rnnbench-table: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     if args.output is not None:
-        print(f"wrote {one_line(args.output)}", file=sys.stderr)
+        extra = f" and {notes_file(args.output)}" if csv else ""
+        print(f"wrote {one_line(args.output)}{extra}", file=sys.stderr)
     else:
         sys.stdout.write(text)
     return 0

@@ -35,6 +35,7 @@ import csv
 import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,7 @@ from rnnbench.record import (
 from rnnbench.tasks import KINDS
 from rnnbench.train import best_epoch, reuse
 
-__all__ = ["headline_of", "reuse_run", "write_run", "write_sweep"]
+__all__ = ["MixedRuns", "headline_of", "reuse_run", "write_mixed_runs", "write_run", "write_sweep"]
 
 LN2 = math.log(2.0)
 # A dataset's reference numbers (rnnbench.data.*.reference_metrics), by data.name: what a real
@@ -326,3 +327,109 @@ def reuse_run(run_dir: str | Path, overrides: Sequence[str], results_root: str |
     if reused is None:
         raise LookupError(f"no completed run with run_key {record['run_key']} under {results_root}")
     return reused
+
+
+@dataclass
+class MixedRuns:
+    """What `write_mixed_runs` laid out, by role."""
+
+    root: Path  # the runs/ folder
+    reber_sweep: Path  # 2 cells x 2 seeds on Reber
+    ptb_full: Path  # experiment=zaremba/small at its full budget (13 epochs)
+    ptb_reduced: Path  # the same recipe cut to 5 batches of one epoch
+    sst2: list[Path]  # a GRU, uni- and bidirectional
+    ddp: Path  # an adding-problem LSTM trained with trainer=ddp (2 processes)
+    diverged: Path  # an adding-problem vanilla RNN that diverged
+    failed: Path
+    reused: list[Path]  # copies of completed runs made by relaunches
+
+
+def write_mixed_runs(root: str | Path) -> MixedRuns:
+    """A runs/ folder as a user accumulates it over weeks, not one clean sweep: four datasets
+    of three task kinds (reber and PTB language modelling, SST-2 classification, adding-problem
+    regression), a multirun sweep beside single runs, a full-budget recipe run and the same
+    recipe at a 5-batch budget, a DDP run, a diverged run, a failed one, and runs reused by a
+    relaunched sweep and by a repeated single run. Numbers are chosen so that each dataset has
+    a known best."""
+    root = Path(root)
+    day = root / "2026-11-30"
+    sweep = root / "multirun" / "2026-11-30" / "10-00-00-000000"
+    write_sweep(
+        sweep,
+        {"model": ["rnn", "lstm"], "seed": [1, 2]},
+        common=["logger=none", "trainer.max_epochs=2"],
+        numbers=lambda job: {
+            "test": (1.62 if job["model"] == "rnn" else 1.52) + 0.01 * job["seed"]
+        },
+    )
+    ptb_full = day / "11-00-00_ptb_word_lstm"
+    write_run(ptb_full, ["experiment=zaremba/small", "logger=none"], test=117.3)
+    ptb_reduced = day / "11-30-00_ptb_word_lstm"
+    write_run(
+        ptb_reduced,
+        [
+            "experiment=zaremba/small",
+            "logger=none",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=5",
+            "trainer.limit_val_batches=5",
+            "trainer.limit_test_batches=5",
+        ],
+        test=6852.0,
+        steps_per_epoch=5,
+    )
+    sst2 = [day / "12-00-00_sst2_gru", day / "12-10-00_sst2_gru"]
+    write_run(
+        sst2[0], ["data=sst2", "model=gru", "logger=none", "trainer.max_epochs=3"], test=0.801
+    )
+    write_run(
+        sst2[1],
+        [
+            "data=sst2",
+            "model=gru",
+            "model.bidirectional=true",
+            "logger=none",
+            "trainer.max_epochs=3",
+        ],
+        test=0.823,
+    )
+    ddp = day / "13-00-00_adding_lstm"
+    write_run(
+        ddp,
+        [
+            "data=adding",
+            "data.seq_len=50",
+            "model=lstm",
+            "trainer=ddp",
+            "logger=none",
+            "trainer.max_epochs=2",
+        ],
+        test=0.0042,
+    )
+    diverged = day / "13-30-00_adding_rnn"
+    write_run(
+        diverged,
+        [
+            "data=adding",
+            "data.seq_len=50",
+            "model=rnn",
+            "optim.lr=10",
+            "logger=none",
+            "trainer.max_epochs=2",
+        ],
+        status="diverged",
+    )
+    failed = day / "14-00-00_reber_gru"
+    write_run(failed, ["model=gru", "logger=none", "model.hidden_size=8"], status="failed")
+    # A relaunched sweep: every job reused from the first one, in a sweep folder of its own.
+    relaunch = root / "multirun" / "2026-12-01" / "09-00-00-000000"
+    reused = []
+    for n, (cell, seed) in enumerate([("rnn", 1), ("rnn", 2), ("lstm", 1), ("lstm", 2)]):
+        overrides = [f"model={cell}", f"seed={seed}", "logger=none", "trainer.max_epochs=2"]
+        reused.append(relaunch / str(n))
+        reuse_run(reused[-1], overrides, results_root=sweep)
+    # The SST-2 run launched again by hand: reused, not recomputed.
+    again = root / "2026-12-01" / "10-00-00_sst2_gru"
+    reuse_run(again, ["data=sst2", "model=gru", "logger=none", "trainer.max_epochs=3"], day)
+    reused.append(again)
+    return MixedRuns(root, sweep, ptb_full, ptb_reduced, sst2, ddp, diverged, failed, reused)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -217,3 +218,45 @@ def test_a_tuned_recipe_is_its_own_row_beside_the_papers():
     table = render_table([Row(plain, "test/nll", 4.05), Row(tuned, "test/nll", 4.05)])
     assert "| nottingham | RNN | test/nll |" in table
     assert "| nottingham | RNN (tuned) | test/nll |" in table
+
+
+def read_csv_rows(path: Path) -> dict[tuple[str, str, str, str], dict[str, str]]:
+    with path.open() as f:
+        return {(r["source"], r["task"], r["cell"], r["metric"]): r for r in csv.DictReader(f)}
+
+
+def test_regeneration_never_turns_a_measured_row_into_not_run(tmp_path):
+    """The records behind rows are kept under OUT/records (no checkpoints) and read back; a
+    committed row whose record is not in the repo is carried over, said so, never dropped."""
+    from fixture_runs import write_run
+
+    require_data("poly_music/JSB_Chorales.mat")
+    runs, out = tmp_path / "runs", tmp_path / "results"
+    write_run(runs / "jsb", ["experiment=tcn/jsb_lstm", "logger=none"], test=8.51)
+    assert main([str(runs), "-o", str(out)]) == 0
+    row = read_csv_rows(out / "reproduction.csv")["tcn", "jsb", "lstm", "test/nll"]
+    assert (row["budget"], row["ours"], row["seeds"]) == ("full", "8.51", "1")
+    [kept] = (out / "records" / "tcn" / "jsb_lstm").rglob("result.json")
+    assert json.loads(kept.read_text())["metrics"]["test/nll"] == 8.51
+    assert not list((out / "records").rglob("*.ckpt"))
+
+    # A fresh clone: no runs/ at all. The kept record makes the row, counted once.
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty"), "-o", str(out)]) == 0
+    again = read_csv_rows(out / "reproduction.csv")
+    assert again["tcn", "jsb", "lstm", "test/nll"] == row
+
+    # The committed table, regenerated with no run records at all: every measured row stays.
+    committed = read_csv_rows(Path(__file__).parent.parent / "results" / "reproduction.csv")
+    shutil.copytree(
+        Path(__file__).parent.parent / "results", tmp_path / "clone", dirs_exist_ok=True
+    )
+    assert main([str(tmp_path / "empty"), "-o", str(tmp_path / "clone")]) == 0
+    regenerated = read_csv_rows(tmp_path / "clone" / "reproduction.csv")
+    measured = {k: r for k, r in committed.items() if r["budget"] != "not run"}
+    assert measured and {k: regenerated[k]["ours"] for k in measured} == {
+        k: r["ours"] for k, r in measured.items()
+    }
+    assert all(regenerated[k]["budget"] == r["budget"] for k, r in measured.items())
+    page = (tmp_path / "clone" / "tcn_table1.md").read_text()
+    assert "carried over from the committed reproduction.csv" in page

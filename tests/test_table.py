@@ -216,10 +216,14 @@ def test_latex_and_csv_give_the_same_numbers(runs):
             latex_numbers[(cells[0], col)] = parse_cell(cells[col])[0]
     assert latex_numbers == md_numbers
 
-    csv = pd.read_csv(io.StringIO(ok(runs.sweep, "--format", "csv")), comment="#")
-    assert len(csv) == 6 and set(csv["metric"]) == {"test/ppl"}
-    for line in csv.itertuples():
-        assert close(md_numbers[(line._1, line._2)], line.mean)  # model.cell, model.num_layers
+    # Plain CSV: pandas reads it with no options, every line a cell of the md table.
+    csv = pd.read_csv(io.StringIO(ok(runs.sweep, "--format", "csv")))
+    assert (
+        len(csv) == 6 and set(csv["metric"]) == {"test/ppl"} and set(csv["data.name"]) == {"reber"}
+    )
+    for line in csv.to_dict("records"):
+        col = 1 + int(line["model.num_layers"]) - 1
+        assert close(md_numbers[(line["model.cell"], col)], line["mean"])
 
 
 def test_seeds_collapse_to_mean_std_and_n(runs):
@@ -235,7 +239,7 @@ def test_seeds_collapse_to_mean_std_and_n(runs):
     assert parse_cell(cells["lstm"][1])[2] == 1  # the other depth still has one run
     assert "mix configurations" not in out  # the seed was the only difference
 
-    csv = pd.read_csv(io.StringIO(ok(runs.sweep, runs.seed, "--format", "csv")), comment="#")
+    csv = pd.read_csv(io.StringIO(ok(runs.sweep, runs.seed, "--format", "csv")))
     lstm1 = csv[(csv["model.cell"] == "lstm") & (csv["model.num_layers"] == 1)].iloc[0]
     assert lstm1["n"] == 2 and close(lstm1["std"], statistics.stdev(both))
 
@@ -297,8 +301,7 @@ def test_reference_puts_published_numbers_and_deltas_beside_matching_rows(runs):
     assert close(shown, min(PTB_VAL_PPL)) and close(delta, min(PTB_VAL_PPL) - 120.7)
 
     csv = pd.read_csv(
-        io.StringIO(ok(*args, "--reference", "zaremba2014,bai2018", "--format", "csv")),
-        comment="#",
+        io.StringIO(ok(*args, "--reference", "zaremba2014,bai2018", "--format", "csv"))
     )
     with_ref = csv[csv["published"].notna()]
     assert sorted(with_ref["published"]) == [78.93, 114.5]
@@ -308,16 +311,23 @@ def test_reference_puts_published_numbers_and_deltas_beside_matching_rows(runs):
 
 def test_output_files_start_with_the_command_that_made_them(runs, tmp_path):
     first = {"md": "<!-- command: ", "html": "<!-- command: ", "latex": "% command: "}
-    first["csv"] = "# command: "
     for fmt, start in first.items():
         out = tmp_path / f"table.{fmt}"
         done = rnnbench_table(runs.sweep, "--format", fmt, "-o", out)
         assert done.returncode == 0 and done.stdout == ""
         line = out.read_text().splitlines()[0]
         assert line.startswith(start) and f"rnnbench-table {runs.sweep} --format {fmt}" in line
-    csv = pd.read_csv(tmp_path / "table.csv", comment="#")  # the comment lines are skipped
-    assert len(csv) == 6 and csv["mean"].notna().all()
     assert "<table" in (tmp_path / "table.html").read_text()
+    # CSV stays plain for any reader; the command and the notes go to FILE.notes.txt beside it.
+    done = rnnbench_table(runs.sweep, "--format", "csv", "-o", tmp_path / "table.csv")
+    assert done.returncode == 0 and "table.csv.notes.txt" in done.stderr
+    csv = pd.read_csv(tmp_path / "table.csv")
+    assert len(csv) == 6 and csv["mean"].notna().all()
+    notes = (tmp_path / "table.csv.notes.txt").read_text().splitlines()
+    assert (
+        notes[0] == f"command: rnnbench-table {runs.sweep} --format csv -o {tmp_path / 'table.csv'}"
+    )
+    assert any("lower is better" in n for n in notes)
 
 
 def test_a_path_without_runs_is_one_line_and_a_failure(tmp_path):
