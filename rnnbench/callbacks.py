@@ -1,20 +1,64 @@
 """The callbacks every run gets (conf/callbacks/default.yaml): training throughput, the
-per-epoch metrics CSV and the per-step trace beside result.json, and the progress bar. A file
-path given relative (the default) is taken inside the run folder (train.place_in)."""
+per-epoch metrics CSV and the per-step trace beside result.json, and the progress display (a
+bar on a terminal, plain lines elsewhere). A file path given relative (the default) is taken
+inside the run folder (train.place_in).
+
+Importing this module also silences the Lightning notes that our own defaults set off and that
+say nothing to a user (`quiet_lightning`)."""
 
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import TQDMProgressBar
+from pytorch_lightning.callbacks import ProgressBar, TQDMProgressBar
+from pytorch_lightning.utilities.warnings import PossibleUserWarning
 
 from rnnbench.record import METRICS_FILE, STEPS_COLUMNS, STEPS_FILE
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, *starts: str) -> None:
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.starts)
+
+
+def quiet_lightning() -> None:
+    """Silence two kinds of Lightning notes set off by our defaults, not by anything a user
+    should change:
+
+    - `Trainer(limit_train_batches=1.0)` was configured so 100% of the batches ... will be used:
+      conf/trainer/default.yaml spells out Lightning's own default (1.0, all batches) so that
+      records, run_key and the tables carry the budget; Lightning notes every explicit 1.0. Its
+      note for an explicit 1 (one batch) stays.
+    - It is recommended to use `self.log('val/loss', ..., sync_dist=True)` ... in distributed
+      setting (trainer=ddp): the task modules log what a torchmetrics MeanMetric's compute()
+      returns, already reduced over all processes; sync_dist would reduce it a second time.
+    """
+    notes = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    if not any(isinstance(f, _DropMessages) for f in notes.filters):
+        notes.addFilter(
+            _DropMessages(*(f"`Trainer(limit_{s}_batches=1.0)`" for s in ("train", "val", "test")))
+        )
+    warnings.filterwarnings(
+        "ignore",
+        message=r"It is recommended to use `self\.log\('(train|val|test)/",
+        category=PossibleUserWarning,
+    )
+
+
+quiet_lightning()
 
 # Logged every step, not per epoch: the last step's value says nothing about the epoch.
 STEP_METRICS = {"train/batch_loss", "train/grad_norm"}
@@ -179,8 +223,75 @@ class SteadyProgressBar(TQDMProgressBar):
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def get_metrics(self, trainer, pl_module) -> dict:
-        metrics = super().get_metrics(trainer, pl_module)
-        loss = getattr(pl_module, "last_loss", None)
-        if loss is not None:
-            metrics["loss"] = f"{float(loss):.4g}"
-        return metrics
+        return with_loss(super().get_metrics(trainer, pl_module), pl_module)
+
+
+def with_loss(metrics: dict[str, Any], pl_module: pl.LightningModule) -> dict[str, Any]:
+    """`metrics` with the last training batch's loss (the task module's `last_loss`) added."""
+    loss = getattr(pl_module, "last_loss", None)
+    if loss is not None:
+        metrics["loss"] = f"{float(loss):.4g}"
+    return metrics
+
+
+class ProgressLines(ProgressBar):
+    """Progress as plain lines, for a stdout that is no terminal (a pipe, a file, a batch job's
+    log), where a redrawn bar would pile up as carriage returns: one line every `every` seconds
+    of training and one at each epoch's end, with validation's numbers, e.g.
+
+        epoch 3/10 batch 40/125 step 290 loss 1.23 (45.1 it/s)
+        epoch 3/10 done: step 375 val/loss 1.19 loss 1.2 (44.7 it/s)
+
+    Validation and test add no lines of their own: the epoch line and the summary carry them."""
+
+    def __init__(self, every: float = 30.0) -> None:
+        super().__init__()
+        self.every, self.enabled = every, True
+        self._start = self._said = 0.0
+        self._batches = 0  # trained in this epoch by this process (a resume starts mid-epoch)
+
+    def disable(self) -> None:
+        self.enabled = False
+
+    def enable(self) -> None:
+        self.enabled = True
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._start = self._said = time.monotonic()
+        self._batches = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._batches += 1
+        now = time.monotonic()
+        if self.enabled and now - self._said >= self.every:
+            self._said = now
+            total = self.total_train_batches
+            of = f"/{total}" if math.isfinite(total) else ""
+            self.say(trainer, pl_module, f"batch {batch_idx + 1}{of}")
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self.enabled:
+            self.say(trainer, pl_module, "done:")
+
+    def say(self, trainer: pl.Trainer, pl_module: pl.LightningModule, where: str) -> None:
+        epochs = f"/{trainer.max_epochs}" if (trainer.max_epochs or 0) > 0 else ""
+        metrics = with_loss(dict(trainer.progress_bar_metrics), pl_module)
+        metrics.pop("v_num", None)  # the logger's version: the bar shows it, a log line need not
+        shown = "".join(
+            f" {k} {v:.4g}" if isinstance(v, float) else f" {k} {v}" for k, v in metrics.items()
+        )
+        rate = self._batches / max(time.monotonic() - self._start, 1e-9)
+        print(
+            f"epoch {trainer.current_epoch + 1}{epochs} {where} step {trainer.global_step}"
+            f"{shown} ({rate:.3g} it/s)",
+            flush=True,
+        )
+
+
+def progress_display(interval: float = 0.5, line_every: float = 30.0) -> ProgressBar:
+    """The progress display a run gets (the `progress_bar` entry of conf/callbacks/default.yaml):
+    on a terminal the bar, redrawn at most every `interval` seconds (SteadyProgressBar);
+    elsewhere a plain line every `line_every` seconds and at each epoch's end (ProgressLines)."""
+    if sys.stdout.isatty():
+        return SteadyProgressBar(interval)
+    return ProgressLines(line_every)

@@ -13,10 +13,13 @@ taken where a resume goes on exactly as the uninterrupted run would have.
 - `resume_point` picks the checkpoint a run goes on from: its own, else one an unfinished run
   with the same run_key left elsewhere (copied in by `adopt_checkpoints`); a checkpoint that
   does not load is refused (the run's own) or skipped with a warning (another run's).
+- `drop_checkpoints` deletes, once a run's record says completed, what `checkpoints.keep` does
+  not keep (by default last.ckpt: a completed run is never resumed).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -31,7 +34,7 @@ from omegaconf import DictConfig
 
 from rnnbench.errors import UserError
 from rnnbench.outputs import write_whole
-from rnnbench.record import LAST_CKPT, claim_run_folder, find_resumable
+from rnnbench.record import CHECKPOINT_DIR, LAST_CKPT, claim_run_folder, find_resumable
 
 # Set in a checkpoint's dict by ResumeCheckpoint: taken where a resume is exact.
 BOUNDARY = "rnnbench_boundary"
@@ -185,3 +188,34 @@ def adopt_checkpoints(last: Path, ckpt: dict[str, Any], target: Path) -> None:
     buffer = io.BytesIO()
     torch.save(ckpt, buffer)
     write_whole(target, buffer.getvalue())
+
+
+def drop_checkpoints(run_dir: Path, keep: str, best: str | Path | None) -> list[Path]:
+    """Delete the checkpoints of a completed run that `keep` (`checkpoints.keep`) does not keep,
+    and return those deleted. Called once the record says completed: until then
+    `checkpoints/last.ckpt` is what a relaunch resumes from, so no other run loses anything.
+
+    `best` is the checkpoint the test scored (checkpoints/best.ckpt), None when no validation
+    ran and the test scored the last weights, which last.ckpt holds. keep=best keeps the scored
+    checkpoint (best.ckpt, else last.ckpt), last keeps last.ckpt, both keeps both, none keeps
+    nothing; an emptied checkpoints/ folder goes too. A file that cannot be deleted costs a
+    warning line, not the completed run.
+    """
+    last = (run_dir / LAST_CKPT).resolve()
+    scored = Path(best).resolve() if best else last
+    kept = {"best": {scored}, "last": {last}, "both": {last, scored}, "none": set()}[keep]
+    dropped = []
+    for path in sorted({last, scored} - kept):
+        if not path.exists():
+            continue
+        try:
+            path.unlink()
+        except OSError as e:
+            print(f"rnnbench: warning: kept {path} ({e.strerror or e})", file=sys.stderr)
+            continue
+        dropped.append(path)
+    folder = run_dir / CHECKPOINT_DIR
+    if dropped and folder.is_dir() and not any(folder.iterdir()):
+        with contextlib.suppress(OSError):  # an empty folder left behind is harmless
+            folder.rmdir()
+    return dropped

@@ -33,6 +33,8 @@ CELLS = ("rnn", "rnn_relu", "gru", "lstm")
 IMPLS = ("fused", "scratch")
 GRU_RESETS = ("after", "before")
 TBPTT_UPDATES = ("sequence", "chunk")
+# What a completed run keeps of its checkpoints (checkpoints.drop_checkpoints says what each keeps).
+CHECKPOINT_KEEPS = ("best", "last", "both", "none")
 # A dataset's name becomes part of its run folder's name: no separators, no "..".
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*\Z")
 
@@ -145,6 +147,7 @@ CHECKS: dict[str, Check] = {
     "threads": positive_int(nullable=True, meaning="null = cores / jobs running at once"),
     "force": FLAG,
     "checkpoint_every_n_steps": positive_int(nullable=True),
+    "checkpoints.keep": Check(str, choices=CHECKPOINT_KEEPS),
     "results_root": Check(str),
     "data.name": Check(str),
     "data.batch_size": positive_int(),

@@ -35,12 +35,22 @@ def colour(cell: object, index: int = 0) -> str:
     return CELL_COLOURS.get(str(cell), OTHER_COLOURS[index % len(OTHER_COLOURS)])
 
 
-def panels(groups: list, width: float = 6.0, height: float = 4.0) -> tuple[Figure, list[Axes]]:
-    """One subplot per group, side by side (wrapping after three), each `width` × `height`."""
+def panels(
+    groups: list,
+    width: float = 6.0,
+    height: float = 4.0,
+    ncols: int = 3,
+    layout: str | None = None,
+) -> tuple[Figure, list[Axes]]:
+    """One subplot per group, side by side (wrapping after `ncols`), each `width` × `height`
+    inches; `layout` as plt.subplots takes it ("constrained": the figure keeps its size and
+    lays out what is drawn, legends outside the axes included, inside it)."""
     n = max(1, len(groups))
-    ncols = min(n, 3)
+    ncols = max(1, min(n, ncols))
     nrows = -(-n // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False, layout=layout
+    )
     flat = list(axes.flat)
     for ax in flat[n:]:
         ax.set_visible(False)

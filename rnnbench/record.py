@@ -197,6 +197,7 @@ KEY_EXCLUDED = (
     "force",
     "threads",
     "checkpoint_every_n_steps",
+    "checkpoints.keep",  # what is deleted after the run, not what it computes
     "trainer.enable_progress_bar",
     "trainer.log_every_n_steps",
     # The always-on callbacks (conf/callbacks/default.yaml) watch a run; they compute nothing.

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
+
+from rnnbench.record import RECORD_FILE
 
 # Numbers a result is read against (an exact optimum, a trivial or naive baseline).
 REFERENCE = ("_optimal", "_baseline", "_naive")
@@ -57,7 +61,7 @@ def format_summary(record: dict[str, Any]) -> str:
         )
     for note in record.get("notes") or []:
         lines.append(("note", note))
-    lines.append(("result", f"{record['run_dir']}/result.json"))
+    lines.append(("result", str(Path(record["run_dir"]) / RECORD_FILE)))
     if record.get("wandb"):
         lines.append(
             (
@@ -69,3 +73,14 @@ def format_summary(record: dict[str, Any]) -> str:
     width = max(len(k) for k, _ in lines)
     bar = "-" * 72
     return "\n".join([bar, *(f"{k:<{width}}  {v}" for k, v in lines), bar])
+
+
+def show(text: str) -> None:
+    """Print `text` and write it to the run's log file (Hydra's job log, <run>/train.log), so
+    the folder keeps what the console said at the end of the run."""
+    print(text, flush=True)
+    # The log file only: through the root logger the text would reach the console twice.
+    entry = logging.LogRecord("rnnbench", logging.INFO, __file__, 0, text, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(entry)

@@ -92,9 +92,24 @@ def stop_workers(sweep_dir: str | Path, grace_s: float = 60.0) -> None:
 _sweep_parent: int | None = None  # the pid of the process that launched this sweep, there
 
 
+def reused_lines(found: list[tuple[Path, dict[str, Any]]]) -> list[str]:
+    """One line per reused job of a sweep ((result.json path, record) pairs): its folder and the
+    completed run it copied, whose W&B run (when it had one) holds the curves. A reused job
+    trains nothing, so it makes no W&B run of its own."""
+    lines = []
+    for path, record in found:
+        if record.get("reused_from"):
+            wandb = record.get("wandb") or {}
+            where = f" (W&B run {wandb['id']})" if wandb.get("id") else ""
+            lines.append(f"  reused {path.parent}: copied from {record['reused_from']}{where}")
+    return lines
+
+
 def print_summary(sweep_dir: str | Path) -> Counter:
-    line, counts = summarize([r for _, r in iter_records(sweep_dir)])
-    print(line, flush=True)
+    """Print the sweep's summary line, then a line per reused job naming its source."""
+    found = list(iter_records(sweep_dir))
+    line, counts = summarize([r for _, r in found])
+    print("\n".join([line, *reused_lines(found)]), flush=True)
     return counts
 
 

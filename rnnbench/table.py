@@ -932,6 +932,16 @@ def build(
     return Result(view, agg, tables, data)
 
 
+def run_value(column: str, value: Any) -> str:
+    """One value of a run's line: a config value as recorded (1.0 stays 1.0), a metric or
+    time to 4 figures, MISSING for none (a failed run has no metric)."""
+    if _hashable(value) is None:
+        return MISSING
+    if column in metric_columns(pd.DataFrame(columns=[column])) and isinstance(value, float):
+        return fmt_number(value)
+    return key_text(value)
+
+
 def long_view(df: pd.DataFrame, view: View) -> Result:
     """Every run, failed ones too, one per line: keys, seed, status, metric, time, folder."""
     keys = list(dict.fromkeys([*view.rows, *view.cols]))
@@ -939,7 +949,7 @@ def long_view(df: pd.DataFrame, view: View) -> Result:
     columns = list(dict.fromkeys(c for c in columns if c in df.columns))
     runs = _sort_by_keys(df[columns], keys, df)
     body = [
-        [Cell(fmt_number(v) if isinstance(v, float) else key_text(v)) for v in line]
+        [Cell(run_value(name, v)) for name, v in zip(columns, line, strict=True)]
         for line in runs.itertuples(index=False)
     ]
     notes = [f"{len(runs)} run(s)"]

@@ -7,6 +7,7 @@ rnnbench -m model=rnn,gru,lstm model.num_layers=1,2
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import signal
@@ -21,6 +22,7 @@ import hydra
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -28,7 +30,12 @@ from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
 from torch import nn
 
 from rnnbench.callbacks import EpochMetricsCSV, StepTrace, Throughput
-from rnnbench.checkpoints import AtomicCheckpointIO, ResumeCheckpoint, resume_point
+from rnnbench.checkpoints import (
+    AtomicCheckpointIO,
+    ResumeCheckpoint,
+    drop_checkpoints,
+    resume_point,
+)
 from rnnbench.config import CONF_DIR, check_config
 from rnnbench.errors import UserError, find_user_error
 from rnnbench.module import TASKS
@@ -40,13 +47,15 @@ from rnnbench.record import (
     check_run_folder,
     environment,
     find_completed,
+    is_identity_key,
+    is_seed_key,
     new_record,
     now_iso,
     read_record,
     write_json_atomic,
     write_record,
 )
-from rnnbench.summary import format_summary
+from rnnbench.summary import format_summary, show
 from rnnbench.sweep import end_interrupted_job, parallel_jobs, threads_per_job
 
 __all__ = ["CONF_DIR", "main", "run"]
@@ -58,7 +67,8 @@ def is_rank_zero() -> bool:
 
 
 def wandb_identity(config: dict[str, Any], group: str | None) -> dict[str, Any]:
-    """Name, group and tags that let the W&B UI group and compare runs without set-up."""
+    """The default name, group (`group`, else the dataset's name), tags and job type that let
+    the W&B UI group and compare runs without set-up; a user's logger.wandb.* values win."""
     data, model = config["data"]["name"], config["model"]
     clip = config["trainer"].get("gradient_clip_val")
     direction = "bi" if model["bidirectional"] else "uni"
@@ -74,7 +84,38 @@ def wandb_identity(config: dict[str, Any], group: str | None) -> dict[str, Any]:
         f"direction:{direction}",
         f"clip:{clip}",
     ]
-    return {"name": name, "group": group or data, "tags": tags}
+    return {"name": name, "group": group or data, "tags": tags, "job_type": "train"}
+
+
+WANDB_GROUP_MAX = 128  # the longest group name W&B accepts
+
+
+def sweep_group(sweep_dir: str | Path) -> str:
+    """The W&B group every job of one multirun shares: the sweep's command line as Hydra's
+    sweeper saved it in multirun.yaml before the first job (`model=rnn,gru data=ptb_word`),
+    less the overrides that change nothing a run computes (logger, progress bar, force, ...);
+    the sweep folder's name when that leaves nothing. Cut at a space to fit W&B's 128
+    characters, with a hash of the whole so that two long command lines still get two groups."""
+    sweep_dir = Path(sweep_dir)
+    saved = sweep_dir / "multirun.yaml"
+    # Each job's own hydra.overrides.task holds its values (model=gru), not the sweep's lists.
+    # Unresolved: an override may hold an interpolation (`results_root=${oc.env:SCRATCH}`).
+    task = (
+        OmegaConf.to_container(OmegaConf.load(saved).hydra.overrides.task)
+        if saved.is_file()
+        else []
+    )
+    kept = [
+        o.input_line
+        for o in OverridesParser.create().parse_overrides(task)
+        if is_identity_key(o.key_or_group) or is_seed_key(o.key_or_group)
+    ]
+    text = " ".join(kept) or sweep_dir.name
+    if len(text) > WANDB_GROUP_MAX:
+        digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+        head = text[: WANDB_GROUP_MAX - len(digest) - 2]
+        text = f"{head.rsplit(' ', 1)[0] if ' ' in head else head} ~{digest}"
+    return text
 
 
 def build_loggers(
@@ -89,7 +130,10 @@ def build_loggers(
     for name, conf in (logger_cfg or {}).items():
         extra: dict[str, Any] = {"save_dir": str(run_dir)}
         if name == "wandb":
-            extra |= wandb_identity(config, group)
+            # The harness's identity fills only what the user left unset (conf/logger/wandb.yaml
+            # or logger.wandb.tags=[a,b] on the command line): instantiate's keywords would win.
+            defaults = wandb_identity(config, group)
+            extra |= {k: v for k, v in defaults.items() if conf.get(k) is None}
         try:
             logger = instantiate(conf, **extra)
             logger.log_hyperparams(config)
@@ -202,6 +246,7 @@ def run(
         if reused is not None:
             return reused
     loggers: list = []
+    best_path: str | None = None  # the checkpoint the test scores, known once training ended
     previous_sigterm = _sigterm_interrupts()
     try:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -267,6 +312,11 @@ def run(
             unwritten = write_record(run_dir, record)
             if unwritten and sys.exc_info()[1] is None:
                 raise UserError(unwritten)
+            if record["status"] == "completed":
+                # Only once the record says completed: until then last.ckpt is what a relaunch
+                # resumes from. A config composed without the key keeps both, as runs always did.
+                keep = OmegaConf.select(cfg, "checkpoints.keep", default="both")
+                drop_checkpoints(run_dir, keep, best_path)
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)
 
@@ -375,6 +425,11 @@ def finish_wandb(loggers: list, record: dict[str, Any]) -> None:
         if type(logger).__name__ != "WandbLogger" or logger._experiment is None:
             continue
         run = logger.experiment
+        # Not logged at the start: build_loggers is handed the resolved config alone.
+        run.config.update(
+            {"overrides": record["overrides"], "run_key": record["run_key"]},
+            allow_val_change=True,
+        )
         run.summary.update(
             {
                 **record["metrics"],
@@ -416,7 +471,7 @@ def main(cfg: DictConfig) -> None:
             cfg,
             hydra_cfg.runtime.output_dir,
             list(hydra_cfg.overrides.task),
-            group=Path(hydra_cfg.sweep.dir).name if multirun else None,
+            group=sweep_group(hydra_cfg.sweep.dir) if multirun else None,
         )
     except (KeyboardInterrupt, SystemExit) as e:
         # Ctrl-C, SIGTERM, or Lightning's exit after catching one: recorded as interrupted.
@@ -447,9 +502,9 @@ def main(cfg: DictConfig) -> None:
     if not is_rank_zero():
         return
     if record.get("reused_from"):
-        print(
+        show(
             f"rnnbench: reused completed run {record['reused_from']} (same run_key "
             f"{record['run_key']}; force=true re-runs it)"
         )
     else:
-        print(format_summary(record))
+        show(format_summary(record))

@@ -6,10 +6,12 @@ import functools
 import http.server
 import json
 import os
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -124,3 +126,46 @@ def http_server():
     for server in servers:
         server.shutdown()
         server.server_close()
+
+
+# The offline file is a LevelDB-style log: a 7-byte file header, then 32 KiB blocks of chunks,
+# each with a 7-byte header (CRC-32 seeded with the chunk type, length, type); a record is one
+# FULL chunk or FIRST, MIDDLE..., LAST.
+BLOCK, HEADER = 32768, 7
+FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+
+
+def wandb_records(log: Path) -> list:
+    """Every protobuf Record (wandb_internal_pb2) in an offline run file, checksums checked."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = log.read_bytes()
+    assert struct.unpack("<4sHB", data[:HEADER]) == (b":W&B", 0xBEE1, 0), "unknown file format"
+    found, parts, pos = [], [], HEADER
+    while pos + HEADER <= len(data):
+        if BLOCK - pos % BLOCK < HEADER:  # too little room left in the block: padding
+            pos += BLOCK - pos % BLOCK
+            continue
+        crc, length, kind = struct.unpack("<IHB", data[pos : pos + HEADER])
+        if kind == 0 and crc == 0:  # zeros after the last chunk
+            break
+        payload = data[pos + HEADER : pos + HEADER + length]
+        assert zlib.crc32(payload, zlib.crc32(bytes([kind]))) == crc, f"bad chunk at byte {pos}"
+        assert kind in (FULL, FIRST, MIDDLE, LAST), f"chunk type {kind} at byte {pos}"
+        parts.append(payload)
+        pos += HEADER + length
+        if kind in (FULL, LAST):
+            record = pb.Record()
+            record.ParseFromString(b"".join(parts))
+            found.append(record)
+            parts = []
+    return found
+
+
+@pytest.fixture(scope="session")
+def mixed_runs(tmp_path_factory):
+    """One runs/ folder as users accumulate it (fixture_runs.write_mixed_runs), written once
+    for the session: tests read it, never change it (copy it first)."""
+    from fixture_runs import write_mixed_runs
+
+    return write_mixed_runs(tmp_path_factory.mktemp("mixed") / "runs")

@@ -59,6 +59,7 @@ def test_a_run_resumed_in_a_new_folder_keeps_its_best_checkpoint(tmp_path):
         "trainer.max_epochs=6",
         "optim.lr=0",
         "data.train_strings=1000",
+        "model.hidden_size=32",  # what is tested is the checkpoints, not the model
     ]
     killed = tmp_path / "runs" / "killed"
     proc = popen([*args, f"hydra.run.dir={killed}"], cwd=tmp_path)

@@ -12,7 +12,6 @@ import math
 import re
 import shutil
 import statistics
-import struct
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import pytest
 from fixture_runs import write_run, write_sweep
 from omegaconf import OmegaConf
 
-from conftest import TINY_REBER_RUN, rnnbench_cli
+from conftest import TINY_REBER_RUN, rnnbench_cli, wandb_records
 from rnnbench import bench, table
 from rnnbench.config import CONF_DIR, compose
 from rnnbench.record import RECORD_FILE, flatten
@@ -389,28 +388,10 @@ def test_help_names_every_option():
 
 def wandb_offline_run(run_dir: Path) -> tuple[dict, dict, str]:
     """What `wandb.Api()` gives for this run once synced (run.config, run.summary_metrics,
-    run.state), read from the offline run's own file: a LevelDB-style log (7-byte header, 32 KiB
-    blocks, records cut into chunks with a 7-byte header each) of wandb protobuf records."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
+    run.state), read from the offline run's own file (conftest.wandb_records)."""
     [log] = run_dir.glob("wandb/offline-run-*/run-*.wandb")
-    raw = log.read_bytes()
-    assert raw[:4] == b":W&B", "W&B changed its offline file format"
-    block, pos, chunks, messages = 32768, 7, b"", []
-    while pos + 7 <= len(raw):
-        if block - pos % block < 7:  # a block's tail too short for a header is padding
-            pos += block - pos % block
-            continue
-        _, length, kind = struct.unpack("<IHB", raw[pos : pos + 7])
-        chunks += raw[pos + 7 : pos + 7 + length]
-        pos += 7 + length
-        if kind in (1, 4):  # FULL or LAST chunk: a whole record
-            messages.append(chunks)
-            chunks = b""
     config, summary, state = {}, {}, "running"
-    for message in messages:
-        record = pb.Record()
-        record.ParseFromString(message)
+    for record in wandb_records(log):
         kind = record.WhichOneof("record_type")
         if kind == "config":
             config |= {i.key: json.loads(i.value_json) for i in record.config.update}

@@ -138,7 +138,7 @@ def test_last_checkpoint_is_the_latest_epoch_even_when_validation_does_not_impro
     import torch
 
     epochs = 3
-    args = [*SMALL_REBER, f"trainer.max_epochs={epochs}", "optim.lr=0"]
+    args = [*SMALL_REBER, f"trainer.max_epochs={epochs}", "optim.lr=0", "checkpoints.keep=both"]
     record = train(args, tmp_path)
     assert record["status"] == "completed"
     checkpoints = tmp_path / "checkpoints"
@@ -154,7 +154,9 @@ def test_a_resumed_run_times_every_epoch(tmp_path):
 
     import torch
 
-    first = train([*SMALL_REBER, "trainer.max_epochs=2"], tmp_path / "first")
+    first = train(
+        [*SMALL_REBER, "trainer.max_epochs=2", "checkpoints.keep=both"], tmp_path / "first"
+    )
     last = tmp_path / "first" / "checkpoints" / "last.ckpt"
     old = torch.load(last, map_location="cpu", weights_only=False)
     del old["callbacks"]["Throughput"]

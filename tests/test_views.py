@@ -10,13 +10,13 @@ import re
 
 import pandas as pd
 import pytest
-from fixture_runs import MixedRuns, write_mixed_runs, write_run
+from fixture_runs import MixedRuns, write_run
 from test_table import md_tables, ok, parse_cell, rnnbench_table
 
 
-@pytest.fixture(scope="module")
-def mixed(tmp_path_factory) -> MixedRuns:
-    return write_mixed_runs(tmp_path_factory.mktemp("runs"))
+@pytest.fixture
+def mixed(mixed_runs) -> MixedRuns:
+    return mixed_runs
 
 
 def sections(text: str) -> dict[str, list]:

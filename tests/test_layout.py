@@ -1,0 +1,81 @@
+"""The package's shape, checked on its source: record.py alone names the run folder's files,
+training code imports no presentation code, and no module takes another's private names."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).parent.parent / "rnnbench"
+MODULES = {
+    ".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts): p for p in PACKAGE.rglob("*.py")
+}
+# (`run_key`, the key file's name, is also a record field: not checked.)
+FOLDER_FILES = {"result.json", "metrics.csv", "steps.csv", "gradflow.csv", "last.ckpt", "best.ckpt"}
+TRAINING = ("train", "callbacks", "checkpoints", "module", "model", "cells", "gradflow", "tasks")
+PRESENTATION = {"rnnbench.report", "rnnbench.plots", "rnnbench.table", "rnnbench.reproduce"}
+PRESENTATION |= {"rnnbench.gradflow_experiment", "matplotlib"}
+
+
+def imports(path: Path) -> list[tuple[str, list[str]]]:
+    """(module, names) of every import in `path`, at any depth (lazy imports too)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.append((node.module, [a.name for a in node.names]))
+        elif isinstance(node, ast.Import):
+            found += [(a.name, []) for a in node.names]
+    return found
+
+
+def code_strings(path: Path) -> list[str]:
+    """String constants of `path` that are not docstrings."""
+    tree = ast.parse(path.read_text())
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    return [
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and id(node) not in docstrings
+    ]
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_only_record_names_the_run_folder_files(module):
+    if module == "rnnbench.record":
+        return
+    named = {s for s in code_strings(MODULES[module]) if s.strip("/") in FOLDER_FILES}
+    named |= {s for s in code_strings(MODULES[module]) for f in FOLDER_FILES if s.endswith("/" + f)}
+    assert not named, f"{module} names {named}: use rnnbench.record's constants"
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_no_module_imports_another_modules_private_names(module):
+    private = [
+        (source, name)
+        for source, names in imports(MODULES[module])
+        if source.startswith("rnnbench")
+        for name in names
+        if name.startswith("_")
+    ]
+    assert not private, f"{module} imports {private}"
+
+
+@pytest.mark.parametrize("module", [f"rnnbench.{m}" for m in TRAINING])
+def test_training_modules_import_no_presentation_code(module):
+    pulled = {
+        m
+        for m, _ in imports(MODULES[module])
+        if m.split(".")[0] == "matplotlib" or m in PRESENTATION
+    }
+    assert not pulled, f"{module} imports {pulled}"

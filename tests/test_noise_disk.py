@@ -1,0 +1,203 @@
+"""Noise and disk: what a run prints when nobody watches a terminal, which Lightning notes it no
+longer sets off, what its log file keeps, and which checkpoints `checkpoints.keep` leaves behind.
+
+Two real `rnnbench` subprocesses (pipes, so stdout is no terminal): the tiny Reber run on
+trainer=debug with the CSV logger, and on trainer=ddp (2 CPU processes); four tiny in-process
+runs for the runs that do not complete and a resume; the rest reads what those left.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+from omegaconf import OmegaConf
+
+from conftest import TINY_REBER, TINY_REBER_RUN, assert_refused, rnnbench_cli, train
+from rnnbench.checkpoints import drop_checkpoints
+from rnnbench.config import compose
+from rnnbench.record import CHECKPOINT_DIR, LAST_CKPT, find_resumable, identity, run_key
+from rnnbench.train import run
+
+BEST_CKPT = f"{CHECKPOINT_DIR}/best.ckpt"
+# The Lightning notes our defaults set off before (their texts as Lightning 2.6 prints them):
+NOTES = {
+    # conf/trainer/default.yaml's limit_*_batches: 1.0, once per split
+    "limit": "was configured so 100% of the batches",
+    # trainer=debug's 5 batches under the default log_every_n_steps=20, with a logger on
+    "log_every": "is smaller than the logging interval Trainer(log_every_n_steps=",
+    # trainer=ddp: the task modules log torchmetrics' computed (already reduced) means
+    "sync_dist": "sync_dist=True)` when logging on epoch level in distributed setting",
+}
+LINE = re.compile(r"epoch 1/1 batch (\d)/4 step \1 loss [\d.]+ \([\d.]+ it/s\)")
+DONE = re.compile(r"epoch 1/1 done: step 4 val/loss [\d.]+ loss [\d.]+ \([\d.]+ it/s\)")
+PIPED = [*TINY_REBER_RUN, "trainer=debug", "logger=csv", "callbacks.progress_bar.line_every=0"]
+
+
+def assert_no_notes(stderr: str) -> None:
+    for name, text in NOTES.items():
+        assert text not in stderr, f"{name}: {stderr}"
+
+
+@pytest.fixture(scope="module")
+def piped(tmp_path_factory):
+    """The tiny run on trainer=debug with a logger, its output read through pipes, a line per
+    batch; checkpoints.keep at its default."""
+    cwd = tmp_path_factory.mktemp("piped")
+    run_dir = cwd / "runs" / "piped"
+    result = rnnbench_cli([*PIPED, f"hydra.run.dir={run_dir}"], cwd=cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result, run_dir
+
+
+def test_a_piped_run_prints_plain_lines_not_redraws(piped):
+    """Every line before the summary is one of ours: a bar's redraws would be more lines here
+    (text mode reads each carriage return as a line end), with its cursor moves."""
+    result, _ = piped
+    progress = result.stdout[: result.stdout.index("-" * 72)].splitlines()
+    assert [int(m[1]) for m in map(LINE.fullmatch, progress) if m] == [1, 2, 3, 4], progress
+    assert len(progress) == 5 and DONE.fullmatch(progress[-1]), progress
+    assert "\x1b[" not in result.stdout and "\r" not in result.stderr
+
+
+def test_the_console_summary_lands_in_the_runs_log_file(piped):
+    result, run_dir = piped
+    summary = result.stdout[result.stdout.index("-" * 72) :].strip()
+    assert "status      completed" in summary
+    assert summary in (run_dir / "train.log").read_text()
+
+
+def test_trainer_debug_sets_off_no_logging_interval_warning_and_logs_every_step(piped):
+    result, run_dir = piped
+    assert_no_notes(result.stderr)
+    with open(run_dir / "csv" / "version_0" / "metrics.csv", newline="") as f:
+        logged = [row["step"] for row in csv.DictReader(f) if row["train/batch_loss"]]
+    assert logged == ["1", "2", "3", "4"]  # every step's loss reached the logger
+
+
+def test_by_default_a_completed_run_keeps_best_ckpt_only(piped):
+    _, run_dir = piped
+    record = json.loads((run_dir / "result.json").read_text())
+    assert record["status"] == "completed" and record["tested"] == "best"
+    assert record["config"]["checkpoints"]["keep"] == "best"
+    assert (run_dir / BEST_CKPT).is_file() and not (run_dir / LAST_CKPT).exists()
+
+
+def test_a_completed_folder_without_last_ckpt_is_reused_never_resumed(piped):
+    """A relaunch of the completed configuration reuses its record; no search for a checkpoint
+    to resume from returns its folder."""
+    _, run_dir = piped
+    root = run_dir.parent
+    cfg = compose([*PIPED, f"results_root={root}"])
+    key = run_key(OmegaConf.to_container(cfg, resolve=True))
+    assert find_resumable(root, key) == []
+    again = run(cfg, root / "again")
+    assert Path(again["reused_from"]) == run_dir.resolve() and again["status"] == "completed"
+    assert not (root / "again" / CHECKPOINT_DIR).exists()
+
+
+def test_ddp_sets_off_no_sync_dist_or_limit_notes_and_keeps_last(tmp_path):
+    """trainer=ddp: 2 processes, one line of progress (rank zero's), and checkpoints.keep=last
+    deletes best.ckpt once the test scored it."""
+    run_dir = tmp_path / "runs" / "ddp"
+    args = [*TINY_REBER_RUN, "trainer=ddp", "logger=none", "checkpoints.keep=last"]
+    result = rnnbench_cli([*args, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Starting with 2 processes" in result.stderr  # it did run distributed
+    assert_no_notes(result.stderr)
+    progress = result.stdout[: result.stdout.index("-" * 72)].splitlines()
+    assert len(progress) == 1 and DONE.fullmatch(progress[0]), progress  # line_every: 30 s
+    record = json.loads((run_dir / "result.json").read_text())
+    assert record["status"] == "completed" and record["tested"] == "best"
+    assert (run_dir / LAST_CKPT).is_file() and not (run_dir / BEST_CKPT).exists()
+
+
+class EndAtTest(pl.Callback):
+    """Ends a run as its test starts, after both checkpoints were written: SystemExit is how an
+    interrupt (Ctrl-C, SIGTERM) leaves Lightning; any other exception fails the run. Put in the
+    progress bar's entry, which is not part of the run_key, so the same configuration can be
+    relaunched without it."""
+
+    def __init__(self, raises: str = "SystemExit", **_ignored) -> None:
+        self.raises = raises
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        if self.raises == "SystemExit":
+            raise SystemExit(143)
+        raise RuntimeError("the test split cannot be read")
+
+
+ENDS = [f"callbacks.progress_bar._target_={__name__}.EndAtTest"]
+NOT_COMPLETED = {
+    "failed": [*ENDS, "+callbacks.progress_bar.raises=RuntimeError"],
+    "diverged": ["model=rnn", "optim.lr=1e6"],
+}
+
+
+def test_keep_none_spares_a_run_that_did_not_complete(tmp_path):
+    """Interrupted: last.ckpt stays for the relaunch, which resumes from it, completes, and
+    only then drops last.ckpt (keep=best, the default)."""
+    with pytest.raises(SystemExit):
+        train([*TINY_REBER, *ENDS, "checkpoints.keep=none"], tmp_path)
+    assert json.loads((tmp_path / "result.json").read_text())["status"] == "interrupted"
+    assert (tmp_path / LAST_CKPT).is_file() and (tmp_path / BEST_CKPT).is_file()
+
+    record = train(TINY_REBER, tmp_path)
+    assert record["status"] == "completed" and record["resume"]["exact"] is True
+    assert (tmp_path / BEST_CKPT).is_file() and not (tmp_path / LAST_CKPT).exists()
+
+
+@pytest.mark.parametrize("status", NOT_COMPLETED)
+def test_keep_none_spares_a_failed_or_diverged_run(tmp_path, status):
+    """Failed and diverged runs keep both checkpoints, to be examined (or, failed, resumed)."""
+    try:
+        record = train([*TINY_REBER, *NOT_COMPLETED[status], "checkpoints.keep=none"], tmp_path)
+    except RuntimeError:
+        record = json.loads((tmp_path / "result.json").read_text())
+    assert record["status"] == status
+    assert (tmp_path / LAST_CKPT).is_file() and (tmp_path / BEST_CKPT).is_file()
+
+
+@pytest.mark.parametrize(
+    ("keep", "scored", "left"),
+    [
+        ("best", "best", {"best.ckpt"}),
+        ("last", "best", {"last.ckpt"}),
+        ("both", "best", {"best.ckpt", "last.ckpt"}),
+        ("none", "best", None),
+        ("best", "last", {"last.ckpt"}),  # no validation ran: the test scored the last weights
+        ("none", "last", None),
+    ],
+)
+def test_what_each_keep_leaves(tmp_path, keep, scored, left):
+    """`left`: the files left in checkpoints/ (None: the folder went too)."""
+    folder = tmp_path / CHECKPOINT_DIR
+    folder.mkdir()
+    made = {"best.ckpt", "last.ckpt"} if scored == "best" else {"last.ckpt"}
+    for name in made:
+        (folder / name).write_bytes(b"weights")
+    best = folder / "best.ckpt" if scored == "best" else None
+    dropped = drop_checkpoints(tmp_path, keep, best)
+    assert (set(p.name for p in folder.iterdir()) if folder.exists() else None) == left
+    assert {p.name for p in dropped} == made - (left or set())
+
+
+def test_a_bad_keep_is_refused_in_one_line(tmp_path):
+    result = rnnbench_cli([*TINY_REBER_RUN, "checkpoints.keep=most"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert_refused(
+        result, "checkpoints.keep='most' is unknown: use one of best, last, both, none", tmp_path
+    )
+
+
+def test_keep_is_not_part_of_the_run_key():
+    keys = {
+        run_key(OmegaConf.to_container(compose([f"checkpoints.keep={k}"]), resolve=True))
+        for k in ("best", "last", "both", "none")
+    }
+    assert len(keys) == 1
+    assert "checkpoints" not in identity(OmegaConf.to_container(compose([]), resolve=True))
