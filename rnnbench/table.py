@@ -923,7 +923,10 @@ def build(
         ref = pd.concat([load_reference(name) for name in references], ignore_index=True)
         ref = ref.fillna("")
         pairs = compare(df, agg, view, ref)
-        tables.append(comparison_table(pairs, view))
+        if pairs.empty:  # an empty table says less than one line under the pivot
+            tables[0].notes.append(comparison_table(pairs, view).notes[0])
+        else:
+            tables.append(comparison_table(pairs, view))
         # Joined on the cell's position, not on its keys: a key holding text in one run and a
         # number in another would not merge.
         extra = pairs[["cell", "published", "delta", "delta_pct", "label", "source"]]
