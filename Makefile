@@ -32,13 +32,16 @@ browser:
 bench: $(STAMP)
 	$(PY) -m rnnbench.bench $(ARGS)
 
-# pytest exits 5 when it collected no test: that is a failure here, never a pass.
+# Most of the suite's time is real rnnbench processes starting (torch + Lightning: ~9 s each on
+# the CI machine), one core at a time: pytest-xdist runs tests on every core (PARALLEL= for one
+# process). pytest exits 5 when it collected no test: that is a failure here, never a pass.
+PARALLEL ?= -n auto --dist worksteal
 test: $(STAMP) browser
-	@$(PY) -m pytest -m "not slow" $(PYTEST_ARGS); rc=$$?; \
+	@$(PY) -m pytest -m "not slow" $(PARALLEL) $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 test-all: $(STAMP)
-	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	@$(PY) -m pytest $(PARALLEL) $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 lint: $(STAMP)
