@@ -7,17 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from rnnbench.record import RECORD_FILE
-
-# Numbers a result is read against (an exact optimum, a trivial or naive baseline).
-REFERENCE = ("_optimal", "_baseline", "_naive")
-# What one item of throughput is, per task kind.
-ITEMS = {
-    "lm": "tokens",
-    "steps": "steps",
-    "classify": "sequences",
-    "regress": "values",
-    "multilabel": "frames",
-}
+from rnnbench.tasks import KINDS, REFERENCE_SUFFIXES
 
 
 def _fmt(value: Any) -> str:
@@ -44,14 +34,15 @@ def format_summary(record: dict[str, Any]) -> str:
     ]
     for split in ("val", "test"):
         ours = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith(f"{split}/")}
-        parts = [f"{k} {_fmt(v)}" for k, v in ours.items() if not k.endswith(REFERENCE)]
-        refs = [f"{k} {_fmt(v)}" for k, v in ours.items() if k.endswith(REFERENCE)]
+        parts = [f"{k} {_fmt(v)}" for k, v in ours.items() if not k.endswith(REFERENCE_SUFFIXES)]
+        refs = [f"{k} {_fmt(v)}" for k, v in ours.items() if k.endswith(REFERENCE_SUFFIXES)]
         if "ppl" in ours and "ppl_optimal" in ours:
             refs.append(f"{ours['ppl'] / ours['ppl_optimal'] - 1:+.1%} vs optimum")
         lines.append((split, ", ".join(parts) + (f"  ({'; '.join(refs)})" if refs else "")))
     timing = record.get("timing") or {}
     if timing:
-        item = ITEMS.get(record.get("task"), "items")
+        kind = KINDS.get(record.get("task") or "")
+        item = kind.item if kind else "items"
         lines.append(
             (
                 "speed",

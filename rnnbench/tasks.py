@@ -79,6 +79,7 @@ class TaskKind:
     metrics: dict[str, Better]
     headline: str  # a name of `metrics`; shown as test/<headline>
     char_headline: str | None = None  # the headline for character-level data (bpc, not ppl)
+    item: str = "items"  # what one item of throughput is: tokens, frames, sequences...
 
     def headline_metric(self, unit: str = "") -> str:
         """The metric tables show by default for data counted in `unit` (char, word...)."""
@@ -107,8 +108,11 @@ KINDS: dict[str, TaskKind] = {
             {"loss": "lower", "ppl": "lower", "bpc": "lower"},
             headline="ppl",
             char_headline="bpc",
+            item="tokens",
         ),
-        TaskKind("steps", "all", token_cross_entropy, targets, {"loss": "lower"}, "loss"),
+        TaskKind(
+            "steps", "all", token_cross_entropy, targets, {"loss": "lower"}, "loss", item="steps"
+        ),
         TaskKind(
             "classify",
             "last",
@@ -116,6 +120,7 @@ KINDS: dict[str, TaskKind] = {
             targets,
             {"loss": "lower", "acc": "higher"},
             "acc",
+            item="sequences",
         ),
         TaskKind(
             "regress",
@@ -124,9 +129,16 @@ KINDS: dict[str, TaskKind] = {
             targets,
             {"loss": "lower", "mse": "lower", "mae": "lower"},
             "mse",
+            item="values",
         ),
         TaskKind(
-            "multilabel", "all", frame_nll, real_frames, {"loss": "lower", "nll": "lower"}, "nll"
+            "multilabel",
+            "all",
+            frame_nll,
+            real_frames,
+            {"loss": "lower", "nll": "lower"},
+            "nll",
+            item="frames",
         ),
     )
 }

@@ -343,7 +343,6 @@ class RunCallbacks:
     its record's figures from the always-on ones; each may be dropped (`~callbacks.NAME`), and
     the record then goes without what it gave (timing, best epoch, steps.csv, resume)."""
 
-    resume: ResumeCheckpoint | None
     throughput: Throughput | None
     epochs: EpochMetricsCSV | None
     best: ModelCheckpoint | None
@@ -371,7 +370,7 @@ class RunCallbacks:
         best = next(
             (c for c in made if isinstance(c, ModelCheckpoint) and c.monitor == "val/loss"), None
         )
-        return cls(first(ResumeCheckpoint), first(Throughput), first(EpochMetricsCSV), best, made)
+        return cls(first(Throughput), first(EpochMetricsCSV), best, made)
 
 
 def place_in(callback: pl.Callback, run_dir: Path) -> pl.Callback:

@@ -25,6 +25,7 @@ def test_each_module_logs_exactly_the_metrics_its_kind_declares(name):
         logged |= set(task.derive(SimpleNamespace(unit=unit), means))
     assert logged == set(kind.metrics), name
     assert kind.headline in kind.metrics
+    assert kind.item != "items"  # the summary's speed line names what was counted
 
 
 def test_kind_losses_are_the_textbook_ones():
