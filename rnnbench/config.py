@@ -167,6 +167,16 @@ CHECKS: dict[str, Check] = {
     "model.forget_bias": Check(float, nullable=True),
     "model.tbptt": positive_int(nullable=True, meaning="null = full backpropagation"),
     "model.tbptt_update": Check(str, choices=TBPTT_UPDATES),
+    "model.attention": Check(str, choices=("none", "additive", "dot")),
+    "model.teacher_forcing": Check(float, low=0, high=1, meaning="1 = always the reference"),
+    "model.feed_context": FLAG,
+    "decode.beam": positive_int(meaning="1 = greedy decoding"),
+    "decode.length_penalty": Check(float, low=0, high=5, meaning="0 = none; 0.6 to 1 is usual"),
+    "decode.max_len": positive_int(nullable=True, meaning="null = longest training target + 10"),
+    "data.min_freq": positive_int(),
+    "data.train_size": positive_int(nullable=True, meaning="null = every training pair"),
+    "data.max_source_tokens": positive_int(nullable=True, meaning="null = no cut"),
+    "data.max_target_tokens": positive_int(nullable=True, meaning="null = no cut"),
     "trainer.max_epochs": positive_int(also=(-1,), meaning="-1 = no limit"),
     "trainer.max_steps": positive_int(also=(-1,), meaning="-1 = no limit"),
     "trainer.gradient_clip_val": Check(
@@ -246,6 +256,11 @@ def config_problem(cfg: DictConfig) -> str | None:
     return cross_problem(cfg)
 
 
+# The datasets whose model is an encoder-decoder, and the model keys only they read.
+SEQ2SEQ_DATA = "rnnbench.data.pairs."
+SEQ2SEQ_MODEL_KEYS = {"attention": "none", "teacher_forcing": 1.0, "feed_context": False}
+
+
 def cross_problem(cfg: DictConfig) -> str | None:
     """Rules between keys: a budget of at least one step, dataset names that stay inside
     the runs folder, options that apply only to some cells."""
@@ -285,6 +300,20 @@ def cross_problem(cfg: DictConfig) -> str | None:
         return (
             f"model.gru_reset={model.get('gru_reset')!r} applies to model.cell=gru only: "
             f"leave it at 'after' for model.cell={cell}"
+        )
+    seq2seq = str((cfg.get("data") or {}).get("_target_", "")).startswith(SEQ2SEQ_DATA)
+    for key, default in SEQ2SEQ_MODEL_KEYS.items():
+        if not seq2seq and model.get(key, default) != default:
+            return (
+                f"model.{key}={model.get(key)} is for sequence-to-sequence data (data=multi30k, "
+                f"data=summarize): data={OmegaConf.select(cfg, 'data.name')} has no decoder; "
+                f"leave it at {str(default).lower() if isinstance(default, bool) else default}"
+            )
+    if seq2seq and model.get("tbptt") is not None:
+        return (
+            f"model.tbptt={model.get('tbptt')} does not apply to sequence-to-sequence data: the "
+            f"decoder needs the encoder's final state, so the source cannot be cut; set "
+            f"model.tbptt=null"
         )
     if model.get("tbptt_update", "sequence") != "sequence" and model.get("tbptt") is None:
         return (

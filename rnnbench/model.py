@@ -19,6 +19,21 @@ READOUTS = ("all", "last")
 TBPTT_UPDATES = ("sequence", "chunk")
 
 
+def set_forget_bias(stack: RecurrentStack, value: float) -> None:
+    """An LSTM stack's initial forget-gate bias (Gers et al. 2000; Jozefowicz et al. 2015)."""
+    if stack.cell != "lstm":
+        raise ConfigError(
+            f"model.forget_bias is for LSTM only: set it to null for model.cell={stack.cell}"
+        )
+    h = stack.hidden_size
+    with torch.no_grad():
+        for name, p in stack.rnn.named_parameters():
+            if name.startswith("bias_ih"):  # gates i, f, g, o: the forget gate is f
+                p[h : 2 * h] = value
+            elif name.startswith("bias_hh"):
+                p[h : 2 * h] = 0.0
+
+
 class SequenceModel(nn.Module):
     """Input layer -> dropout -> RecurrentStack -> dropout -> linear head.
 
@@ -48,8 +63,14 @@ class SequenceModel(nn.Module):
         forget_bias: float | None = None,
         tbptt: int | None = None,
         tbptt_update: str = "sequence",
+        attention: str = "none",
+        teacher_forcing: float = 1.0,
+        feed_context: bool = False,
     ) -> None:
         super().__init__()
+        # The encoder-decoder's keys (conf/model/rnn.yaml) reach every model; a value other
+        # than its default is refused for other data by config.cross_problem.
+        del attention, teacher_forcing, feed_context
         if causal and bidirectional:
             raise ConfigError(
                 "model.bidirectional=true is not allowed for next-step prediction: reading the "
@@ -86,7 +107,7 @@ class SequenceModel(nn.Module):
             for p in self.parameters():
                 nn.init.uniform_(p, -init_range, init_range)
         if forget_bias is not None:
-            self._set_forget_bias(forget_bias)
+            set_forget_bias(self.stack, forget_bias)
         if tie_weights:
             if self.embedding is None or self.head.weight.shape != self.embedding.weight.shape:
                 raise ConfigError(
@@ -94,20 +115,6 @@ class SequenceModel(nn.Module):
                     f"model.hidden_size (got {emb_size} and {hidden_size})"
                 )
             self.head.weight = self.embedding.weight
-
-    def _set_forget_bias(self, value: float) -> None:
-        if self.stack.cell != "lstm":
-            raise ConfigError(
-                "model.forget_bias is for LSTM only: set it to null for "
-                f"model.cell={self.stack.cell}"
-            )
-        h = self.stack.hidden_size
-        with torch.no_grad():
-            for name, p in self.stack.rnn.named_parameters():
-                if name.startswith("bias_ih"):  # gates i, f, g, o: the forget gate is f
-                    p[h : 2 * h] = value
-                elif name.startswith("bias_hh"):
-                    p[h : 2 * h] = 0.0
 
     def truncated(
         self, x: Tensor, state: State | None, lengths: Tensor | None

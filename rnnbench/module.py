@@ -95,6 +95,10 @@ class RecurrentTask(pl.LightningModule):
     def derive(self, means: dict[str, Tensor]) -> dict[str, Tensor]:
         return means
 
+    def record_fields(self) -> dict:
+        """Fields this task adds to the run's record once tested (none by default)."""
+        return {}
+
     def items_in(self, batch: Batch) -> int:
         """How many predicted items a batch holds (tokens, frames, sequences): for throughput."""
         return self.kind.items(batch)
@@ -331,6 +335,89 @@ class MultilabelTask(RecurrentTask):
         return {"loss": means["loss"], "nll": means["loss"]}
 
 
+class TranslationTask(RecurrentTask):
+    """Sequence to sequence: loss and perplexity of the reference target (teacher-forced, over
+    its real tokens); at test the model also decodes every source by itself (`beam`: 1 greedy,
+    else beam search) and the dataset scores the decoded text (BLEU; ROUGE for summaries).
+    `decoded` keeps, after the test, each test pair's decoded text in order."""
+
+    kind = KINDS["translate"]
+
+    def __init__(
+        self,
+        *args,
+        beam: int = 5,
+        length_penalty: float = 0.0,
+        max_len: int | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        from rnnbench.decode import check_decoding
+
+        check_decoding(beam, length_penalty, max_len)
+        self.beam, self.length_penalty, self.max_len = beam, length_penalty, max_len
+        self.decoded: dict[int, str] = {}
+        self.scores: dict[str, float] = {}
+        self.signature: str | None = None
+
+    def step(self, batch: Batch, split: str) -> Tensor:
+        logits = self.model(batch["x"], batch["lengths"], batch["tgt_in"], batch["tgt_lengths"])
+        loss = self.kind.loss(logits, batch)
+        self.accumulate(split, "loss", loss, self.kind.items(batch))
+        return loss
+
+    def derive(self, means: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {"loss": means["loss"], "ppl": torch.exp(means["loss"])}
+
+    def on_test_epoch_start(self) -> None:
+        self.decoded = {}
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        from rnnbench.decode import decode
+
+        self.step(batch, "test")
+        data = self.trainer.datamodule
+        limit = self.max_len or data.longest_target + 10
+        ids = decode(
+            self.model, batch["x"], batch["lengths"], self.beam, limit, self.length_penalty
+        )
+        for i, row in zip(batch["index"].tolist(), ids.tolist(), strict=True):
+            self.decoded[i] = data.detokenize(row)
+
+    def on_test_epoch_end(self) -> None:
+        decoded = self.decoded
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Each DDP rank decoded its share of the test pairs: every rank scores them all.
+            shares = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(shares, decoded)
+            decoded = {i: text for share in shares for i, text in share.items()}
+        self.decoded = decoded
+        # A run with limit_test_batches decoded only some pairs: it is scored on those alone.
+        self.scores, self.signature = self.trainer.datamodule.score(decoded)
+        super().on_test_epoch_end()
+        for name, value in self.scores.items():
+            self.log(f"test/{name}", float(value))
+
+    def record_fields(self) -> dict:
+        """What the run's record keeps of the decoding: settings, scorer signature, and how
+        many test pairs were decoded."""
+        return {
+            "decoding": {
+                "beam": self.beam,
+                "length_penalty": self.length_penalty,
+                "max_len": self.max_len,
+                "signature": self.signature,
+                "pairs": len(self.decoded),
+            }
+        }
+
+
+class SummarizationTask(TranslationTask):
+    """The same model and loop; the dataset scores summaries with ROUGE-1/2/L."""
+
+    kind = KINDS["summarize"]
+
+
 # The module that trains each kind of rnnbench.tasks.KINDS.
 TASKS: dict[str, type[RecurrentTask]] = {
     task.kind.name: task
@@ -340,5 +427,7 @@ TASKS: dict[str, type[RecurrentTask]] = {
         ClassificationTask,
         RegressionTask,
         MultilabelTask,
+        TranslationTask,
+        SummarizationTask,
     )
 }

@@ -33,6 +33,7 @@ STEPS_COLUMNS = ("step", "batch_loss", "grad_norm", "clipped")
 KEY_FILE = "run_key"  # written when a run starts: which configuration its checkpoints resume
 CHECKPOINT_DIR = "checkpoints"
 LAST_CKPT = f"{CHECKPOINT_DIR}/last.ckpt"  # what a resume goes on from
+EXAMPLES_FILE = "decoded.jsonl"  # seq2seq: some test pairs' source, reference and decoded text
 # checkpoints/best.ckpt (the lowest val/loss, what the test scores) is the `best` entry of
 # conf/callbacks/default.yaml: a ModelCheckpoint whose folder train.place_in sets.
 
@@ -86,6 +87,16 @@ class Resume(TypedDict):
     exact: bool  # false for a mid-epoch checkpoint (checkpoint_every_n_steps)
 
 
+class Decoding(TypedDict, total=False):
+    """How a sequence-to-sequence run decoded its test sources, and how the text was scored."""
+
+    beam: int  # 1 = greedy
+    length_penalty: float
+    max_len: int | None
+    signature: str  # the scorer's: sacreBLEU's signature string, or rouge-score's settings
+    pairs: int  # how many test pairs were decoded and scored
+
+
 class Record(TypedDict, total=False):
     """`result.json`, version SCHEMA. `status` is only ever `completed` for a run that trained
     its whole budget with finite weights and metrics and was tested."""
@@ -113,6 +124,7 @@ class Record(TypedDict, total=False):
     resume: Resume  # present when the run went on from a checkpoint
     resumed_from: str  # the checkpoint of another folder it went on from
     reused_from: str  # a completed run with the same run_key, copied instead of recomputed
+    decoding: Decoding  # sequence-to-sequence runs only
 
 
 def now_iso() -> str:
@@ -208,7 +220,16 @@ KEY_EXCLUDED = (
 )
 # Options added after runs were recorded, left out of run_key while at the value that computes
 # what the runs before them computed, so those runs still match (and are reused).
-KEY_DEFAULTS = {"model.tbptt_update": "sequence"}
+KEY_DEFAULTS = {
+    "model.tbptt_update": "sequence",
+    # Sequence-to-sequence options: any other dataset refuses a value but these.
+    "model.attention": "none",
+    "model.teacher_forcing": 1.0,
+    "model.feed_context": False,
+    "decode.beam": 5,
+    "decode.length_penalty": 0.6,
+    "decode.max_len": None,
+}
 
 
 def is_seed_key(key: str) -> bool:

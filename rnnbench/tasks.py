@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     Batch = dict[str, Tensor]
 
 Better = Literal["lower", "higher"]
+PAD_ID = 0  # the padding id of every token vocabulary with padding (sentences, sentence pairs)
 
 
 # The losses, each the mean over the items a batch predicts (tokens, frames, sequences). torch
@@ -59,6 +60,20 @@ def frame_nll(out: Tensor, batch: Batch) -> Tensor:
     return (per_frame * mask).sum() / mask.sum()
 
 
+def target_tokens_cross_entropy(out: Tensor, batch: Batch) -> Tensor:
+    """Mean cross-entropy over the real tokens of right-padded target sentences: padding
+    (`batch["y"] == PAD_ID`) is no target."""
+    from torch.nn import functional as F
+
+    return F.cross_entropy(
+        out.reshape(-1, out.size(-1)), batch["y"].reshape(-1), ignore_index=PAD_ID
+    )
+
+
+def real_tokens(batch: Batch) -> int:
+    return int((batch["y"] != PAD_ID).sum())
+
+
 def targets(batch: Batch) -> int:
     return batch["y"].numel()
 
@@ -73,7 +88,8 @@ class TaskKind:
     is split `test`, name `ppl`) to which way is better; `headline` names the default one."""
 
     name: str
-    readout: Literal["all", "last"]  # the head reads every step, or the final state
+    # The head reads every step, the final state, or (seq2seq) a decoder reads the encoder.
+    readout: Literal["all", "last", "decoder"]
     loss: Callable[[Tensor, Batch], Tensor]  # the mean over `items(batch)` predicted items
     items: Callable[[Batch], int]  # how many items a batch predicts: the loss's weight
     metrics: dict[str, Better]
@@ -87,10 +103,11 @@ class TaskKind:
         return f"test/{name}"
 
     def probe_loss(self, out: Tensor, batch: Batch) -> Tensor:
-        """The loss with every step's contribution counted: for a per-step head the sum over
-        steps of each step's loss, averaged over the sequences (the mean loss times the items
-        per sequence); for a final-state head the loss itself. What the gradient-flow probe
-        differentiates, so ‖∂L/∂h_t‖ does not shrink with the sequence length."""
+        """The loss with every step's contribution counted: for a per-step head (or a decoder)
+        the sum over steps of each step's loss, averaged over the sequences (the mean loss
+        times the items per sequence); for a final-state head the loss itself. What the
+        gradient-flow probe differentiates, so ‖∂L/∂h_t‖ does not shrink with the sequence
+        length."""
         loss = self.loss(out, batch)
         if self.readout == "last":
             return loss
@@ -139,6 +156,33 @@ KINDS: dict[str, TaskKind] = {
             {"loss": "lower", "nll": "lower"},
             "nll",
             item="frames",
+        ),
+        # Sequence to sequence: an encoder reads the source, a decoder writes the target. Loss
+        # and perplexity are on the reference target (teacher-forced); the headline scores what
+        # the model decodes by itself (greedy or beam search) against the references.
+        TaskKind(
+            "translate",
+            "decoder",
+            target_tokens_cross_entropy,
+            real_tokens,
+            {"loss": "lower", "ppl": "lower", "bleu": "higher"},
+            "bleu",
+            item="tokens",
+        ),
+        TaskKind(
+            "summarize",
+            "decoder",
+            target_tokens_cross_entropy,
+            real_tokens,
+            {
+                "loss": "lower",
+                "ppl": "lower",
+                "rouge1": "higher",
+                "rouge2": "higher",
+                "rougeL": "higher",
+            },
+            "rougeL",
+            item="tokens",
         ),
     )
 }

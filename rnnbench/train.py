@@ -8,6 +8,7 @@ rnnbench -m model=rnn,gru,lstm model.num_layers=1,2
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import signal
@@ -39,8 +40,10 @@ from rnnbench.checkpoints import (
 from rnnbench.config import CONF_DIR, check_config
 from rnnbench.errors import UserError, find_user_error
 from rnnbench.module import TASKS
+from rnnbench.outputs import write_whole
 from rnnbench.record import (
     CHECKPOINT_DIR,
+    EXAMPLES_FILE,
     LAST_CKPT,
     RECORD_FILE,
     Record,
@@ -199,7 +202,11 @@ def build_training(
     model = instantiate(cfg.model, **datamodule.model_io())
     record["params"] = sum(p.numel() for p in model.parameters())
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
-    task = TASKS[datamodule.task](model, instantiate(cfg.optim), scheduler, datamodule.unit)
+    # A decoder's kinds (translation, summaries) also take how the test decodes (`decode`).
+    options = dict(cfg.get("decode") or {}) if datamodule.kind.readout == "decoder" else {}
+    task = TASKS[datamodule.task](
+        model, instantiate(cfg.optim), scheduler, datamodule.unit, **options
+    )
     if is_rank_zero():
         loggers += build_loggers(cfg.get("logger"), run_dir, record["config"], group)
     callbacks = RunCallbacks.for_run(cfg, run_dir)
@@ -292,6 +299,9 @@ def run(
         if best_path or not task.diverged:
             tested = trainer.test(task, datamodule=datamodule, ckpt_path=best_path, verbose=False)
             record["metrics"] |= {k: float(v) for k, v in tested[0].items()}
+            record |= task.record_fields()
+            if rank_zero and getattr(task, "decoded", None):
+                write_examples(run_dir, datamodule, task.decoded)
         record["metrics"] |= datamodule.reference_metrics()
         why = divergence(task, built.model, record["metrics"])
         if why:
@@ -319,6 +329,20 @@ def run(
                 drop_checkpoints(run_dir, keep, best_path)
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+EXAMPLES_SHOWN = 10  # decoded test pairs kept beside a seq2seq run's record
+
+
+def write_examples(run_dir: Path, datamodule: pl.LightningDataModule, decoded: dict) -> None:
+    """The first test pairs' source, reference and decoded text, as EXAMPLES_FILE (JSON lines)."""
+    test = datamodule.texts["test"]
+    rows = [
+        {"index": i, "source": test.source[i], "reference": test.target[i], "decoded": decoded[i]}
+        for i in sorted(decoded)[:EXAMPLES_SHOWN]
+    ]
+    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    write_whole(run_dir / EXAMPLES_FILE, text.encode())
 
 
 def divergence(task: pl.LightningModule, model: nn.Module, metrics: dict[str, Any]) -> str | None:

@@ -119,6 +119,22 @@ CATALOG: dict[str, Source] = {
         "http://d2l-data.s3-accelerate.amazonaws.com/timemachine.txt",
         "8424dbd9532ac81f7e5f0b6add90e6952baea29158309d7d1bf3884f4e12c516",
     ),
+    # Multi30k task 1: the WMT16 multimodal archives (train and validation hashes as torchtext
+    # pins them; the test archive is the copy tutorials pin), read in place.
+    **{
+        f"multi30k/{name}": Source(f"http://www.quest.dcs.shef.ac.uk/wmt16_files_mmt/{name}", sha)
+        for name, sha in (
+            ("training.tar.gz", "20140d013d05dd9a72dfde46478663ba05737ce983f478f960c1123c6671be5e"),
+            (
+                "validation.tar.gz",
+                "a7aa20e9ebd5ba5adce7909498b94410996040857154dab029851af3a866da8c",
+            ),
+            (
+                "mmt16_task1_test.tar.gz",
+                "6d1ca1dba99e2c5dd54cae1226ff11c2551e6ce63527ebb072a1f70f72a5cd36",
+            ),
+        )
+    },
     # sha256 of the archive as registered by Julia's DataDeps for WikiText-2 (its sha1 agrees
     # with the one gluon-nlp checks). The archive is kept and read in place, so it is what
     # gets verified on every load.

@@ -30,7 +30,7 @@ class Vocabulary:
     def __init__(
         self, tokens: Iterable[str], add_unk: bool = False, specials: Sequence[str] = ()
     ) -> None:
-        counts = Counter(tokens)
+        counts = self.counts = Counter(tokens)
         # `specials` (such as a padding token) take the first indices, in the order given.
         self.itos: list[str] = [
             *specials,
@@ -39,6 +39,14 @@ class Vocabulary:
         if add_unk and UNK not in self.itos:
             self.itos.append(UNK)
         self.stoi: dict[str, int] = {t: i for i, t in enumerate(self.itos)}
+
+    @classmethod
+    def from_itos(cls, itos: Sequence[str]) -> Vocabulary:
+        """The vocabulary with exactly these tokens, in this order (a cached one)."""
+        vocab = cls(())
+        vocab.itos = list(itos)
+        vocab.stoi = {t: i for i, t in enumerate(vocab.itos)}
+        return vocab
 
     def __len__(self) -> int:
         return len(self.itos)
