@@ -223,13 +223,38 @@ def train_step_flops(model: nn.Module, batch: int, steps: int) -> int:
     return 3 * forward_flops(model, batch, steps)
 
 
+def gate_weights(stack: nn.Module) -> int:
+    return sum(
+        p.numel()
+        for name, p in stack.rnn.named_parameters()
+        if name.startswith(("weight_ih", "weight_hh"))
+    )
+
+
+def step_work(model: nn.Module, batch: dict[str, Tensor]) -> tuple[int, int]:
+    """What one training step on `batch` computes: (tokens, useful FLOPs). A sequence model's
+    tokens are its batch x time steps; an encoder-decoder's are the real target tokens it
+    predicts, its FLOPs the encoder's gates over the real source tokens and the decoder's gates
+    and output layer over the real target tokens (attention is not counted)."""
+    from rnnbench.encoder_decoder import EncoderDecoder
+
+    if not isinstance(model, EncoderDecoder):
+        b, t = batch["x"].shape[:2]
+        return b * t, train_step_flops(model, b, t)
+    source, target = int(batch["lengths"].sum()), int(batch["tgt_lengths"].sum())
+    forward = 2 * source * gate_weights(model.encoder) + 2 * target * (
+        gate_weights(model.decoder) + model.head.weight.numel()
+    )
+    return target, 3 * forward
+
+
 # ---------------------------------------------------------------------------------------------
 # Contenders: each runs `steps` training steps (or matmuls) and returns one Sample per step.
 
 
 class Sample(NamedTuple):
     seconds: float
-    tokens: int  # batch x time steps
+    tokens: int  # batch x time steps (an encoder-decoder: real target tokens)
     flops: int
     fetch_s: float = 0.0  # of `seconds`, spent in the DataLoader's next()
 
@@ -242,15 +267,13 @@ class StepClock(pl.Callback):
         self.starts: list[tuple[float, int, int]] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        b, t = batch["x"].shape[:2]
-        self.starts.append((time.perf_counter(), b, t))
+        self.starts.append((time.perf_counter(), step_work(pl_module.model, batch)))
 
     def take(self, model: nn.Module) -> list[Sample]:
         """The steps between the starts recorded since the last call."""
         starts, self.starts = self.starts, []
         return [
-            Sample(t1 - t0, b * t, train_step_flops(model, b, t))
-            for (t0, b, t), (t1, _, _) in zip(starts, starts[1:], strict=False)
+            Sample(t1 - t0, *work) for (t0, work), (t1, _) in zip(starts, starts[1:], strict=False)
         ]
 
 
@@ -317,7 +340,12 @@ class PlainLoop:
         self.params = list(self.model.parameters())
         self.optimizer = instantiate(cfg.optim)(self.params)
         self.clip = cfg.trainer.get("gradient_clip_val")
-        losses = {"lm": self.carried_state_loss, "classify": self.sequence_loss}
+        losses = {
+            "lm": self.carried_state_loss,
+            "classify": self.sequence_loss,
+            "translate": self.pair_loss,
+            "summarize": self.pair_loss,
+        }
         if datamodule.task not in losses:
             raise BenchError(f"no plain loop for task {datamodule.task!r}: use {sorted(losses)}")
         self.kind, self.loss = datamodule.kind, losses[datamodule.task]
@@ -335,6 +363,11 @@ class PlainLoop:
 
     def sequence_loss(self, batch: dict[str, Tensor]) -> Tensor:
         logits, _ = self.model(batch["x"], lengths=batch.get("lengths"))
+        return self.kind.loss(logits, batch)
+
+    def pair_loss(self, batch: dict[str, Tensor]) -> Tensor:
+        """The encoder-decoder's loss on the reference target, as the translation task's."""
+        logits = self.model(batch["x"], batch["lengths"], batch["tgt_in"], batch["tgt_lengths"])
         return self.kind.loss(logits, batch)
 
     def next_batch(self) -> dict[str, Tensor]:
@@ -357,8 +390,7 @@ class PlainLoop:
                 nn.utils.clip_grad_norm_(self.params, self.clip)
             self.optimizer.step()
             t2 = time.perf_counter()
-            b, t = batch["x"].shape[:2]
-            samples.append(Sample(t2 - t0, b * t, train_step_flops(self.model, b, t), t1 - t0))
+            samples.append(Sample(t2 - t0, *step_work(self.model, batch), t1 - t0))
         return samples
 
     def close(self) -> None:
@@ -440,6 +472,21 @@ WORKLOADS = {
         ),
         steps=4,
         rounds=5,
+    ),
+    "multi30k": Workload(
+        "Multi30k de->en, the small seq2seq recipe: bidirectional 1 x 128 encoder, additive "
+        "attention, batch 128, Adam, clip 1 (tokens = real target tokens)",
+        (
+            "data=multi30k",
+            "model.num_layers=1",
+            "model.hidden_size=128",
+            "model.emb_size=128",
+            "model.bidirectional=true",
+            "model.attention=additive",
+            "trainer.gradient_clip_val=1.0",
+        ),
+        steps=3,
+        rounds=3,
     ),
 }
 HEADLINE = "ptb_small"
@@ -631,9 +678,9 @@ def aligned(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def print_training_table(figures: dict[str, dict[str, dict[str, Any]]]) -> None:
     rounds = ", ".join(f"{w} {next(iter(c.values()))['rounds']}" for w, c in figures.items())
     print(
-        f"training: median over rounds ({rounds}); tokens = batch x time steps; harness = the "
-        "Lightning Trainer as rnnbench runs it, raw = a plain PyTorch loop, scratch = raw with "
-        "impl=scratch, mm = torch.mm fp32"
+        f"training: median over rounds ({rounds}); tokens = batch x time steps (multi30k: real "
+        "target tokens); harness = the Lightning Trainer as rnnbench runs it, raw = a plain "
+        "PyTorch loop, scratch = raw with impl=scratch, mm = torch.mm fp32"
     )
     print(aligned(*training_rows(figures)), flush=True)
 
@@ -891,7 +938,8 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
 LEGEND = (
     "harness: the training step in the Lightning Trainer as `rnnbench` runs it (callbacks, "
     "logger, progress bar); raw: the same model, data, optimizer and clipping in a plain PyTorch "
-    "loop; scratch: raw with model.impl=scratch. Tokens = batch x time steps, the rate of a round "
+    "loop; scratch: raw with model.impl=scratch. Tokens = batch x time steps (multi30k: the real "
+    "target tokens), the rate of a round "
     "is its tokens over its seconds, each figure the median over rounds. Peak fraction: the "
     "harness's useful FLOP/s (matmul FLOPs from the model's shapes, backward = 2 x forward) over "
     "torch.mm's fp32 rate on 2048 x 2048 matrices in the same rounds. Loader share: the "

@@ -45,6 +45,10 @@ def quiet_lightning() -> None:
     - It is recommended to use `self.log('val/loss', ..., sync_dist=True)` ... in distributed
       setting (trainer=ddp): the task modules log what a torchmetrics MeanMetric's compute()
       returns, already reduced over all processes; sync_dist would reduce it a second time.
+
+    And one deprecation inside Lightning itself: its CombinedLoader builds torch's pytree
+    `LeafSpec`, which newer torch deprecates (`isinstance(treespec, LeafSpec)` is deprecated),
+    printed by every run and fixable by neither us nor the user.
     """
     notes = logging.getLogger("pytorch_lightning.utilities.rank_zero")
     if not any(isinstance(f, _DropMessages) for f in notes.filters):
@@ -56,6 +60,7 @@ def quiet_lightning() -> None:
         message=r"It is recommended to use `self\.log\('(train|val|test)/",
         category=PossibleUserWarning,
     )
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 quiet_lightning()

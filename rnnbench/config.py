@@ -309,6 +309,12 @@ def cross_problem(cfg: DictConfig) -> str | None:
                 f"data=summarize): data={OmegaConf.select(cfg, 'data.name')} has no decoder; "
                 f"leave it at {str(default).lower() if isinstance(default, bool) else default}"
             )
+    if seq2seq and OmegaConf.select(cfg, "callbacks.gradflow") is not None:
+        return (
+            "+callbacks=gradflow measures one recurrent stack's gradients ‖∂L/∂h_t‖ and does "
+            "not cover an encoder-decoder yet: drop +callbacks=gradflow for "
+            f"data={OmegaConf.select(cfg, 'data.name')}"
+        )
     if seq2seq and model.get("tbptt") is not None:
         return (
             f"model.tbptt={model.get('tbptt')} does not apply to sequence-to-sequence data: the "

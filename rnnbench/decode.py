@@ -36,6 +36,14 @@ def check_decoding(beam: object, length_penalty: object, max_len: object) -> Non
         check_positive_int("decode.max_len", max_len)
 
 
+def next_token_scores(model: EncoderDecoder, logits: Tensor) -> Tensor:
+    """Log-probabilities of the next token, <pad> and <bos> ruled out: a decoder writes words
+    and <eos>, never the markers it is fed."""
+    logp = model.log_probs(logits)
+    logp[:, [PAD_ID, model.bos_id]] = float("-inf")
+    return logp
+
+
 @torch.no_grad()
 def greedy(model: EncoderDecoder, src: Tensor, lengths: Tensor, max_len: int) -> Tensor:
     """The most probable next token at each step: (B, <= max_len) ids, PAD after <eos>."""
@@ -45,7 +53,7 @@ def greedy(model: EncoderDecoder, src: Tensor, lengths: Tensor, max_len: int) ->
     out = []
     for _ in range(max_len):
         logits, state = model.step(prev, state, memory)
-        prev = logits.argmax(-1).masked_fill(done, PAD_ID)
+        prev = next_token_scores(model, logits).argmax(-1).masked_fill(done, PAD_ID)
         out.append(prev)
         done |= prev == model.eos_id
         if done.all():
@@ -80,7 +88,7 @@ def beam_search(
     written = torch.zeros(batch * beam, dtype=torch.long, device=device)
     for _ in range(max_len):
         logits, state = model.step(prev, state, memory)
-        logp = model.log_probs(logits)
+        logp = next_token_scores(model, logits)
         # A finished hypothesis extends only by padding, at no cost: it keeps its score.
         logp[done] = float("-inf")
         logp[done, PAD_ID] = 0.0

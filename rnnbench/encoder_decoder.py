@@ -59,6 +59,12 @@ def select_state(state: State, index: Tensor) -> State:
     return state.index_select(1, index)
 
 
+def real_steps(lengths: Tensor, like: Tensor) -> Tensor:
+    """(B, T) mask of the steps before each row's length."""
+    steps = torch.arange(like.size(1), device=like.device)
+    return steps[None] < lengths.to(like.device)[:, None]
+
+
 def masked_softmax(scores: Tensor, mask: Tensor) -> Tensor:
     """Softmax over the last axis (source positions) with padded positions at zero weight."""
     return torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
@@ -195,7 +201,7 @@ class EncoderDecoder(nn.Module):
     def encode(self, src: Tensor, lengths: Tensor) -> tuple[Memory, State]:
         """src (B, S) ids, lengths (B,) -> the memory and the decoder's initial state."""
         keys, final = self.encoder(self.drop(self.src_embedding(src)), None, lengths)
-        mask = torch.arange(src.size(1), device=src.device)[None] < lengths.to(src.device)[:, None]
+        mask = real_steps(lengths, src)
         state = self.bridge_state(final)
         top = state[0][-1] if isinstance(state, tuple) else state[-1]
         memory = Memory(
@@ -219,8 +225,12 @@ class EncoderDecoder(nn.Module):
         return tuple(bridged) if isinstance(final, tuple) else bridged[0]
 
     # Decoding ---------------------------------------------------------------------------------
-    def output(self, hidden: Tensor, emb: Tensor, context: Tensor | None, memory: Memory) -> Tensor:
-        """Logits from decoder states (..., H) and what the output layer reads beside them."""
+    def features(
+        self, hidden: Tensor, emb: Tensor, context: Tensor | None, memory: Memory
+    ) -> Tensor:
+        """What the output layer reads: the decoder state (..., H) (the attentional state for
+        dot), and beside it the context and embedding (additive), the summary and embedding
+        (feed_context)."""
         parts = [hidden]
         if self.attention == "additive":
             parts += [context, emb]
@@ -228,14 +238,17 @@ class EncoderDecoder(nn.Module):
             summary = memory.summary if hidden.dim() == 2 else memory.summary[:, None]
             summary = summary.expand(*hidden.shape[:-1], -1)
             parts += [summary] if self.attention == "additive" else [summary, emb]
-        features = torch.cat(parts, dim=-1) if len(parts) > 1 else hidden
+        return torch.cat(parts, dim=-1) if len(parts) > 1 else hidden
+
+    def project(self, features: Tensor) -> Tensor:
+        """The output layer: features (..., F) -> logits (..., V)."""
         features = self.drop(features)
         if self.bottleneck is not None:
             features = self.bottleneck(features)
         return self.head(features)
 
-    def step(self, prev: Tensor, state: State, memory: Memory) -> tuple[Tensor, State]:
-        """One decoder step: previous tokens (B,) -> logits (B, V) and the next state."""
+    def step_features(self, prev: Tensor, state: State, memory: Memory) -> tuple[Tensor, State]:
+        """One decoder step: previous tokens (B,) -> output-layer features (B, F), next state."""
         emb = self.drop(self.tgt_embedding(prev))
         inputs, context = [emb], None
         if self.attention == "additive":
@@ -248,7 +261,12 @@ class EncoderDecoder(nn.Module):
         hidden = out[:, 0]
         if self.attention == "dot":
             hidden = self.attend(out, memory)[:, 0]
-        return self.output(hidden, emb, context, memory), state
+        return self.features(hidden, emb, context, memory), state
+
+    def step(self, prev: Tensor, state: State, memory: Memory) -> tuple[Tensor, State]:
+        """One decoder step: previous tokens (B,) -> logits (B, V) and the next state."""
+        features, state = self.step_features(prev, state, memory)
+        return self.project(features), state
 
     def teacher_forced(
         self, tgt_in: Tensor, tgt_lengths: Tensor, state: State, memory: Memory
@@ -262,24 +280,44 @@ class EncoderDecoder(nn.Module):
             inputs = torch.cat([emb, summary], dim=-1)
         out, _ = self.decoder(inputs, state, tgt_lengths)
         hidden = self.attend(out, memory) if self.attention == "dot" else out
-        return self.output(hidden, emb, None, memory)
+        features = self.features(hidden, emb, None, memory)
+        return self.project(features[real_steps(tgt_lengths, tgt_in)])
 
     def stepwise(
-        self, tgt_in: Tensor, state: State, memory: Memory, teacher_forcing: float
+        self,
+        tgt_in: Tensor,
+        tgt_lengths: Tensor,
+        state: State,
+        memory: Memory,
+        teacher_forcing: float,
     ) -> Tensor:
         """Step by step: at each step the reference's previous token with probability
-        `teacher_forcing`, else the model's own previous prediction."""
-        logits, prev = [], tgt_in[:, 0]
-        for t in range(tgt_in.size(1)):
-            out, state = self.step(prev, state, memory)
-            logits.append(out)
-            if t + 1 < tgt_in.size(1):
-                prev = tgt_in[:, t + 1]
-                if teacher_forcing < 1.0:
-                    own = out.argmax(-1)
-                    fed = torch.rand(prev.shape, device=prev.device) < teacher_forcing
-                    prev = torch.where(fed, prev, own)
-        return torch.stack(logits, dim=1)
+        `teacher_forcing`, else the model's own previous prediction (which needs that step's
+        logits before the next step)."""
+        real = real_steps(tgt_lengths, tgt_in)
+        steps = tgt_in.size(1)
+        features, logits, prev = [], [], tgt_in[:, 0]
+        for t in range(steps):
+            f, state = self.step_features(prev, state, memory)
+            if teacher_forcing == 1.0:
+                features.append(f)
+                if t + 1 < steps:
+                    prev = tgt_in[:, t + 1]
+                continue
+            now = self.project(f[real[:, t]])  # the rows with a target at step t
+            logits.append(now)
+            if t + 1 < steps:
+                own = torch.zeros_like(prev)
+                own[real[:, t]] = now.argmax(-1)
+                fed = torch.rand(prev.shape, device=prev.device) < teacher_forcing
+                prev = torch.where(fed, tgt_in[:, t + 1], own)
+        if teacher_forcing == 1.0:
+            return self.project(torch.stack(features, dim=1)[real])
+        # The logits came step by step (time-major): put them in the order of the real target
+        # tokens row by row, as the loss reads y[y != pad].
+        position = torch.zeros(real.t().shape, dtype=torch.long, device=real.device)
+        position[real.t()] = torch.arange(int(real.sum()), device=real.device)
+        return torch.cat(logits)[position.t()[real]]
 
     def forward(
         self,
@@ -289,17 +327,19 @@ class EncoderDecoder(nn.Module):
         tgt_lengths: Tensor | None = None,
         teacher_forcing: float | None = None,
     ) -> Tensor:
-        """src (B, S), lengths (B,), tgt_in (B, T) from <bos> -> logits (B, T, V) of the next
-        target token at each step. `teacher_forcing` defaults to the model's in training and
-        1 otherwise (losses on the reference)."""
+        """src (B, S), lengths (B,), tgt_in (B, T) from <bos>, tgt_lengths (B,) -> the logits
+        of every real target token, (N, V), row by row: the order of y[y != pad]. Padded steps
+        get none: the output layer is most of a step's work and they predict nothing.
+        `teacher_forcing` defaults to the model's in training and 1 otherwise (losses on the
+        reference)."""
         if teacher_forcing is None:
             teacher_forcing = self.teacher_forcing if self.training else 1.0
+        if tgt_lengths is None:
+            tgt_lengths = torch.full((tgt_in.size(0),), tgt_in.size(1))
         memory, state = self.encode(src, lengths)
         if teacher_forcing == 1.0 and self.attention != "additive":
-            if tgt_lengths is None:
-                tgt_lengths = torch.full((tgt_in.size(0),), tgt_in.size(1))
             return self.teacher_forced(tgt_in, tgt_lengths, state, memory)
-        return self.stepwise(tgt_in, state, memory, teacher_forcing)
+        return self.stepwise(tgt_in, tgt_lengths, state, memory, teacher_forcing)
 
     @staticmethod
     def log_probs(logits: Tensor) -> Tensor:

@@ -65,6 +65,20 @@ def read_trace(path: Path) -> pd.DataFrame | None:
         return None
 
 
+def read_examples(run_dir: Path) -> list[dict[str, Any]]:
+    """A seq2seq run's decoded test examples (EXAMPLES_FILE): source, reference, decoded; []
+    when it has none or the file does not parse."""
+    path = Path(run_dir) / EXAMPLES_FILE
+    if not path.is_file():
+        return []
+    try:
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    except (OSError, ValueError):
+        return []
+    keys = ("source", "reference", "decoded")
+    return [r for r in rows if isinstance(r, dict) and all(isinstance(r.get(k), str) for k in keys)]
+
+
 # ---------------------------------------------------------------------------------------------
 # The record
 

@@ -52,6 +52,7 @@ from rnnbench.record import (
     RECORD_FILE,
     STEP,
     STEPS_FILE,
+    read_examples,
     read_record,
     read_trace,
 )
@@ -525,6 +526,32 @@ def gradient_flow(section: Section) -> str:
 # The page
 
 
+EXAMPLES_RUNS = 3  # runs whose decoded examples a section shows (the best by its metric)
+EXAMPLES_SHOWN = 5  # examples per run
+
+
+def decoded_examples(section: Section) -> str:
+    """For a sequence-to-sequence section: the first test examples of its best runs, each
+    source beside its reference and what the run decoded; '' when its runs decoded nothing."""
+    esc, blocks = html.escape, []
+    keys = label_keys(section.runs, section.view)
+    for _, run in section.drawn.head(EXAMPLES_RUNS).iterrows():
+        examples = read_examples(Path(run["traces"]))[:EXAMPLES_SHOWN]
+        if not examples:
+            continue
+        rows = "".join(
+            f'<tr><td class="text">{esc(e["source"])}</td><td class="text">'
+            f'{esc(e["reference"])}</td><td class="text">{esc(e["decoded"])}</td></tr>'
+            for e in examples
+        )
+        blocks.append(
+            f"<p>{esc(run_label(run, keys))}</p>"
+            '<div class="wide"><table class="rnnbench"><thead><tr><th>source</th>'
+            f"<th>reference</th><th>decoded</th></tr></thead><tbody>{rows}</tbody></table></div>"
+        )
+    return "\n".join(blocks)
+
+
 def file_link(path: Path, base: Path | None) -> str:
     """<a> to a local folder (file:// URI), its text relative to `base` when under it."""
     path = Path(os.path.abspath(path))
@@ -611,6 +638,9 @@ def section_html(
     ]
     if flow:
         parts += ["<h3>Gradient flow through time</h3>", flow]
+    examples = decoded_examples(section)
+    if examples:
+        parts += ["<h3>Decoded test examples</h3>", examples]
     parts += ["<h3>Runs</h3>", runs_listing(section, files, base)]
     return "\n".join(parts)
 

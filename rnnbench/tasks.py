@@ -61,13 +61,12 @@ def frame_nll(out: Tensor, batch: Batch) -> Tensor:
 
 
 def target_tokens_cross_entropy(out: Tensor, batch: Batch) -> Tensor:
-    """Mean cross-entropy over the real tokens of right-padded target sentences: padding
-    (`batch["y"] == PAD_ID`) is no target."""
+    """Mean cross-entropy over the real tokens of right-padded target sentences: `out` holds
+    the logits of those tokens alone, (N, V), in the order of y[y != PAD_ID]."""
     from torch.nn import functional as F
 
-    return F.cross_entropy(
-        out.reshape(-1, out.size(-1)), batch["y"].reshape(-1), ignore_index=PAD_ID
-    )
+    y = batch["y"]
+    return F.cross_entropy(out, y[y != PAD_ID])
 
 
 def real_tokens(batch: Batch) -> int:

@@ -87,6 +87,10 @@ def wandb_identity(config: dict[str, Any], group: str | None) -> dict[str, Any]:
         f"direction:{direction}",
         f"clip:{clip}",
     ]
+    attention = model.get("attention", "none")
+    if attention != "none":  # an encoder-decoder's attention tells its runs apart too
+        name += f"-{attention}"
+        tags.append(f"attention:{attention}")
     return {"name": name, "group": group or data, "tags": tags, "job_type": "train"}
 
 

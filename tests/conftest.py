@@ -15,10 +15,28 @@ import zlib
 from pathlib import Path
 
 import pytest
+import torch
 
 from rnnbench.config import compose
 from rnnbench.train import run
 
+
+def keep_xdist_worker_to_its_cores() -> None:
+    """Under pytest-xdist (`make test`: a worker per core), each worker, and every rnnbench
+    process it starts, keeps to its own share of the cores: rnnbench sizes its torch thread
+    pool to the cores it may use, and two workers' pools on the same two cores were measured
+    to slow each other about fourfold."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if not worker.startswith("gw") or count < 2 or not hasattr(os, "sched_setaffinity"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    share = cores[int(worker[2:]) % count :: count] or cores
+    os.sched_setaffinity(0, share)
+    torch.set_num_threads(len(share))
+
+
+keep_xdist_worker_to_its_cores()
 REPO = Path(__file__).resolve().parent.parent
 # Small, fast settings for runs whose point is "it trains end to end", not the numbers.
 # force=true: an in-process test run never reuses a finished run found under ./runs.

@@ -34,7 +34,7 @@ from rnnbench.tasks import PAD_ID
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
 SPECIALS = (PAD, UNK, BOS, EOS)  # PAD first: id 0 is rnnbench.tasks.PAD_ID
 BOS_ID, EOS_ID = SPECIALS.index(BOS), SPECIALS.index(EOS)
-CACHE_VERSION = 1  # bump when tokenisation changes what ids a text gets
+CACHE_VERSION = 2  # bump when tokenisation changes what ids a text gets
 
 
 def tokenize(text: str, lowercase: bool = True) -> list[str]:
@@ -67,6 +67,8 @@ def check_pairs(pairs: Pairs, where_source: str, where_target: str) -> Pairs:
             f"{shorter[0] + 1} of {longer[1]} has no counterpart; the two files must be "
             f"line-aligned"
         )
+    if not pairs.source:
+        raise DataError(f"{where_source} has no sentences: every split needs at least one pair")
     for i, (s, t) in enumerate(zip(pairs.source, pairs.target, strict=True), start=1):
         for text, where in ((s, where_source), (t, where_target)):
             if not text.strip():
@@ -115,6 +117,11 @@ def collate_pairs(items: list[tuple[int, Tensor, Tensor]]) -> dict[str, Tensor]:
         "tgt_lengths": tgt_lengths - 1,
         "index": torch.tensor(index),
     }
+
+
+def flat(rows: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Rows of ids as one tensor of them all and one of the rows' lengths."""
+    return torch.cat(rows).to(torch.int32), torch.tensor([r.numel() for r in rows])
 
 
 def cache_dir() -> Path:
@@ -231,12 +238,11 @@ class PairDataModule(SequenceDataModule):
         src, tgt = (Vocabulary.from_itos(v) for v in vocabs)
         ids = {}
         for split, (source, target) in tokens.items():
+            # Each side as one tensor of every id and one of lengths: a cache of two tensors a
+            # side loads in milliseconds, one of 60,000 small tensors in seconds.
             ids[split] = (
-                [src.encode(s) for s in source],
-                [
-                    torch.cat([torch.tensor([BOS_ID]), tgt.encode(t), torch.tensor([EOS_ID])])
-                    for t in target
-                ],
+                *flat([src.encode(s) for s in source]),
+                *flat([tgt.encode([BOS, *t, EOS]) for t in target]),
             )
         return {"src_itos": vocabs[0], "tgt_itos": vocabs[1], "ids": ids}
 
@@ -262,12 +268,19 @@ class PairDataModule(SequenceDataModule):
             try:
                 buffer = io.BytesIO()
                 torch.save(encoded, buffer)
+                path.parent.mkdir(parents=True, exist_ok=True)
                 write_whole(path, buffer.getvalue())
             except OSError:
                 pass  # an unwritable cache costs the next run a tokenisation, nothing more
         self.src_vocab = Vocabulary.from_itos(encoded["src_itos"])
         self.tgt_vocab = Vocabulary.from_itos(encoded["tgt_itos"])
-        self.splits = {s: PairDataset(*encoded["ids"][s]) for s in SPLITS}
+        self.splits = {}
+        for split in SPLITS:
+            src_ids, src_lengths, tgt_ids, tgt_lengths = encoded["ids"][split]
+            self.splits[split] = PairDataset(
+                list(src_ids.long().split(src_lengths.tolist())),
+                list(tgt_ids.long().split(tgt_lengths.tolist())),
+            )
 
     @property
     def longest_target(self) -> int:
@@ -543,6 +556,8 @@ def read_table(path: Path, columns: tuple[str, str]) -> Pairs:
     else:
         raise DataError(f"{path}: a summary file must end in .tsv or .jsonl")
     pairs = Pairs(source, target)
+    if not source:
+        raise DataError(f"{path} has no pairs: every split needs at least one")
     for i, (s, t) in enumerate(zip(source, target, strict=True)):
         if not s.strip() or not t.strip():
             column = columns[0] if not s.strip() else columns[1]
