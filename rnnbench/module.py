@@ -18,6 +18,7 @@ from torchmetrics.aggregation import MeanMetric
 
 from rnnbench.cells import State, detach_state
 from rnnbench.tasks import KINDS, TaskKind
+from rnnbench.text_scores import ROUGE_KEYS
 
 LN2 = math.log(2.0)
 SPLITS = ("train", "val", "test")
@@ -342,6 +343,7 @@ class TranslationTask(RecurrentTask):
     `decoded` keeps, after the test, each test pair's decoded text in order."""
 
     kind = KINDS["translate"]
+    scored: tuple[str, ...] = ("bleu",)  # the metrics of decoded text, from the dataset's scorer
 
     def __init__(
         self,
@@ -395,8 +397,10 @@ class TranslationTask(RecurrentTask):
         # A run with limit_test_batches decoded only some pairs: it is scored on those alone.
         self.scores, self.signature = self.trainer.datamodule.score(decoded)
         super().on_test_epoch_end()
-        for name, value in self.scores.items():
-            self.log(f"test/{name}", float(value))
+        if set(self.scores) != set(self.scored):
+            raise RuntimeError(f"the scorer gave {sorted(self.scores)}, not {list(self.scored)}")
+        for name in self.scored:
+            self.log(f"test/{name}", float(self.scores[name]))
 
     def record_fields(self) -> dict:
         """What the run's record keeps of the decoding: settings, scorer signature, and how
@@ -416,6 +420,7 @@ class SummarizationTask(TranslationTask):
     """The same model and loop; the dataset scores summaries with ROUGE-1/2/L."""
 
     kind = KINDS["summarize"]
+    scored = ROUGE_KEYS
 
 
 # The module that trains each kind of rnnbench.tasks.KINDS.

@@ -23,6 +23,8 @@ def test_each_module_logs_exactly_the_metrics_its_kind_declares(name):
     for unit in ("char", "word", ""):
         means = {m: torch.tensor(0.7) for m in task.means}
         logged |= set(task.derive(SimpleNamespace(unit=unit), means))
+    # A decoder's kinds also log what its decoded text scores (BLEU, ROUGE), at test.
+    logged |= set(getattr(task, "scored", ()))
     assert logged == set(kind.metrics), name
     assert kind.headline in kind.metrics
     assert kind.item != "items"  # the summary's speed line names what was counted
