@@ -13,27 +13,7 @@ import torch
 from torch import Tensor
 
 from rnnbench.encoder_decoder import EncoderDecoder, select_state
-from rnnbench.errors import ConfigError, check_positive_int
 from rnnbench.tasks import PAD_ID
-
-
-def check_decoding(beam: object, length_penalty: object, max_len: object) -> None:
-    """Refuse, in one line, a decode.* value that cannot decode."""
-    if isinstance(beam, bool) or not isinstance(beam, int) or beam < 1:
-        raise ConfigError(
-            f"decode.beam={beam} is not allowed: use an integer >= 1 (1 = greedy decoding)"
-        )
-    if (
-        isinstance(length_penalty, bool)
-        or not isinstance(length_penalty, int | float)
-        or not (0 <= length_penalty <= 5)
-    ):
-        raise ConfigError(
-            f"decode.length_penalty={length_penalty} is not allowed: use a number in [0, 5] "
-            f"(0 = none; 0.6 to 1 is usual)"
-        )
-    if max_len is not None:
-        check_positive_int("decode.max_len", max_len)
 
 
 def next_token_scores(model: EncoderDecoder, logits: Tensor) -> Tensor:

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from rnnbench.cells import RecurrentStack, State
-from rnnbench.errors import ConfigError, check_choice
+from rnnbench.errors import check_choice
 from rnnbench.model import set_forget_bias
 from rnnbench.tasks import PAD_ID
 
@@ -132,18 +132,10 @@ class EncoderDecoder(nn.Module):
         feed_context: bool = False,
     ) -> None:
         super().__init__()
-        if tbptt is not None:
-            raise ConfigError(
-                f"model.tbptt={tbptt} does not apply to sequence-to-sequence data: the decoder "
-                f"needs the encoder's final state, so the source cannot be cut; set "
-                f"model.tbptt=null"
-            )
+        # model.tbptt (the source cannot be cut: the decoder starts from its final state) and
+        # a teacher_forcing outside [0, 1] are refused with one line by config.check_config.
+        del tbptt, tbptt_update
         check_choice("model.attention", attention, ATTENTIONS)
-        if not 0.0 <= teacher_forcing <= 1.0:
-            raise ConfigError(
-                f"model.teacher_forcing={teacher_forcing} is not allowed: use a probability "
-                f"in [0, 1] (1 = always feed the reference's previous token)"
-            )
         emb_size = emb_size or hidden_size
         self.bos_id, self.eos_id = bos_id, eos_id
         self.attention, self.teacher_forcing, self.feed_context = (
@@ -158,11 +150,7 @@ class EncoderDecoder(nn.Module):
         self.tgt_embedding = nn.Embedding(tgt_vocab_size, emb_size, padding_idx=PAD_ID)
         self.drop = nn.Dropout(dropout)
         key_size = self.encoder.output_size
-        self.directions, self.num_layers, self.hidden_size = (
-            self.encoder.directions,
-            num_layers,
-            hidden_size,
-        )
+        self.num_layers = num_layers
         # A bidirectional encoder's two final states per layer become one decoder state.
         n_states = 2 if cell == "lstm" else 1
         self.bridge = nn.ModuleList(
@@ -185,7 +173,6 @@ class EncoderDecoder(nn.Module):
             features += key_size + emb_size
         if feed_context:
             features += hidden_size + (0 if attention == "additive" else emb_size)
-        self.tie_weights = tie_weights
         self.bottleneck = nn.Linear(features, emb_size) if tie_weights else None
         self.head = nn.Linear(emb_size if tie_weights else features, tgt_vocab_size)
         if init_range is not None:

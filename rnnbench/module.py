@@ -354,9 +354,7 @@ class TranslationTask(RecurrentTask):
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
-        from rnnbench.decode import check_decoding
-
-        check_decoding(beam, length_penalty, max_len)
+        # decode.* values outside their range are refused by config.check_config.
         self.beam, self.length_penalty, self.max_len = beam, length_penalty, max_len
         self.decoded: dict[int, str] = {}
         self.scores: dict[str, float] = {}

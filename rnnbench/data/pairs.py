@@ -19,6 +19,7 @@ import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -133,7 +134,8 @@ def cache_dir() -> Path:
 class PairDataModule(SequenceDataModule):
     """Base of the sequence-to-sequence datasets: subclasses read each split's `Pairs`
     (`read_pairs`) and name the files they came from (`fingerprint_files`); tokenising, the
-    vocabularies, the cache, batching and scoring are shared."""
+    vocabularies, the cache, batching and scoring are shared. Its keywords (batch sizes, seed,
+    `min_freq`, `lowercase`, the token cuts, `train_size`) are every subclass's `**options`."""
 
     causal = False  # the encoder reads the whole source: bidirectional is allowed
     collate = staticmethod(collate_pairs)
@@ -359,19 +361,9 @@ class ParallelText(TranslationData):
         src: str,
         tgt: str,
         name: str = "translate",
-        batch_size: int = 64,
-        eval_batch_size: int | None = None,
-        seed: int = 0,
-        min_freq: int = 2,
-        lowercase: bool = True,
-        max_source_tokens: int | None = None,
-        max_target_tokens: int | None = None,
-        train_size: int | None = None,
+        **options: Any,
     ) -> None:
-        super().__init__(
-            name, batch_size, eval_batch_size, seed, min_freq, lowercase,
-            max_source_tokens, max_target_tokens, train_size,
-        )  # fmt: skip
+        super().__init__(name, **options)
         self.files = {s: prefix_of(files, s, f"PREFIX.{src}") for s in SPLITS}
         if not src or not tgt or src == tgt:
             raise ConfigError(
@@ -454,17 +446,10 @@ class Multi30k(TranslationData):
         name: str = "multi30k",
         src: str = "de",
         tgt: str = "en",
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
-        seed: int = 0,
-        min_freq: int = 2,
-        lowercase: bool = True,
-        max_source_tokens: int | None = None,
-        max_target_tokens: int | None = None,
-        train_size: int | None = None,
         root: str | None = None,
         download: bool = True,
         mirror: str | None = None,
+        **options: Any,
     ) -> None:
         pair = f"{src}-{tgt}"
         if pair not in MULTI30K_PAIRS:
@@ -479,10 +464,7 @@ class Multi30k(TranslationData):
                 f"use one of {', '.join(p.replace('-', ' -> ') for p in MULTI30K_PAIRS)} "
                 f"(data.src=de data.tgt=en)"
             )
-        super().__init__(
-            name, batch_size, eval_batch_size, seed, min_freq, lowercase,
-            max_source_tokens, max_target_tokens, train_size,
-        )  # fmt: skip
+        super().__init__(name, **options)
         self.src, self.tgt = src, tgt
         self.root, self.download, self.mirror = root, download, mirror
         self._paths: list[Path] = []
@@ -580,19 +562,11 @@ class Summaries(PairDataModule):
         name: str = "summarize",
         document: str = "document",
         summary: str = "summary",
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        seed: int = 0,
-        min_freq: int = 2,
-        lowercase: bool = True,
-        max_source_tokens: int | None = 400,
-        max_target_tokens: int | None = 100,
-        train_size: int | None = None,
+        **options: Any,
     ) -> None:
-        super().__init__(
-            name, batch_size, eval_batch_size, seed, min_freq, lowercase,
-            max_source_tokens, max_target_tokens, train_size,
-        )  # fmt: skip
+        # Documents and summaries are cut (See et al. 2017's 400 and 100) unless told otherwise.
+        options = {"max_source_tokens": 400, "max_target_tokens": 100, **options}
+        super().__init__(name, **options)
         self.files = {s: prefix_of(files, s, "a .tsv or .jsonl file") for s in SPLITS}
         self.columns = (document, summary)
 
