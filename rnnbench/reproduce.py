@@ -102,6 +102,16 @@ SOURCES = {
         tasks=("small", "medium", "large"),
         metrics=("val/ppl",),
     ),
+    "seq2seq": Source(
+        "seq2seq",
+        "bentrevett_seq2seq",
+        "bentrevett/pytorch-seq2seq notebooks 1-3 (a tutorial, not a paper): RNN "
+        "encoder-decoders on Multi30k de->en; their BLEU is HF evaluate's on spaCy tokens, ours "
+        "sacreBLEU's on 13a tokens",
+        "seq2seq.md",
+        tasks=("lstm", "gru_context", "gru_attention", "small"),
+        metrics=("test/ppl",),
+    ),
 }
 
 
@@ -565,7 +575,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="rnnbench-reproduce",
         description=(
-            "Rebuild the published tables (Bai et al. 2018 Table 1, Zaremba et al. 2014) from "
+            "Rebuild the published tables (Bai et al. 2018 Table 1, Zaremba et al. 2014, and "
+            "the bentrevett/pytorch-seq2seq tutorial's encoder-decoders) from "
             "the runs made with the conf/experiment/ recipes: ours beside the paper, one markdown "
             "page per source and results/reproduction.csv. With --time, measure how long the "
             "named recipes would train here instead."

@@ -50,6 +50,7 @@ DATA_FILES = {
     "nottingham": "poly_music/Nottingham.mat",
     "ptb_word": "ptb/ptb.train.txt",
     "ptb_char": "ptb_char/ptb.char.train.txt",
+    "multi30k": "multi30k/training.tar.gz",
 }
 
 
@@ -164,8 +165,8 @@ def test_cli_writes_every_page_and_the_csv(tmp_path):
     assert [(r["budget"], r["seeds"], r["direction"]) for r in jsb_rnn] == [
         ("reduced", "1", "lower")
     ]
-    zaremba = [r for r in RECIPES if r.startswith("zaremba/")]
-    assert len(rows) == len(RECIPES) + len(zaremba)  # Zaremba's rows: val and test
+    two_metrics = [r for r in RECIPES if r.startswith(("zaremba/", "seq2seq/"))]
+    assert len(rows) == len(RECIPES) + len(two_metrics)  # val and test ppl; test ppl and BLEU
 
 
 @pytest.mark.parametrize(
