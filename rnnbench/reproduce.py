@@ -110,7 +110,6 @@ SOURCES = {
         "sacreBLEU's on 13a tokens",
         "seq2seq.md",
         tasks=("lstm", "gru_context", "gru_attention", "small"),
-        metrics=("test/ppl",),
     ),
 }
 
