@@ -349,7 +349,7 @@ class TranslationTask(RecurrentTask):
         self,
         *args,
         beam: int = 5,
-        length_penalty: float = 0.0,
+        length_penalty: float = 0.6,
         max_len: int | None = None,
         **kwargs,
     ) -> None:
@@ -359,6 +359,7 @@ class TranslationTask(RecurrentTask):
         self.decoded: dict[int, str] = {}
         self.scores: dict[str, float] = {}
         self.signature: str | None = None
+        self.limit = 0  # set at each test's start
 
     def step(self, batch: Batch, split: str) -> Tensor:
         logits = self.model(batch["x"], batch["lengths"], batch["tgt_in"], batch["tgt_lengths"])
@@ -371,18 +372,20 @@ class TranslationTask(RecurrentTask):
 
     def on_test_epoch_start(self) -> None:
         self.decoded = {}
+        # The longest output a source may decode to: decode.max_len, else the longest
+        # training target + 10 (found once here, not per batch).
+        self.limit = self.max_len or self.trainer.datamodule.longest_target + 10
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         from rnnbench.decode import decode
 
         self.step(batch, "test")
-        data = self.trainer.datamodule
-        limit = self.max_len or data.longest_target + 10
         ids = decode(
-            self.model, batch["x"], batch["lengths"], self.beam, limit, self.length_penalty
+            self.model, batch["x"], batch["lengths"], self.beam, self.limit, self.length_penalty
         )
+        detokenize = self.trainer.datamodule.detokenize
         for i, row in zip(batch["index"].tolist(), ids.tolist(), strict=True):
-            self.decoded[i] = data.detokenize(row)
+            self.decoded[i] = detokenize(row)
 
     def on_test_epoch_end(self) -> None:
         decoded = self.decoded

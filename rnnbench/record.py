@@ -65,6 +65,22 @@ def read_trace(path: Path) -> pd.DataFrame | None:
         return None
 
 
+EXAMPLES_KEPT = 10  # decoded test pairs kept beside a seq2seq run's record
+
+
+def write_examples(
+    run_dir: Path, sources: list[str], references: list[str], decoded: dict[int, str]
+) -> None:
+    """The first EXAMPLES_KEPT decoded test pairs (row -> text) with their source and
+    reference, as EXAMPLES_FILE: one JSON object a line."""
+    rows = [
+        {"index": i, "source": sources[i], "reference": references[i], "decoded": decoded[i]}
+        for i in sorted(decoded)[:EXAMPLES_KEPT]
+    ]
+    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    write_whole(Path(run_dir) / EXAMPLES_FILE, text.encode())
+
+
 def read_examples(run_dir: Path) -> list[dict[str, Any]]:
     """A seq2seq run's decoded test examples (EXAMPLES_FILE): source, reference, decoded; []
     when it has none or the file does not parse."""

@@ -8,7 +8,6 @@ rnnbench -m model=rnn,gru,lstm model.num_layers=1,2
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import signal
@@ -40,10 +39,8 @@ from rnnbench.checkpoints import (
 from rnnbench.config import CONF_DIR, check_config
 from rnnbench.errors import UserError, find_user_error
 from rnnbench.module import TASKS
-from rnnbench.outputs import write_whole
 from rnnbench.record import (
     CHECKPOINT_DIR,
-    EXAMPLES_FILE,
     LAST_CKPT,
     RECORD_FILE,
     Record,
@@ -55,6 +52,7 @@ from rnnbench.record import (
     new_record,
     now_iso,
     read_record,
+    write_examples,
     write_json_atomic,
     write_record,
 )
@@ -305,7 +303,8 @@ def run(
             record["metrics"] |= {k: float(v) for k, v in tested[0].items()}
             record |= task.record_fields()
             if rank_zero and getattr(task, "decoded", None):
-                write_examples(run_dir, datamodule, task.decoded)
+                test = datamodule.texts["test"]
+                write_examples(run_dir, test.source, test.target, task.decoded)
         record["metrics"] |= datamodule.reference_metrics()
         why = divergence(task, built.model, record["metrics"])
         if why:
@@ -333,20 +332,6 @@ def run(
                 drop_checkpoints(run_dir, keep, best_path)
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)
-
-
-EXAMPLES_SHOWN = 10  # decoded test pairs kept beside a seq2seq run's record
-
-
-def write_examples(run_dir: Path, datamodule: pl.LightningDataModule, decoded: dict) -> None:
-    """The first test pairs' source, reference and decoded text, as EXAMPLES_FILE (JSON lines)."""
-    test = datamodule.texts["test"]
-    rows = [
-        {"index": i, "source": test.source[i], "reference": test.target[i], "decoded": decoded[i]}
-        for i in sorted(decoded)[:EXAMPLES_SHOWN]
-    ]
-    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    write_whole(run_dir / EXAMPLES_FILE, text.encode())
 
 
 def divergence(task: pl.LightningModule, model: nn.Module, metrics: dict[str, Any]) -> str | None:

@@ -25,7 +25,7 @@ def keep_xdist_worker_to_its_cores() -> None:
     """Under pytest-xdist (`make test`: a worker per core), each worker, and every rnnbench
     process it starts, keeps to its own share of the cores: rnnbench sizes its torch thread
     pool to the cores it may use, and two workers' pools on the same two cores were measured
-    to slow each other about fourfold."""
+    to slow each other several-fold (the suite took 15.6 min unpinned, 8.5 pinned)."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...
     count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
     if not worker.startswith("gw") or count < 2 or not hasattr(os, "sched_setaffinity"):
