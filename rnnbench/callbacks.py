@@ -130,6 +130,10 @@ class EpochMetricsCSV(pl.callbacks.Checkpoint):
             if key.startswith(("train/", "val/")) and key not in STEP_METRICS:
                 row[key] = float(value)
         row["lr"], self.lr = self.lr, math.nan
+        self.append(row)
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Add one epoch's row and rewrite the file (a packed run's members add their own)."""
         self.rows.append(row)
         columns = list(dict.fromkeys(k for r in self.rows for k in r))
         with open(self.path, "w", newline="") as f:
@@ -170,11 +174,13 @@ class StepTrace(pl.Callback):
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if loss is None or norm is None:  # a skipped step (the run diverged)
             return
-        self.pending.append(
-            (trainer.global_step, torch.stack([loss.detach().float(), norm.float()]))
-        )
+        self.add(trainer.global_step, loss, norm)
         if len(self.pending) >= self.flush_every:
             self.flush(trainer)
+
+    def add(self, step: int, loss: torch.Tensor, norm: torch.Tensor) -> None:
+        """Hold one step's loss and pre-clip norm (on the device) until the next flush."""
+        self.pending.append((step, torch.stack([loss.detach().float(), norm.float()])))
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self.flush(trainer)

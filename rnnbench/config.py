@@ -145,6 +145,7 @@ BATCHES = Check(float, low=0)
 CHECKS: dict[str, Check] = {
     "seed": Check(int, low=0, high=2**32 - 1),
     "threads": positive_int(nullable=True, meaning="null = cores / jobs running at once"),
+    "pack": positive_int(nullable=True, meaning="null = each run alone"),
     "force": FLAG,
     "checkpoint_every_n_steps": positive_int(nullable=True),
     "checkpoints.keep": Check(str, choices=CHECKPOINT_KEEPS),
@@ -320,6 +321,16 @@ def cross_problem(cfg: DictConfig) -> str | None:
             f"model.tbptt={model.get('tbptt')} does not apply to sequence-to-sequence data: the "
             f"decoder needs the encoder's final state, so the source cannot be cut; set "
             f"model.tbptt=null"
+        )
+    if cfg.get("pack") is not None and seq2seq:
+        return (
+            f"pack={cfg.get('pack')} is not available for sequence-to-sequence data "
+            f"(data={OmegaConf.select(cfg, 'data.name')}): set pack=null"
+        )
+    if cfg.get("pack") is not None and model.get("tbptt") is not None:
+        return (
+            f"pack={cfg.get('pack')} needs model.tbptt=null: a pack trains each sequence whole; "
+            f"set pack=null for truncated BPTT"
         )
     if model.get("tbptt_update", "sequence") != "sequence" and model.get("tbptt") is None:
         return (

@@ -54,8 +54,9 @@ def time_chunks(batch: Batch, k: int) -> list[Batch]:
 
 class RecurrentTask(pl.LightningModule):
     """The shared loop. A task module has its kind (rnnbench.tasks: loss, items, metrics), names
-    its accumulated quantities (`means`), computes the kind's loss of a batch while updating
-    them (`step`), and turns them into the kind's metrics (`derive`)."""
+    its accumulated quantities (`means`), measures them on a model's output for a batch
+    (`measure`: the loss first), and turns their split means into the kind's metrics
+    (`derive`). A packed run (rnnbench.pack) measures each member's output the same way."""
 
     kind: TaskKind
     means: tuple[str, ...] = ("loss",)
@@ -91,9 +92,21 @@ class RecurrentTask(pl.LightningModule):
         self.grad_norm: Tensor | None = None
 
     def step(self, batch: Batch, split: str) -> Tensor:
-        raise NotImplementedError
+        """The loss of a batch, its `means` accumulated for `split`."""
+        values = self.measure(self.run_model(batch), batch)
+        n = self.kind.items(batch)
+        for name, value in values.items():
+            self.accumulate(split, name, value, n)
+        return values["loss"]
 
-    def derive(self, means: dict[str, Tensor]) -> dict[str, Tensor]:
+    @classmethod
+    def measure(cls, out: Tensor, batch: Batch) -> dict[str, Tensor]:
+        """Each of `means` on the model's output for a batch (a mean over its items)."""
+        return {"loss": cls.kind.loss(out, batch)}
+
+    @classmethod
+    def derive(cls, means: dict[str, Tensor], unit: str = "") -> dict[str, Tensor]:
+        """The kind's metrics from a split's means (text counted in `unit`)."""
         return means
 
     def record_fields(self) -> dict:
@@ -194,7 +207,7 @@ class RecurrentTask(pl.LightningModule):
                 return
             means[name] = metric.compute()
             metric.reset()
-        for name, value in self.derive(means).items():
+        for name, value in self.derive(means, self.unit).items():
             self.log(f"{split}/{name}", value, prog_bar=split == "val" and name == "loss")
 
     # Lightning's checkpoints hold weights, optimizer and schedule but not the random state:
@@ -250,16 +263,14 @@ class LanguageModelTask(RecurrentTask):
         self.state: State | None = None
         self._train_state: State | None = None
 
-    def step(self, batch: Batch, split: str) -> Tensor:
-        logits, state = self.model(batch["x"], detach_state(self.state))
-        self.state = state
-        loss = self.kind.loss(logits, batch)
-        self.accumulate(split, "loss", loss, self.kind.items(batch))
-        return loss
+    def run_model(self, batch: Batch) -> Tensor:
+        logits, self.state = self.model(batch["x"], detach_state(self.state))
+        return logits
 
-    def derive(self, means: dict[str, Tensor]) -> dict[str, Tensor]:
+    @classmethod
+    def derive(cls, means: dict[str, Tensor], unit: str = "") -> dict[str, Tensor]:
         out = {"loss": means["loss"], "ppl": torch.exp(means["loss"])}
-        if self.unit == "char":
+        if unit == "char":
             out["bpc"] = means["loss"] / LN2
         return out
 
@@ -282,11 +293,6 @@ class StepClassificationTask(RecurrentTask):
 
     kind = KINDS["steps"]
 
-    def step(self, batch: Batch, split: str) -> Tensor:
-        loss = self.kind.loss(self.run_model(batch), batch)
-        self.accumulate(split, "loss", loss, self.kind.items(batch))
-        return loss
-
 
 class ClassificationTask(RecurrentTask):
     """One class per sequence from the final state: cross-entropy and accuracy."""
@@ -294,13 +300,10 @@ class ClassificationTask(RecurrentTask):
     kind = KINDS["classify"]
     means = ("loss", "acc")
 
-    def step(self, batch: Batch, split: str) -> Tensor:
-        logits = self.run_model(batch)
-        y, n = batch["y"], self.kind.items(batch)
-        loss = self.kind.loss(logits, batch)
-        self.accumulate(split, "loss", loss, n)
-        self.accumulate(split, "acc", (logits.argmax(-1) == y).float().mean(), n)
-        return loss
+    @classmethod
+    def measure(cls, out: Tensor, batch: Batch) -> dict[str, Tensor]:
+        accuracy = (out.argmax(-1) == batch["y"]).float().mean()
+        return {"loss": cls.kind.loss(out, batch), "acc": accuracy}
 
 
 class RegressionTask(RecurrentTask):
@@ -309,15 +312,14 @@ class RegressionTask(RecurrentTask):
     kind = KINDS["regress"]
     means = ("loss", "mae")
 
-    def step(self, batch: Batch, split: str) -> Tensor:
-        y, n = batch["y"], self.kind.items(batch)
-        pred = self.run_model(batch).view_as(y)
-        loss = self.kind.loss(pred, batch)
-        self.accumulate(split, "loss", loss, n)
-        self.accumulate(split, "mae", (pred - y).abs().mean(), n)
-        return loss
+    @classmethod
+    def measure(cls, out: Tensor, batch: Batch) -> dict[str, Tensor]:
+        y = batch["y"]
+        pred = out.view_as(y)
+        return {"loss": cls.kind.loss(pred, batch), "mae": (pred - y).abs().mean()}
 
-    def derive(self, means: dict[str, Tensor]) -> dict[str, Tensor]:
+    @classmethod
+    def derive(cls, means: dict[str, Tensor], unit: str = "") -> dict[str, Tensor]:
         return {"loss": means["loss"], "mse": means["loss"], "mae": means["mae"]}
 
 
@@ -327,12 +329,8 @@ class MultilabelTask(RecurrentTask):
 
     kind = KINDS["multilabel"]
 
-    def step(self, batch: Batch, split: str) -> Tensor:
-        loss = self.kind.loss(self.run_model(batch), batch)
-        self.accumulate(split, "loss", loss, self.kind.items(batch))
-        return loss
-
-    def derive(self, means: dict[str, Tensor]) -> dict[str, Tensor]:
+    @classmethod
+    def derive(cls, means: dict[str, Tensor], unit: str = "") -> dict[str, Tensor]:
         return {"loss": means["loss"], "nll": means["loss"]}
 
 
@@ -367,7 +365,8 @@ class TranslationTask(RecurrentTask):
         self.accumulate(split, "loss", loss, self.kind.items(batch))
         return loss
 
-    def derive(self, means: dict[str, Tensor]) -> dict[str, Tensor]:
+    @classmethod
+    def derive(cls, means: dict[str, Tensor], unit: str = "") -> dict[str, Tensor]:
         return {"loss": means["loss"], "ppl": torch.exp(means["loss"])}
 
     def on_test_epoch_start(self) -> None:

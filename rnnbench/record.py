@@ -34,6 +34,7 @@ KEY_FILE = "run_key"  # written when a run starts: which configuration its check
 CHECKPOINT_DIR = "checkpoints"
 LAST_CKPT = f"{CHECKPOINT_DIR}/last.ckpt"  # what a resume goes on from
 EXAMPLES_FILE = "decoded.jsonl"  # seq2seq: some test pairs' source, reference and decoded text
+PACK_FILE = "pack.json"  # a pack's folder (rnnbench.pack): its members, its trainer, its status
 # checkpoints/best.ckpt (the lowest val/loss, what the test scores) is the `best` entry of
 # conf/callbacks/default.yaml: a ModelCheckpoint whose folder train.place_in sets.
 
@@ -155,6 +156,7 @@ class Record(TypedDict, total=False):
     resumed_from: str  # the checkpoint of another folder it went on from
     reused_from: str  # a completed run with the same run_key, copied instead of recomputed
     decoding: Decoding  # sequence-to-sequence runs only
+    packed_with: dict[str, Any]  # trained in a pack (`pack=K`): its folder, size, members
 
 
 def now_iso() -> str:
@@ -238,6 +240,7 @@ KEY_EXCLUDED = (
     "results_root",
     "force",
     "threads",
+    "pack",  # how many runs train together: each member computes what it would alone
     "checkpoint_every_n_steps",
     "checkpoints.keep",  # what is deleted after the run, not what it computes
     "trainer.enable_progress_bar",

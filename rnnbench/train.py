@@ -479,12 +479,14 @@ def main(cfg: DictConfig) -> None:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     set_threads(cfg, hydra_cfg, multirun)
     try:
-        record = run(
-            cfg,
-            hydra_cfg.runtime.output_dir,
-            list(hydra_cfg.overrides.task),
-            group=sweep_group(hydra_cfg.sweep.dir) if multirun else None,
-        )
+        group = sweep_group(hydra_cfg.sweep.dir) if multirun else None
+        if cfg.get("pack") is not None:
+            from rnnbench.pack import run_packed
+
+            records = run_packed(cfg, hydra_cfg, multirun, group)
+        else:
+            overrides = list(hydra_cfg.overrides.task)
+            records = [run(cfg, hydra_cfg.runtime.output_dir, overrides, group=group)]
     except (KeyboardInterrupt, SystemExit) as e:
         # Ctrl-C, SIGTERM, or Lightning's exit after catching one: recorded as interrupted.
         if isinstance(e, SystemExit) and e.code in (0, None):
@@ -513,10 +515,11 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
     if not is_rank_zero():
         return
-    if record.get("reused_from"):
-        show(
-            f"rnnbench: reused completed run {record['reused_from']} (same run_key "
-            f"{record['run_key']}; force=true re-runs it)"
-        )
-    else:
-        show(format_summary(record))
+    for record in records:
+        if record.get("reused_from"):
+            show(
+                f"rnnbench: reused completed run {record['reused_from']} (same run_key "
+                f"{record['run_key']}; force=true re-runs it)"
+            )
+        else:
+            show(format_summary(record))

@@ -3,8 +3,6 @@ directions and headline: the modules, datasets, tables and reproduction all read
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pandas as pd
 import pytest
 import torch
@@ -22,7 +20,7 @@ def test_each_module_logs_exactly_the_metrics_its_kind_declares(name):
     logged = set()
     for unit in ("char", "word", ""):
         means = {m: torch.tensor(0.7) for m in task.means}
-        logged |= set(task.derive(SimpleNamespace(unit=unit), means))
+        logged |= set(task.derive(means, unit))
     # A decoder's kinds also log what its decoded text scores (BLEU, ROUGE), at test.
     logged |= set(getattr(task, "scored", ()))
     assert logged == set(kind.metrics), name

@@ -1,0 +1,815 @@
+"""Packed runs (`pack=K`): K runs of one shape trained at once, in one process, each leaving
+its own record exactly as a lone run of its configuration would.
+
+    rnnbench data=seq_mnist model=lstm pack=4            # seeds seed, seed+1, seed+2, seed+3
+    rnnbench -m seed=1,2,3,4 optim.lr=1e-3,3e-3 pack=4   # the sweep's 8 jobs in 2 packs of 4
+
+What may differ between the members of one pack: `seed` (initialisation and dropout),
+`optim.lr` and `trainer.gradient_clip_val`. Everything else is one configuration, and the
+members read one stream of batches: their data order (and, for generated data, the data
+itself) comes from one `data.seed`, the first member's. A member's record holds that
+`data.seed` beside its own `seed`, so the lone run `seed=S data.seed=D` is the same run_key
+and computes the same numbers (with dropout, other masks of the same law).
+
+Per member, as a lone run: the seed notes' clipping g <- min(1, θ/‖g‖) g on its own
+gradient; its own learning rate and schedule (ReduceLROnPlateau reads its own val/loss); a
+member whose loss goes non-finite is frozen and recorded `diverged` while the others train on;
+its best epoch (lowest val/loss), whose weights it is tested with; metrics.csv, steps.csv,
+result.json (with `packed_with`) and checkpoints/best.ckpt in its own folder. The pack's own
+folder holds pack.json and the checkpoint a relaunch resumes the whole pack from.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import Tensor, nn
+from torchmetrics.aggregation import MeanMetric
+
+from rnnbench.callbacks import EpochMetricsCSV, StepTrace, Throughput
+from rnnbench.checkpoints import AtomicCheckpointIO, ResumeCheckpoint, resume_point
+from rnnbench.errors import ConfigError, UserError
+from rnnbench.module import SPLITS, TASKS, RecurrentTask
+from rnnbench.packed import PackedSequenceModel
+from rnnbench.record import (
+    CHECKPOINT_DIR,
+    LAST_CKPT,
+    METRICS_FILE,
+    PACK_FILE,
+    RECORD_FILE,
+    STEPS_FILE,
+    Record,
+    check_run_folder,
+    claim_run_folder,
+    config_hash,
+    environment,
+    new_record,
+    now_iso,
+    read_record,
+    write_json_atomic,
+    write_record,
+)
+
+# The keys whose values may differ between the members of one pack.
+MEMBER_KEYS = ("seed", "optim.lr", "trainer.gradient_clip_val")
+
+
+# ---------------------------------------------------------------------------------------------
+# The task module of a pack
+
+
+class PackedTask:
+    """Mixed in before a lone task class (`packed_task`): the lone class's loop, data hooks
+    (the language model's carried state), `measure` and `derive`, applied to each member of a
+    PackedSequenceModel. Metrics are kept per member (`member_metrics`); the Trainer sees one
+    loss, the sum of the live members' losses, whose gradient with respect to member k's
+    parameters is the gradient of member k's loss alone."""
+
+    def __init__(
+        self,
+        model: PackedSequenceModel,
+        optimizer,
+        scheduler=None,
+        unit: str = "",
+        lrs: Sequence[float] = (),
+        clips: Sequence[float | None] = (),
+        member_dirs: Sequence[Path] = (),
+    ) -> None:
+        super().__init__(model, optimizer, scheduler, unit)
+        members = model.members
+        self.member_means = nn.ModuleList(
+            nn.ModuleDict(
+                {
+                    f"{split}_{name}": MeanMetric(nan_strategy="disable")
+                    for split in SPLITS
+                    for name in self.means
+                }
+            )
+            for _ in range(members)
+        )
+        self.lrs, self.clips = list(lrs), list(clips)
+        self.alive = [True] * members
+        self.diverged_at: list[int | None] = [None] * members  # the epoch of the first bad loss
+        self.member_metrics: list[dict[str, float]] = [{} for _ in range(members)]
+        self.epochs = [EpochMetricsCSV(Path(d) / METRICS_FILE) for d in member_dirs]
+        self.traces = [
+            StepTrace(Path(d) / STEPS_FILE, clip)
+            for d, clip in zip(member_dirs, clips, strict=True)
+        ]
+        self.best: list[dict[str, Any] | None] = [None] * members  # {"row", "weights"}
+        self.shadows: list[torch.optim.Optimizer] = []
+        self.schedules: list[Any] = []
+        self.epoch_lrs = [math.nan] * members
+        self.member_losses: Tensor | None = None
+        self._rates: list[float] | None = None  # this step's per-member learning rates
+        self._before: list[Tensor] | None = None
+        self._restored: dict[str, Any] | None = None
+
+    @property
+    def members(self) -> int:
+        return self.model.members
+
+    # The batches ------------------------------------------------------------------------------
+
+    def step(self, batch, split: str) -> Tensor:
+        """Every member's loss of a batch, (K,); each member's means accumulated for `split`
+        (for training and validation only while it is alive)."""
+        out = self.run_model(batch)
+        n = self.kind.items(batch)
+        losses = []
+        for k in range(self.members):
+            values = self.measure(out[k], batch)
+            if self.alive[k] or split == "test":
+                for name, value in values.items():
+                    self.member_means[k][f"{split}_{name}"].update(value.detach(), n)
+            losses.append(values["loss"])
+        return torch.stack(losses)
+
+    def training_step(self, batch, batch_idx: int) -> Tensor | None:
+        losses = self.step(batch, "train")
+        for k, finite in enumerate(torch.isfinite(losses).tolist()):
+            if self.alive[k] and not finite:
+                # A finding for that member (it diverged), not the end of the others.
+                self.alive[k], self.diverged_at[k] = False, self.current_epoch
+        live = [k for k in range(self.members) if self.alive[k]]
+        self.member_losses = losses.detach()
+        if not live:
+            self.diverged, self.trainer.should_stop = True, True
+            return None
+        self.last_loss = losses.detach()[live].mean()  # what the progress display shows
+        return losses[live].sum()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.member_losses is None or self.grad_norm is None:
+            return
+        for k, trace in enumerate(self.traces):
+            if self.alive[k]:
+                trace.add(self.global_step, self.member_losses[k], self.grad_norm[k])
+            if len(trace.pending) >= trace.flush_every:
+                trace.flush()
+        self.member_losses = None
+
+    # Clipping and the update ------------------------------------------------------------------
+
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        """Per member: ‖g_k‖ over its own gradients, g_k <- min(1, θ_k/‖g_k‖) g_k. Runs after
+        the backward and before the optimizer's update, so it also sets up the update's
+        per-member learning rates (a member frozen in this very step included)."""
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        dead = [k for k in range(self.members) if not self.alive[k]]
+        if not params:
+            self.grad_norm = None
+            return
+        if dead:  # their gradient may be NaN: nothing of it may reach their weights
+            for p in params:
+                p.grad[dead] = 0
+        squares = torch.stack([p.grad.reshape(self.members, -1).square().sum(1) for p in params])
+        norm = squares.sum(0).sqrt()
+        self.grad_norm = norm.detach()
+        if any(c is not None for c in self.clips):
+            limits = torch.tensor(
+                [math.inf if c is None else float(c) for c in self.clips],
+                dtype=norm.dtype,
+                device=norm.device,
+            )
+            factor = torch.clamp(limits / (norm + 1e-6), max=1.0)
+            for p in params:
+                p.grad.mul_(factor.view(-1, *[1] * (p.dim() - 1)))
+        self.prepare_update(optimizer)
+
+    def prepare_update(self, optimizer) -> None:
+        """Each member's learning rate for this update. One rate for all: the optimizer takes
+        it. Rates that differ: the optimizer steps with rate 1 and each member's change is
+        scaled by its own rate afterwards (`optimizer_step`) — exact, because every torch
+        optimizer's change of the weights is proportional to its learning rate (its moments do
+        not depend on it). A frozen member's rate is 0: its weights stay as they are."""
+        rates = [
+            s.param_groups[0]["lr"] if self.alive[k] else 0.0 for k, s in enumerate(self.shadows)
+        ]
+        self._rates, self._before = rates, None
+        common = rates[0] if len(set(rates)) == 1 else 1.0
+        for group in optimizer.param_groups:
+            group["lr"] = common
+        if len(set(rates)) > 1:
+            self._before = [p.detach().clone() for g in optimizer.param_groups for p in g["params"]]
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        optimizer.step(closure=optimizer_closure)
+        if self._before is None:
+            return
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        with torch.no_grad():
+            rates = torch.tensor(self._rates, dtype=params[0].dtype, device=params[0].device)
+            for p, before in zip(params, self._before, strict=True):
+                r = rates.view(-1, *[1] * (p.dim() - 1))
+                p.copy_(torch.where(r == 0, before, before + r * (p - before)))
+        self._before = None
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.parameters())
+        # Each member's learning rate and schedule live on a one-parameter optimizer of its own
+        # (its "shadow"): a schedule steps it, and each update reads its rate.
+        self.shadows = [
+            self.optimizer_factory([nn.Parameter(torch.zeros(1))], lr=lr) for lr in self.lrs
+        ]
+        factory = self.scheduler_factory
+        self.schedules = [factory(s) if factory else None for s in self.shadows]
+        restored = self._restored or {}
+        for shadow, state in zip(self.shadows, restored.get("shadows", []), strict=False):
+            shadow.load_state_dict(state)
+        for schedule, state in zip(self.schedules, restored.get("schedules", []), strict=False):
+            if schedule is not None and state is not None:
+                schedule.load_state_dict(state)
+        return optimizer
+
+    # Epochs -----------------------------------------------------------------------------------
+
+    def on_train_start(self) -> None:
+        for trace in self.traces:  # a resumed pack re-runs the steps after its checkpoint
+            trace.on_train_start(self.trainer, self)
+
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        self.epoch_lrs = [s.param_groups[0]["lr"] for s in self.shadows]
+
+    def log_split(self, split: str) -> None:
+        """Each member's metrics of `split` (kept in `member_metrics`); the mean val/loss of
+        the live members is logged for the progress display."""
+        shown = []
+        for k in range(self.members):
+            means = {}
+            for name in self.means:
+                metric = self.member_means[k][f"{split}_{name}"]
+                if metric.update_count == 0:
+                    break
+                means[name] = metric.compute()
+                metric.reset()
+            else:
+                derived = self.derive(means, self.unit)
+                self.member_metrics[k] |= {f"{split}/{n}": float(v) for n, v in derived.items()}
+                if self.alive[k]:
+                    shown.append(float(derived["loss"]))
+        if split == "val" and shown:
+            self.log("val/loss", sum(shown) / len(shown), prog_bar=True)
+
+    def on_train_epoch_end(self) -> None:
+        self.log_split("train")
+        for k in range(self.members):
+            if self.alive[k] or self.diverged_at[k] == self.current_epoch:
+                row = {"epoch": self.current_epoch, "step": self.global_step}
+                row |= {
+                    key: value
+                    for key, value in sorted(self.member_metrics[k].items())
+                    if key.startswith(("train/", "val/"))
+                }
+                row["lr"] = self.epoch_lrs[k]
+                self.epochs[k].append(row)
+                best = self.best[k]
+                val = row.get("val/loss")
+                if (
+                    self.alive[k]
+                    and val is not None
+                    and (best is None or val < best["row"]["val/loss"])
+                ):
+                    self.best[k] = {"row": row, "weights": self.model.member_state_dict(k)}
+            self.traces[k].flush()
+        for k, schedule in enumerate(self.schedules):
+            if schedule is None or not self.alive[k]:
+                continue
+            if isinstance(schedule, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                val = self.member_metrics[k].get("val/loss")
+                if val is not None:
+                    schedule.step(val)
+            else:
+                schedule.step()
+
+    def on_validation_epoch_start(self) -> None:
+        super().on_validation_epoch_start()
+
+    # Checkpoints: the pack's whole state, so a relaunch goes on exactly -----------------------
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["rnnbench_pack"] = {
+            "alive": self.alive,
+            "diverged_at": self.diverged_at,
+            "member_metrics": self.member_metrics,
+            "rows": [e.rows for e in self.epochs],
+            "best": self.best,
+            "shadows": [s.state_dict() for s in self.shadows],
+            "schedules": [s.state_dict() if s is not None else None for s in self.schedules],
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get("rnnbench_pack")
+        if state is None:
+            return
+        self._restored = state
+        self.alive, self.diverged_at = list(state["alive"]), list(state["diverged_at"])
+        self.member_metrics = [dict(m) for m in state["member_metrics"]]
+        for epochs, rows in zip(self.epochs, state["rows"], strict=True):
+            epochs.rows = list(rows)
+        self.best = list(state["best"])
+
+    def test_with_best(self) -> list[str]:
+        """Give each member its best epoch's weights for the test; which each was tested with."""
+        tested = []
+        for k, best in enumerate(self.best):
+            if best is not None:
+                self.model.load_member(k, best["weights"])
+            tested.append("best" if best is not None else "last")
+        return tested
+
+
+def packed_task(lone: type[RecurrentTask]) -> type:
+    """The task module of a pack of `lone`'s kind."""
+    if lone.kind.readout == "decoder":
+        raise ConfigError(
+            f"pack is not available for {lone.kind.name} (sequence-to-sequence) data: "
+            f"run its seeds without pack"
+        )
+    return type(f"Packed{lone.__name__}", (PackedTask, lone), {})
+
+
+# ---------------------------------------------------------------------------------------------
+# The members and their records
+
+
+@dataclass
+class Member:
+    """One run of a pack: its own (lone) configuration, folder, command line and record."""
+
+    cfg: DictConfig
+    run_dir: Path
+    overrides: list[str]
+    record: Record | None = None
+
+
+def member_value(cfg: DictConfig, key: str) -> Any:
+    return OmegaConf.select(cfg, key)
+
+
+def check_members(members: Sequence[Member]) -> None:
+    """Refuse members that are not one configuration up to MEMBER_KEYS and the watching keys."""
+    from rnnbench.record import flatten, identity
+
+    def shape(cfg: DictConfig) -> dict[str, Any]:
+        flat = flatten(identity(OmegaConf.to_container(cfg, resolve=True)))
+        return {key: value for key, value in flat.items() if key not in MEMBER_KEYS}
+
+    first = shape(members[0].cfg)
+    for m in members[1:]:
+        if shape(m.cfg) != first:
+            raise ConfigError(
+                f"pack members must differ only in {', '.join(MEMBER_KEYS)}: "
+                f"{m.run_dir} differs from {members[0].run_dir} in more"
+            )
+
+
+def seed_members(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> list[Member]:
+    """The members of a single run with `pack=K`: seeds seed, seed+1, ..., seed+K-1, in
+    run_dir/member-0 ... member-(K-1), reading the data of the first member's data.seed."""
+    size = int(cfg.pack)
+    data_seed = OmegaConf.select(cfg, "data.seed")
+    members = []
+    for k in range(size):
+        member = cfg.copy()
+        with open_dict(member):
+            member.seed = int(cfg.seed) + k
+            if data_seed is not None:
+                member.data.seed = int(data_seed)
+        extra = [f"seed={member.seed}"] + ([f"data.seed={data_seed}"] if k else [])
+        members.append(Member(member, run_dir / f"member-{k}", [*overrides, *extra]))
+    return members
+
+
+def check_pack_size(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(
+            f"pack={value!r} is not allowed: use a whole number of runs to train at once "
+            f"(pack=4), or null to train each run alone"
+        )
+    return value
+
+
+def run_packed(
+    cfg: DictConfig, hydra_cfg: DictConfig, multirun: bool, group: str | None
+) -> list[Record]:
+    """`rnnbench ... pack=K`: in a single run, K seeds packed in the run folder; in a
+    multirun, this job's record, from its pack (`run_in_sweep`)."""
+    from rnnbench.config import check_config
+
+    check_config(cfg)
+    check_pack_size(cfg.pack)
+    if multirun:
+        return [run_in_sweep(cfg, hydra_cfg, group)]
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    members = seed_members(cfg, run_dir, list(hydra_cfg.overrides.task))
+    return run_pack(members, run_dir, group)
+
+
+def run_pack(members: list[Member], pack_dir: Path, group: str | None = None) -> list[Record]:
+    """Train `members` (one configuration up to MEMBER_KEYS) as one pack in `pack_dir`; write
+    each member's record into its own folder. A member whose run_key already completed under
+    results_root is reused and left out of the pack. Returns the members' records, in order."""
+    from rnnbench.train import reuse
+
+    check_members(members)
+    for m in members:
+        config = OmegaConf.to_container(m.cfg, resolve=True)
+        m.record = new_record(config, m.run_dir.resolve(), m.overrides)
+        check_run_folder(m.run_dir, m.record["run_key"])
+    records: dict[int, Record] = {}
+    training = []
+    for i, m in enumerate(members):
+        m.run_dir.mkdir(parents=True, exist_ok=True)
+        reused = None
+        if not m.cfg.get("force") and m.cfg.get("results_root"):
+            reused = reuse(m.record, m.run_dir.resolve(), m.cfg.results_root)
+        if reused is not None:
+            records[i] = reused
+        else:
+            training.append(i)
+    if training:
+        trained = train_members([members[i] for i in training], pack_dir, group)
+        records |= dict(zip(training, trained, strict=True))
+    return [records[i] for i in range(len(members))]
+
+
+def pack_key(members: Sequence[Member]) -> str:
+    """Which pack a folder holds: its members' run_keys, in order."""
+    return config_hash({"pack": [m.record["run_key"] for m in members]})
+
+
+def train_members(members: list[Member], pack_dir: Path, group: str | None) -> list[Record]:
+    """Fit and test `members` as one PackedSequenceModel; record each."""
+    lead = members[0].cfg
+    pack_dir = pack_dir.resolve()
+    key = pack_key(members)
+    check_run_folder(pack_dir, key)
+    pack_dir.mkdir(parents=True, exist_ok=True)
+    pack_record: dict[str, Any] = {"run_key": key}
+    describe_pack(pack_dir, members, "running")
+    for m in members:
+        claim_run_folder(m.run_dir, m.record["run_key"])
+    status = "failed"
+    task = trainer = None
+    try:
+        datamodule = instantiate(lead.data)
+        datamodule.setup("fit")
+        models = []
+        for m in members:
+            # Each member's weights as its own seed gives a lone run (seeded, then built).
+            pl.seed_everything(int(m.cfg.seed), workers=True, verbose=False)
+            models.append(instantiate(m.cfg.model, **datamodule.model_io()))
+        params = sum(p.numel() for p in models[0].parameters())
+        model = PackedSequenceModel(models)
+        del models
+        task_cls = packed_task(TASKS[datamodule.task])
+        scheduler = instantiate(lead.scheduler) if lead.get("scheduler") else None
+        task = task_cls(
+            model,
+            instantiate(lead.optim),
+            scheduler,
+            datamodule.unit,
+            lrs=[float(m.cfg.optim.lr) for m in members],
+            clips=[member_value(m.cfg, "trainer.gradient_clip_val") for m in members],
+            member_dirs=[m.run_dir for m in members],
+        )
+        # Dropout masks: one stream for the pack, from the first member's seed.
+        pl.seed_everything(int(lead.seed), workers=True, verbose=False)
+        throughput = Throughput()
+        callbacks: list[pl.Callback] = [ResumeCheckpoint(pack_dir / LAST_CKPT), throughput]
+        progress = (lead.get("callbacks") or {}).get("progress_bar")
+        if progress is not None and lead.trainer.get("enable_progress_bar", True):
+            callbacks.append(instantiate(progress))
+        trainer = instantiate(
+            lead.trainer,
+            logger=False,
+            callbacks=callbacks,
+            default_root_dir=str(pack_dir),
+            plugins=[AtomicCheckpointIO()],
+            gradient_clip_val=None,  # clipped per member by the task
+            enable_checkpointing=False,
+        )
+        last = resume_point(pack_record, pack_dir, lead)
+        trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if last else None)
+        if trainer.interrupted:
+            raise KeyboardInterrupt
+        tested = task.test_with_best()
+        testable = [k for k in range(len(members)) if tested[k] == "best" or task.alive[k]]
+        if testable:
+            trainer.test(task, datamodule=datamodule, verbose=False)
+        env = environment(str(trainer.strategy.root_device))
+        timing = {
+            "train_s": round(throughput.train_s, 3),
+            "steps": trainer.global_step,
+            "items": throughput.items,
+            "items_per_s": round(throughput.items_per_s, 1),
+            "packed": len(members),  # train_s is the pack's: every member's steps in it
+        }
+        for k, m in enumerate(members):
+            fill_member_record(
+                m, k, task, tested[k], k in testable, datamodule, params, env, timing, pack_record
+            )
+        status = "ended"
+    except (KeyboardInterrupt, SystemExit):
+        for m in members:
+            m.record["status"] = "interrupted"
+        status = "interrupted"
+        raise
+    except BaseException as e:
+        from rnnbench.errors import find_user_error
+
+        user = find_user_error(e)
+        for m in members:
+            m.record["error"] = str(user) if user else repr(e)
+        raise
+    finally:
+        for k, m in enumerate(members):
+            m.record["finished"] = now_iso()
+            m.record["packed_with"] = {
+                "pack": str(pack_dir),
+                "index": k,
+                "size": len(members),
+                "members": [str(x.run_dir.resolve()) for x in members],
+            }
+            if m.record["status"] == "failed" and task is not None and trainer is not None:
+                m.record["notes"].append(f"the pack in {pack_dir} did not end")
+            write_record(m.run_dir, m.record)
+        describe_pack(pack_dir, members, status)
+    finish_member_loggers(members, group)
+    if all(m.record["status"] == "completed" for m in members):
+        keep = OmegaConf.select(lead, "checkpoints.keep", default="both")
+        if keep in ("best", "none"):
+            (pack_dir / LAST_CKPT).unlink(missing_ok=True)
+    return [m.record for m in members]
+
+
+def fill_member_record(
+    m: Member,
+    k: int,
+    task: PackedTask,
+    tested: str,
+    was_tested: bool,
+    datamodule,
+    params: int,
+    env: dict[str, Any],
+    timing: dict[str, Any],
+    pack_record: dict[str, Any],
+) -> None:
+    """Member k's record, as its lone run's would be; its best weights as best.ckpt."""
+    record = m.record
+    record["task"], record["headline"] = datamodule.task, datamodule.headline_metric
+    record["params"], record["env"] = params, env
+    record["timing"] = dict(timing, items_per_s=timing["items_per_s"])
+    if "resume" in pack_record:
+        record["resume"] = pack_record["resume"]
+    best = task.best[k]
+    record["best"] = best["row"] if best else None
+    metrics = task.member_metrics[k]
+    record["metrics"] = {
+        key: v for key, v in (best["row"] if best else {}).items() if key.startswith("val/")
+    }
+    record["tested"] = tested
+    if best is None:
+        record["notes"].append(
+            "no validation ran (the budget ended before the first validation): the test "
+            "used the last weights"
+        )
+    if was_tested:
+        record["metrics"] |= {key: v for key, v in metrics.items() if key.startswith("test/")}
+    record["metrics"] |= datamodule.reference_metrics()
+    why = None
+    if not task.alive[k]:
+        why = f"the training loss became non-finite (epoch {task.diverged_at[k]})"
+    else:
+        weights = task.model.member_state_dict(k)
+        if not all(bool(torch.isfinite(w).all()) for w in weights.values()):
+            why = "the weights became non-finite"
+        bad = sorted(
+            key
+            for key, v in record["metrics"].items()
+            if key.startswith(("val/", "test/")) and isinstance(v, float) and not math.isfinite(v)
+        )
+        if why is None and bad:
+            why = f"{', '.join(bad)} not finite"
+    if why:
+        record["notes"].append(f"diverged: {why}")
+    record["status"] = "diverged" if why else "completed"
+    keep = OmegaConf.select(m.cfg, "checkpoints.keep", default="both")
+    if best is not None and keep != "none":
+        write_best_checkpoint(m.run_dir, best, timing["steps"])
+
+
+def write_best_checkpoint(run_dir: Path, best: dict[str, Any], steps: int) -> None:
+    """A member's best weights as checkpoints/best.ckpt: a Lightning-style checkpoint whose
+    state_dict is a lone task module's (`model.` + SequenceModel names)."""
+    checkpoint = {
+        "state_dict": {f"model.{name}": w for name, w in best["weights"].items()},
+        "epoch": int(best["row"]["epoch"]),
+        "global_step": int(best["row"]["step"]),
+        "pytorch-lightning_version": pl.__version__,
+        "rnnbench_packed": True,
+    }
+    AtomicCheckpointIO().save_checkpoint(checkpoint, run_dir / CHECKPOINT_DIR / "best.ckpt")
+    del steps
+
+
+def describe_pack(pack_dir: Path, members: Sequence[Member], status: str) -> None:
+    """pack.json: who trains the pack (host, pid), its members and how it stands
+    (running, then ended, failed or interrupted)."""
+    pack_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(
+        pack_dir / PACK_FILE,
+        {
+            "status": status,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "updated": now_iso(),
+            "members": [
+                {
+                    "run_dir": str(m.run_dir.resolve()),
+                    "run_key": m.record["run_key"] if m.record else None,
+                }
+                for m in members
+            ],
+        },
+    )
+
+
+def finish_member_loggers(members: Sequence[Member], group: str | None) -> None:
+    """Give each member its own experiment-logger run (W&B, CSV), as a lone run would have:
+    its epoch rows and steps, then its summary. Written once the pack has ended, member by
+    member, so a dashboard shows ordinary runs."""
+    from rnnbench.record import read_trace
+    from rnnbench.train import build_loggers, finish_wandb
+
+    for m in members:
+        loggers = build_loggers(m.cfg.get("logger"), m.run_dir, m.record["config"], group)
+        if not loggers:
+            continue
+        every = max(1, int(m.cfg.trainer.get("log_every_n_steps") or 1))
+        steps = read_trace(m.run_dir / STEPS_FILE)
+        epochs = read_trace(m.run_dir / METRICS_FILE)
+        for logger in loggers:
+            if steps is not None:
+                for row in steps.itertuples(index=False):
+                    if int(row.step) % every == 0:
+                        logger.log_metrics(
+                            {"train/batch_loss": row.batch_loss, "train/grad_norm": row.grad_norm},
+                            step=int(row.step),
+                        )
+            if epochs is not None:
+                for row in epochs.to_dict("records"):
+                    values = {k: v for k, v in row.items() if k not in ("step",)}
+                    logger.log_metrics(values, step=int(row["step"]))
+            logger.save()
+        finish_wandb(loggers, m.record)
+        write_json_atomic(m.run_dir / RECORD_FILE, m.record)  # now naming its W&B run
+
+
+# ---------------------------------------------------------------------------------------------
+# A multirun with pack=K: the sweep's jobs are packed
+
+
+def sweep_jobs(sweep_dir: Path, hydra_cfg: DictConfig) -> list[list[str]]:
+    """Every job of the running sweep, as its override list, in job-number order (the basic
+    sweeper's expansion of hydra.sweeper.params and the command line saved in multirun.yaml)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    saved = OmegaConf.load(sweep_dir / "multirun.yaml")
+    params = saved.hydra.sweeper.get("params")
+    params = OmegaConf.to_container(params) if params else {}
+    arguments = [f"{k}={v}" for k, v in params.items()]
+    arguments += list(OmegaConf.to_container(saved.hydra.overrides.task))
+    overrides = OverridesParser.create().parse_overrides(arguments)
+    batches = BasicSweeper.split_arguments(overrides, None)
+    del hydra_cfg
+    return [list(job) for batch in batches for job in batch]
+
+
+def family(job: list[str]) -> tuple[str, ...]:
+    """What a job's overrides say it computes, less the keys pack members may differ in."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from rnnbench.record import is_identity_key
+
+    kept = []
+    for o in OverridesParser.create().parse_overrides(job):
+        key = o.key_or_group
+        if key in (*MEMBER_KEYS, "pack"):
+            continue
+        if is_identity_key(key) or key.endswith(".seed"):  # data.seed: what the members share
+            kept.append(o.input_line)
+    return tuple(sorted(kept))
+
+
+def job_packs(jobs: list[list[str]], size: int) -> list[list[int]]:
+    """The sweep's jobs in packs of up to `size`: jobs of one family, in job order."""
+    families: dict[tuple[str, ...], list[int]] = {}
+    for num, job in enumerate(jobs):
+        families.setdefault(family(job), []).append(num)
+    return [nums[i : i + size] for nums in families.values() for i in range(0, len(nums), size)]
+
+
+WAIT_S = 2.0
+
+
+def run_in_sweep(cfg: DictConfig, hydra_cfg: DictConfig, group: str | None) -> Record:
+    """This sweep job's record: trained in its pack by whichever job of the pack started
+    first (it claims the pack), or, for the others, waited for and read back."""
+    from rnnbench.config import compose
+
+    sweep_dir = Path(hydra_cfg.sweep.dir).resolve()
+    saved = OmegaConf.load(sweep_dir / "multirun.yaml")
+    if OmegaConf.to_container(saved.hydra.sweep).get("subdir") != "${hydra.job.num}":
+        raise ConfigError(
+            "pack in a multirun needs hydra.sweep.subdir=${hydra.job.num} (the default): the "
+            "pack writes each member's record into its job's folder"
+        )
+    num = int(hydra_cfg.job.num)
+    jobs = sweep_jobs(sweep_dir, hydra_cfg)
+    size = check_pack_size(cfg.pack)
+    pack = next(p for p in job_packs(jobs, size) if num in p)
+    own_dir = sweep_dir / str(num)
+    pack_dir = sweep_dir / "packs" / "-".join(str(n) for n in pack)
+    pack_dir.mkdir(parents=True, exist_ok=True)
+    claim = pack_dir / "claim"
+    try:
+        fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return wait_for_record(own_dir, pack_dir)
+    os.close(fd)
+    members = []
+    lead_data_seed = None
+    for n in pack:
+        member_cfg = (cfg if n == num else compose(jobs[n])).copy()
+        if OmegaConf.select(member_cfg, "data.seed") is not None:
+            if lead_data_seed is None:
+                lead_data_seed = int(OmegaConf.select(member_cfg, "data.seed"))
+            with open_dict(member_cfg):
+                member_cfg.data.seed = lead_data_seed  # one stream of batches for the pack
+        members.append(Member(member_cfg, sweep_dir / str(n), list(jobs[n])))
+    describe_pack(pack_dir, members, "running")
+    status = "failed"
+    try:
+        records = run_pack(members, pack_dir, group)
+        status = "ended"
+    except (KeyboardInterrupt, SystemExit):
+        status = "interrupted"
+        raise
+    finally:
+        describe_pack(pack_dir, members, status)
+    return records[pack.index(num)]
+
+
+def wait_for_record(own_dir: Path, pack_dir: Path) -> Record:
+    """The record another job's pack writes into this job's folder, once it is there."""
+    said = False
+    while True:
+        record_path = own_dir / RECORD_FILE
+        try:
+            described = json.loads((pack_dir / PACK_FILE).read_text())
+        except (OSError, ValueError):
+            described = None
+        if described is not None and described.get("status") != "running":
+            if record_path.is_file():
+                return read_record(record_path)
+            raise UserError(f"the pack in {pack_dir} ended without this job's record")
+        if described is not None and not trainer_alive(described):
+            raise UserError(f"the pack in {pack_dir} stopped (its process is gone) unfinished")
+        if not said:
+            print(f"rnnbench: waiting for the pack in {pack_dir}", file=sys.stderr, flush=True)
+            said = True
+        time.sleep(WAIT_S)
+
+
+def trainer_alive(described: dict[str, Any]) -> bool:
+    """Whether the process pack.json names is still there (always true on another host)."""
+    if described.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(described["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, KeyError, ValueError, TypeError):
+        return True
+    return True

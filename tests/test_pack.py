@@ -1,0 +1,211 @@
+"""Packed runs (`pack=K`): each member of a pack computes what its lone run computes, and leaves
+the record its lone run would. Every run here is real: the Trainer, Hydra's compose and
+multirun, the rnnbench console script, result.json and checkpoints on disk."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import QUIET, assert_refused, records, require_data, rnnbench_cli, train
+from rnnbench.config import compose
+from rnnbench.model import SequenceModel
+from rnnbench.pack import Member, run_pack, seed_members
+from rnnbench.packed import PackedSequenceModel
+from rnnbench.record import read_trace
+
+# float64 end to end, so a difference is a difference in what is computed, not rounding.
+EXACT = [
+    "+trainer.precision=64-true",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=50",
+    "trainer.limit_val_batches=3",
+    "trainer.limit_test_batches=3",
+    "trainer.gradient_clip_val=0.05",  # small enough that clipping acts on some steps
+    "model.hidden_size=8",
+]
+TASKS = {
+    # Next-symbol prediction over BPTT windows, the state carried from window to window.
+    "lm": ["data=reber", "data.batch_size=4", "data.bptt=20", "data.train_strings=600"],
+    # One class per sentence from the final state, rows padded to their batch's longest.
+    "classify": ["data=sst2", "data.batch_size=16", "data.eval_batch_size=64"],
+}
+TOLERANCE = 1e-5
+
+
+def lone(overrides: list[str], run_dir: Path) -> dict:
+    return train(overrides, run_dir)
+
+
+def pack_of(overrides: list[str], run_dir: Path) -> list[dict]:
+    cfg = compose([*QUIET, *overrides])
+    return run_pack(seed_members(cfg, run_dir, overrides), run_dir)
+
+
+def losses(run_dir: Path) -> pd.Series:
+    return read_trace(Path(run_dir) / "steps.csv").set_index("step")["batch_loss"]
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    ckpt = torch.load(Path(run_dir) / "checkpoints" / "best.ckpt", weights_only=True)
+    return {k: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+
+
+def assert_same_run(member: dict, alone: dict) -> None:
+    """Same run_key, status, every loss of every step and split, and the weights tested."""
+    assert member["run_key"] == alone["run_key"]
+    assert member["status"] == alone["status"] == "completed"
+    got, want = losses(member["run_dir"]), losses(alone["run_dir"])
+    assert list(got.index) == list(want.index) and len(got) == 50
+    # steps.csv keeps 6 significant digits: equal to them.
+    assert ((got - want).abs() <= TOLERANCE * want.abs().clip(lower=1)).all()
+    for key in ("val/loss", "test/loss"):
+        assert abs(member["metrics"][key] - alone["metrics"][key]) < TOLERANCE, key
+    assert member["best"]["train/loss"] == pytest.approx(alone["best"]["train/loss"], abs=1e-5)
+    w_member, w_alone = weights(member["run_dir"]), weights(alone["run_dir"])
+    assert w_member.keys() == w_alone.keys()
+    for name in w_alone:
+        assert torch.allclose(w_member[name], w_alone[name], atol=TOLERANCE, rtol=0), name
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_each_member_of_a_pack_of_4_is_its_lone_run(cell, layers, task, tmp_path):
+    if task == "classify":
+        require_data("sst2")
+    common = [*TASKS[task], *EXACT, f"model={cell}", f"model.num_layers={layers}", "seed=11"]
+    members = pack_of([*common, "pack=4"], tmp_path / "pack")
+    assert [m["seed"] for m in members] == [11, 12, 13, 14]
+    for k, member in enumerate(members):
+        assert member["packed_with"]["size"] == 4 and member["packed_with"]["index"] == k
+        # The lone run that reproduces member k: its own seed, the pack's data order.
+        alone = lone([*common, f"seed={11 + k}", "data.seed=11"], tmp_path / f"lone{k}")
+        assert_same_run(member, alone)
+    # The members are four different runs, not one run four times.
+    assert len({m["metrics"]["val/loss"] for m in members}) == 4
+
+
+def test_pack_weights_load_into_lone_models_and_compute_the_same():
+    torch.manual_seed(0)
+    models = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        models.append(SequenceModel(5, input_size=3, readout="last", cell="lstm", hidden_size=6))
+    packed = PackedSequenceModel(models)
+    x = torch.randn(4, 9, 3)
+    out, _ = packed(x)
+    for k, model in enumerate(models):
+        fresh = SequenceModel(5, input_size=3, readout="last", cell="lstm", hidden_size=6)
+        fresh.load_state_dict(packed.member_state_dict(k))
+        assert torch.allclose(fresh(x)[0], out[k], atol=1e-6)
+    assert not torch.allclose(out[0], out[1])
+
+
+TINY = ["data=reber", "data.train_strings=300", "data.valid_strings=40", "data.test_strings=40"]
+TINY += ["data.batch_size=4", "model.hidden_size=8", "model.num_layers=1", "trainer.max_epochs=2"]
+
+
+def test_a_multirun_packs_its_jobs_and_each_member_is_its_lone_run(tmp_path):
+    """Seeds x learning rates in one pack of 4 (the sweep's four jobs), each job's folder with
+    its member's record; rerun, every job is reused; each member equals its lone run."""
+    sweep = [*TINY, "+trainer.precision=64-true", "seed=1,2", "optim.lr=0.002,0.02", "pack=4"]
+    args = ["-m", *sweep, "logger=none", "trainer.enable_progress_bar=false"]
+    done = rnnbench_cli(args, tmp_path)
+    assert done.returncode == 0, done.stderr
+    found = sorted(records(tmp_path / "runs"), key=lambda r: r["run_dir"])
+    assert len(found) == 4 and all(r["status"] == "completed" for r in found)
+    packs = {r["packed_with"]["pack"] for r in found}
+    assert len(packs) == 1 and Path(packs.pop()).parent.name == "packs"
+    assert {(r["seed"], r["config"]["optim"]["lr"]) for r in found} == {
+        (1, 0.002),
+        (1, 0.02),
+        (2, 0.002),
+        (2, 0.02),
+    }
+    assert {r["config"]["data"]["seed"] for r in found} == {1}  # one stream of batches
+    # Each job's own folder holds its member's record.
+    assert sorted(Path(r["run_dir"]).name for r in found) == ["0", "1", "2", "3"]
+    again = rnnbench_cli(args, tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("rnnbench: reused completed run") == 4
+    # A member with its own learning rate equals its lone run (float64).
+    member = next(r for r in found if r["seed"] == 2 and r["config"]["optim"]["lr"] == 0.02)
+    alone = lone(
+        [*TINY, "+trainer.precision=64-true", "seed=2", "data.seed=1", "optim.lr=0.02"],
+        tmp_path / "lone",
+    )
+    assert member["run_key"] == alone["run_key"]
+    got, want = losses(member["run_dir"]), losses(alone["run_dir"])
+    assert len(got) == len(want) > 20
+    assert ((got - want).abs() <= TOLERANCE * want.abs().clip(lower=1)).all()
+    assert member["metrics"]["test/loss"] == pytest.approx(alone["metrics"]["test/loss"], abs=1e-5)
+
+
+def test_a_diverged_member_is_frozen_and_the_others_train_on(tmp_path):
+    """One member's learning rate blows its loss up: it is recorded diverged, the other
+    completes exactly as its lone run does."""
+    base = [*TINY, "model=rnn_relu", "optim=sgd", "scheduler=none", "+trainer.precision=64-true"]
+    members = []
+    for k, lr in enumerate([0.5, 1e6]):
+        cfg = compose([*QUIET, *base, "seed=3", f"optim.lr={lr}"])
+        members.append(Member(cfg, tmp_path / "pack" / f"member-{k}", [f"optim.lr={lr}"]))
+    sane, wild = run_pack(members, tmp_path / "pack")
+    assert wild["status"] == "diverged"
+    assert any("non-finite" in note for note in wild["notes"])
+    assert sane["status"] == "completed"
+    alone = lone([*base, "seed=3", "optim.lr=0.5"], tmp_path / "lone")
+    assert sane["run_key"] == alone["run_key"]
+    assert sane["metrics"]["test/loss"] == pytest.approx(alone["metrics"]["test/loss"], abs=1e-5)
+    assert math.isfinite(sane["metrics"]["test/loss"])
+    # The diverged member's steps stop where its loss stopped being finite.
+    assert len(losses(wild["run_dir"])) < len(losses(sane["run_dir"]))
+
+
+def test_packed_members_show_in_the_table_as_ordinary_runs(tmp_path):
+    pack_of([*TINY, "seed=5", "pack=3"], tmp_path / "runs" / "p")
+    script = Path(sys.executable).parent / "rnnbench-table"
+    done = subprocess.run(
+        [str(script), str(tmp_path / "runs"), "--format", "csv"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    # The three members are three seeds of one configuration: one cell, mean ± std over 3.
+    (row,) = pd.read_csv(io.StringIO(done.stdout)).to_dict("records")
+    assert row["n"] == 3 and row["configs"] == 1 and row["diverged"] == 0 and row["std"] > 0
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("pack=0", "pack=0 is not allowed"),
+        ("pack=two", "pack='two' is not allowed"),
+        ("model.tbptt=10", "needs model.tbptt=null"),
+    ],
+)
+def test_bad_pack_settings_are_refused_in_one_line(override, message, tmp_path):
+    args = [*TINY, "logger=none", "pack=2", override]
+    assert_refused(rnnbench_cli(args, tmp_path), message, tmp_path)
+
+
+def test_a_single_run_pack_leaves_its_members_and_pack_json(tmp_path):
+    members = pack_of([*TINY, "seed=7", "pack=2"], tmp_path / "p")
+    described = json.loads((tmp_path / "p" / "pack.json").read_text())
+    assert described["status"] == "ended"
+    assert [m["run_key"] for m in described["members"]] == [m["run_key"] for m in members]
+    for k, m in enumerate(members):
+        assert Path(m["run_dir"]) == (tmp_path / "p" / f"member-{k}").resolve()
+        assert (Path(m["run_dir"]) / "metrics.csv").is_file()
+        assert m["timing"]["packed"] == 2
+    # A completed pack keeps no resume checkpoint (checkpoints.keep=best).
+    assert not (tmp_path / "p" / "checkpoints" / "last.ckpt").exists()
