@@ -8,6 +8,7 @@ GRU), so a state_dict moves between the two and the tests can pin one to the oth
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -121,6 +122,41 @@ def lstm_backward_factors(
     return f, o * (1 - tanh_c * tanh_c)  # through H_t = O * tanh(C_t)
 
 
+def writes_whole_buffers(method):
+    """For a scan whose buffers (torch.empty) are written whole before they are read: under
+    torch's deterministic mode (trainer.deterministic, the default) every empty tensor is first
+    filled with NaN, a pass over each (T, B, 4H) buffer that cost a packed copy-memory step a
+    tenth of its time. Off while the scan runs; its results do not depend on it."""
+
+    @functools.wraps(method)
+    def run(*args, **kwargs):
+        flags = torch.utils.deterministic
+        before = flags.fill_uninitialized_memory
+        flags.fill_uninitialized_memory = False
+        try:
+            return method(*args, **kwargs)
+        finally:
+            flags.fill_uninitialized_memory = before
+
+    return run
+
+
+def time_axis(x: Tensor) -> int:
+    """Where time is in a scan's buffer: 0 in one run's (T, B, F), 1 in a pack's member-major
+    (K, T, B, F), where each member's steps are one contiguous block (no transposes between
+    the per-step products and the weight gradient's one product per member)."""
+    return x.dim() - 3
+
+
+def steps_buffer(like: Tensor, steps: int, state: Tensor, width: int | None = None) -> Tensor:
+    """An empty buffer of `steps` rows of states shaped like `state` (`width` wide, else as
+    wide as it): (steps, B, H), or (K, steps, B, H) for members' (K, B, H)."""
+    shape = list(state.shape)
+    shape.insert(state.dim() - 2, steps)
+    shape[-1] = width or shape[-1]
+    return like.new_empty(shape)
+
+
 class LSTMScan(torch.autograd.Function):
     """One direction of one LSTM layer over all T steps, with its backward written out.
 
@@ -131,11 +167,14 @@ class LSTMScan(torch.autograd.Function):
     one matmul and four elementwise calls (on a CPU, per-call overhead is most of what a step of
     a small layer costs), and forms ∂L/∂W_hh as one (4H x TB)(TB x H) product. Same equations as
     `lstm_step`; the tests pin both to torch.nn.LSTM and check this backward with gradcheck.
+    Stacked members: gx (K, T, B, 4H), W_hh (K, 4H, H), states (K, B, H) (`time_axis`).
     """
 
     @staticmethod
+    @writes_whole_buffers
     def forward(ctx, gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor):
-        steps, hidden = gx.size(0), h0.size(-1)
+        time = time_axis(gx)
+        steps, hidden = gx.size(time), h0.size(-1)
         # tanh(x) = 2 sigmoid(2x) - 1: with the g rows doubled, one sigmoid call covers all four
         # gates and an affine step finishes g (CPU tanh on a strided slice costs ~4 sigmoids).
         w_t = w_hh.clone()
@@ -144,14 +183,14 @@ class LSTMScan(torch.autograd.Function):
         gates = gx.clone(memory_format=torch.contiguous_format)  # overwritten by activations
         gates[..., :hidden] *= 2
         minus_one = gx.new_full((), -1.0)
-        hs = gx.new_empty(steps + 1, *h0.shape)
-        cs = gx.new_empty(steps + 1, *h0.shape)
-        tanh_c = gx.new_empty(steps, *h0.shape)
-        hs[0], cs[0] = h0, c0
+        hs, cs = steps_buffer(gx, steps + 1, h0), steps_buffer(gx, steps + 1, h0)
+        tanh_c = steps_buffer(gx, steps, h0)
         # Every step's views made once: indexing inside the loop is a call per view per step.
-        a_t = gates.unbind(0)
+        a_t = gates.unbind(time)
         g_t, i_t, f_t, o_t = (gate_rows(gates, k) for k in range(4))
-        h_t, c_t, tanh_c_t = hs.unbind(0), cs.unbind(0), tanh_c.unbind(0)
+        h_t, c_t, tanh_c_t = hs.unbind(time), cs.unbind(time), tanh_c.unbind(time)
+        h_t[0].copy_(h0)
+        c_t[0].copy_(c0)
         for t in range(steps):
             # addmm with out=, not addmm_: FlopCounterMode (the bench's tests) counts only addmm.
             torch.sigmoid_(plus_matmul(a_t[t], h_t[t], w_t, out=a_t[t]))
@@ -159,107 +198,125 @@ class LSTMScan(torch.autograd.Function):
             torch.mul(f_t[t], c_t[t], out=c_t[t + 1]).addcmul_(i_t[t], g_t[t])
             torch.mul(o_t[t], torch.tanh(c_t[t + 1], out=tanh_c_t[t]), out=h_t[t + 1])
         ctx.save_for_backward(hs, cs, tanh_c, gates, w_hh)
-        return hs[1:], hs[steps], cs[steps]
+        return hs.narrow(time, 1, steps), h_t[steps], c_t[steps]
 
     @staticmethod
+    @writes_whole_buffers
     def backward(ctx, d_out: Tensor, d_hn: Tensor, d_cn: Tensor):
         hs, cs, tanh_c, gates, w_hh = ctx.saved_tensors
-        steps, rows, hidden = tanh_c.size(0), tanh_c.shape[1:-1], tanh_c.size(-1)
-        d_out_t = d_out.contiguous().unbind(0)  # contiguous: the grad of a transposed output
-        d_pre = gates.new_empty(steps, *rows, 4, hidden)
-        coef = gates.new_empty(SCAN_BLOCK, *rows, 4, hidden)
-        d_pre_t = d_pre.view_as(gates).unbind(0)
-        d_dc_gates_t, d_o_t = d_pre[..., :3, :].unbind(0), d_pre[..., 3, :].unbind(0)
-        coef_dc_t, coef_o_t = coef[..., :3, :].unbind(0), coef[..., 3, :].unbind(0)
+        time = time_axis(gates)
+        steps, hidden = tanh_c.size(time), tanh_c.size(-1)
+        d_out_t = d_out.contiguous().unbind(time)  # contiguous: the grad of a transposed output
+        d_pre = gates.new_empty(*gates.shape[:-1], 4, hidden)
+        block = list(d_pre.shape)
+        block[time] = SCAN_BLOCK
+        coef = gates.new_empty(block)
+        d_pre_t = d_pre.view_as(gates).unbind(time)
+        d_dc_gates_t, d_o_t = d_pre[..., :3, :].unbind(time), d_pre[..., 3, :].unbind(time)
+        coef_dc_t, coef_o_t = coef[..., :3, :].unbind(time), coef[..., 3, :].unbind(time)
         dh, dc = d_hn + d_out_t[steps - 1], d_cn
+        # ∂L/∂H_{t-1} of each step into one of two buffers, in turn: one allocation per step
+        # was a third of a packed step's matmul time.
+        dh_buffers = (torch.empty_like(dh), torch.empty_like(dh))
         for start in reversed(range(0, steps, SCAN_BLOCK)):
-            end = min(start + SCAN_BLOCK, steps)
+            span = min(start + SCAN_BLOCK, steps) - start
             f, dc_dh = lstm_backward_factors(
-                gates[start:end], cs[start:end], tanh_c[start:end], coef[: end - start]
+                gates.narrow(time, start, span),
+                cs.narrow(time, start, span),
+                tanh_c.narrow(time, start, span),
+                coef.narrow(time, 0, span),
             )
-            f_k, dc_dh_k = f.unbind(0), dc_dh.unbind(0)
-            for t in reversed(range(start, end)):
+            f_k, dc_dh_k = f.unbind(time), dc_dh.unbind(time)
+            for t in reversed(range(start, start + span)):
                 k = t - start
                 dc = torch.addcmul(dc, dh, dc_dh_k[k])
                 torch.mul(coef_dc_t[k], dc.unsqueeze(-2), out=d_dc_gates_t[t])
                 torch.mul(coef_o_t[k], dh, out=d_o_t[t])
                 dc.mul_(f_k[k])
                 if t:
-                    dh = plus_matmul(d_out_t[t - 1], d_pre_t[t], w_hh)
+                    dh = plus_matmul(d_out_t[t - 1], d_pre_t[t], w_hh, out=dh_buffers[t % 2])
                 elif ctx.needs_input_grad[1]:  # a zero initial state needs no gradient
                     dh = d_pre_t[t] @ w_hh
         d_gx = d_pre.view_as(gates)
-        d_w_hh = weight_grad(d_gx, hs[:-1])
+        d_w_hh = weight_grad(d_gx, hs.narrow(time, 0, steps))
         needs = ctx.needs_input_grad
         return d_gx, dh if needs[1] else None, dc if needs[2] else None, d_w_hh
 
 
 def gate_rows(gates: Tensor, k: int) -> tuple[Tensor, ...]:
-    """Per step, the view of gate k of a (T, B, 4H) (or members' (T, K, B, 4H)) buffer."""
+    """Per step, the view of gate k of a (T, B, 4H) (or members' (K, T, B, 4H)) buffer."""
     hidden = gates.size(-1) // 4
-    return gates[..., k * hidden : (k + 1) * hidden].unbind(0)
+    return gates[..., k * hidden : (k + 1) * hidden].unbind(time_axis(gates))
 
 
 def weight_grad(d_gates: Tensor, inputs: Tensor) -> Tensor:
     """∂L/∂W of a gate matrix from every step's ∂(pre-activation), (T, B, G), and the rows it
-    multiplied, (T, B, H): one (G x TB)(TB x H) product, one per member when both carry a
-    member axis after time, (T, K, B, ·)."""
+    multiplied, (T, B, H): one (G x TB)(TB x H) product, one per member for members'
+    (K, T, B, ·) (each member's block contiguous: no copy)."""
     gates, width = d_gates.size(-1), inputs.size(-1)
     if d_gates.dim() == 3:
         return d_gates.reshape(-1, gates).t() @ inputs.reshape(-1, width)
-    members = d_gates.size(1)
-    d = d_gates.transpose(0, 1).reshape(members, -1, gates)
-    return transposed(d) @ inputs.transpose(0, 1).reshape(members, -1, width)
+    members = d_gates.size(0)
+    return transposed(d_gates.reshape(members, -1, gates)) @ inputs.reshape(members, -1, width)
 
 
 def bias_grad(d_gates: Tensor) -> Tensor:
     """∂L/∂b from every step's ∂(pre-activation): summed over steps and rows (per member)."""
-    return d_gates.sum((0, 1)) if d_gates.dim() == 3 else d_gates.sum((0, 2))
+    return d_gates.sum((0, 1)) if d_gates.dim() == 3 else d_gates.sum((1, 2))
 
 
 class GRUScan(torch.autograd.Function):
     """One direction of one GRU layer (reset after, as cuDNN and PyTorch) over all T steps,
-    with its backward written out: the same reasons and checks as `LSTMScan`."""
+    with its backward written out: the same reasons, checks and layouts as `LSTMScan`."""
 
     @staticmethod
+    @writes_whole_buffers
     def forward(ctx, gx: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor):
-        steps, hidden = gx.size(0), h0.size(-1)
-        hs = gx.new_empty(steps + 1, *h0.shape)
-        hs[0] = h0
-        rz = gx.new_empty(steps, *h0.shape[:-1], 2 * hidden)  # r, z after the sigmoid
-        n = torch.empty_like(hs[1:])
+        time = time_axis(gx)
+        steps, hidden = gx.size(time), h0.size(-1)
+        hs = steps_buffer(gx, steps + 1, h0)
+        rz = steps_buffer(gx, steps, h0, 2 * hidden)
+        n = steps_buffer(gx, steps, h0)
         gh_n = torch.empty_like(n)  # H W_hn + b_hn, which the reset gate scales
         w_t, bias = transposed(w_hh), member_bias(b_hh)
+        h_t, rz_t, n_t, gh_n_t, gx_t = (v.unbind(time) for v in (hs, rz, n, gh_n, gx))
+        h_t[0].copy_(h0)
         for t in range(steps):
-            gh = plus_matmul(bias, hs[t], w_t)
-            torch.sigmoid(gx[t, ..., : 2 * hidden] + gh[..., : 2 * hidden], out=rz[t])
-            r, z = rz[t].chunk(2, dim=-1)
-            gh_n[t] = gh[..., 2 * hidden :]
-            torch.tanh(torch.addcmul(gx[t, ..., 2 * hidden :], r, gh_n[t]), out=n[t])
-            torch.addcmul(n[t], z, hs[t] - n[t], out=hs[t + 1])
+            gh = plus_matmul(bias, h_t[t], w_t)
+            torch.sigmoid(gx_t[t][..., : 2 * hidden] + gh[..., : 2 * hidden], out=rz_t[t])
+            r, z = rz_t[t].chunk(2, dim=-1)
+            gh_n_t[t].copy_(gh[..., 2 * hidden :])
+            torch.tanh(torch.addcmul(gx_t[t][..., 2 * hidden :], r, gh_n_t[t]), out=n_t[t])
+            torch.addcmul(n_t[t], z, h_t[t] - n_t[t], out=h_t[t + 1])
         ctx.save_for_backward(hs, rz, n, gh_n, w_hh)
-        return hs[1:], hs[steps]
+        return hs.narrow(time, 1, steps), h_t[steps]
 
     @staticmethod
+    @writes_whole_buffers
     def backward(ctx, d_out: Tensor, d_hn: Tensor | None):
         hs, rz, n, gh_n, w_hh = ctx.saved_tensors
-        steps, hidden = rz.size(0), n.size(-1)
-        dh = torch.zeros_like(hs[0]) if d_hn is None else d_hn.clone()
-        d_gx = hs.new_empty(steps, *hs.shape[1:-1], 3 * hidden)
+        time = time_axis(rz)
+        steps, hidden = rz.size(time), n.size(-1)
+        h_t, rz_t, n_t, gh_n_t = (v.unbind(time) for v in (hs, rz, n, gh_n))
+        dh = torch.zeros_like(h_t[0]) if d_hn is None else d_hn.clone()
+        d_gx = steps_buffer(hs, steps, h_t[0], 3 * hidden)
         d_gh = torch.empty_like(d_gx)
+        d_gx_t, d_gh_t = d_gx.unbind(time), d_gh.unbind(time)
+        d_out_t = d_out.unbind(time) if d_out is not None else None
         for t in reversed(range(steps)):
-            if d_out is not None:
-                dh += d_out[t]
-            r, z = rz[t].chunk(2, dim=-1)
-            d_n_pre = dh * (1 - z) * (1 - n[t] * n[t])
-            torch.mul(d_n_pre * gh_n[t], r * (1 - r), out=d_gx[t, ..., :hidden])
-            torch.mul(dh * (hs[t] - n[t]), z * (1 - z), out=d_gx[t, ..., hidden : 2 * hidden])
-            d_gx[t, ..., 2 * hidden :] = d_n_pre
-            d_gh[t, ..., : 2 * hidden] = d_gx[t, ..., : 2 * hidden]
-            torch.mul(d_n_pre, r, out=d_gh[t, ..., 2 * hidden :])
+            if d_out_t is not None:
+                dh += d_out_t[t]
+            r, z = rz_t[t].chunk(2, dim=-1)
+            d_n_pre = dh * (1 - z) * (1 - n_t[t] * n_t[t])
+            g, gh = d_gx_t[t], d_gh_t[t]
+            torch.mul(d_n_pre * gh_n_t[t], r * (1 - r), out=g[..., :hidden])
+            torch.mul(dh * (h_t[t] - n_t[t]), z * (1 - z), out=g[..., hidden : 2 * hidden])
+            g[..., 2 * hidden :] = d_n_pre
+            gh[..., : 2 * hidden] = g[..., : 2 * hidden]
+            torch.mul(d_n_pre, r, out=gh[..., 2 * hidden :])
             if t or ctx.needs_input_grad[1]:  # a zero initial state needs no gradient
-                dh = plus_matmul(dh * z, d_gh[t], w_hh)
-        d_w_hh = weight_grad(d_gh, hs[:-1])
+                dh = plus_matmul(dh * z, gh, w_hh)
+        d_w_hh = weight_grad(d_gh, hs.narrow(time, 0, steps))
         return d_gx, dh if ctx.needs_input_grad[1] else None, d_w_hh, bias_grad(d_gh)
 
 
@@ -332,13 +389,14 @@ class ScratchRecurrence(nn.Module):
         if lengths is not None:
             mask = (torch.arange(steps, device=x.device)[:, None] < lengths.to(x.device))[..., None]
         h_n, c_n = [], []
-        layer_input = x.movedim(-2, 0)  # time-major between layers, as the time loop reads it
+        # Time before batch between layers, as the time loop reads it: (T, B, F), (K, T, B, F).
+        layer_input = x.movedim(-2, -3)
         for layer in range(self.num_layers):
             outputs = []
             for d, suffix in enumerate(self._suffixes()):
                 slot = layer * self.directions + d
                 name = f"l{layer}{suffix}"
-                seq = reverse_time(layer_input, lengths, time_dim=0) if suffix else layer_input
+                seq = reverse_steps(layer_input, lengths) if suffix else layer_input
                 out, h, c = self._scan(
                     seq,
                     h0[slot],
@@ -346,7 +404,7 @@ class ScratchRecurrence(nn.Module):
                     *(getattr(self, f"{p}_{name}") for p in self.PARAMS),
                     mask,
                 )
-                outputs.append(reverse_time(out, lengths, time_dim=0) if suffix else out)
+                outputs.append(reverse_steps(out, lengths) if suffix else out)
                 h_n.append(h)
                 c_n.append(c)
             layer_input = torch.cat(outputs, dim=-1) if len(outputs) > 1 else outputs[0]
@@ -354,7 +412,7 @@ class ScratchRecurrence(nn.Module):
                 layer_input = F.dropout(layer_input, self.dropout, training=True)
         h_n = torch.stack(h_n)
         state = (h_n, torch.stack(c_n)) if self.cell == "lstm" else h_n
-        return layer_input.movedim(0, -2), state
+        return layer_input.movedim(-3, -2), state
 
     def _scan(
         self,
@@ -379,7 +437,7 @@ class ScratchRecurrence(nn.Module):
             out, h = GRUScan.apply(gx, h, w_hh, b_hh)
             return out, h, None
         outputs = []
-        for t, gx_t in enumerate(gx):
+        for t, gx_t in enumerate(gx.unbind(time_axis(gx))):
             h_prev, c_prev = h, c
             if self.cell == "lstm":
                 h, c = lstm_step(gx_t, h, c, w_hh, b_hh)
@@ -394,29 +452,40 @@ class ScratchRecurrence(nn.Module):
                 outputs.append(h * mask[t])
             else:
                 outputs.append(h)
-        return torch.stack(outputs), h, c
+        return torch.stack(outputs, dim=time_axis(gx)), h, c
 
 
 def input_projection(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
     """X W^T + b for every step at once: x (T, B, I) and w (G, I), or stacked members' x
-    (T, K, B, I) and w (K, G, I), b (K, G)."""
+    (K, T, B, I) and w (K, G, I), b (K, G)."""
     if w.dim() == 2:
         return F.linear(x, w, b)
-    return torch.einsum("tkbi,kgi->tkbg", x, w) + b[:, None, :]
+    flat = x.reshape(x.size(0), -1, x.size(-1))  # each member's steps and rows as one matrix
+    return torch.baddbmm(b[:, None, :], flat, transposed(w)).view(*x.shape[:-1], w.size(1))
 
 
-def reverse_time(x: Tensor, lengths: Tensor | None, time_dim: int = 1) -> Tensor:
-    """Reverse (B, T, F) (or (T, B, F) with time_dim=0) along time; with `lengths`, reverse
-    each row's real steps only and leave its padding where it is (its own inverse)."""
+def reverse_time(
+    x: Tensor, lengths: Tensor | None, time_dim: int = 1, batch_dim: int = 0
+) -> Tensor:
+    """Reverse x along `time_dim` ((B, T, F) by default); with `lengths`, one per row of
+    `batch_dim`, reverse each row's real steps only and leave its padding where it is (its own
+    inverse)."""
     if lengths is None:
         return x.flip(time_dim)
     steps = torch.arange(x.size(time_dim), device=x.device)[None, :]
     lengths = lengths.to(x.device)[:, None]
     index = torch.where(steps < lengths, lengths - 1 - steps, steps)  # (B, T)
-    if time_dim == 0:  # (T, B), and (T, 1, B) for members' (T, K, B, F)
+    if batch_dim > time_dim:
         index = index.t()
-        index = index.reshape(index.size(0), *[1] * (x.dim() - 3), index.size(1))
-    return x.gather(time_dim, index[..., None].expand_as(x))
+    shape = [1] * x.dim()
+    shape[batch_dim], shape[time_dim] = x.size(batch_dim), x.size(time_dim)
+    return x.gather(time_dim, index.reshape(shape).expand_as(x))
+
+
+def reverse_steps(x: Tensor, lengths: Tensor | None) -> Tensor:
+    """reverse_time for a scan's time-before-batch layout, (T, B, F) or (K, T, B, F)."""
+    time = time_axis(x)
+    return reverse_time(x, lengths, time_dim=time, batch_dim=time + 1)
 
 
 class RecurrentStack(nn.Module):

@@ -137,6 +137,8 @@ def folder_problem(cfg: DictConfig, multirun: bool) -> str | None:
     problem = check_writable_folder(folder, option=f"results_root or {option}")
     if problem or multirun:
         return problem
+    if cfg.get("pack") is not None:  # the folder is a pack's: rnnbench.pack checks its owner
+        return None
     plain = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     try:
         check_run_folder(Path(folder), run_key(OmegaConf.to_container(plain, resolve=True)))

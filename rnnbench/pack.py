@@ -45,7 +45,7 @@ from rnnbench.errors import ConfigError, UserError
 from rnnbench.module import SPLITS, TASKS, RecurrentTask
 from rnnbench.packed import PackedSequenceModel
 from rnnbench.record import (
-    CHECKPOINT_DIR,
+    BEST_CKPT,
     LAST_CKPT,
     METRICS_FILE,
     PACK_FILE,
@@ -229,6 +229,10 @@ class PackedTask:
         ]
         factory = self.scheduler_factory
         self.schedules = [factory(s) if factory else None for s in self.shadows]
+        for shadow in self.shadows:
+            # A shadow has no gradient, so this changes nothing; it tells torch's schedules that
+            # their optimizer steps (they warn "lr_scheduler.step() before optimizer.step()").
+            shadow.step()
         restored = self._restored or {}
         for shadow, state in zip(self.shadows, restored.get("shadows", []), strict=False):
             shadow.load_state_dict(state)
@@ -243,9 +247,11 @@ class PackedTask:
         for trace in self.traces:  # a resumed pack re-runs the steps after its checkpoint
             trace.on_train_start(self.trainer, self)
 
-    def on_train_epoch_start(self) -> None:
-        super().on_train_epoch_start()
-        self.epoch_lrs = [s.param_groups[0]["lr"] for s in self.shadows]
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # Each member's learning rate of the epoch, read at its first batch (the first after a
+        # resume), as EpochMetricsCSV reads a lone run's: by the epoch's end it may have moved.
+        if any(math.isnan(lr) for lr in self.epoch_lrs):
+            self.epoch_lrs = [s.param_groups[0]["lr"] for s in self.shadows]
 
     def log_split(self, split: str) -> None:
         """Each member's metrics of `split` (kept in `member_metrics`); the mean val/loss of
@@ -288,6 +294,7 @@ class PackedTask:
                 ):
                     self.best[k] = {"row": row, "weights": self.model.member_state_dict(k)}
             self.traces[k].flush()
+        self.epoch_lrs = [math.nan] * self.members
         for k, schedule in enumerate(self.schedules):
             if schedule is None or not self.alive[k]:
                 continue
@@ -297,9 +304,6 @@ class PackedTask:
                     schedule.step(val)
             else:
                 schedule.step()
-
-    def on_validation_epoch_start(self) -> None:
-        super().on_validation_epoch_start()
 
     # Checkpoints: the pack's whole state, so a relaunch goes on exactly -----------------------
 
@@ -457,6 +461,67 @@ def pack_key(members: Sequence[Member]) -> str:
     return config_hash({"pack": [m.record["run_key"] for m in members]})
 
 
+@dataclass
+class PackTraining:
+    """What a pack trains with: `train_members` fits and tests it, `rnnbench-bench` times it."""
+
+    task: PackedTask
+    trainer: pl.Trainer
+    throughput: Throughput
+    params: int  # one member's parameter count
+
+
+def build_pack(
+    members: Sequence[Member],
+    datamodule: pl.LightningDataModule,
+    pack_dir: Path,
+    extra_callbacks: Sequence[pl.Callback] = (),
+) -> PackTraining:
+    """The packed model (each member built as its own seed builds a lone run's model), its
+    task module and its Trainer, for a set-up datamodule."""
+    lead = members[0].cfg
+    models = []
+    for m in members:
+        # Each member's weights as its own seed gives a lone run (seeded, then built).
+        pl.seed_everything(int(m.cfg.seed), workers=True, verbose=False)
+        models.append(instantiate(m.cfg.model, **datamodule.model_io()))
+    params = sum(p.numel() for p in models[0].parameters())
+    model = PackedSequenceModel(models)
+    del models
+    task_cls = packed_task(TASKS[datamodule.task])
+    scheduler = instantiate(lead.scheduler) if lead.get("scheduler") else None
+    task = task_cls(
+        model,
+        instantiate(lead.optim),
+        scheduler,
+        datamodule.unit,
+        lrs=[float(m.cfg.optim.lr) for m in members],
+        clips=[member_value(m.cfg, "trainer.gradient_clip_val") for m in members],
+        member_dirs=[m.run_dir for m in members],
+    )
+    # Dropout masks: one stream for the pack, from the first member's seed.
+    pl.seed_everything(int(lead.seed), workers=True, verbose=False)
+    throughput = Throughput()
+    callbacks: list[pl.Callback] = [
+        *extra_callbacks,
+        ResumeCheckpoint(pack_dir / LAST_CKPT),
+        throughput,
+    ]
+    progress = (lead.get("callbacks") or {}).get("progress_bar")
+    if progress is not None and lead.trainer.get("enable_progress_bar", True):
+        callbacks.append(instantiate(progress))
+    trainer = instantiate(
+        lead.trainer,
+        logger=False,
+        callbacks=callbacks,
+        default_root_dir=str(pack_dir),
+        plugins=[AtomicCheckpointIO()],
+        gradient_clip_val=None,  # clipped per member by the task
+        enable_checkpointing=False,
+    )
+    return PackTraining(task, trainer, throughput, params)
+
+
 def train_members(members: list[Member], pack_dir: Path, group: str | None) -> list[Record]:
     """Fit and test `members` as one PackedSequenceModel; record each."""
     lead = members[0].cfg
@@ -473,41 +538,8 @@ def train_members(members: list[Member], pack_dir: Path, group: str | None) -> l
     try:
         datamodule = instantiate(lead.data)
         datamodule.setup("fit")
-        models = []
-        for m in members:
-            # Each member's weights as its own seed gives a lone run (seeded, then built).
-            pl.seed_everything(int(m.cfg.seed), workers=True, verbose=False)
-            models.append(instantiate(m.cfg.model, **datamodule.model_io()))
-        params = sum(p.numel() for p in models[0].parameters())
-        model = PackedSequenceModel(models)
-        del models
-        task_cls = packed_task(TASKS[datamodule.task])
-        scheduler = instantiate(lead.scheduler) if lead.get("scheduler") else None
-        task = task_cls(
-            model,
-            instantiate(lead.optim),
-            scheduler,
-            datamodule.unit,
-            lrs=[float(m.cfg.optim.lr) for m in members],
-            clips=[member_value(m.cfg, "trainer.gradient_clip_val") for m in members],
-            member_dirs=[m.run_dir for m in members],
-        )
-        # Dropout masks: one stream for the pack, from the first member's seed.
-        pl.seed_everything(int(lead.seed), workers=True, verbose=False)
-        throughput = Throughput()
-        callbacks: list[pl.Callback] = [ResumeCheckpoint(pack_dir / LAST_CKPT), throughput]
-        progress = (lead.get("callbacks") or {}).get("progress_bar")
-        if progress is not None and lead.trainer.get("enable_progress_bar", True):
-            callbacks.append(instantiate(progress))
-        trainer = instantiate(
-            lead.trainer,
-            logger=False,
-            callbacks=callbacks,
-            default_root_dir=str(pack_dir),
-            plugins=[AtomicCheckpointIO()],
-            gradient_clip_val=None,  # clipped per member by the task
-            enable_checkpointing=False,
-        )
+        built = build_pack(members, datamodule, pack_dir)
+        task, trainer, throughput = built.task, built.trainer, built.throughput
         last = resume_point(pack_record, pack_dir, lead)
         trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if last else None)
         if trainer.interrupted:
@@ -526,7 +558,16 @@ def train_members(members: list[Member], pack_dir: Path, group: str | None) -> l
         }
         for k, m in enumerate(members):
             fill_member_record(
-                m, k, task, tested[k], k in testable, datamodule, params, env, timing, pack_record
+                m,
+                k,
+                task,
+                tested[k],
+                k in testable,
+                datamodule,
+                built.params,
+                env,
+                timing,
+                pack_record,
             )
         status = "ended"
     except (KeyboardInterrupt, SystemExit):
@@ -628,7 +669,7 @@ def write_best_checkpoint(run_dir: Path, best: dict[str, Any], steps: int) -> No
         "pytorch-lightning_version": pl.__version__,
         "rnnbench_packed": True,
     }
-    AtomicCheckpointIO().save_checkpoint(checkpoint, run_dir / CHECKPOINT_DIR / "best.ckpt")
+    AtomicCheckpointIO().save_checkpoint(checkpoint, run_dir / BEST_CKPT)
     del steps
 
 
@@ -756,7 +797,8 @@ def run_in_sweep(cfg: DictConfig, hydra_cfg: DictConfig, group: str | None) -> R
     try:
         fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
-        return wait_for_record(own_dir, pack_dir)
+        return wait_for_record(own_dir, pack_dir, claim)
+    os.write(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode())
     os.close(fd)
     members = []
     lead_data_seed = None
@@ -781,7 +823,7 @@ def run_in_sweep(cfg: DictConfig, hydra_cfg: DictConfig, group: str | None) -> R
     return records[pack.index(num)]
 
 
-def wait_for_record(own_dir: Path, pack_dir: Path) -> Record:
+def wait_for_record(own_dir: Path, pack_dir: Path, claim: Path) -> Record:
     """The record another job's pack writes into this job's folder, once it is there."""
     said = False
     while True:
@@ -790,6 +832,13 @@ def wait_for_record(own_dir: Path, pack_dir: Path) -> Record:
             described = json.loads((pack_dir / PACK_FILE).read_text())
         except (OSError, ValueError):
             described = None
+        if described is None:  # claimed, not yet described: the claim names its process
+            try:
+                claimed = json.loads(claim.read_text())
+            except (OSError, ValueError):
+                claimed = {}
+            if claimed and not trainer_alive(claimed):
+                raise UserError(f"the job that claimed the pack in {pack_dir} is gone")
         if described is not None and described.get("status") != "running":
             if record_path.is_file():
                 return read_record(record_path)

@@ -33,6 +33,7 @@ STEPS_COLUMNS = ("step", "batch_loss", "grad_norm", "clipped")
 KEY_FILE = "run_key"  # written when a run starts: which configuration its checkpoints resume
 CHECKPOINT_DIR = "checkpoints"
 LAST_CKPT = f"{CHECKPOINT_DIR}/last.ckpt"  # what a resume goes on from
+BEST_CKPT = f"{CHECKPOINT_DIR}/best.ckpt"  # the lowest val/loss: what the test scored
 EXAMPLES_FILE = "decoded.jsonl"  # seq2seq: some test pairs' source, reference and decoded text
 PACK_FILE = "pack.json"  # a pack's folder (rnnbench.pack): its members, its trainer, its status
 # checkpoints/best.ckpt (the lowest val/loss, what the test scores) is the `best` entry of

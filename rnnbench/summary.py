@@ -47,8 +47,18 @@ def format_summary(record: dict[str, Any]) -> str:
             (
                 "speed",
                 f"{timing['items_per_s']:,.0f} {item}/s over "
-                f"{timing['steps']} steps ({timing['train_s']:.1f} s training)",
+                f"{timing['steps']} steps ({timing['train_s']:.1f} s training)"
+                + (
+                    f", one of {timing['packed']} trained together in that time"
+                    if timing.get("packed")
+                    else ""
+                ),
             )
+        )
+    packed = record.get("packed_with")
+    if packed:
+        lines.append(
+            ("packed", f"member {packed['index'] + 1} of {packed['size']}, in {packed['pack']}")
         )
     for note in record.get("notes") or []:
         lines.append(("note", note))

@@ -100,6 +100,21 @@ def test_quick_sweep_times_both_launchers(tmp_path):
     assert scaling["joblib_bound"] == pytest.approx(scaling["speedup"] / 2, rel=1e-3)
 
 
+def test_quick_pack_section_times_a_pack_against_a_lone_run(tmp_path):
+    require_data(*PTB)
+    result = bench_cli(["--quick", "pack", "--out", str(tmp_path / "out")], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = json.loads(result.stdout.strip().splitlines()[-1])
+    row = final["pack"]["figures"]["ptb_small"]
+    assert positive_finite(row["lone_step_s"]) and positive_finite(row["pack2_step_s"])
+    assert row["pack2_time_vs_one"] == pytest.approx(
+        row["pack2_step_s"] / row["lone_step_s"], rel=0.5
+    )
+    assert row["pack2_speedup"] == pytest.approx(2 / row["pack2_time_vs_one"], rel=1e-2)
+    assert "pack: ptb_small K=2" in (tmp_path / "out" / "bench.md").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the packs trained elsewhere
+
+
 def test_unknown_workload_is_one_error_line(capsys):
     assert bench.main(["harness", "--workloads", "ptb_big"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

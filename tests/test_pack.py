@@ -7,15 +7,27 @@ from __future__ import annotations
 import io
 import json
 import math
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
-from conftest import QUIET, assert_refused, records, require_data, rnnbench_cli, train
+from conftest import (
+    QUIET,
+    assert_refused,
+    popen,
+    records,
+    require_data,
+    rnnbench_cli,
+    train,
+    wait_for,
+    wandb_records,
+)
 from rnnbench.config import compose
 from rnnbench.model import SequenceModel
 from rnnbench.pack import Member, run_pack, seed_members
@@ -106,6 +118,7 @@ def test_pack_weights_load_into_lone_models_and_compute_the_same():
     for k, model in enumerate(models):
         fresh = SequenceModel(5, input_size=3, readout="last", cell="lstm", hidden_size=6)
         fresh.load_state_dict(packed.member_state_dict(k))
+        assert torch.allclose(model(x)[0], out[k], atol=1e-6)
         assert torch.allclose(fresh(x)[0], out[k], atol=1e-6)
     assert not torch.allclose(out[0], out[1])
 
@@ -209,3 +222,69 @@ def test_a_single_run_pack_leaves_its_members_and_pack_json(tmp_path):
         assert m["timing"]["packed"] == 2
     # A completed pack keeps no resume checkpoint (checkpoints.keep=best).
     assert not (tmp_path / "p" / "checkpoints" / "last.ckpt").exists()
+
+
+def test_a_killed_pack_resumes_exactly(tmp_path):
+    """SIGKILL after the first epoch, relaunch: each member's metrics, metrics.csv and steps.csv
+    are the uninterrupted pack's (dropout on: the masks' random state is resumed too)."""
+    args = [*QUIET, "data.train_strings=1000", "model.dropout=0.2", "model.hidden_size=32"]
+    args += ["trainer.max_epochs=4", "pack=2"]
+    (tmp_path / "a").mkdir()
+    done = rnnbench_cli([*args, "hydra.run.dir=whole"], cwd=tmp_path / "a")
+    assert done.returncode == 0, done.stderr[-3000:]
+    cwd = tmp_path / "b"
+    cwd.mkdir()
+    killed = cwd / "killed"
+    proc = popen([*args, f"hydra.run.dir={killed}"], cwd=cwd)
+    metrics = killed / "member-1" / "metrics.csv"
+    wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2, proc)
+    time.sleep(0.3)  # into the second epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not (killed / "member-0" / "result.json").exists()
+    resumed = rnnbench_cli([*args, f"hydra.run.dir={killed}"], cwd=cwd)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for k in range(2):
+        a = json.loads((tmp_path / "a" / "whole" / f"member-{k}" / "result.json").read_text())
+        b = json.loads((killed / f"member-{k}" / "result.json").read_text())
+        assert b["status"] == "completed" and b["resume"]["exact"] is True
+        assert b["metrics"] == a["metrics"]
+        assert b["timing"]["steps"] == a["timing"]["steps"]
+        for name in ("metrics.csv", "steps.csv"):
+            whole = tmp_path / "a" / "whole" / f"member-{k}" / name
+            assert (killed / f"member-{k}" / name).read_text() == whole.read_text(), name
+
+
+def test_each_member_is_its_own_wandb_run(tmp_path):
+    """W&B (offline) gets one run per member, with its epochs' and steps' history and its
+    record's numbers in the summary, as a lone run would have."""
+    args = [*TINY, "logger=wandb", "trainer.enable_progress_bar=false", "pack=2"]
+    done = rnnbench_cli([*args, "hydra.run.dir=p"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = records(tmp_path / "p")
+    assert len(found) == 2 and len({r["wandb"]["id"] for r in found}) == 2
+    for r in found:
+        [log] = Path(r["run_dir"]).glob("wandb/offline-run-*/run-*.wandb")
+        recs = wandb_records(log)
+        history = [
+            {
+                item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                for item in x.history.item
+            }
+            for x in recs
+            if x.WhichOneof("record_type") == "history"
+        ]
+        val = [h["val/loss"] for h in history if "val/loss" in h]
+        assert val == pytest.approx(
+            list(read_trace(Path(r["run_dir"]) / "metrics.csv")["val/loss"])
+        )
+        assert any("train/batch_loss" in h for h in history)
+        summary = {
+            item.key: json.loads(item.value_json)
+            for x in recs
+            if x.WhichOneof("record_type") == "summary"
+            for item in x.summary.update
+            if item.key
+        }
+        assert summary["run_key"] == r["run_key"]
+        assert summary["test/loss"] == pytest.approx(r["metrics"]["test/loss"])
