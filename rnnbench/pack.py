@@ -629,6 +629,10 @@ def fill_member_record(
         key: v for key, v in (best["row"] if best else {}).items() if key.startswith("val/")
     }
     record["tested"] = tested
+    record["notes"].append(
+        f"trained in a pack of {timing['packed']}: the recurrence ran the seed notes' equations "
+        f"(model.impl=scratch's), whatever model.impl says"
+    )
     if best is None:
         record["notes"].append(
             "no validation ran (the budget ended before the first validation): the test "
