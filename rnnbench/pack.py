@@ -365,10 +365,6 @@ class Member:
     record: Record | None = None
 
 
-def member_value(cfg: DictConfig, key: str) -> Any:
-    return OmegaConf.select(cfg, key)
-
-
 def check_members(members: Sequence[Member]) -> None:
     """Refuse members that are not one configuration up to MEMBER_KEYS and the watching keys."""
     from rnnbench.record import flatten, identity
@@ -496,7 +492,7 @@ def build_pack(
         scheduler,
         datamodule.unit,
         lrs=[float(m.cfg.optim.lr) for m in members],
-        clips=[member_value(m.cfg, "trainer.gradient_clip_val") for m in members],
+        clips=[OmegaConf.select(m.cfg, "trainer.gradient_clip_val") for m in members],
         member_dirs=[m.run_dir for m in members],
     )
     # Dropout masks: one stream for the pack, from the first member's seed.
@@ -619,7 +615,7 @@ def fill_member_record(
     record = m.record
     record["task"], record["headline"] = datamodule.task, datamodule.headline_metric
     record["params"], record["env"] = params, env
-    record["timing"] = dict(timing, items_per_s=timing["items_per_s"])
+    record["timing"] = dict(timing)
     if "resume" in pack_record:
         record["resume"] = pack_record["resume"]
     best = task.best[k]
@@ -660,10 +656,10 @@ def fill_member_record(
     record["status"] = "diverged" if why else "completed"
     keep = OmegaConf.select(m.cfg, "checkpoints.keep", default="both")
     if best is not None and keep != "none":
-        write_best_checkpoint(m.run_dir, best, timing["steps"])
+        write_best_checkpoint(m.run_dir, best)
 
 
-def write_best_checkpoint(run_dir: Path, best: dict[str, Any], steps: int) -> None:
+def write_best_checkpoint(run_dir: Path, best: dict[str, Any]) -> None:
     """A member's best weights as checkpoints/best.ckpt: a Lightning-style checkpoint whose
     state_dict is a lone task module's (`model.` + SequenceModel names)."""
     checkpoint = {
@@ -674,7 +670,6 @@ def write_best_checkpoint(run_dir: Path, best: dict[str, Any], steps: int) -> No
         "rnnbench_packed": True,
     }
     AtomicCheckpointIO().save_checkpoint(checkpoint, run_dir / BEST_CKPT)
-    del steps
 
 
 def describe_pack(pack_dir: Path, members: Sequence[Member], status: str) -> None:
@@ -734,7 +729,7 @@ def finish_member_loggers(members: Sequence[Member], group: str | None) -> None:
 # A multirun with pack=K: the sweep's jobs are packed
 
 
-def sweep_jobs(sweep_dir: Path, hydra_cfg: DictConfig) -> list[list[str]]:
+def sweep_jobs(sweep_dir: Path) -> list[list[str]]:
     """Every job of the running sweep, as its override list, in job-number order (the basic
     sweeper's expansion of hydra.sweeper.params and the command line saved in multirun.yaml)."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -747,7 +742,6 @@ def sweep_jobs(sweep_dir: Path, hydra_cfg: DictConfig) -> list[list[str]]:
     arguments += list(OmegaConf.to_container(saved.hydra.overrides.task))
     overrides = OverridesParser.create().parse_overrides(arguments)
     batches = BasicSweeper.split_arguments(overrides, None)
-    del hydra_cfg
     return [list(job) for batch in batches for job in batch]
 
 
@@ -791,7 +785,7 @@ def run_in_sweep(cfg: DictConfig, hydra_cfg: DictConfig, group: str | None) -> R
             "pack writes each member's record into its job's folder"
         )
     num = int(hydra_cfg.job.num)
-    jobs = sweep_jobs(sweep_dir, hydra_cfg)
+    jobs = sweep_jobs(sweep_dir)
     size = check_pack_size(cfg.pack)
     pack = next(p for p in job_packs(jobs, size) if num in p)
     own_dir = sweep_dir / str(num)
