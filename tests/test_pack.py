@@ -94,7 +94,20 @@ def assert_same_run(member: dict, alone: dict) -> None:
 def test_each_member_of_a_pack_of_4_is_its_lone_run(cell, layers, task, tmp_path):
     if task == "classify":
         require_data("sst2")
-    common = [*TASKS[task], *EXACT, f"model={cell}", f"model.num_layers={layers}", "seed=11"]
+    common = [*TASKS[task], *EXACT, f"model={cell}", f"model.num_layers={layers}"]
+    assert_pack_of_4_matches_lone_runs(common, tmp_path)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_a_bidirectional_pack_on_padded_rows_is_its_lone_runs(cell, tmp_path):
+    """Both directions, each row reversed over its own real steps only, two layers."""
+    require_data("sst2")
+    common = [*TASKS["classify"], *EXACT, f"model={cell}", "model.num_layers=2"]
+    assert_pack_of_4_matches_lone_runs([*common, "model.bidirectional=true"], tmp_path)
+
+
+def assert_pack_of_4_matches_lone_runs(common: list[str], tmp_path: Path) -> None:
+    common = [*common, "seed=11"]
     members = pack_of([*common, "pack=4"], tmp_path / "pack")
     assert [m["seed"] for m in members] == [11, 12, 13, 14]
     for k, member in enumerate(members):
