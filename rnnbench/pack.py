@@ -117,6 +117,7 @@ class PackedTask:
         self._rates: list[float] | None = None  # this step's per-member learning rates
         self._before: list[Tensor] | None = None
         self._restored: dict[str, Any] | None = None
+        self._limits: Tensor | None = None  # the members' clipping thresholds, as a tensor
 
     @property
     def members(self) -> int:
@@ -182,12 +183,10 @@ class PackedTask:
         norm = squares.sum(0).sqrt()
         self.grad_norm = norm.detach()
         if any(c is not None for c in self.clips):
-            limits = torch.tensor(
-                [math.inf if c is None else float(c) for c in self.clips],
-                dtype=norm.dtype,
-                device=norm.device,
-            )
-            factor = torch.clamp(limits / (norm + 1e-6), max=1.0)
+            if self._limits is None:  # the thresholds never change: made once
+                thresholds = [math.inf if c is None else float(c) for c in self.clips]
+                self._limits = norm.new_tensor(thresholds)
+            factor = torch.clamp(self._limits / (norm + 1e-6), max=1.0)
             for p in params:
                 p.grad.mul_(factor.view(-1, *[1] * (p.dim() - 1)))
         self.prepare_update(optimizer)
@@ -399,15 +398,6 @@ def seed_members(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> list[M
     return members
 
 
-def check_pack_size(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(
-            f"pack={value!r} is not allowed: use a whole number of runs to train at once "
-            f"(pack=4), or null to train each run alone"
-        )
-    return value
-
-
 def run_packed(
     cfg: DictConfig, hydra_cfg: DictConfig, multirun: bool, group: str | None
 ) -> list[Record]:
@@ -415,8 +405,7 @@ def run_packed(
     multirun, this job's record, from its pack (`run_in_sweep`)."""
     from rnnbench.config import check_config
 
-    check_config(cfg)
-    check_pack_size(cfg.pack)
+    check_config(cfg)  # pack: a whole number >= 1 (config.CHECKS)
     if multirun:
         return [run_in_sweep(cfg, hydra_cfg, group)]
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -612,6 +601,8 @@ def fill_member_record(
     pack_record: dict[str, Any],
 ) -> None:
     """Member k's record, as its lone run's would be; its best weights as best.ckpt."""
+    from rnnbench.train import nonfinite_metrics
+
     record = m.record
     record["task"], record["headline"] = datamodule.task, datamodule.headline_metric
     record["params"], record["env"] = params, env
@@ -644,13 +635,8 @@ def fill_member_record(
         weights = task.model.member_state_dict(k)
         if not all(bool(torch.isfinite(w).all()) for w in weights.values()):
             why = "the weights became non-finite"
-        bad = sorted(
-            key
-            for key, v in record["metrics"].items()
-            if key.startswith(("val/", "test/")) and isinstance(v, float) and not math.isfinite(v)
-        )
-        if why is None and bad:
-            why = f"{', '.join(bad)} not finite"
+        else:
+            why = nonfinite_metrics(record["metrics"])
     if why:
         record["notes"].append(f"diverged: {why}")
     record["status"] = "diverged" if why else "completed"
@@ -786,7 +772,7 @@ def run_in_sweep(cfg: DictConfig, hydra_cfg: DictConfig, group: str | None) -> R
         )
     num = int(hydra_cfg.job.num)
     jobs = sweep_jobs(sweep_dir)
-    size = check_pack_size(cfg.pack)
+    size = int(cfg.pack)
     pack = next(p for p in job_packs(jobs, size) if num in p)
     own_dir = sweep_dir / str(num)
     pack_dir = sweep_dir / "packs" / "-".join(str(n) for n in pack)

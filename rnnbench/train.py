@@ -341,6 +341,11 @@ def divergence(task: pl.LightningModule, model: nn.Module, metrics: dict[str, An
         return "the training loss became non-finite"
     if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
         return "the weights became non-finite"
+    return nonfinite_metrics(metrics)
+
+
+def nonfinite_metrics(metrics: dict[str, Any]) -> str | None:
+    """Which validation or test metrics are inf or NaN, in words; None when none is."""
     bad = sorted(
         k
         for k, v in metrics.items()
