@@ -56,12 +56,18 @@ RECORDS_DIR = "records"
 TIMES_FILE = "recipe_times.csv"
 CSV_FILE = "reproduction.csv"
 BEGIN, END = "<!-- rnnbench-reproduce:begin -->", "<!-- rnnbench-reproduce:end -->"
+# The README's table of the rows run here, made from reproduction.csv (`--readme README.md`).
+README_BEGIN = "<!-- rnnbench-reproduce:readme:begin -->"
+README_END = "<!-- rnnbench-reproduce:readme:end -->"
 TOLERANCE = 0.02  # "reproduced": within 2 % of the paper on the metric's own side
 GPU_HOURS = 6.0  # a recipe needing more training than this here is left for a GPU
 CELLS = ("lstm", "gru", "rnn", "rnn_relu")  # the paper's column order
 TUNED = "_tuned"  # recipe name suffix: a row beside the paper's, with settings tuned here
+# std: the seeds' sample standard deviation (blank for one seed); train_h: training hours per
+# seed (their records' timing); train_partial: a resumed run timed only its last part.
 CSV_COLUMNS = (
-    "source", "task", "cell", "metric", "direction", "paper", "ours", "budget", "seeds", "command"
+    "source", "task", "cell", "metric", "direction", "paper", "ours", "budget", "seeds", "std",
+    "train_h", "train_partial", "command",
 )  # fmt: skip
 
 
@@ -75,6 +81,8 @@ class Source:
     page: str
     tasks: tuple[str, ...]  # the paper's row order
     metrics: tuple[str, ...] = ()  # extra metrics shown beside the headline (Zaremba: val/ppl)
+    cited: str = ""  # the README table's source column
+    task_names: dict[str, str] = field(default_factory=dict)  # the README's task column
 
 
 SOURCES = {
@@ -93,6 +101,17 @@ SOURCES = {
             "ptb_word",
             "ptb_char",
         ),  # fmt: skip
+        cited="Bai et al. 2018",
+        task_names={
+            "seq_mnist": "sequential MNIST",
+            "pmnist": "permuted MNIST",
+            "adding": "adding, T=600",
+            "copy_memory": "copy memory, T=1000",
+            "jsb": "JSB Chorales",
+            "nottingham": "Nottingham",
+            "ptb_word": "PTB words",
+            "ptb_char": "PTB characters",
+        },
     ),
     "zaremba": Source(
         "zaremba",
@@ -101,6 +120,8 @@ SOURCES = {
         "zaremba.md",
         tasks=("small", "medium", "large"),
         metrics=("val/ppl",),
+        cited="Zaremba et al. 2014",
+        task_names={t: f"PTB words, {t}" for t in ("small", "medium", "large")},
     ),
     "seq2seq": Source(
         "seq2seq",
@@ -110,6 +131,13 @@ SOURCES = {
         "sacreBLEU's on 13a tokens",
         "seq2seq.md",
         tasks=("lstm", "gru_context", "gru_attention", "small"),
+        cited="bentrevett seq2seq tutorial",
+        task_names={
+            "lstm": "Multi30k de→en, LSTM enc-dec",
+            "gru_context": "Multi30k de→en, GRU with context",
+            "gru_attention": "Multi30k de→en, GRU with attention",
+            "small": "Multi30k de→en, small GRU (ours)",
+        },
     ),
 }
 
@@ -185,8 +213,7 @@ class Row:
     def ours(self) -> float | None:
         if self.kept is not None:
             return float(self.kept["ours"]) if self.kept["ours"] else None
-        values = [r["metrics"].get(self.metric) for r in self.runs]
-        values = [v for v in values if isinstance(v, int | float) and math.isfinite(v)]
+        values = self.values
         return sum(values) / len(values) if values else None
 
     @property
@@ -202,9 +229,40 @@ class Row:
         """Ours no worse than the paper by more than TOLERANCE; None when either is missing."""
         if self.paper is None or self.ours is None or self.budget != "full":
             return None
-        if self.sign < 0:
-            return self.ours <= (1 + TOLERANCE) * self.paper
-        return self.ours >= (1 - TOLERANCE) * self.paper
+        return is_within(self.ours, self.paper, lower=self.sign < 0)
+
+    @property
+    def values(self) -> list[float]:
+        """The metric of each run behind the row (finite ones)."""
+        values = [r["metrics"].get(self.metric) for r in self.runs]
+        return [v for v in values if isinstance(v, int | float) and math.isfinite(v)]
+
+    @property
+    def std(self) -> float | None:
+        """The seeds' sample standard deviation; None for fewer than two."""
+        if self.kept is not None:
+            return float(self.kept["std"]) if self.kept.get("std") else None
+        values = self.values
+        if len(values) < 2:
+            return None
+        mean = sum(values) / len(values)
+        return (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+
+    @property
+    def train_hours(self) -> float | None:
+        """Training hours per run (the mean of their records' timing); None when untimed."""
+        if self.kept is not None:
+            return float(self.kept["train_h"]) if self.kept.get("train_h") else None
+        seconds = [r.get("timing", {}).get("train_s") for r in self.runs]
+        seconds = [x for x in seconds if isinstance(x, int | float)]
+        return sum(seconds) / len(seconds) / 3600 if seconds else None
+
+    @property
+    def train_partial(self) -> bool:
+        """Some run behind the row was resumed and timed only its last part."""
+        if self.kept is not None:
+            return self.kept.get("train_partial") == "true"
+        return any(is_partly_timed(r) for r in self.runs)
 
     @property
     def seeds(self) -> int:
@@ -297,6 +355,11 @@ def collect(
     return rows
 
 
+def is_within(ours: float, paper: float, lower: bool) -> bool:
+    """Ours no worse than the paper by more than TOLERANCE, on the metric's own side."""
+    return ours <= (1 + TOLERANCE) * paper if lower else ours >= (1 - TOLERANCE) * paper
+
+
 def fmt(x: float | None) -> str:
     if x is None:
         return "-"
@@ -305,10 +368,21 @@ def fmt(x: float | None) -> str:
     return f"{x:.4g}" if abs(x) < 1 else f"{x:.2f}"
 
 
-def delta_text(row: Row) -> str:
-    if row.paper is None or row.ours is None:
+def mean_text(mean: float | None, std: float | None, seeds: int) -> str:
+    """`8.48`, or `8.48 ± 0.019 (3 seeds)`: the spread to two significant digits."""
+    text = fmt(mean)
+    return f"{text} ± {std:.2g} ({seeds} seeds)" if std is not None and seeds > 1 else text
+
+
+def percent_change(ours: float | None, paper: float | None) -> str:
+    """Δ = ours / paper − 1, e.g. `+1.9%`; `-` when either is missing."""
+    if paper is None or ours is None:
         return "-"
-    return f"{100 * (row.ours / row.paper - 1):+.1f}%"
+    return f"{100 * (ours / paper - 1):+.1f}%"
+
+
+def delta_text(row: Row) -> str:
+    return percent_change(row.ours, row.paper)
 
 
 def ours_text(row: Row) -> str:
@@ -320,13 +394,7 @@ def ours_text(row: Row) -> str:
         return f"not run yet — about {row.hours:.1f} h on this CPU"
     if row.diverged:
         return "diverged"
-    text = fmt(row.ours)
-    if len(row.runs) > 1:
-        values = [r["metrics"][row.metric] for r in row.runs if row.metric in r["metrics"]]
-        mean = sum(values) / len(values)
-        std = (sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1)) ** 0.5
-        text += f" ± {fmt(std)} ({len(values)} seeds)"
-    return text
+    return mean_text(row.ours, row.std, len(row.values) if row.kept is None else row.seeds)
 
 
 KEPT_NOTE = "record not in the repo: carried over from the committed reproduction.csv"
@@ -350,18 +418,21 @@ def is_partly_timed(record: dict[str, Any]) -> bool:
     return bool(timing.get("partial") or (record.get("resumed_from") and "items" not in timing))
 
 
+def duration_text(hours: float | None) -> str:
+    """`5.1 min` or `1.7 h`; `-` when untimed."""
+    if hours is None:
+        return "-"
+    return f"{hours:.1f} h" if hours >= 1 else f"{hours * 60:.1f} min"
+
+
 def trained_text(row: Row) -> str:
     """How long the runs behind a row trained here (their record's timing), e.g. 5.1 min."""
-    seconds = [r.get("timing", {}).get("train_s") for r in row.runs]
-    seconds = [x for x in seconds if isinstance(x, int | float)]
-    if not seconds:
-        return "-"
-    mean = sum(seconds) / len(seconds)
-    text = f"{mean / 3600:.1f} h" if mean >= 3600 else f"{mean / 60:.1f} min"
+    text = duration_text(row.train_hours)
     # A run resumed from a checkpoint that did not carry the training time so far (or recorded
     # before records said so) timed only its last part.
-    partial = any(is_partly_timed(r) for r in row.runs)
-    return f"> {text} (resumed; earlier parts untimed)" if partial else text
+    if row.train_partial and row.train_hours is not None:
+        return f"> {text} (resumed; earlier parts untimed)"
+    return text
 
 
 def render_table(rows: Sequence[Row]) -> str:
@@ -445,18 +516,98 @@ def csv_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
             "ours": "" if row.ours is None else f"{row.ours:.6g}",
             "budget": row.budget,
             "seeds": row.seeds,
+            "std": "" if row.std is None else f"{row.std:.4g}",
+            "train_h": "" if row.train_hours is None else f"{row.train_hours:.4g}",
+            "train_partial": "true" if row.train_partial and row.train_hours else "",
             "command": row.command,
         }
         for row in rows
     ]
 
 
-def write_csv(path: Path, rows: Sequence[Row]) -> None:
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """The lines of a reproduction.csv; none when it does not exist."""
+    if not path.is_file():
+        return []
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def write_csv(path: Path, lines: Sequence[dict[str, Any]]) -> None:
     f = io.StringIO(newline="")
-    writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+    writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, restval="")
     writer.writeheader()
-    writer.writerows(csv_rows(rows))
+    writer.writerows(lines)
     write_text(path, f.getvalue())
+
+
+def csv_lines(rows: Sequence[Row], previous: Sequence[dict[str, str]]) -> list[dict[str, Any]]:
+    """The CSV's lines: the rows made now, with the previous lines of the sources not made
+    now (`--source`) kept as they were; grouped by source in SOURCES order."""
+    made = {row.recipe.source for row in rows}
+    lines = [line for line in previous if line["source"] not in made] + csv_rows(rows)
+    order = list(SOURCES)
+    return sorted(lines, key=lambda line: order.index(line["source"]))  # stable within one
+
+
+def readme_block(lines: Sequence[dict[str, str]]) -> str:
+    """The README's table of every row run here (full or reduced budget), from the lines of
+    reproduction.csv: ours (mean ± std over seeds) beside the paper, Δ, and time per seed."""
+    out = [
+        README_BEGIN,
+        "<!-- made by `rnnbench-reproduce --readme README.md` from results/reproduction.csv -->",
+        "| source | task | cell | metric | paper | ours | Δ | trained here, per seed |",
+        "|---|---|---|---|---:|---:|---:|---:|",
+    ]
+    partial = False
+    for line in lines:
+        if line["budget"] in ("", "not run"):
+            continue
+        source = SOURCES[line["source"]]
+        paper = float(line["paper"]) if line["paper"] else None
+        ours = float(line["ours"]) if line["ours"] else None
+        std = float(line["std"]) if line.get("std") else None
+        delta = percent_change(ours, paper)
+        if line["budget"] != "full":
+            delta += ", reduced budget"
+        elif paper is not None and ours is not None:
+            if not is_within(ours, paper, lower=line["direction"] == "lower"):
+                delta = f"**{delta}**, missed"
+        hours = float(line["train_h"]) if line.get("train_h") else None
+        trained = duration_text(hours)
+        if line.get("train_partial") == "true" and hours is not None:
+            trained, partial = f"> {trained} ¹", True
+        cell = line["cell"].upper().replace("(TUNED)", "(tuned)")
+        task = source.task_names.get(line["task"], line["task"])
+        out.append(
+            f"| {source.cited or source.name} | {task} "
+            f"| {cell} | {line['metric']} | {fmt(paper)} "
+            f"| {mean_text(ours, std, int(line['seeds'] or 0))} | {delta} | {trained} |"
+        )
+    if partial:
+        out += [
+            "",
+            "¹ Resumed across sessions before a resumed record kept the earlier parts' "
+            "training time: the time of the last part only.",
+        ]
+    return "\n".join([*out, README_END])
+
+
+def readme_text(path: Path) -> str:
+    """The text of the README whose table `--readme` rewrites; refused without its markers."""
+    text = path.read_text() if path.is_file() else ""
+    if README_BEGIN not in text or README_END not in text.split(README_BEGIN, 1)[1]:
+        raise ReproduceError(
+            f"--readme {path}: no {README_BEGIN} ... {README_END} markers in it; add them where "
+            "the table goes"
+        )
+    return text
+
+
+def write_readme(path: Path, lines: Sequence[dict[str, str]]) -> None:
+    """Replace the table between the README markers of `path`."""
+    head, rest = readme_text(path).split(README_BEGIN, 1)
+    write_text(path, head + readme_block(lines) + rest.split(README_END, 1)[1])
 
 
 def row_id(source: str, task: str, cell: str, metric: str) -> tuple[str, str, str, str]:
@@ -467,14 +618,13 @@ def carry_over(rows: Sequence[Row], path: Path) -> int:
     """Give each row no run record backs ("not run") the committed line of `path` that had
     one (a row made before its records were kept in the repo): a regeneration in a fresh
     clone, or with other runs, never turns a measured row into "not run". Returns how many."""
-    if not path.is_file():
+    previous = {
+        row_id(r["source"], r["task"], r["cell"], r["metric"]): r
+        for r in read_csv(path)
+        if r.get("budget") not in (None, "", "not run")
+    }
+    if not previous:
         return 0
-    with path.open() as f:
-        previous = {
-            row_id(r["source"], r["task"], r["cell"], r["metric"]): r
-            for r in csv.DictReader(f)
-            if r.get("budget") not in (None, "", "not run")
-        }
     carried = 0
     for row in rows:
         key = row_id(row.recipe.source, row.recipe.task, row.recipe.label(), row.metric)
@@ -609,6 +759,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="measure training time per recipe (e.g. tcn/ptb_word_lstm, or a source: tcn) and "
         f"merge it into OUT/{TIMES_FILE}; writes no table",
     )
+    parser.add_argument(
+        "--readme",
+        type=Path,
+        metavar="README",
+        help="also rewrite the table between the rnnbench-reproduce:readme markers of this file "
+        "(README.md) from the CSV just written",
+    )
     parser.add_argument("--steps", type=int, default=10, help="steps timed per recipe (--time)")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads while timing (default: torch's)"
@@ -659,6 +816,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if missing:
             raise ReproduceError(f"no such folder: {', '.join(missing)} (give the runs folder)")
         sources = args.source or list(SOURCES)
+        if args.readme:
+            readme_text(args.readme)  # refused before any table is written
         recipes = compose_recipes(recipe_names(sources))
         kept_records = args.out / RECORDS_DIR
         if kept_records.is_dir() and kept_records.resolve() not in [r.resolve() for r in roots]:
@@ -671,8 +830,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             page = args.out / SOURCES[name].page
             write_page(page, render_page(SOURCES[name], mine))
             print(f"wrote {page}")
-        write_csv(args.out / CSV_FILE, rows)
+        lines = csv_lines(rows, read_csv(args.out / CSV_FILE))
+        write_csv(args.out / CSV_FILE, lines)
         print(f"wrote {args.out / CSV_FILE}")
+        if args.readme:
+            write_readme(args.readme, lines)
+            print(f"wrote the table in {args.readme}")
         full = [r for r in rows if r.budget == "full" and r.paper is not None]
         summary = {
             "full": len(full),

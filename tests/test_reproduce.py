@@ -19,6 +19,8 @@ from rnnbench.config import compose
 from rnnbench.reproduce import (
     BEGIN,
     END,
+    README_BEGIN,
+    README_END,
     SOURCES,
     TUNED,
     Recipe,
@@ -26,6 +28,8 @@ from rnnbench.reproduce import (
     collect,
     compose_recipes,
     main,
+    read_csv,
+    readme_block,
     recipe_names,
     render_page,
     render_table,
@@ -159,7 +163,7 @@ def test_cli_writes_every_page_and_the_csv(tmp_path):
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == [
         "source", "task", "cell", "metric", "direction", "paper", "ours", "budget", "seeds",
-        "command",
+        "std", "train_h", "train_partial", "command",
     ]  # fmt: skip
     jsb_rnn = [r for r in rows if (r["source"], r["task"], r["cell"]) == ("tcn", "jsb", "rnn")]
     assert [(r["budget"], r["seeds"], r["direction"]) for r in jsb_rnn] == [
@@ -262,3 +266,74 @@ def test_regeneration_never_turns_a_measured_row_into_not_run(tmp_path):
     assert all(regenerated[k]["budget"] == r["budget"] for k, r in measured.items())
     page = (tmp_path / "clone" / "tcn_table1.md").read_text()
     assert "carried over from the committed reproduction.csv" in page
+
+
+REPO = Path(__file__).parent.parent
+
+
+def test_the_readmes_table_is_made_from_the_committed_csv():
+    """README.md's table of the rows run here is exactly what `--readme` makes of the committed
+    results/reproduction.csv: a row measured, re-measured or dropped there cannot drift."""
+    text = (REPO / "README.md").read_text()
+    block = README_BEGIN + text.split(README_BEGIN, 1)[1].split(README_END, 1)[0] + README_END
+    lines = read_csv(REPO / "results" / "reproduction.csv")
+    assert block == readme_block(lines)
+    run_here = [line for line in lines if line["budget"] != "not run"]
+    assert run_here and block.count("\n| ") == len(run_here) + 1  # the header, then each row
+
+
+def test_readme_table_from_seeds_and_refusals(tmp_path):
+    """Three seeds give mean ± std in the CSV and the README's table; the text around the
+    markers is kept; a README without them is refused before anything is written."""
+    from fixture_runs import write_run
+
+    require_data("poly_music/JSB_Chorales.mat")
+    runs, out = tmp_path / "runs", tmp_path / "results"
+    for seed, nll in ((1, 8.4), (2, 8.5), (3, 8.9)):
+        overrides = ["experiment=tcn/jsb_lstm", f"seed={seed}", "logger=none"]
+        write_run(runs / f"s{seed}", overrides, test=nll, train_s=600.0)
+    readme = tmp_path / "README.md"
+
+    readme.write_text("# title\nno markers here\n")
+    script = Path(sys.executable).parent / "rnnbench-reproduce"
+    refused = subprocess.run(
+        [str(script), str(runs), "-o", str(out), "--readme", str(readme)],
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+    assert f"--readme {readme}: no {README_BEGIN}" in refused.stderr
+    assert not out.exists() or not list(out.glob("*.csv"))
+    assert readme.read_text() == "# title\nno markers here\n"
+
+    readme.write_text(f"# title\nbefore\n{README_BEGIN}\nstale\n{README_END}\nafter\n")
+    assert main([str(runs), "-o", str(out), "--readme", str(readme)]) == 0
+    row = read_csv_rows(out / "reproduction.csv")["tcn", "jsb", "lstm", "test/nll"]
+    assert (row["ours"], row["seeds"], row["std"], row["train_h"]) == (
+        "8.6",
+        "3",
+        "0.2646",
+        "0.1667",
+    )
+    text = readme.read_text()
+    assert text.startswith("# title\nbefore\n" + README_BEGIN) and text.endswith("after\n")
+    assert "stale" not in text
+    assert (
+        "| Bai et al. 2018 | JSB Chorales | LSTM | test/nll | 8.45 | 8.60 ± 0.26 (3 seeds) "
+        "| +1.8% | 10.0 min |" in text
+    )
+    assert text.count("\n| ") == 2  # only the row run here, under its header
+
+
+def test_one_source_keeps_the_other_sources_rows(tmp_path):
+    """`--source tcn` rewrites the tcn lines of reproduction.csv and leaves every other
+    source's line as it was committed."""
+    clone = tmp_path / "clone"
+    shutil.copytree(REPO / "results", clone)
+    (tmp_path / "empty").mkdir()
+    before = read_csv_rows(clone / "reproduction.csv")
+    assert main([str(tmp_path / "empty"), "-o", str(clone), "--source", "tcn"]) == 0
+    after = read_csv_rows(clone / "reproduction.csv")
+    assert set(after) == set(before)
+    others = {k for k in before if k[0] != "tcn"}
+    assert others and all(after[k] == before[k] for k in others)
