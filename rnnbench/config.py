@@ -292,10 +292,10 @@ def cross_problem(cfg: DictConfig) -> str | None:
             )
     model = cfg.get("model") or {}
     cell = model.get("cell")
-    if model.get("forget_bias") is not None and cell != "lstm":
+    if model.get("forget_bias") is not None and cell not in ("lstm", "gru"):
         return (
-            f"model.forget_bias={model.get('forget_bias')} applies to model.cell=lstm only: "
-            f"set it to null for model.cell={cell}"
+            f"model.forget_bias={model.get('forget_bias')} applies to model.cell=lstm or gru "
+            f"only (the forget gate, the update gate): set it to null for model.cell={cell}"
         )
     if model.get("gru_reset", "after") != "after" and cell != "gru":
         return (

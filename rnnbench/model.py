@@ -17,18 +17,23 @@ READOUTS = ("all", "last")
 # With model.tbptt: one optimizer step per sequence (its chunks' gradients summed), or one per
 # chunk (the state carried on, detached), as Williams & Peng's BPTT(h; h') and Lightning 1.x did.
 TBPTT_UPDATES = ("sequence", "chunk")
+KEEP_GATE_CELLS = ("lstm", "gru")  # the cells model.forget_bias applies to
 
 
 def set_forget_bias(stack: RecurrentStack, value: float) -> None:
-    """An LSTM stack's initial forget-gate bias (Gers et al. 2000; Jozefowicz et al. 2015)."""
-    if stack.cell != "lstm":
+    """The initial bias of the gate that keeps the state: an LSTM's forget gate (Gers et al.
+    2000; Jozefowicz et al. 2015), a GRU's update gate z (h' = (1 - z) n + z h, so a positive
+    bias starts it carrying h on, as the forget bias does c)."""
+    if stack.cell not in KEEP_GATE_CELLS:
         raise ConfigError(
-            f"model.forget_bias is for LSTM only: set it to null for model.cell={stack.cell}"
+            f"model.forget_bias is for LSTM and GRU only: set it to null for "
+            f"model.cell={stack.cell}"
         )
     h = stack.hidden_size
     with torch.no_grad():
         for name, p in stack.rnn.named_parameters():
-            if name.startswith("bias_ih"):  # gates i, f, g, o: the forget gate is f
+            # LSTM gates i, f, g, o; GRU gates r, z, n: the keeping gate is the second of both.
+            if name.startswith("bias_ih"):
                 p[h : 2 * h] = value
             elif name.startswith("bias_hh"):
                 p[h : 2 * h] = 0.0

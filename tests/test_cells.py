@@ -176,3 +176,27 @@ def test_written_out_backward_passes_gradcheck(cell):
     assert torch.autograd.gradcheck(scan, inputs)
     # Only the outputs used (the final states' gradients arrive as None).
     assert torch.autograd.gradcheck(lambda *a: scan(*a)[0].sin().sum(), inputs)
+
+
+@pytest.mark.parametrize("impl", ["fused", "scratch"])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_forget_bias_opens_the_gate_that_keeps_the_state(cell, impl):
+    """model.forget_bias sets the LSTM's forget gate and the GRU's update gate z, the gates
+    that carry the state on. With every weight zero and that bias large, the state passes
+    through unchanged; the bias on any other gate would halve it or let the input in."""
+    from rnnbench.model import set_forget_bias
+
+    stack = RecurrentStack(cell, IN, HID, 1, False, impl=impl).double()
+    with torch.no_grad():
+        for p in stack.parameters():
+            p.zero_()
+    set_forget_bias(stack, 20.0)
+    x = torch.randn(B, T, IN, dtype=torch.float64)
+    h0 = torch.randn(1, B, HID, dtype=torch.float64)
+    state = (h0, torch.randn(1, B, HID, dtype=torch.float64)) if cell == "lstm" else h0
+    _, final = stack(x, state)
+    kept = final[1] if cell == "lstm" else final  # the LSTM keeps its cell state c
+    carried = state[1] if cell == "lstm" else h0
+    torch.testing.assert_close(kept, carried, atol=1e-7, rtol=0)
+    with pytest.raises(ConfigError, match="model.forget_bias is for LSTM and GRU only"):
+        set_forget_bias(RecurrentStack("rnn", IN, HID, 1, False), 1.0)

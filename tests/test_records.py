@@ -477,11 +477,11 @@ BAD_VALUES = {
     "devices 0": (["trainer.devices=0"], "trainer.devices=0 is not allowed"),
     "checkpoint steps": (["checkpoint_every_n_steps=0"], "checkpoint_every_n_steps=0 is not"),
     "gru option on lstm": (["model.gru_reset=before"], "applies to model.cell=gru only"),
-    "forget bias on gru": (["model=gru", "model.forget_bias=1"], "applies to model.cell=lstm"),
+    "forget bias on rnn": (["model=rnn", "model.forget_bias=1"], "applies to model.cell=lstm"),
     "data.name a path": (["data.name=../../escape"], "data.name='../../escape' is not allowed"),
     "results_root under a file": (["results_root=afile/runs"], "afile is a file, not a folder"),
     "sweep value": (["-m", "optim.lr=0.1,-5"], "optim.lr=-5 is not allowed"),
-    "sweep group value": (["-m", "model=lstm,gru", "model.forget_bias=1"], "model.cell=gru"),
+    "sweep group value": (["-m", "model=lstm,rnn", "model.forget_bias=1"], "model.cell=rnn"),
 }
 
 
