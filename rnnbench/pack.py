@@ -559,6 +559,9 @@ def train_members(members: list[Member], pack_dir: Path, group: str | None) -> l
         for m in members:
             m.record["status"] = "interrupted"
         status = "interrupted"
+        from rnnbench.train import hold_stop_signals
+
+        hold_stop_signals()
         raise
     except BaseException as e:
         from rnnbench.errors import find_user_error

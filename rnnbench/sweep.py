@@ -43,20 +43,30 @@ def summarize(records: list[dict[str, Any]]) -> tuple[str, Counter]:
     return f"sweep: {len(records)} jobs: " + ", ".join(parts), counts
 
 
+def process_state(pid: int) -> tuple[str, int] | None:
+    """(state, parent pid) of a process, read from /proc; None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # pid (comm) state ppid ...: comm may hold spaces, so split after its ')'.
+            state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
+    except (OSError, IndexError, ValueError):
+        return None
+    return state, int(ppid)
+
+
+def is_alive(pid: int) -> bool:
+    """The process exists and has not exited (a zombie waiting to be reaped has)."""
+    found = process_state(pid)
+    return found is not None and found[0] != "Z"
+
+
 def descendants(pid: int) -> list[int]:
     """Every live process below `pid` (children, their children, ...), read from /proc."""
     parents: dict[int, list[int]] = {}
     for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                # pid (comm) state ppid ...: comm may hold spaces, so split after its ')'.
-                state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
-        except (OSError, IndexError, ValueError):
-            continue
-        if state != "Z":
-            parents.setdefault(int(ppid), []).append(int(entry))
+        found = process_state(int(entry)) if entry.isdigit() else None
+        if found is not None and found[0] != "Z":
+            parents.setdefault(found[1], []).append(int(entry))
     found, todo = [], [pid]
     while todo:
         for child in parents.get(todo.pop(), []):
@@ -77,14 +87,17 @@ def stop_workers(sweep_dir: str | Path, grace_s: float = 60.0) -> None:
         except ProcessLookupError:
             pass
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and set(workers) & set(descendants(os.getpid())):
+    # The workers themselves are watched, not "whoever is below us now": a job whose launching
+    # process died first (submitit's) is re-parented away while it still writes its record.
+    while time.monotonic() < deadline and any(is_alive(pid) for pid in workers):
         if not unrecorded_runs(sweep_dir):
             time.sleep(0.5)  # the jobs' last lines
             break
         time.sleep(0.2)
-    for pid in descendants(os.getpid()):
+    for pid in {*workers, *descendants(os.getpid())}:
         try:
-            os.kill(pid, signal.SIGKILL)
+            if is_alive(pid):
+                os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
 

@@ -256,7 +256,7 @@ def run(
             return reused
     loggers: list = []
     best_path: str | None = None  # the checkpoint the test scores, known once training ended
-    previous_sigterm = _sigterm_interrupts()
+    previous_handlers = _sigterm_interrupts()
     try:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule = instantiate(cfg.data)
@@ -313,6 +313,7 @@ def run(
         return record
     except (KeyboardInterrupt, SystemExit):
         record["status"] = "interrupted"
+        hold_stop_signals()
         raise
     except BaseException as e:
         user = find_user_error(e)
@@ -330,8 +331,10 @@ def run(
                 # resumes from. A config composed without the key keeps both, as runs always did.
                 keep = OmegaConf.select(cfg, "checkpoints.keep", default="both")
                 drop_checkpoints(run_dir, keep, best_path)
-        if previous_sigterm is not None:
-            signal.signal(signal.SIGTERM, previous_sigterm)
+        if record["status"] != "interrupted":
+            # An interrupted run's process is ending (a sweep's with it): a repeated stop must
+            # not cut that short either, so the signals stay held.
+            restore_signals(previous_handlers)
 
 
 def divergence(task: pl.LightningModule, model: nn.Module, metrics: dict[str, Any]) -> str | None:
@@ -416,17 +419,42 @@ def last_checkpoint(checkpoints: Path, every_n_train_steps: int) -> ModelCheckpo
     )
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 def _raise_interrupt(signum, frame) -> None:
+    hold_stop_signals()
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _sigterm_interrupts():
-    """Make SIGTERM (a scheduler's or `kill`'s polite stop) end the run like Ctrl-C, so it is
-    recorded as interrupted; returns the handler to restore, None off the main thread."""
+def hold_stop_signals() -> None:
+    """Ignore SIGTERM and SIGINT while an interrupted run writes its record: the first stop
+    interrupts, and a repeated one (submitit's controller forwards the SIGTERM the sweep also
+    sends each job; a second Ctrl-C) must not cut the record short. Main thread only."""
     try:
-        return signal.signal(signal.SIGTERM, _raise_interrupt)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
     except ValueError:  # signal handlers can only be set from the main thread
-        return None
+        pass
+
+
+def _sigterm_interrupts() -> dict[int, Any]:
+    """Make SIGTERM (a scheduler's or `kill`'s polite stop) end the run like Ctrl-C, so it is
+    recorded as interrupted; returns the stop signals' handlers to restore (none off the main
+    thread)."""
+    try:
+        previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+    except ValueError:  # signal handlers can only be set from the main thread
+        return {}
+    return previous
+
+
+def restore_signals(previous: dict[int, Any]) -> None:
+    """Put back the handlers `_sigterm_interrupts` found."""
+    for sig, handler in previous.items():
+        if handler is not None:
+            signal.signal(sig, handler)
 
 
 def best_epoch(rows: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -145,13 +145,13 @@ def test_every_config_option_composes():
                 get_method(target)  # imports it: raises when it does not exist
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_stopped_run_is_recorded_as_interrupted(signum, tmp_path):
+def start_long_run(tmp_path: Path, logger: str = "none") -> subprocess.Popen:
+    """A run of 200 epochs, once its first epoch has finished (its metrics.csv exists)."""
     script = Path(sys.executable).parent / "rnnbench"
     proc = subprocess.Popen(
         [
             str(script),
-            "logger=none",
+            f"logger={logger}",
             "trainer.max_epochs=200",
             "model.hidden_size=16",
             "model.num_layers=1",
@@ -170,9 +170,36 @@ def test_stopped_run_is_recorded_as_interrupted(signum, tmp_path):
             proc.kill()  # never wait on a run of 200 epochs to read its stderr
             pytest.fail(f"no epoch finished: {proc.communicate()[1][-2000:]}")
         time.sleep(0.2)
+    return proc
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_stopped_run_is_recorded_as_interrupted(signum, tmp_path):
+    proc = start_long_run(tmp_path)
     proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode != 0
     [record] = records(tmp_path / "runs")
     assert record["status"] == "interrupted", stderr[-2000:]
     assert record["finished"] is not None
+
+
+def test_a_burst_of_stop_signals_still_records_the_run(tmp_path):
+    """The first stop interrupts; the ones after it (submitit's controller forwards the SIGTERM
+    a stopped sweep also sends each job; a user presses Ctrl-C again) are held off until the
+    record is written, W&B's finish included, instead of cutting it short."""
+    proc = start_long_run(tmp_path, logger="wandb")
+    deadline, sent = time.monotonic() + 20, 0
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            proc.send_signal(signal.SIGTERM if sent % 3 else signal.SIGINT)
+        except ProcessLookupError:
+            break
+        sent += 1
+        time.sleep(0.01)
+    _, stderr = proc.communicate(timeout=60)
+    assert sent > 1 and proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr, stderr[-2000:]
+    [record] = records(tmp_path / "runs")
+    assert record["status"] == "interrupted" and record["finished"] is not None
+    assert record["wandb"]["id"]  # finish_wandb ran to its end
