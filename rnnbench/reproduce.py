@@ -272,9 +272,15 @@ class Row:
     def command(self) -> str:
         if self.kept is not None:
             return self.kept["command"]
-        if self.runs:
-            return "rnnbench " + " ".join(self.runs[0].get("overrides") or [])
-        return f"rnnbench experiment={self.recipe.name}"
+        if not self.runs:
+            return f"rnnbench experiment={self.recipe.name}"
+        overrides = list(self.runs[0].get("overrides") or [])
+        seeds = sorted({r.get("seed") for r in self.runs if r.get("seed") is not None})
+        if len(seeds) < 2:
+            return "rnnbench " + " ".join(overrides)
+        # Several seeds: the one multirun that makes them all.
+        others = [o for o in overrides if not o.startswith("seed=")]
+        return f"rnnbench -m {' '.join(others)} seed={','.join(map(str, seeds))}"
 
 
 def recipe_names(sources: Iterable[str] = SOURCES, conf_dir: Path = CONF_DIR) -> list[str]:

@@ -315,6 +315,7 @@ def test_readme_table_from_seeds_and_refusals(tmp_path):
         "0.2646",
         "0.1667",
     )
+    assert row["command"] == "rnnbench -m experiment=tcn/jsb_lstm logger=none seed=1,2,3"
     text = readme.read_text()
     assert text.startswith("# title\nbefore\n" + README_BEGIN) and text.endswith("after\n")
     assert "stale" not in text
