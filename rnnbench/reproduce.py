@@ -623,7 +623,8 @@ def row_id(source: str, task: str, cell: str, metric: str) -> tuple[str, str, st
 def carry_over(rows: Sequence[Row], path: Path) -> int:
     """Give each row no run record backs ("not run") the committed line of `path` that had
     one (a row made before its records were kept in the repo): a regeneration in a fresh
-    clone, or with other runs, never turns a measured row into "not run". Returns how many."""
+    clone, or with other runs, never turns a measured row into "not run"; nor does a shortened
+    check run of the recipe displace a committed full-budget line. Returns how many."""
     previous = {
         row_id(r["source"], r["task"], r["cell"], r["metric"]): r
         for r in read_csv(path)
@@ -634,8 +635,13 @@ def carry_over(rows: Sequence[Row], path: Path) -> int:
     carried = 0
     for row in rows:
         key = row_id(row.recipe.source, row.recipe.task, row.recipe.label(), row.metric)
-        if row.budget == "not run" and key in previous:
-            row.kept, row.budget = previous[key], previous[key]["budget"]
+        if key not in previous:
+            continue
+        if row.budget == "not run" or (
+            row.budget == "reduced" and previous[key]["budget"] == "full"
+        ):
+            row.kept, row.budget, row.runs = previous[key], previous[key]["budget"], []
+            row.differs = []
             carried += 1
     return carried
 

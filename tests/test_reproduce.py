@@ -267,6 +267,15 @@ def test_regeneration_never_turns_a_measured_row_into_not_run(tmp_path):
     page = (tmp_path / "clone" / "tcn_table1.md").read_text()
     assert "carried over from the committed reproduction.csv" in page
 
+    # A shortened check of a recipe whose committed line is at full budget: the line stays.
+    full = {k: r for k, r in measured.items() if r["budget"] == "full"}
+    source, task, cell, metric = key = next(k for k in full if k[0] == "tcn")
+    check = ["experiment=tcn/" + f"{task}_{cell}".replace(" (tuned)", "_tuned")]
+    write_run(runs / "check", [*check, "trainer.max_epochs=2", "logger=none"], test=99.0)
+    assert main([str(runs), "-o", str(tmp_path / "clone")]) == 0
+    again = read_csv_rows(tmp_path / "clone" / "reproduction.csv")[key]
+    assert (again["budget"], again["ours"]) == ("full", full[key]["ours"])
+
 
 REPO = Path(__file__).parent.parent
 
