@@ -271,16 +271,27 @@ class Row:
     @property
     def command(self) -> str:
         if self.kept is not None:
-            return self.kept["command"]
+            return portable(self.kept["command"])
         if not self.runs:
             return f"rnnbench experiment={self.recipe.name}"
-        overrides = list(self.runs[0].get("overrides") or [])
+        overrides = [o for o in self.runs[0].get("overrides") or [] if not is_machine_path(o)]
         seeds = sorted({r.get("seed") for r in self.runs if r.get("seed") is not None})
         if len(seeds) < 2:
             return "rnnbench " + " ".join(overrides)
         # Several seeds: the one multirun that makes them all.
         others = [o for o in overrides if not o.startswith("seed=")]
         return f"rnnbench -m {' '.join(others)} seed={','.join(map(str, seeds))}"
+
+
+def is_machine_path(override: str) -> bool:
+    """An override that says where the runs were written on the machine that ran them: it
+    changes no result, and the path need not exist on a fresh clone."""
+    return override.startswith("results_root=")
+
+
+def portable(command: str) -> str:
+    """A row's command as anyone can run it from a fresh clone (machine paths left out)."""
+    return " ".join(word for word in command.split(" ") if not is_machine_path(word))
 
 
 def recipe_names(sources: Iterable[str] = SOURCES, conf_dir: Path = CONF_DIR) -> list[str]:

@@ -300,6 +300,8 @@ def test_readme_table_from_seeds_and_refusals(tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "results"
     for seed, nll in ((1, 8.4), (2, 8.5), (3, 8.9)):
         overrides = ["experiment=tcn/jsb_lstm", f"seed={seed}", "logger=none"]
+        # Where the runs were written is this machine's path: no part of the row's command.
+        overrides.append(f"results_root={tmp_path / 'elsewhere'}")
         write_run(runs / f"s{seed}", overrides, test=nll, train_s=600.0)
     readme = tmp_path / "README.md"
 
