@@ -28,6 +28,7 @@ from rnnbench.reproduce import (
     collect,
     compose_recipes,
     main,
+    portable,
     read_csv,
     readme_block,
     recipe_names,
@@ -335,6 +336,16 @@ def test_readme_table_from_seeds_and_refusals(tmp_path):
         "| +1.8% | 10.0 min |" in text
     )
     assert text.count("\n| ") == 2  # only the row run here, under its header
+
+
+def test_a_kept_command_loses_only_its_machine_path():
+    """A committed line's command made before results_root was left out runs from a fresh
+    clone once carried over: only the results_root= word goes."""
+    kept = "rnnbench experiment=seq2seq/small logger=csv results_root=/tmp/s2s threads=1"
+    assert portable(kept) == "rnnbench experiment=seq2seq/small logger=csv threads=1"
+    assert portable("rnnbench -m experiment=tcn/jsb_lstm seed=1,2") == (
+        "rnnbench -m experiment=tcn/jsb_lstm seed=1,2"
+    )
 
 
 def test_one_source_keeps_the_other_sources_rows(tmp_path):
