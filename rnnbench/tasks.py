@@ -127,7 +127,13 @@ KINDS: dict[str, TaskKind] = {
             item="tokens",
         ),
         TaskKind(
-            "steps", "all", token_cross_entropy, targets, {"loss": "lower"}, "loss", item="steps"
+            "steps",
+            "all",
+            token_cross_entropy,
+            targets,
+            {"loss": "lower"},
+            "loss",
+            item="time steps",  # not "steps": the summary line also counts optimizer steps
         ),
         TaskKind(
             "classify",

@@ -3,14 +3,20 @@ directions and headline: the modules, datasets, tables and reproduction all read
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import torch
 from torch.nn import functional as F
 
 from rnnbench.module import TASKS
+from rnnbench.summary import format_summary
 from rnnbench.table import metric_direction
 from rnnbench.tasks import KINDS, direction
+
+RECORDS = Path(__file__).resolve().parent.parent / "results" / "records"
 
 
 @pytest.mark.parametrize("name", sorted(KINDS))
@@ -26,6 +32,15 @@ def test_each_module_logs_exactly_the_metrics_its_kind_declares(name):
     assert logged == set(kind.metrics), name
     assert kind.headline in kind.metrics
     assert kind.item != "items"  # the summary's speed line names what was counted
+
+
+def test_the_speed_line_never_calls_two_different_things_steps():
+    """A copy-memory record (committed, full budget): its throughput counts time steps, and the
+    same line counts optimizer steps, so the two must not share a name."""
+    record = json.loads(next(RECORDS.glob("tcn/copy_memory_gru/*/result.json")).read_text())
+    speed = next(line for line in format_summary(record).splitlines() if line.startswith("speed"))
+    assert speed.count("steps") == 2 and "time steps/s over" in speed, speed
+    assert all(kind.item != "steps" for kind in KINDS.values())
 
 
 def test_kind_losses_are_the_textbook_ones():
