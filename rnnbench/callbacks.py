@@ -267,6 +267,11 @@ class ProgressLines(ProgressBar):
     def enable(self) -> None:
         self.enabled = True
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        # A resume goes on inside the epoch that last.ckpt was saved in, and Lightning calls no
+        # on_train_epoch_start for it: the clock starts here too.
+        self.on_train_epoch_start(trainer, pl_module)
+
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._start = self._said = time.monotonic()
         self._batches = 0

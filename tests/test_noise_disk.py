@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -201,3 +202,37 @@ def test_keep_is_not_part_of_the_run_key():
     }
     assert len(keys) == 1
     assert "checkpoints" not in identity(OmegaConf.to_container(compose([]), resolve=True))
+
+
+class EndInSecondEpoch(pl.Callback):
+    """Interrupts a run at its second epoch's first batch, after ResumeCheckpoint wrote last.ckpt
+    there: the relaunch resumes inside an epoch whose start it never sees. In the progress bar's
+    entry, like EndAtTest, so the relaunch has the same run_key."""
+
+    def __init__(self, **_ignored) -> None:
+        pass
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.current_epoch == 1:
+            raise SystemExit(143)
+
+
+def test_a_resumed_runs_progress_lines_time_this_process_only(tmp_path, capsys):
+    """The rate on a resumed epoch's lines counts the batches and seconds of this process: no
+    line may claim fewer batches a second than one batch over the whole relaunch took (a clock
+    never started reads as seconds since boot, and shows a rate near zero)."""
+    two_epochs = [*TINY_REBER, "trainer.max_epochs=2"]
+    with pytest.raises(SystemExit):
+        train(
+            [*two_epochs, f"callbacks.progress_bar._target_={__name__}.EndInSecondEpoch"], tmp_path
+        )
+    capsys.readouterr()
+    shown = ["trainer.enable_progress_bar=true", "callbacks.progress_bar.line_every=0"]
+    began = time.monotonic()
+    record = train([*two_epochs, *shown], tmp_path)
+    took = time.monotonic() - began
+    out = capsys.readouterr().out
+    assert record["status"] == "completed" and record["resume"]["exact"] is True
+    rates = [float(m[1]) for m in re.finditer(r"^epoch 2/2 .*\((\S+) it/s\)$", out, re.M)]
+    assert len(rates) == 5, out  # four batches and the epoch's end
+    assert min(rates) >= 0.99 / took, (rates, took)
