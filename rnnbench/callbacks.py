@@ -110,6 +110,7 @@ class EpochMetricsCSV(pl.callbacks.Checkpoint):
         self.path = Path(path)
         self.rows: list[dict] = []
         self.lr = math.nan
+        self.validated = False  # whether validation ran in the epoch now ending
 
     # Saved in checkpoints, so a resumed run's metrics.csv keeps the epochs before the stop.
     def state_dict(self) -> dict:
@@ -124,12 +125,19 @@ class EpochMetricsCSV(pl.callbacks.Checkpoint):
         if math.isnan(self.lr) and trainer.optimizers:
             self.lr = trainer.optimizers[0].param_groups[0]["lr"]
 
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self.validated = self.validated or not trainer.sanity_checking
+
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        # callback_metrics keep the last validation's val/ values: an epoch that ran none (one
+        # that max_steps cut short, check_val_every_n_epoch > 1) must not show them as its own.
+        kept = ("train/", "val/") if self.validated else ("train/",)
         row = {"epoch": trainer.current_epoch, "step": trainer.global_step}
         for key, value in sorted(trainer.callback_metrics.items()):
-            if key.startswith(("train/", "val/")) and key not in STEP_METRICS:
+            if key.startswith(kept) and key not in STEP_METRICS:
                 row[key] = float(value)
         row["lr"], self.lr = self.lr, math.nan
+        self.validated = False
         self.append(row)
 
     def append(self, row: dict[str, Any]) -> None:

@@ -104,6 +104,7 @@ class PackedTask:
         self.alive = [True] * members
         self.diverged_at: list[int | None] = [None] * members  # the epoch of the first bad loss
         self.member_metrics: list[dict[str, float]] = [{} for _ in range(members)]
+        self.validated = False  # whether validation ran in the epoch now ending
         self.epochs = [EpochMetricsCSV(Path(d) / METRICS_FILE) for d in member_dirs]
         self.traces = [
             StepTrace(Path(d) / STEPS_FILE, clip)
@@ -269,18 +270,24 @@ class PackedTask:
                 self.member_metrics[k] |= {f"{split}/{n}": float(v) for n, v in derived.items()}
                 if self.alive[k]:
                     shown.append(float(derived["loss"]))
+        if split == "val" and not self.trainer.sanity_checking:
+            self.validated = True
         if split == "val" and shown:
             self.log("val/loss", sum(shown) / len(shown), prog_bar=True)
 
     def on_train_epoch_end(self) -> None:
         self.log_split("train")
+        # member_metrics keep the last validation's val/ values: as a lone run's metrics.csv,
+        # an epoch that ran none does not show them as its own.
+        kept = ("train/", "val/") if self.validated else ("train/",)
+        self.validated = False
         for k in range(self.members):
             if self.alive[k] or self.diverged_at[k] == self.current_epoch:
                 row = {"epoch": self.current_epoch, "step": self.global_step}
                 row |= {
                     key: value
                     for key, value in sorted(self.member_metrics[k].items())
-                    if key.startswith(("train/", "val/"))
+                    if key.startswith(kept)
                 }
                 row["lr"] = self.epoch_lrs[k]
                 self.epochs[k].append(row)

@@ -176,6 +176,20 @@ def test_a_multirun_packs_its_jobs_and_each_member_is_its_lone_run(tmp_path):
     assert member["metrics"]["test/loss"] == pytest.approx(alone["metrics"]["test/loss"], abs=1e-5)
 
 
+@pytest.mark.parametrize("pack", ["null", "2"])
+def test_an_epoch_without_validation_shows_none(pack, tmp_path):
+    """check_val_every_n_epoch=2 over 3 epochs validates after epoch 1 only: epochs 0 and 2 have
+    no val/ values in metrics.csv, lone or packed (both hold the last validation's)."""
+    args = [*QUIET, *TINY, "trainer.max_epochs=3", "+trainer.check_val_every_n_epoch=2"]
+    done = rnnbench_cli([*args, f"pack={pack}", "hydra.run.dir=run"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    folder = tmp_path / "run" / ("member-0" if pack == "2" else "")
+    rows = read_trace(folder / "metrics.csv")
+    assert list(rows["epoch"]) == [0, 1, 2]
+    assert list(rows["val/loss"].notna()) == [False, True, False]
+    assert rows["train/loss"].notna().all()
+
+
 def test_a_diverged_member_is_frozen_and_the_others_train_on(tmp_path):
     """One member's learning rate blows its loss up: it is recorded diverged, the other
     completes exactly as its lone run does."""

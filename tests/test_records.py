@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from conftest import (
@@ -31,6 +32,7 @@ from conftest import (
     wait_for,
 )
 from rnnbench.errors import ConfigError
+from rnnbench.record import read_trace
 from rnnbench.sweep import descendants
 
 QUIET = ["logger=none", "trainer.enable_progress_bar=false"]
@@ -147,6 +149,18 @@ def test_killed_run_resumes_exactly(tmp_path, budget, relaunch_dir, uninterrupte
     assert b["timing"]["items"] == a["timing"]["items"]
     for name in ("metrics.csv", "steps.csv"):
         assert (again / name).read_text() == (whole / name).read_text(), name
+
+
+def test_an_epoch_max_steps_cuts_short_shows_no_validation(uninterrupted):
+    """max_steps=80 stops training 4 steps into epoch 4, where no validation runs: its row in
+    metrics.csv has no val/ values (Lightning's callback_metrics still hold epoch 3's), and the
+    best epoch is one that was validated."""
+    whole = uninterrupted("max_steps binds mid-epoch")
+    rows = read_trace(whole / "metrics.csv")
+    assert list(rows["step"]) == [19, 38, 57, 76, 80]
+    assert rows["val/loss"].iloc[:4].notna().all() and pd.isna(rows["val/loss"].iloc[4])
+    record = json.loads((whole / "result.json").read_text())
+    assert record["best"]["epoch"] == int(rows["val/loss"].idxmin()) <= 3
 
 
 def test_killed_joblib_sweep_resumes_exactly(tmp_path):
