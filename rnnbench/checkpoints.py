@@ -30,7 +30,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from rnnbench.errors import UserError
 from rnnbench.outputs import write_whole
@@ -46,21 +46,136 @@ class CheckpointError(UserError):
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """The checkpoint at `path`, loaded as data only (weights_only: no code runs);
-    CheckpointError naming the file when it is not a loadable checkpoint."""
+    CheckpointError naming the file and saying, in words, what is wrong with it when it is not
+    a loadable Lightning checkpoint (empty, truncated, not a torch file, holds code, ...)."""
+    reason = _file_problem(path)  # before torch.load: opening a FIFO would block
+    if reason is None:
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - truncated, random bytes, a pickle with code, ...
+            reason = _load_problem(path, e)
+        else:
+            if isinstance(ckpt, dict) and "state_dict" in ckpt:
+                return ckpt
+            reason = "a torch file, but not a Lightning checkpoint: no state_dict"
+    raise CheckpointError(
+        f"checkpoint {path} cannot be loaded ({reason}); it was not run. "
+        f"Delete it to start this run afresh"
+    )
+
+
+def _file_problem(path: str | Path) -> str | None:
+    """What keeps `path` from being read as a file at all, in words; None for a readable,
+    non-empty regular file. Looks with stat before opening anything: a FIFO is never opened."""
+    import stat
+
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - truncated, random bytes, a pickle with code, ...
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
-            f"checkpoint {path} cannot be loaded ({reason[:200]}); it was not run. "
-            f"Delete it to start this run afresh"
-        ) from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise CheckpointError(
-            f"checkpoint {path} is not a Lightning checkpoint (no state_dict); it was not "
-            f"used. Delete it to start this run afresh"
-        )
-    return ckpt
+        found = os.stat(path)
+    except FileNotFoundError:
+        return "no such file"
+    except OSError as e:
+        return f"cannot be looked at: {e.strerror or e}"
+    mode = found.st_mode
+    if stat.S_ISDIR(mode):
+        return "a directory, not a file"
+    if not stat.S_ISREG(mode):
+        kinds = {
+            "a FIFO": stat.S_ISFIFO, "a socket": stat.S_ISSOCK,
+            "a character device": stat.S_ISCHR, "a block device": stat.S_ISBLK,
+        }  # fmt: skip
+        kind = next((k for k, test in kinds.items() if test(mode)), "a special file")
+        return f"{kind}, not a regular file"
+    if found.st_size == 0:
+        return "empty file (0 bytes)"
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as e:
+        return f"unreadable: {(e.strerror or str(e)).lower()}"
+    return None
+
+
+def _load_problem(path: str | Path, error: Exception) -> str:
+    """What is wrong, in words, with the readable, non-empty file `path` that torch.load
+    (weights_only) refused with `error`: told from the file's own bytes, not torch's wording."""
+    import pickle
+    import pickletools
+    import re
+    import zipfile
+
+    text = str(error)
+    code = re.search(r"GLOBAL ([\w.]+)", text)  # torch names the global it refused
+    holds_code = "holds code, refused (weights_only)" + (f": {code[1]}" if code else "")
+    first_line = text.strip().splitlines()[0][:200] if text.strip() else type(error).__name__
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head == b"PK":  # torch's zip format
+        if not zipfile.is_zipfile(path):
+            return "truncated: a zip archive whose end is missing"
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names, bad = archive.namelist(), archive.testzip()
+        except Exception as e:  # noqa: BLE001 - a damaged archive raises many kinds
+            return f"a damaged zip archive: {str(e)[:100] or type(e).__name__}"
+        if bad is not None:
+            return f"damaged: {bad} in its zip archive fails its checksum"
+        if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+            return "a zip archive, but not a torch file"
+        if isinstance(error, pickle.UnpicklingError):
+            return holds_code
+        return f"a damaged torch file: {first_line}"
+    if head[:1] != b"\x80":  # not a pickle (protocol 2+) either
+        return "not a torch file: neither a zip archive nor a pickle"
+
+    # A pickle: torch's legacy format (a pickled magic number first) or a bare one, read with an
+    # inert stand-in for each global torch rebuilds from; any other global is code: refused.
+    class Inert(dict):  # takes any arguments, state, items (OrderedDict) or appends
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def __setstate__(self, state: Any) -> None:
+            pass
+
+        def append(self, item: Any) -> None:
+            pass
+
+        def extend(self, items: Any) -> None:
+            pass
+
+    class Names(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            if module.split(".")[0] in ("torch", "collections", "_codecs"):
+                return Inert
+            raise LookupError(f"{module}.{name}")
+
+        def persistent_load(self, pid: Any) -> None:
+            return None
+
+    try:
+        with open(path, "rb") as f:
+            first = Names(f).load()
+    except LookupError as e:
+        return f"holds code, refused (weights_only): {e.args[0]}"
+    except Exception as e:  # noqa: BLE001 - EOFError, UnpicklingError, ...
+        if isinstance(e, EOFError) or "truncated" in str(e):
+            return "truncated: the pickle ends early"
+        return "a damaged pickle, not a torch file"
+    if first != torch.serialization.MAGIC_NUMBER:
+        return "a pickle, not a torch file"
+    with open(path, "rb") as f:  # torch's legacy layout: its pickles read, none run
+        try:
+            for _ in range(5):  # magic number, protocol, sys_info, the objects, storage keys
+                for _ in pickletools.genops(f):
+                    pass
+        except ValueError:
+            if f.tell() >= os.fstat(f.fileno()).st_size:
+                return "truncated: the file ends early"
+            return f"a damaged torch file: {first_line}"
+    if isinstance(error, EOFError) or "unexpected EOF" in text or "truncated" in text:
+        return "truncated: the file ends early"
+    if isinstance(error, pickle.UnpicklingError):
+        return holds_code
+    return f"a damaged torch file: {first_line}"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -115,14 +230,17 @@ class ResumeCheckpoint(pl.Callback):
         checkpoint[BOUNDARY] = self._saving
 
 
-def resume_point(record: dict[str, Any], run_dir: Path, cfg: DictConfig) -> Path | None:
+def resume_point(
+    record: dict[str, Any], run_dir: Path, cfg: DictConfig, packed: bool = False
+) -> Path | None:
     """The checkpoint this run goes on from, or None to start afresh.
 
     Its own `checkpoints/last.ckpt` (refused with CheckpointError when it does not load);
     else (unless `force`) the newest loadable one an unfinished run with the same run_key left
     under results_root, copied here and named in the record's `resumed_from`; one that does not
     load is skipped with a warning. Marks `run_dir` with the run_key so a later relaunch can
-    find it in turn, and notes in the record whether the resume is exact (an epoch boundary).
+    find it in turn, and says in the record whether the resume is exact: from an epoch
+    boundary, of a kind in EXACT_RESUMES (a note says why when it is not).
     """
     claim_run_folder(run_dir, record["run_key"])
     last = run_dir / LAST_CKPT
@@ -149,12 +267,57 @@ def resume_point(record: dict[str, Any], run_dir: Path, cfg: DictConfig) -> Path
             break
         if ckpt is None:
             return None
-    record["resume"] = {
-        "step": int(ckpt.get("global_step", 0)),
-        "epoch": int(ckpt.get("epoch", 0)),
-        "exact": bool(ckpt.get(BOUNDARY)),
-    }
+    step = int(ckpt.get("global_step", 0))
+    why_not = inexact_resume(cfg, packed, bool(ckpt.get(BOUNDARY)), step)
+    record["resume"] = {"step": step, "epoch": int(ckpt.get("epoch", 0)), "exact": not why_not}
+    if why_not:
+        record.setdefault("notes", []).append(why_not)
     return last
+
+
+# The kinds of resume a test proves exact: tests/test_resume_kinds.py kills a run of each kind
+# in its third epoch (a pack in its second), resumes it, and compares metrics, metrics.csv and
+# steps.csv with the uninterrupted run's. A resume of another kind is recorded `exact: false`.
+# A kind is (how the run trains, optim._target_, scheduler._target_ or None).
+PROVEN_OPTIMIZERS = ("torch.optim.Adam", "torch.optim.SGD", "torch.optim.RMSprop")
+PROVEN_SCHEDULERS = (
+    None,
+    "rnnbench.optim.step_decay",
+    "torch.optim.lr_scheduler.ReduceLROnPlateau",
+)
+EXACT_RESUMES = frozenset(
+    {("lone", o, s) for o in PROVEN_OPTIMIZERS for s in PROVEN_SCHEDULERS}
+    | {("packed", "torch.optim.Adam", s) for s in PROVEN_SCHEDULERS}
+)
+
+
+def resume_kind(cfg: DictConfig, packed: bool = False) -> tuple[str, str, str | None]:
+    """What a resume of `cfg` is, for EXACT_RESUMES: lone, packed, or chunk (truncated BPTT
+    with an optimizer step per chunk: the task steps the optimizer and schedule itself)."""
+    chunked = bool(OmegaConf.select(cfg, "model.tbptt")) and (
+        OmegaConf.select(cfg, "model.tbptt_update") == "chunk"
+    )
+    loop = "packed" if packed else "chunk" if chunked else "lone"
+    scheduler = OmegaConf.select(cfg, "scheduler._target_") if cfg.get("scheduler") else None
+    return loop, str(OmegaConf.select(cfg, "optim._target_")), scheduler
+
+
+def inexact_resume(cfg: DictConfig, packed: bool, boundary: bool, step: int) -> str | None:
+    """Why a resume from a checkpoint at `step` may not end as the uninterrupted run would
+    (a note for the record), or None when a test proves this kind of resume exact."""
+    if not boundary:
+        return (
+            f"resumed from a mid-epoch checkpoint (step {step}): the rest of that epoch is not "
+            f"the uninterrupted run's (checkpoint_every_n_steps)"
+        )
+    loop, optim, scheduler = resume_kind(cfg, packed)
+    if (loop, optim, scheduler) not in EXACT_RESUMES:
+        return (
+            f"resumed at step {step}; no test proves a resume exact for a {loop} run with "
+            f"{optim} and scheduler {scheduler}: its figures may differ from an uninterrupted "
+            f"run's"
+        )
+    return None
 
 
 CHECKPOINT_PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path")

@@ -179,6 +179,14 @@ class RecurrentTask(pl.LightningModule):
         self.log_split("train")
         if not self.automatic_optimization:
             self.step_schedule()
+        elif self.trainer.fit_loop.restarting:
+            # Lightning (2.x, FitLoop.on_advance_end) steps no ReduceLROnPlateau at the end of
+            # the first epoch after a resume, although that epoch validated: its best and
+            # num_bad_epochs then lag the uninterrupted run's by one epoch and the rate is cut
+            # an epoch late, or never. Lightning's own update, at the point it skips it.
+            self.trainer.fit_loop.epoch_loop.update_lr_schedulers(
+                "epoch", update_plateau_schedulers=True
+            )
 
     def step_schedule(self) -> None:
         """What Lightning does at an epoch end under automatic optimization (validation has run

@@ -215,3 +215,27 @@ def write_whole(path: str | os.PathLike, data: bytes, mode: int | None = None) -
 def write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
     """`write_bytes` of `text` encoded (UTF-8 by default)."""
     write_bytes(path, text.encode(encoding))
+
+
+RENAME_EXCHANGE = 2  # linux/fs.h: renameat2 swaps the two names in one step
+AT_FDCWD = -100
+
+
+def exchange_folders(a: str | os.PathLike, b: str | os.PathLike) -> None:
+    """Swap the folders at `a` and `b` in one step (Linux renameat2 RENAME_EXCHANGE), so a
+    reader sees one or the other, never neither; elsewhere (another OS, a file system without
+    it) with three renames, whose one gap is a moment without `b`."""
+    import ctypes
+
+    a, b = os.fsencode(a), os.fsencode(b)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        renameat2 = None
+    if renameat2 is not None and renameat2(AT_FDCWD, a, AT_FDCWD, b, RENAME_EXCHANGE) == 0:
+        return
+    aside = b + b".exchanging"
+    os.rename(b, aside)
+    os.rename(a, b)
+    os.rename(aside, a)

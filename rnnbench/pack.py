@@ -62,6 +62,7 @@ from rnnbench.record import (
     write_json_atomic,
     write_record,
 )
+from rnnbench.sweep import sweep_jobs
 
 # The keys whose values may differ between the members of one pack.
 MEMBER_KEYS = ("seed", "optim.lr", "trainer.gradient_clip_val")
@@ -420,10 +421,16 @@ def run_packed(
     return run_pack(members, run_dir, group)
 
 
-def run_pack(members: list[Member], pack_dir: Path, group: str | None = None) -> list[Record]:
+def run_pack(
+    members: list[Member],
+    pack_dir: Path,
+    group: str | None = None,
+    search: Sequence[str | Path] = (),
+) -> list[Record]:
     """Train `members` (one configuration up to MEMBER_KEYS) as one pack in `pack_dir`; write
-    each member's record into its own folder. A member whose run_key already completed under
-    results_root is reused and left out of the pack. Returns the members' records, in order."""
+    each member's record into its own folder. A member whose run_key already completed (in its
+    folder, under `search` or results_root: train.reuse) is reused and left out of the pack.
+    Returns the members' records, in order."""
     from rnnbench.train import reuse
 
     check_members(members)
@@ -436,8 +443,9 @@ def run_pack(members: list[Member], pack_dir: Path, group: str | None = None) ->
     for i, m in enumerate(members):
         m.run_dir.mkdir(parents=True, exist_ok=True)
         reused = None
-        if not m.cfg.get("force") and m.cfg.get("results_root"):
-            reused = reuse(m.record, m.run_dir.resolve(), m.cfg.results_root)
+        if not m.cfg.get("force"):
+            root = m.cfg.get("results_root") or m.run_dir
+            reused = reuse(m.record, m.run_dir.resolve(), root, search)
         if reused is not None:
             records[i] = reused
         else:
@@ -532,7 +540,7 @@ def train_members(members: list[Member], pack_dir: Path, group: str | None) -> l
         datamodule.setup("fit")
         built = build_pack(members, datamodule, pack_dir)
         task, trainer, throughput = built.task, built.trainer, built.throughput
-        last = resume_point(pack_record, pack_dir, lead)
+        last = resume_point(pack_record, pack_dir, lead, packed=True)
         trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if last else None)
         if trainer.interrupted:
             raise KeyboardInterrupt
@@ -619,6 +627,7 @@ def fill_member_record(
     record["timing"] = dict(timing)
     if "resume" in pack_record:
         record["resume"] = pack_record["resume"]
+        record["notes"] += pack_record.get("notes", [])
     best = task.best[k]
     record["best"] = best["row"] if best else None
     metrics = task.member_metrics[k]
@@ -725,22 +734,6 @@ def finish_member_loggers(members: Sequence[Member], group: str | None) -> None:
 # A multirun with pack=K: the sweep's jobs are packed
 
 
-def sweep_jobs(sweep_dir: Path) -> list[list[str]]:
-    """Every job of the running sweep, as its override list, in job-number order (the basic
-    sweeper's expansion of hydra.sweeper.params and the command line saved in multirun.yaml)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    saved = OmegaConf.load(sweep_dir / "multirun.yaml")
-    params = saved.hydra.sweeper.get("params")
-    params = OmegaConf.to_container(params) if params else {}
-    arguments = [f"{k}={v}" for k, v in params.items()]
-    arguments += list(OmegaConf.to_container(saved.hydra.overrides.task))
-    overrides = OverridesParser.create().parse_overrides(arguments)
-    batches = BasicSweeper.split_arguments(overrides, None)
-    return [list(job) for batch in batches for job in batch]
-
-
 def family(job: list[str]) -> tuple[str, ...]:
     """What a job's overrides say it computes, less the keys pack members may differ in."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -807,7 +800,7 @@ def run_in_sweep(cfg: DictConfig, hydra_cfg: DictConfig, group: str | None) -> R
     describe_pack(pack_dir, members, "running")
     status = "failed"
     try:
-        records = run_pack(members, pack_dir, group)
+        records = run_pack(members, pack_dir, group, [sweep_dir])
         status = "ended"
     except (KeyboardInterrupt, SystemExit):
         status = "interrupted"

@@ -190,12 +190,67 @@ def new_record(config: dict[str, Any], run_dir: Path, overrides: Iterable[str] =
 
 
 def read_record(path: str | Path) -> Record:
-    """Load one result.json; raises ValueError when it is not an rnnbench record."""
+    """Load one result.json; raises ValueError, saying what is wrong, when it is not an
+    rnnbench record of the shape its readers rely on (`record_shape_error`)."""
     with open(path) as f:
-        record = json.load(f)
-    if not isinstance(record, dict) or record.get("schema") != SCHEMA:
-        raise ValueError(f"{path} is not an rnnbench result record ({SCHEMA})")
+        try:
+            record = json.load(f)
+        except ValueError as e:  # JSONDecodeError, or bytes that are not UTF-8
+            raise ValueError(f"{path} is not complete JSON ({e})") from None
+    wrong = record_shape_error(record)
+    if wrong:
+        raise ValueError(f"{path} is not an rnnbench result record ({SCHEMA}): {wrong}")
     return record
+
+
+# The fields every reader relies on, and the types they must have when present.
+REQUIRED_FIELDS = {"status": str, "run_key": str, "config": dict, "metrics": dict}
+OPTIONAL_FIELDS = {
+    "overrides": list,
+    "notes": list,
+    "timing": dict,
+    "best": (dict, type(None)),
+    "resume": dict,
+    "packed_with": dict,
+    "reused_from": (str, type(None)),
+    "wandb": (dict, type(None)),
+}
+
+
+def record_shape_error(record: Any) -> str | None:
+    """What makes `record` (parsed JSON) not a readable record, in words; None when it is."""
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an object"
+    if record.get("schema") != SCHEMA:
+        return f"schema {record.get('schema')!r}"
+    for name, kind in REQUIRED_FIELDS.items():
+        if not isinstance(record.get(name), kind):
+            return f"{name} is {type(record.get(name)).__name__}, not {kind.__name__}"
+    if record["status"] not in STATUSES:
+        return f"status {record['status']!r} is none of {', '.join(STATUSES)}"
+    for name, kinds in OPTIONAL_FIELDS.items():
+        if name in record and not isinstance(record[name], kinds):
+            return f"{name} is {type(record[name]).__name__}"
+    bad = [
+        k
+        for k, v in record["metrics"].items()
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float))
+    ]
+    if bad:
+        return f"metrics {', '.join(sorted(bad)[:3])} not numbers"
+    return None
+
+
+_warned: set[str] = set()
+
+
+def warn_skipped(path: Path, error: OSError | ValueError) -> None:
+    """One warning line per unreadable record and process, however many finders meet it."""
+    key = str(path)
+    if key not in _warned:
+        _warned.add(key)
+        why = f"{path}: {error.strerror}" if isinstance(error, OSError) else str(error)
+        print(f"rnnbench: warning: skipped {why}", file=sys.stderr)
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
@@ -361,6 +416,48 @@ def check_run_folder(run_dir: Path, key: str) -> None:
         )
 
 
+FORCED_PREFIX = ".forced-"  # a forced re-run's folder beside the completed run it replaces
+
+
+def holds_completed(run_dir: Path) -> bool:
+    """Whether `run_dir` holds a readable completed record."""
+    try:
+        return read_record(run_dir / RECORD_FILE)["status"] == "completed"
+    except (OSError, ValueError):
+        return False
+
+
+def forced_folder(run_dir: Path) -> Path:
+    """Where `force=true` trains when `run_dir` holds a completed run: a hidden folder beside
+    it, the same for every launch (a relaunch resumes it; DDP's ranks agree on it)."""
+    return run_dir.parent / f"{FORCED_PREFIX}{run_dir.name}"
+
+
+def take_place(record: Record, forced: Path, run_dir: Path) -> None:
+    """Put the completed forced re-run in `forced` (its record `record`, already written there)
+    in the place of the completed run in `run_dir`, in one step: the folder holds the old run
+    or the new one, never a mix. Hydra's files of this launch (.hydra/, the job log), written
+    into `run_dir`, go along; the old run is deleted."""
+    import shutil
+
+    from rnnbench.outputs import exchange_folders
+
+    old, new = str(forced), str(run_dir)
+    record["run_dir"] = new
+    wandb = record.get("wandb")
+    if isinstance(wandb, dict) and isinstance(wandb.get("dir"), str):
+        wandb["dir"] = wandb["dir"].replace(old, new, 1)
+    record["notes"].append("a forced re-run (force=true): it replaced a completed run here")
+    write_json_atomic(forced / RECORD_FILE, record)
+    for item in [run_dir / ".hydra", *run_dir.glob("*.log")]:
+        if item.is_dir():
+            shutil.copytree(item, forced / item.name, dirs_exist_ok=True)
+        elif item.is_file():
+            shutil.copy2(item, forced / item.name)
+    exchange_folders(forced, run_dir)
+    shutil.rmtree(forced, ignore_errors=True)  # the replaced run, now at the forced path
+
+
 def claim_run_folder(run_dir: Path, key: str) -> None:
     """Mark `run_dir` as configuration `key`'s, so a relaunch resumes it and no other
     configuration takes it over."""
@@ -388,7 +485,8 @@ def iter_records(root: str | Path) -> Iterator[tuple[Path, Record]]:
             continue
         try:
             yield path, read_record(path)
-        except (OSError, ValueError):
+        except (OSError, ValueError) as e:
+            warn_skipped(path, e)
             continue
 
 
@@ -416,10 +514,12 @@ def find_resumable(root: str | Path, key: str, exclude: Path | None = None) -> l
         try:
             if key_file.read_text().strip() != key or not last.exists():
                 continue
-            status = json.loads((run_dir / RECORD_FILE).read_text()).get("status")
+            status = read_record(run_dir / RECORD_FILE)["status"]
         except FileNotFoundError:
             status = None
-        except (OSError, ValueError):
+        except (OSError, ValueError) as e:
+            # A record that does not read is no evidence the run is unfinished: not resumed.
+            warn_skipped(run_dir / RECORD_FILE, e)
             continue
         if status not in ("completed", "diverged"):
             found.append((last.stat().st_mtime, last))

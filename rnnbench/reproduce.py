@@ -46,6 +46,7 @@ from rnnbench.record import (
     repeat_key,
     write_json_atomic,
 )
+from rnnbench.report import positive  # argparse type: a whole number of at least 1
 from rnnbench.table import literal, load_reference, match_keys
 from rnnbench.tasks import direction
 
@@ -791,7 +792,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--steps", type=int, default=10, help="steps timed per recipe (--time)")
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch threads while timing (default: torch's)"
+        "--threads",
+        type=positive,
+        default=None,
+        help="torch threads while timing, at least 1 (default: torch's)",
     )
     return parser.parse_args(argv)
 
@@ -821,7 +825,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         make_folder(args.out, "-o")  # before any timing or reading: refused in one line
         if args.time:
             names = expand(args.time)
-            if args.threads:
+            if args.threads is not None:
                 torch.set_num_threads(args.threads)
             measured = []
             for i, recipe in enumerate(compose_recipes(names), 1):

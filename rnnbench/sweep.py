@@ -33,14 +33,22 @@ def parallel_jobs(launcher_cfg: DictConfig | None, cores: int | None = None) -> 
     return n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)
 
 
-def summarize(records: list[dict[str, Any]]) -> tuple[str, Counter]:
-    """One line: how many jobs completed, were reused, diverged, failed, were interrupted."""
+def summarize(
+    records: list[dict[str, Any]], jobs: int | None = None, found: int = 0
+) -> tuple[str, Counter]:
+    """One line: how many of the sweep's `jobs` completed, were reused (a copy of another
+    run's record, or, `found` of them, already completed in their own folder before this
+    launch), diverged, failed, were interrupted, or never started."""
     counts = Counter(
         "reused" if r.get("reused_from") else r.get("status", "unknown") for r in records
     )
-    order = ["completed", "reused", "diverged", "failed", "interrupted"]
+    counts["completed"] -= found
+    counts["reused"] += found
+    total = max(jobs or 0, len(records))
+    counts["not started"] = total - len(records)
+    order = ["completed", "reused", "diverged", "failed", "interrupted", "not started"]
     parts = [f"{counts[k]} {k}" for k in order if counts[k]] or ["no runs"]
-    return f"sweep: {len(records)} jobs: " + ", ".join(parts), counts
+    return f"sweep: {total} jobs: " + ", ".join(parts), +counts
 
 
 def process_state(pid: int) -> tuple[str, int] | None:
@@ -103,6 +111,8 @@ def stop_workers(sweep_dir: str | Path, grace_s: float = 60.0) -> None:
 
 
 _sweep_parent: int | None = None  # the pid of the process that launched this sweep, there
+_stopped_by: int = signal.SIGINT  # the signal that stopped the sweep: its exit is 128 + it
+_started: dict[Path, int] = {}  # record_stamps as the sweep started, in the sweep's process
 
 
 def reused_lines(found: list[tuple[Path, dict[str, Any]]]) -> list[str]:
@@ -118,12 +128,55 @@ def reused_lines(found: list[tuple[Path, dict[str, Any]]]) -> list[str]:
     return lines
 
 
-def print_summary(sweep_dir: str | Path) -> Counter:
-    """Print the sweep's summary line, then a line per reused job naming its source."""
+def record_stamps(sweep_dir: str | Path) -> dict[Path, int]:
+    """The sweep's result.json files and their modification times (ns): taken as a sweep
+    starts, they tell the jobs a relaunch found completed from the jobs it ran."""
+    stamps = {}
+    for path, record in iter_records(sweep_dir):
+        if record.get("status") == "completed":
+            stamps[path.resolve()] = path.stat().st_mtime_ns
+    return stamps
+
+
+def job_count(sweep_dir: str | Path) -> int | None:
+    """How many jobs the sweep has (its multirun.yaml expanded), None when that cannot be told
+    (a sweeper other than the basic one)."""
+    try:
+        return len(sweep_jobs(Path(sweep_dir)))
+    except Exception:  # noqa: BLE001 - the count is a courtesy; records are the truth
+        return None
+
+
+def print_summary(sweep_dir: str | Path, before: dict[Path, int] | None = None) -> Counter:
+    """Print the sweep's summary line, then a line per reused job naming its source. A job
+    whose completed record was already there, unchanged, before this launch (`before`,
+    record_stamps) counts as reused; a job without a record as not started."""
     found = list(iter_records(sweep_dir))
-    line, counts = summarize([r for _, r in found])
+    kept = 0
+    for path, record in found:
+        stamp = (before or {}).get(path.resolve())
+        if stamp is not None and not record.get("reused_from"):
+            kept += stamp == path.stat().st_mtime_ns
+    line, counts = summarize([r for _, r in found], job_count(sweep_dir), kept)
     print("\n".join([line, *reused_lines(found)]), flush=True)
     return counts
+
+
+def sweep_jobs(sweep_dir: Path) -> list[list[str]]:
+    """Every job of the sweep, as its override list, in job-number order (the basic sweeper's
+    expansion of hydra.sweeper.params and the command line saved in multirun.yaml)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    saved = OmegaConf.load(sweep_dir / "multirun.yaml")
+    params = saved.hydra.sweeper.get("params")
+    params = OmegaConf.to_container(params) if params else {}
+    arguments = [f"{k}={v}" for k, v in params.items()]
+    arguments += list(OmegaConf.to_container(saved.hydra.overrides.task))
+    overrides = OverridesParser.create().parse_overrides(arguments)
+    batches = BasicSweeper.split_arguments(overrides, None)
+    return [list(job) for batch in batches for job in batch]
 
 
 def stop_sweep_on_signal(sweep_dir: str | Path) -> None:
@@ -133,6 +186,8 @@ def stop_sweep_on_signal(sweep_dir: str | Path) -> None:
     _sweep_parent = os.getpid()
 
     def stop(signum: int, frame: Any) -> None:
+        global _stopped_by
+        _stopped_by = signum
         for sig in (signal.SIGTERM, signal.SIGINT):  # a second Ctrl-C must not cut this short
             signal.signal(sig, signal.SIG_IGN)
         print(f"rnnbench: sweep stopped by {signal.Signals(signum).name}", file=sys.stderr)
@@ -141,7 +196,7 @@ def stop_sweep_on_signal(sweep_dir: str | Path) -> None:
             # interrupted, then end_interrupted_job ends the sweep.
             raise KeyboardInterrupt(f"signal {signum}")
         stop_workers(sweep_dir)
-        print_summary(sweep_dir)
+        print_summary(sweep_dir, _started)
         sys.stderr.flush()
         # os._exit: the launcher's own clean-up would wait on workers that are gone.
         os._exit(128 + signum)
@@ -153,11 +208,13 @@ def stop_sweep_on_signal(sweep_dir: str | Path) -> None:
 def end_interrupted_job(sweep_dir: str | Path) -> None:
     """After a sweep's job recorded itself interrupted: its process takes no further job. In
     the sweep's own process (the basic launcher) the summary line comes first."""
+    code = 130
     if _sweep_parent == os.getpid():
-        print_summary(sweep_dir)
+        print_summary(sweep_dir, _started)
+        code = 128 + _stopped_by
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(130)
+    os._exit(code)
 
 
 class SweepSummary(Callback):
@@ -175,9 +232,11 @@ class SweepSummary(Callback):
                 file=sys.stderr,
             )
             sys.exit(2)
+        _started.clear()
+        _started.update(record_stamps(config.hydra.sweep.dir))
         stop_sweep_on_signal(config.hydra.sweep.dir)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        counts = print_summary(config.hydra.sweep.dir)
+        counts = print_summary(config.hydra.sweep.dir, _started)
         if counts["failed"] or counts["interrupted"]:
             sys.exit(1)

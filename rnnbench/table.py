@@ -205,10 +205,10 @@ def load_rows(
         try:
             record = read_record(f)
             loaded.append((record, record_row(record, f)))
-        except json.JSONDecodeError as e:
-            warn(f"skipped {f}: not complete JSON ({e})")
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            warn(f"skipped {f}: {e if isinstance(e, ValueError) else 'missing ' + str(e)}")
+        except ValueError as e:  # read_record's message names the file and what is wrong
+            warn(f"skipped {e}")
+        except (KeyError, TypeError, AttributeError) as e:
+            warn(f"skipped {f}: missing {e}")
         except OSError as e:
             warn(f"skipped {f}: {e.strerror}")
     # A re-launched sweep copies a finished run's record instead of recomputing it: count

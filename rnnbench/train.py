@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import shutil
 import signal
 import sys
 import traceback
@@ -24,8 +25,8 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from hydra.utils import instantiate, to_absolute_path
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
 from torch import nn
 
@@ -37,7 +38,7 @@ from rnnbench.checkpoints import (
     resume_point,
 )
 from rnnbench.config import CONF_DIR, check_config
-from rnnbench.errors import UserError, find_user_error
+from rnnbench.errors import ConfigError, UserError, find_user_error
 from rnnbench.module import TASKS
 from rnnbench.record import (
     CHECKPOINT_DIR,
@@ -47,11 +48,14 @@ from rnnbench.record import (
     check_run_folder,
     environment,
     find_completed,
+    forced_folder,
+    holds_completed,
     is_identity_key,
     is_seed_key,
     new_record,
     now_iso,
     read_record,
+    take_place,
     write_examples,
     write_json_atomic,
     write_record,
@@ -154,15 +158,24 @@ def build_loggers(
     return loggers
 
 
-def reuse(record: Record, run_dir: Path, results_root: str | Path) -> Record | None:
+def reuse(
+    record: Record, run_dir: Path, results_root: str | Path, also: Sequence[str | Path] = ()
+) -> Record | None:
     """The record of a completed run with the same run_key, copied into `run_dir` with
-    `reused_from` naming its source; None when there is none."""
-    source = find_completed(results_root, record["run_key"])
-    source = source.resolve() if source is not None else None
+    `reused_from` naming its source; None when there is none. Looked for in `run_dir` itself
+    first (a relaunch into the same folder: its record stays as it is), then under each folder
+    of `also` (a sweep's folder, wherever it lies), then under `results_root`."""
+    key = record["run_key"]
+    roots = [run_dir, *also, results_root]
+    source = next((s for root in roots if (s := find_completed(root, key)) is not None), None)
     if source is None:
         return None
-    if source.resolve() == run_dir.resolve():
-        return read_record(run_dir / RECORD_FILE)
+    source = source.resolve()
+    if source == run_dir.resolve():
+        # Nothing is written: the folder's record is this run's. The copy returned says it was
+        # found, not trained, for the summary line.
+        own = read_record(run_dir / RECORD_FILE)
+        return {**own, "reused_from": own.get("reused_from") or str(run_dir)}
     original = read_record(source / RECORD_FILE)
     reused = {
         **original,
@@ -233,15 +246,22 @@ def run(
     run_dir: str | Path,
     overrides: list[str] | None = None,
     group: str | None = None,
+    search: Sequence[str | Path] = (),
+    record_refusals: bool = False,
 ) -> dict[str, Any]:
     """Train and test one configuration; write `run_dir/result.json` however the run ends.
 
     Refused with ConfigError, before anything is written: a value outside what its key allows,
     and a `run_dir` that holds another configuration's run. A completed run with the same
-    run_key under `cfg.results_root` is reused, not recomputed (unless `force`); a
+    run_key in `run_dir`, under a folder of `search` (a sweep's) or under `cfg.results_root`
+    is reused, not recomputed (unless `force`); a
     `checkpoints/last.ckpt` already in `run_dir`, or else one left by an unfinished run with the
     same run_key, is resumed from (`checkpoints.resume_point`). A completed record already in
-    `run_dir` is never replaced by one that did not complete (a forced re-run that failed).
+    `run_dir` is never replaced by one that did not complete: a forced re-run into it trains
+    in `record.forced_folder` and takes its place once completed (`record.take_place`). A bad
+    value found while data, model and trainer are built (a ConfigError, DataError, ...) is
+    raised without a record, and the folder goes when it holds nothing else (unless
+    `record_refusals`: a sweep's job records it failed, for the sweep's summary).
     Returns the record. Raises what the run raised (after recording it as failed or interrupted).
     """
     run_dir = Path(run_dir).resolve()
@@ -250,29 +270,37 @@ def run(
     check_run_folder(run_dir, record["run_key"])
     run_dir.mkdir(parents=True, exist_ok=True)
     rank_zero = is_rank_zero()
-    if rank_zero and not cfg.get("force") and cfg.get("results_root"):
-        reused = reuse(record, run_dir, cfg.results_root)
+    if rank_zero and not cfg.get("force"):
+        reused = reuse(record, run_dir, cfg.get("results_root") or run_dir, search)
         if reused is not None:
             return reused
+    place = run_dir  # where the record ends up
+    if cfg.get("force") and holds_completed(run_dir):
+        # A forced re-run never leaves a completed folder half replaced: it trains beside the
+        # completed run and takes its place in one step once it completed itself.
+        run_dir = forced_folder(place)
+        check_run_folder(run_dir, record["run_key"])
+        run_dir.mkdir(exist_ok=True)
+        record["run_dir"] = str(run_dir)
     loggers: list = []
     best_path: str | None = None  # the checkpoint the test scores, known once training ended
     previous_handlers = _sigterm_interrupts()
+    # A bad value found while the data, model and trainer are built is refused like one
+    # check_config finds: one line, and no record, no W&B run, no folder left by this launch.
+    building, refused = True, False
     try:
+        check_device(cfg.trainer)
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule = instantiate(cfg.data)
         datamodule.setup("fit")
         built = build_training(cfg, run_dir, record, datamodule, loggers, group)
         task, trainer, callbacks = built.task, built.trainer, built.callbacks
+        building = False
         # Other DDP ranks start inside fit(), after rank zero has put the checkpoint in place.
         if rank_zero:
             last = resume_point(record, run_dir, cfg)
         else:
             last = run_dir / LAST_CKPT if (run_dir / LAST_CKPT).exists() else None
-        if record.get("resume") and not record["resume"]["exact"]:
-            record["notes"].append(
-                f"resumed from a mid-epoch checkpoint (step {record['resume']['step']}): the "
-                f"rest of that epoch is not the uninterrupted run's (checkpoint_every_n_steps)"
-            )
         trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if last else None)
         if trainer.interrupted:
             raise KeyboardInterrupt
@@ -318,10 +346,15 @@ def run(
     except BaseException as e:
         user = find_user_error(e)
         record["error"] = str(user) if user else "".join(traceback.format_exception(e))
+        refused = building and user is not None and not record_refusals
         raise
     finally:
         record["finished"] = now_iso()
-        if rank_zero:
+        if refused:
+            finish_wandb(loggers, record)
+            for folder in {run_dir, place}:
+                discard_unused_folder(folder)
+        elif rank_zero:
             finish_wandb(loggers, record)
             unwritten = write_record(run_dir, record)
             if unwritten and sys.exc_info()[1] is None:
@@ -331,10 +364,38 @@ def run(
                 # resumes from. A config composed without the key keeps both, as runs always did.
                 keep = OmegaConf.select(cfg, "checkpoints.keep", default="both")
                 drop_checkpoints(run_dir, keep, best_path)
+                if run_dir != place:
+                    take_place(record, run_dir, place)
         if record["status"] != "interrupted":
             # An interrupted run's process is ending (a sweep's with it): a repeated stop must
             # not cut that short either, so the signals stay held.
             restore_signals(previous_handlers)
+
+
+def check_device(trainer_cfg: DictConfig) -> None:
+    """Refuse, before anything starts, an accelerator this machine does not have."""
+    accelerator = str(trainer_cfg.get("accelerator") or "cpu")
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} needs a CUDA GPU and torch finds none on this "
+            f"machine (torch {torch.__version__}): use trainer.accelerator=cpu, or "
+            f"trainer.accelerator=auto to take a GPU where there is one"
+        )
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(
+            "trainer.accelerator=mps needs Apple's Metal (MPS) and torch finds none on this "
+            "machine: use trainer.accelerator=cpu or auto"
+        )
+
+
+def discard_unused_folder(run_dir: Path) -> None:
+    """Remove `run_dir` when it holds nothing but what Hydra wrote at launch (.hydra/, the
+    job's log): a refused run leaves no folder behind. A folder with anything else stays."""
+    if not run_dir.is_dir():
+        return
+    own = [p for p in run_dir.iterdir() if p.name != ".hydra" and p.suffix != ".log"]
+    if not own:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def divergence(task: pl.LightningModule, model: nn.Module, metrics: dict[str, Any]) -> str | None:
@@ -511,6 +572,11 @@ def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     set_threads(cfg, hydra_cfg, multirun)
+    if cfg.get("results_root"):
+        # A relative results_root is the launching folder's, also where hydra.job.chdir=true
+        # has moved the job into its run folder: reuse and resume look where runs are.
+        with open_dict(cfg):
+            cfg.results_root = to_absolute_path(str(cfg.results_root))
     try:
         group = sweep_group(hydra_cfg.sweep.dir) if multirun else None
         if cfg.get("pack") is not None:
@@ -519,7 +585,9 @@ def main(cfg: DictConfig) -> None:
             records = run_packed(cfg, hydra_cfg, multirun, group)
         else:
             overrides = list(hydra_cfg.overrides.task)
-            records = [run(cfg, hydra_cfg.runtime.output_dir, overrides, group=group)]
+            search = [hydra_cfg.sweep.dir] if multirun else []
+            output = hydra_cfg.runtime.output_dir
+            records = [run(cfg, output, overrides, group, search, record_refusals=multirun)]
     except (KeyboardInterrupt, SystemExit) as e:
         # Ctrl-C, SIGTERM, or Lightning's exit after catching one: recorded as interrupted.
         if isinstance(e, SystemExit) and e.code in (0, None):

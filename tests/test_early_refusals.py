@@ -1,0 +1,83 @@
+"""A bad value found while the data, model or trainer are built is refused as check_config
+refuses one: one line naming its real cause, exit 2, and nothing left behind: no run folder, no
+`failed` record, no W&B run. In a sweep the job is recorded failed, for the summary."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import SCRIPT, TINY_REBER_RUN, records, require_data, rnnbench_cli
+
+ARGS = [*TINY_REBER_RUN, "trainer.enable_progress_bar=false"]  # logger=wandb (offline): default
+
+CASES = {
+    "bidirectional language model": (["model.bidirectional=true"], "model.bidirectional=true"),
+    "negative string count": (["data.train_strings=-3"], "data.train_strings=-3"),
+    "a GPU this machine lacks": (["trainer=gpu"], "trainer.accelerator=gpu needs a CUDA GPU"),
+}
+
+
+def assert_refused_leaving_nothing(result: subprocess.CompletedProcess, cwd: Path, says: str):
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr + result.stdout
+    errors = [x for x in result.stderr.splitlines() if "error" in x.lower()]
+    assert len(errors) == 1 and errors[0].startswith("rnnbench: error: "), result.stderr[-3000:]
+    assert says in errors[0], errors[0]
+    runs = cwd / "runs"
+    left = [p for p in runs.rglob("*")] if runs.exists() else []
+    assert not [p for p in left if p.is_file()], left  # no folder, no record, no wandb run
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_refusal_while_building_leaves_no_folder(tmp_path, case):
+    if case == "a GPU this machine lacks" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    overrides, says = CASES[case]
+    result = rnnbench_cli([*ARGS, *overrides], cwd=tmp_path)
+    assert_refused_leaving_nothing(result, tmp_path, says)
+
+
+@pytest.mark.parametrize("kind", ["a folder", "a FIFO", "unreadable"])
+def test_a_data_file_that_is_no_file_leaves_no_folder(tmp_path, kind):
+    require_data("ptb/ptb.train.txt")
+    root = tmp_path / "data"
+    shutil.copytree(Path(os.environ["RNNBENCH_DATA_DIR"]) / "ptb", root / "ptb")
+    bad = root / "ptb" / "ptb.valid.txt"
+    bad.unlink()
+    if kind == "a folder":
+        bad.mkdir()
+    elif kind == "a FIFO":
+        os.mkfifo(bad)
+    else:
+        bad.write_text("unreadable\n")
+        bad.chmod(0)
+    args = ["trainer.enable_progress_bar=false", "model.hidden_size=16", "data=ptb_word"]
+    args += [f"data.root={root}", "data.download=false"]
+    command = [str(SCRIPT), *args]
+    if kind == "unreadable" and os.geteuid() == 0:
+        # root reads any file: run without the capabilities that allow it
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.fail("running as root without setpriv: cannot make a file unreadable")
+        command = [setpriv, "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search"]
+        command += [sys.executable, str(SCRIPT), *args]
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    env.pop("RNNBENCH_RUNS_DIR", None)
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert_refused_leaving_nothing(result, tmp_path, str(bad))
+
+
+def test_in_a_sweep_a_refused_job_is_recorded_failed(tmp_path):
+    """The sweep goes on, and its summary counts the refused job from its record."""
+    result = rnnbench_cli(["-m", *ARGS, "model.bidirectional=false,true"], cwd=tmp_path)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "sweep: 2 jobs: 1 completed, 1 failed" in result.stdout, result.stdout[-2000:]
+    failed = [r for r in records(tmp_path / "runs") if r["status"] == "failed"]
+    assert len(failed) == 1 and "model.bidirectional=true" in failed[0]["error"]
