@@ -258,11 +258,7 @@ def resume_point(
                 continue
             adopt_checkpoints(found, ckpt, last)
             source = found.parent.parent
-            # The per-step traces (steps.csv, gradflow.csv) so far: the callbacks keep their
-            # rows up to the checkpoint's step, so the new folder holds the whole history once.
-            for trace in source.glob("*.csv"):
-                if not (run_dir / trace.name).exists():
-                    shutil.copyfile(trace, run_dir / trace.name)
+            copy_traces(source, run_dir)
             record["resumed_from"] = str(source.resolve())
             break
         if ckpt is None:
@@ -318,6 +314,15 @@ def inexact_resume(cfg: DictConfig, packed: bool, boundary: bool, step: int) -> 
             f"run's"
         )
     return None
+
+
+def copy_traces(source: Path, run_dir: Path) -> None:
+    """The per-step traces (steps.csv, gradflow.csv, ...) an unfinished run left in `source`,
+    into `run_dir` where it goes on: the callbacks keep their rows up to the checkpoint's step,
+    so the new folder holds the whole history once."""
+    for trace in source.glob("*.csv"):
+        if trace.is_file() and not (run_dir / trace.name).exists():
+            shutil.copyfile(trace, run_dir / trace.name)
 
 
 CHECKPOINT_PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path")

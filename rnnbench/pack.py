@@ -30,7 +30,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytorch_lightning as pl
 import torch
@@ -40,7 +40,12 @@ from torch import Tensor, nn
 from torchmetrics.aggregation import MeanMetric
 
 from rnnbench.callbacks import EpochMetricsCSV, StepTrace, Throughput
-from rnnbench.checkpoints import AtomicCheckpointIO, ResumeCheckpoint, resume_point
+from rnnbench.checkpoints import (
+    AtomicCheckpointIO,
+    ResumeCheckpoint,
+    copy_traces,
+    resume_point,
+)
 from rnnbench.errors import ConfigError, UserError
 from rnnbench.module import SPLITS, TASKS, RecurrentTask
 from rnnbench.packed import PackedSequenceModel
@@ -438,22 +443,54 @@ def run_pack(
         config = OmegaConf.to_container(m.cfg, resolve=True)
         m.record = new_record(config, m.run_dir.resolve(), m.overrides)
         check_run_folder(m.run_dir, m.record["run_key"])
-    records: dict[int, Record] = {}
-    training = []
-    for i, m in enumerate(members):
-        m.run_dir.mkdir(parents=True, exist_ok=True)
-        reused = None
-        if not m.cfg.get("force"):
-            root = m.cfg.get("results_root") or m.run_dir
-            reused = reuse(m.record, m.run_dir.resolve(), root, search)
-        if reused is not None:
-            records[i] = reused
-        else:
-            training.append(i)
-    if training:
-        trained = train_members([members[i] for i in training], pack_dir, group)
-        records |= dict(zip(training, trained, strict=True))
+    # One pack of these members trains at a time, wherever it is launched from (two sweeps of
+    # the same jobs): the others wait, then reuse what it recorded.
+    lock, others = hold_pack(members, pack_dir)
+    try:
+        records: dict[int, Record] = {}
+        training = []
+        for i, m in enumerate(members):
+            m.run_dir.mkdir(parents=True, exist_ok=True)
+            reused = None
+            if not m.cfg.get("force"):
+                root = m.cfg.get("results_root") or m.run_dir
+                reused = reuse(m.record, m.run_dir.resolve(), root, [*search, *others])
+            if reused is not None:
+                records[i] = reused
+            else:
+                training.append(i)
+        if training:
+            trained = train_members([members[i] for i in training], pack_dir, group)
+            records |= dict(zip(training, trained, strict=True))
+    finally:
+        if lock is not None:
+            lock.close()
     return [records[i] for i in range(len(members))]
+
+
+def hold_pack(members: Sequence[Member], pack_dir: Path) -> tuple[IO[str] | None, list[Path]]:
+    """The lock under results_root/.claims that lets one pack of `members` train at a time,
+    taken once no other process holds it; and the member folders of the packs waited for,
+    where their records are. No lock without a results_root."""
+    root = members[0].cfg.get("results_root")
+    if not root:
+        return None, []
+    path = Path(root) / ".claims" / f"pack-{pack_key(members)}"
+    others: list[Path] = []
+    said = False
+    holder = {**this_process(), "pack": str(pack_dir.resolve())}
+    while (lock := hold_lock(path, holder)) is None:
+        try:
+            other = Path(json.loads(path.read_text())["pack"])
+            described = json.loads((other / PACK_FILE).read_text())["members"]
+            others += [Path(m["run_dir"]) for m in described if Path(m["run_dir"]) not in others]
+        except (OSError, ValueError, KeyError, TypeError):
+            other = path
+        if not said:
+            print(f"rnnbench: waiting for the same pack, training in {other}", file=sys.stderr)
+            said = True
+        time.sleep(WAIT_S)
+    return lock, others
 
 
 def pack_key(members: Sequence[Member]) -> str:
@@ -541,6 +578,8 @@ def train_members(members: list[Member], pack_dir: Path, group: str | None) -> l
         built = build_pack(members, datamodule, pack_dir)
         task, trainer, throughput = built.task, built.trainer, built.throughput
         last = resume_point(pack_record, pack_dir, lead, packed=True)
+        if "resumed_from" in pack_record:
+            adopt_member_traces(Path(pack_record["resumed_from"]), members)
         trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if last else None)
         if trainer.interrupted:
             raise KeyboardInterrupt
@@ -664,6 +703,23 @@ def fill_member_record(
         write_best_checkpoint(m.run_dir, best)
 
 
+def adopt_member_traces(old_pack: Path, members: Sequence[Member]) -> None:
+    """A pack resumed from another folder's pack (`old_pack`, a relaunched sweep): each
+    member goes on from the same member of that pack, whose step traces it takes over (the
+    pack's checkpoint holds the epoch rows, not the steps) and names in `resumed_from`."""
+    try:
+        described = json.loads((old_pack / PACK_FILE).read_text())["members"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    for m, old in zip(members, described, strict=False):
+        if not isinstance(old, dict) or old.get("run_key") != m.record["run_key"]:
+            continue
+        source = Path(str(old.get("run_dir")))
+        if source.is_dir() and source.resolve() != m.run_dir.resolve():
+            copy_traces(source, m.run_dir)
+            m.record["resumed_from"] = str(source.resolve())
+
+
 def write_best_checkpoint(run_dir: Path, best: dict[str, Any]) -> None:
     """A member's best weights as checkpoints/best.ckpt: a Lightning-style checkpoint whose
     state_dict is a lone task module's (`model.` + SequenceModel names)."""
@@ -707,7 +763,8 @@ def finish_member_loggers(members: Sequence[Member], group: str | None) -> None:
     from rnnbench.train import build_loggers, finish_wandb
 
     for m in members:
-        loggers = build_loggers(m.cfg.get("logger"), m.run_dir, m.record["config"], group)
+        config = m.record["config"]
+        loggers = build_loggers(m.cfg.get("logger"), m.run_dir, config, group, quiet=True)
         if not loggers:
             continue
         every = max(1, int(m.cfg.trainer.get("log_every_n_steps") or 1))
@@ -761,9 +818,35 @@ def job_packs(jobs: list[list[str]], size: int) -> list[list[int]]:
 WAIT_S = 2.0
 
 
+def hold_lock(path: Path, holder: dict[str, Any]) -> IO[str] | None:
+    """An exclusive lock on the file `path` for this process, with `holder` written in it;
+    None when another process holds it. The lock is flock's: it ends when the returned file
+    is closed or the process ends, however it ends (SIGKILL too), so a claim is never stale."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a+")  # noqa: SIM115 - held open for as long as the lock
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # BlockingIOError: held elsewhere
+        f.close()
+        return None
+    f.seek(0)
+    f.truncate()
+    f.write(json.dumps(holder))
+    f.flush()
+    return f
+
+
+def this_process() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "since": now_iso()}
+
+
 def run_in_sweep(cfg: DictConfig, hydra_cfg: DictConfig, group: str | None) -> Record:
-    """This sweep job's record: trained in its pack by whichever job of the pack started
-    first (it claims the pack), or, for the others, waited for and read back."""
+    """This sweep job's record: trained in its pack by whichever job of the pack takes the
+    pack's claim first (a lock on packs/<jobs>/claim), or, for the others, waited for and read
+    back. A claim ends with its process: after a kill, a relaunched job takes it and the pack
+    goes on from its checkpoint."""
     from rnnbench.config import compose
 
     sweep_dir = Path(hydra_cfg.sweep.dir).resolve()
@@ -779,73 +862,54 @@ def run_in_sweep(cfg: DictConfig, hydra_cfg: DictConfig, group: str | None) -> R
     pack = next(p for p in job_packs(jobs, size) if num in p)
     own_dir = sweep_dir / str(num)
     pack_dir = sweep_dir / "packs" / "-".join(str(n) for n in pack)
-    pack_dir.mkdir(parents=True, exist_ok=True)
-    claim = pack_dir / "claim"
-    try:
-        fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return wait_for_record(own_dir, pack_dir, claim)
-    os.write(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode())
-    os.close(fd)
-    members = []
-    lead_data_seed = None
-    for n in pack:
-        member_cfg = (cfg if n == num else compose(jobs[n])).copy()
-        if OmegaConf.select(member_cfg, "data.seed") is not None:
-            if lead_data_seed is None:
-                lead_data_seed = int(OmegaConf.select(member_cfg, "data.seed"))
-            with open_dict(member_cfg):
-                member_cfg.data.seed = lead_data_seed  # one stream of batches for the pack
-        members.append(Member(member_cfg, sweep_dir / str(n), list(jobs[n])))
-    describe_pack(pack_dir, members, "running")
-    status = "failed"
-    try:
-        records = run_pack(members, pack_dir, group, [sweep_dir])
-        status = "ended"
-    except (KeyboardInterrupt, SystemExit):
-        status = "interrupted"
-        raise
-    finally:
-        describe_pack(pack_dir, members, status)
-    return records[pack.index(num)]
-
-
-def wait_for_record(own_dir: Path, pack_dir: Path, claim: Path) -> Record:
-    """The record another job's pack writes into this job's folder, once it is there."""
     said = False
     while True:
-        record_path = own_dir / RECORD_FILE
-        try:
-            described = json.loads((pack_dir / PACK_FILE).read_text())
-        except (OSError, ValueError):
-            described = None
-        if described is None:  # claimed, not yet described: the claim names its process
-            try:
-                claimed = json.loads(claim.read_text())
-            except (OSError, ValueError):
-                claimed = {}
-            if claimed and not trainer_alive(claimed):
-                raise UserError(f"the job that claimed the pack in {pack_dir} is gone")
-        if described is not None and described.get("status") != "running":
-            if record_path.is_file():
-                return read_record(record_path)
-            raise UserError(f"the pack in {pack_dir} ended without this job's record")
-        if described is not None and not trainer_alive(described):
-            raise UserError(f"the pack in {pack_dir} stopped (its process is gone) unfinished")
+        ended = pack_ended(pack_dir, own_dir)
+        if ended is not None:
+            return ended
+        claim = hold_lock(pack_dir / "claim", this_process())
+        if claim is not None:
+            break
         if not said:
             print(f"rnnbench: waiting for the pack in {pack_dir}", file=sys.stderr, flush=True)
             said = True
         time.sleep(WAIT_S)
-
-
-def trainer_alive(described: dict[str, Any]) -> bool:
-    """Whether the process pack.json names is still there (always true on another host)."""
-    if described.get("host") != socket.gethostname():
-        return True
     try:
-        os.kill(int(described["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, KeyError, ValueError, TypeError):
-        return True
-    return True
+        members = []
+        lead_data_seed = None
+        for n in pack:
+            member_cfg = (cfg if n == num else compose(jobs[n])).copy()
+            if OmegaConf.select(member_cfg, "data.seed") is not None:
+                if lead_data_seed is None:
+                    lead_data_seed = int(OmegaConf.select(member_cfg, "data.seed"))
+                with open_dict(member_cfg):
+                    member_cfg.data.seed = lead_data_seed  # one stream of batches for the pack
+            members.append(Member(member_cfg, sweep_dir / str(n), list(jobs[n])))
+        describe_pack(pack_dir, members, "running")
+        status = "failed"
+        try:
+            records = run_pack(members, pack_dir, group, [sweep_dir])
+            status = "ended"
+        except (KeyboardInterrupt, SystemExit):
+            status = "interrupted"
+            raise
+        finally:
+            describe_pack(pack_dir, members, status)
+    finally:
+        claim.close()
+    return records[pack.index(num)]
+
+
+def pack_ended(pack_dir: Path, own_dir: Path) -> Record | None:
+    """This job's record, when its pack ended (pack.json says so) and wrote it; None while the
+    pack is yet to train, training, or stopped unfinished (a relaunch trains it on)."""
+    try:
+        described = json.loads((pack_dir / PACK_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(described, dict) or described.get("status") != "ended":
+        return None
+    try:
+        return read_record(own_dir / RECORD_FILE)
+    except FileNotFoundError:
+        raise UserError(f"the pack in {pack_dir} ended without this job's record") from None

@@ -76,6 +76,42 @@ def format_summary(record: dict[str, Any]) -> str:
     return "\n".join([bar, *(f"{k:<{width}}  {v}" for k, v in lines), bar])
 
 
+MEMBERS_SHOWN = 10  # a pack's summary lists this many members; rnnbench-table shows them all
+
+
+def format_pack_summary(records: list[dict[str, Any]]) -> str:
+    """One summary for a pack's members: what they share, then a line per member (its seed,
+    status and headline metric), the first MEMBERS_SHOWN of them."""
+    from collections import Counter
+
+    first = records[0]
+    model, pack = first["config"]["model"], first["packed_with"]
+    headline = first.get("headline") or "test/loss"
+    statuses = Counter(r["status"] for r in records)
+    timing = first.get("timing") or {}
+    lines = [
+        ("pack", f"{len(records)} runs trained together in {pack['pack']}"),
+        ("status", ", ".join(f"{n} {status}" for status, n in statuses.items())),
+        ("dataset", first["config"]["data"]["name"]),
+        ("model", f"{model['cell']}, {model['num_layers']} x {model['hidden_size']}"),
+    ]
+    if timing:
+        lines.append(("speed", f"{timing['steps']} steps in {timing['train_s']:.1f} s"))
+    width = max(len(k) for k, _ in lines)
+    table = [f"{'seed':>10}  {'status':<11}  {headline}"]
+    for r in records[:MEMBERS_SHOWN]:
+        value = r["metrics"].get(headline)
+        table.append(f"{r['seed']!s:>10}  {r['status']:<11}  {_fmt(value) if value else '-'}")
+    if len(records) > MEMBERS_SHOWN:
+        table.append(f"... and {len(records) - MEMBERS_SHOWN} more: rnnbench-table {pack['pack']}")
+    logged = [r["wandb"] for r in records if r.get("wandb")]
+    if logged:
+        runs = f"{len(logged)} {logged[0]['mode']} W&B runs, one in each member's folder"
+        table.append(f"{'wandb':<{width}}  {runs} (e.g. {logged[0]['dir']})")
+    bar = "-" * 72
+    return "\n".join([bar, *(f"{k:<{width}}  {v}" for k, v in lines), *table, bar])
+
+
 def show(text: str) -> None:
     """Print `text` and write it to the run's log file (Hydra's job log, <run>/train.log), so
     the folder keeps what the console said at the end of the run."""

@@ -60,7 +60,7 @@ from rnnbench.record import (
     write_json_atomic,
     write_record,
 )
-from rnnbench.summary import format_summary, show
+from rnnbench.summary import format_pack_summary, format_summary, show
 from rnnbench.sweep import end_interrupted_job, parallel_jobs, threads_per_job
 
 __all__ = ["CONF_DIR", "main", "run"]
@@ -128,9 +128,15 @@ def sweep_group(sweep_dir: str | Path) -> str:
 
 
 def build_loggers(
-    logger_cfg: DictConfig | None, run_dir: Path, config: dict[str, Any], group: str | None
+    logger_cfg: DictConfig | None,
+    run_dir: Path,
+    config: dict[str, Any],
+    group: str | None,
+    quiet: bool = False,
 ) -> list:
-    """One Lightning logger per entry of the `logger` group, each writing inside `run_dir`.
+    """One Lightning logger per entry of the `logger` group, each writing inside `run_dir`;
+    `quiet`: W&B prints nothing to the console (a pack's members, whose summary says where
+    their W&B runs are).
 
     A logger that cannot start (W&B online with no network, a bad key) is dropped with one
     warning line: the run goes on with its local records.
@@ -143,6 +149,8 @@ def build_loggers(
             # or logger.wandb.tags=[a,b] on the command line): instantiate's keywords would win.
             defaults = wandb_identity(config, group)
             extra |= {k: v for k, v in defaults.items() if conf.get(k) is None}
+            if quiet:
+                extra["settings"] = {**(conf.get("settings") or {}), "silent": True}
         try:
             logger = instantiate(conf, **extra)
             logger.log_hyperparams(config)
@@ -615,6 +623,9 @@ def main(cfg: DictConfig) -> None:
         print(f"rnnbench: error: {user}", file=sys.stderr)
         sys.exit(2)
     if not is_rank_zero():
+        return
+    if len(records) > 1:  # a pack's members (pack=K in a single run)
+        show(format_pack_summary(records))
         return
     for record in records:
         if record.get("reused_from"):

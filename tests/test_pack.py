@@ -315,3 +315,27 @@ def test_each_member_is_its_own_wandb_run(tmp_path):
         }
         assert summary["run_key"] == r["run_key"]
         assert summary["test/loss"] == pytest.approx(r["metrics"]["test/loss"])
+
+
+def test_a_big_pack_prints_one_summary(tmp_path):
+    """pack=K prints one summary, its members in a table of at most 10 lines, and its members'
+    W&B runs print nothing (a pack of 1,000 printed 12,968 lines, 30 a member)."""
+    args = [
+        "data.train_strings=50",
+        "data.valid_strings=10",
+        "data.test_strings=10",
+        "model.hidden_size=4",
+        "model.num_layers=1",
+        "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false",
+        "pack=14",
+        "hydra.run.dir=p",
+    ]
+    done = rnnbench_cli(args, cwd=tmp_path)  # logger=wandb, offline: the default
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = (done.stdout + done.stderr).splitlines()
+    assert len(lines) <= 30, "\n".join(lines)
+    assert sum("rnnbench-table" in x for x in lines) == 1
+    assert "... and 4 more" in done.stdout
+    assert "14 completed" in done.stdout and "14 offline W&B runs" in done.stdout
+    assert len(records(tmp_path / "p")) == 14

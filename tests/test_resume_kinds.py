@@ -134,3 +134,33 @@ def test_a_kind_no_test_proves_is_recorded_inexact(tmp_path):
     record = json.loads((tmp_path / "run" / "result.json").read_text())
     assert record["resume"]["exact"] is False
     assert any("no test proves a resume exact" in n and "StepLR" in n for n in record["notes"])
+
+
+PACKED_SWEEP = ["seed=1,2", f"scheduler={','.join(SCHEDULERS)}", "pack=2"]
+
+
+def test_every_scheduler_of_a_pack_resumes_exactly(tmp_path):
+    """The packed kinds: a sweep of 3 packs of 2 seeds, one pack per schedule, each killed in
+    its third epoch and relaunched into the same sweep folder (the killed job's claim on its
+    pack ends with its process: the relaunch takes it)."""
+    args = [*PACKED_SWEEP, *ARGS]
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    whole = rnnbench_cli(["-m", *args, "hydra.sweep.dir=sweep"], cwd=ref)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    cwd, sweep = tmp_path / "work", tmp_path / "elsewhere" / "sweep"
+    cwd.mkdir()
+    last = kill_each_job_then_finish(args, cwd, sweep, jobs=3, every=2)
+    assert last.returncode == 0, last.stderr[-3000:]
+    assert "sweep: 6 jobs: 2 completed, 4 reused" in last.stdout, last.stdout[-2000:]
+    for job in range(6):
+        a = json.loads((ref / "sweep" / str(job) / "result.json").read_text())
+        b = json.loads((sweep / str(job) / "result.json").read_text())
+        kind = (b["config"]["scheduler"] or {}).get("_target_"), b["seed"]
+        assert b["status"] == "completed" and b["packed_with"]["size"] == 2, kind
+        assert b["resume"]["exact"] is True and b["resume"]["epoch"] >= 2, (kind, b["resume"])
+        assert b["metrics"] == a["metrics"], kind
+        for name in ("metrics.csv", "steps.csv"):
+            theirs = ref / "sweep" / str(job) / name
+            assert (sweep / str(job) / name).read_text() == theirs.read_text(), (kind, name)

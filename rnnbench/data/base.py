@@ -4,6 +4,7 @@ judged against."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -12,10 +13,41 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from rnnbench.errors import check_positive_int
+from rnnbench.errors import DataError, check_positive_int
 from rnnbench.tasks import TaskKind, kind_of
 
 SPLITS = ("train", "valid", "test")
+
+# The longest line, in characters, that any text reader accepts (translation and summary pairs,
+# language-model corpora, SST-2). Far above any real line: the longest of each corpus in the
+# shared data folder measures 2,550 characters (the Debian summaries sample in tests/data), 1,037
+# (PTB characters), 520 (PTB words), 270 (SST-2), 254 (Multi30k), 70 (The Time Machine), and a
+# news article on one line (XSum, CNN/DailyMail) some thousands. A longer line is a file without
+# line breaks or a hostile one: read as it is, one line of 1.3 MB became a sequence of 300,000+
+# steps that the recurrent layer runs in one native call, deaf to SIGTERM and Ctrl-C for minutes.
+# Bounded, no line costs the tokeniser more than a fraction of a second, so a stop signal is
+# answered between lines.
+MAX_LINE_CHARS = 100_000
+
+
+def check_line(line: str, where: str | os.PathLike, number: int) -> str:
+    """`line` (line `number` of `where`, a file's name) if it is at most MAX_LINE_CHARS long;
+    otherwise DataError in one line naming the file and line. Every text reader calls this on
+    every line before any other work on it."""
+    if len(line) > MAX_LINE_CHARS:
+        raise DataError(
+            f"{where}:{number}: line of {len(line):,} characters is longer than the "
+            f"{MAX_LINE_CHARS:,} allowed (rnnbench.data.base.MAX_LINE_CHARS); a sentence or "
+            f"document is far shorter: check the file has one per line, or cut this one"
+        )
+    return line
+
+
+def check_lines(lines: list[str], where: str | os.PathLike, first: int = 1) -> list[str]:
+    """`lines` (numbered from `first`), each passed through check_line."""
+    for number, line in enumerate(lines, start=first):
+        check_line(line, where, number)
+    return lines
 
 
 class TensorDictDataset(Dataset):

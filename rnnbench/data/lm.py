@@ -16,7 +16,13 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from rnnbench.data.base import SPLITS, SequenceDataModule, own_generator, rank_and_world
+from rnnbench.data.base import (
+    SPLITS,
+    SequenceDataModule,
+    check_lines,
+    own_generator,
+    rank_and_world,
+)
 from rnnbench.data.fetch import ensure_file
 from rnnbench.errors import ConfigError, DataError, check_positive_int
 
@@ -211,6 +217,7 @@ class TextCorpus(LMDataModule):
         except (KeyError, zipfile.BadZipFile, UnicodeDecodeError) as e:
             raise DataError(f"cannot read {spec} from {path}: {e}") from None
         lines = text.splitlines()
+        check_lines(lines, f"{path}:{member}" if member else path)
         # The PTB character files end with "\n " (each symbol, newline included, is followed by
         # a space): that last blank fragment is not a line and gets no end-of-line marker.
         while lines and not lines[-1].strip():

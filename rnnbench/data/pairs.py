@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from rnnbench.data.base import SPLITS, SequenceDataModule
+from rnnbench.data.base import SPLITS, SequenceDataModule, check_lines
 from rnnbench.data.fetch import ensure_file
 from rnnbench.data.lm import UNK, Vocabulary
 from rnnbench.errors import ConfigError, DataError, check_positive_int
@@ -338,13 +338,15 @@ class TranslationData(PairDataModule):
 
 
 def read_lines(path: Path, key: str) -> list[str]:
-    """The lines of a UTF-8 text file, without trailing blank lines."""
+    """The lines of a UTF-8 text file, without trailing blank lines; a line longer than
+    MAX_LINE_CHARS is refused naming the file and line."""
     if not path.is_file():
         raise DataError(f"{key}: {path} is not a file")
     try:
         lines = path.read_text(encoding="utf-8").split("\n")
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read {path} ({key}): {e}") from None
+    check_lines(lines, path)
     while lines and not lines[-1].strip():
         lines.pop()
     return lines
@@ -418,7 +420,8 @@ MULTI30K_PAIRS = ("de-en", "en-de")
 
 def read_tar_lines(path: Path, member: str, relpath: str) -> list[str]:
     """The lines of `member` of a .tar.gz read in place (macOS `._*` resource forks skipped),
-    without the trailing blank line the Multi30k files end with."""
+    without the trailing blank line the Multi30k files end with; each line checked against
+    MAX_LINE_CHARS."""
     try:
         with tarfile.open(path, "r:gz") as archive:
             names = {
@@ -432,6 +435,7 @@ def read_tar_lines(path: Path, member: str, relpath: str) -> list[str]:
     except (tarfile.TarError, OSError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read {member} from {relpath}: {e}") from None
     lines = text.split("\n")
+    check_lines(lines, f"{path}:{member}")
     while lines and not lines[-1].strip():
         lines.pop()
     return lines
@@ -492,13 +496,14 @@ class Multi30k(TranslationData):
 
 def read_table(path: Path, columns: tuple[str, str]) -> Pairs:
     """(document, summary) pairs from a TSV file with a header row, or a JSONL file of objects,
-    taking the two named columns; refuses a missing column or a malformed row in one line."""
+    taking the two named columns; refuses a missing column, a malformed row or a line longer
+    than MAX_LINE_CHARS in one line."""
     source, target = [], []
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read {path}: {e}") from None
-    lines = text.splitlines()
+    lines = check_lines(text.splitlines(), path)
     if path.suffix == ".jsonl":
         for i, line in enumerate(lines, start=1):
             if not line.strip():

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from rnnbench.data.base import SequenceDataModule
+from rnnbench.data.base import SequenceDataModule, check_line
 from rnnbench.data.fetch import DataFolder
 from rnnbench.data.lm import Vocabulary
 from rnnbench.errors import DataError
@@ -17,16 +17,17 @@ PAD = "<pad>"
 
 
 def read_sst2(path: Path, relpath: str) -> list[tuple[list[str], int]]:
-    """(lower-cased whitespace tokens, label) per row of a `sentence<TAB>label` file."""
+    """(lower-cased whitespace tokens, label) per row of a `sentence<TAB>label` file; a line
+    longer than MAX_LINE_CHARS is refused naming the file and line."""
     rows = []
     with open(path, encoding="utf-8") as f:
-        header = f.readline().rstrip("\n").split("\t")
+        header = check_line(f.readline().rstrip("\n"), path, 1).split("\t")
         if header != ["sentence", "label"]:
             raise DataError(
                 f"{relpath} line 1: expected the header 'sentence<TAB>label', got {header}"
             )
         for lineno, line in enumerate(f, start=2):
-            fields = line.rstrip("\n").split("\t")
+            fields = check_line(line.rstrip("\n"), path, lineno).split("\t")
             if len(fields) != 2 or fields[1].strip() not in ("0", "1") or not fields[0].strip():
                 raise DataError(
                     f"{relpath} line {lineno}: expected 'sentence<TAB>label' with "
