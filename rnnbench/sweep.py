@@ -179,6 +179,17 @@ def sweep_jobs(sweep_dir: Path) -> list[list[str]]:
     return [list(job) for batch in batches for job in batch]
 
 
+def note_stop(signum: int) -> None:
+    """Remember the signal that stops this process (its exit status is 128 + it)."""
+    global _stopped_by
+    _stopped_by = signum
+
+
+def stop_exit_code() -> int:
+    """128 + the signal that stopped this process: 130 for Ctrl-C, 143 for SIGTERM."""
+    return 128 + _stopped_by
+
+
 def stop_sweep_on_signal(sweep_dir: str | Path) -> None:
     """Make SIGTERM and Ctrl-C to a sweep's parent stop its workers (recording the running
     jobs interrupted), print the summary line and exit 128 + signal, without a traceback."""
@@ -186,8 +197,7 @@ def stop_sweep_on_signal(sweep_dir: str | Path) -> None:
     _sweep_parent = os.getpid()
 
     def stop(signum: int, frame: Any) -> None:
-        global _stopped_by
-        _stopped_by = signum
+        note_stop(signum)
         for sig in (signal.SIGTERM, signal.SIGINT):  # a second Ctrl-C must not cut this short
             signal.signal(sig, signal.SIG_IGN)
         print(f"rnnbench: sweep stopped by {signal.Signals(signum).name}", file=sys.stderr)
@@ -208,13 +218,11 @@ def stop_sweep_on_signal(sweep_dir: str | Path) -> None:
 def end_interrupted_job(sweep_dir: str | Path) -> None:
     """After a sweep's job recorded itself interrupted: its process takes no further job. In
     the sweep's own process (the basic launcher) the summary line comes first."""
-    code = 130
     if _sweep_parent == os.getpid():
         print_summary(sweep_dir, _started)
-        code = 128 + _stopped_by
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(code)
+    os._exit(stop_exit_code())
 
 
 class SweepSummary(Callback):

@@ -61,7 +61,13 @@ from rnnbench.record import (
     write_record,
 )
 from rnnbench.summary import format_pack_summary, format_summary, show
-from rnnbench.sweep import end_interrupted_job, parallel_jobs, threads_per_job
+from rnnbench.sweep import (
+    end_interrupted_job,
+    note_stop,
+    parallel_jobs,
+    stop_exit_code,
+    threads_per_job,
+)
 
 __all__ = ["CONF_DIR", "main", "run"]
 
@@ -492,6 +498,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def _raise_interrupt(signum, frame) -> None:
+    note_stop(signum)
     hold_stop_signals()
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -605,7 +612,7 @@ def main(cfg: DictConfig) -> None:
         print(f"rnnbench: {label} interrupted (record in {where})", file=sys.stderr)
         if multirun:
             end_interrupted_job(hydra_cfg.sweep.dir)
-        sys.exit(130)
+        sys.exit(stop_exit_code())
     except Exception as e:
         user = find_user_error(e)
         if multirun:
