@@ -68,6 +68,7 @@ import torch
 from torch import Tensor, nn
 
 from rnnbench import table
+from rnnbench.cellspec import BASE_CELLS, GATED_CELLS
 from rnnbench.config import compose
 from rnnbench.errors import UserError, find_user_error
 from rnnbench.outputs import check_writable_folder, make_folder, one_line, write_text
@@ -85,11 +86,11 @@ TEMPLATE_OVERRIDES = [
     "model.num_layers=1",
     "trainer.max_epochs=1",
 ]
-TEMPLATE_CELLS = ("rnn", "gru", "lstm")
+TEMPLATE_CELLS = BASE_CELLS  # one template run per kind of cell
 
 HARNESS_GOAL = 0.97
 PEAK_GOAL = 0.75
-PEAK_GOAL_CELLS = ("gru", "lstm")
+PEAK_GOAL_CELLS = GATED_CELLS
 SCRATCH_GOAL = 0.8
 LOADER_GOAL = 0.02
 SWEEP_GOAL = 0.75
@@ -516,7 +517,7 @@ WORKLOADS = {
     ),
 }
 HEADLINE = "ptb_small"
-CELLS = ("rnn", "gru", "lstm")
+CELLS = BASE_CELLS
 # No validation pass: the timed steps are training steps, and a fit stops mid-epoch anyway.
 TRAINING_OVERRIDES = ("trainer.limit_val_batches=0",)
 # The contenders each training section compares.

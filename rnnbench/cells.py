@@ -15,10 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rnnbench.cellspec import CELL_SPECS, CELLS
 from rnnbench.errors import ConfigError, check_choice, check_positive_int
 
-GATES = {"rnn": 1, "rnn_relu": 1, "gru": 3, "lstm": 4}
-CELLS = tuple(GATES)
 IMPLS = ("fused", "scratch")
 GRU_RESETS = ("after", "before")
 
@@ -92,6 +91,11 @@ def gru_step(gx: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor, reset: str) -> T
         gh_n = plus_matmul(b_hh[..., n_rows], r * h, transposed(w_hh[..., n_rows, :]))
         n = torch.tanh(gx_n + gh_n)
     return z * h + (1 - z) * n
+
+
+# Each cell's time step, as its CellSpec names it.
+STEPS = {name: {f.__name__: f for f in (rnn_step, gru_step, lstm_step)}[spec.step]
+         for name, spec in CELL_SPECS.items()}  # fmt: skip
 
 
 def lstm_scan_order(hidden: int, device: torch.device) -> Tensor:
@@ -346,7 +350,7 @@ class ScratchRecurrence(nn.Module):
         self.cell, self.hidden_size, self.num_layers = cell, hidden_size, num_layers
         self.directions = 2 if bidirectional else 1
         self.dropout, self.gru_reset, self.members = dropout, gru_reset, members
-        width = GATES[cell] * hidden_size
+        width = CELL_SPECS[cell].gates * hidden_size
         lead = (members,) if members else ()
         for layer in range(num_layers):
             layer_input = input_size if layer == 0 else hidden_size * self.directions
@@ -437,14 +441,15 @@ class ScratchRecurrence(nn.Module):
             out, h = GRUScan.apply(gx, h, w_hh, b_hh)
             return out, h, None
         outputs = []
+        step = STEPS[self.cell]
+        act = torch.relu if CELL_SPECS[self.cell].nonlinearity == "relu" else torch.tanh
         for t, gx_t in enumerate(gx.unbind(time_axis(gx))):
             h_prev, c_prev = h, c
-            if self.cell == "lstm":
+            if step is lstm_step:
                 h, c = lstm_step(gx_t, h, c, w_hh, b_hh)
-            elif self.cell == "gru":
+            elif step is gru_step:
                 h = gru_step(gx_t, h, w_hh, b_hh, self.gru_reset)
             else:
-                act = torch.relu if self.cell == "rnn_relu" else torch.tanh
                 h = rnn_step(gx_t, h, w_hh, b_hh, act)
             if mask is not None:
                 h = torch.where(mask[t], h, h_prev)
@@ -533,10 +538,9 @@ class RecurrentStack(nn.Module):
                 cell, input_size, hidden_size, num_layers, bidirectional, layer_dropout, gru_reset
             )
         else:
-            kind = {"lstm": nn.LSTM, "gru": nn.GRU}.get(cell, nn.RNN)
-            extra = (
-                {"nonlinearity": "relu" if cell == "rnn_relu" else "tanh"} if kind is nn.RNN else {}
-            )
+            spec = CELL_SPECS[cell]
+            kind = getattr(nn, spec.fused)
+            extra = {"nonlinearity": spec.nonlinearity} if spec.nonlinearity else {}
             self.rnn = kind(
                 input_size,
                 hidden_size,

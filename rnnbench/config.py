@@ -21,6 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from rnnbench.cellspec import CELLS, GATED_CELLS
 from rnnbench.errors import ConfigError
 
 # One conf tree in git, at the repo top. A wheel carries a copy inside the package (setup.py puts
@@ -29,7 +30,6 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"
 if not CONF_DIR.is_dir():
     CONF_DIR = CONF_DIR.parent.parent / "conf"
 
-CELLS = ("rnn", "rnn_relu", "gru", "lstm")
 IMPLS = ("fused", "scratch")
 GRU_RESETS = ("after", "before")
 TBPTT_UPDATES = ("sequence", "chunk")
@@ -299,7 +299,7 @@ def cross_problem(cfg: DictConfig) -> str | None:
             )
     model = cfg.get("model") or {}
     cell = model.get("cell")
-    if model.get("forget_bias") is not None and cell not in ("lstm", "gru"):
+    if model.get("forget_bias") is not None and cell not in GATED_CELLS:
         return (
             f"model.forget_bias={model.get('forget_bias')} applies to model.cell=lstm or gru "
             f"only (the forget gate, the update gate): set it to null for model.cell={cell}"

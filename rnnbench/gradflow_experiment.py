@@ -30,7 +30,7 @@ import pandas as pd
 import pytorch_lightning as pl
 import torch
 
-from rnnbench.cells import CELLS
+from rnnbench.cellspec import BASE_CELLS, CELLS
 from rnnbench.data.synthetic import AddingProblem
 from rnnbench.errors import UserError
 from rnnbench.gradflow import GradFlow, first_last_ratios
@@ -304,10 +304,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--cells",
         nargs="+",
-        default=["rnn", "gru", "lstm"],
+        default=list(BASE_CELLS),
         choices=CELLS,
         metavar="CELL",
-        help=f"cells to compare, from {', '.join(CELLS)} (default: rnn gru lstm)",
+        help=f"cells to compare, from {', '.join(CELLS)} (default: {' '.join(BASE_CELLS)})",
     )
     p.add_argument("--seq-len", type=int, default=200, help="T of the adding problem (200)")
     p.add_argument("--hidden-size", type=int, default=128, help="hidden units (128)")

@@ -11,20 +11,20 @@ import torch
 from torch import Tensor, nn
 
 from rnnbench.cells import RecurrentStack, State, detach_state
+from rnnbench.cellspec import GATED_CELLS
 from rnnbench.errors import ConfigError, check_choice, check_positive_int
 
 READOUTS = ("all", "last")
 # With model.tbptt: one optimizer step per sequence (its chunks' gradients summed), or one per
 # chunk (the state carried on, detached), as Williams & Peng's BPTT(h; h') and Lightning 1.x did.
 TBPTT_UPDATES = ("sequence", "chunk")
-KEEP_GATE_CELLS = ("lstm", "gru")  # the cells model.forget_bias applies to
 
 
 def set_forget_bias(stack: RecurrentStack, value: float) -> None:
     """The initial bias of the gate that keeps the state: an LSTM's forget gate (Gers et al.
     2000; Jozefowicz et al. 2015), a GRU's update gate z (h' = (1 - z) n + z h, so a positive
     bias starts it carrying h on, as the forget bias does c)."""
-    if stack.cell not in KEEP_GATE_CELLS:
+    if stack.cell not in GATED_CELLS:
         raise ConfigError(
             f"model.forget_bias is for LSTM and GRU only: set it to null for "
             f"model.cell={stack.cell}"

@@ -21,10 +21,11 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.backend_bases import FigureCanvasBase  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from rnnbench.cellspec import CELL_SPECS  # noqa: E402
 from rnnbench.outputs import write_bytes  # noqa: E402
 
 # One colour per cell, the same in every figure.
-CELL_COLOURS = {"rnn": "#1f77b4", "rnn_relu": "#9467bd", "gru": "#ff7f0e", "lstm": "#2ca02c"}
+CELL_COLOURS = {name: spec.colour for name, spec in CELL_SPECS.items()}
 OTHER_COLOURS = ("#d62728", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 HIDDEN_GRAD_LABEL = r"$\|\partial L / \partial h_t\|$"
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import pandas as pd
 
+from rnnbench.cellspec import CELLS
 from rnnbench.errors import UserError
 from rnnbench.outputs import check_writable, html_comment, md_text, one_line, write_text
 from rnnbench.record import (
@@ -70,7 +71,6 @@ AXIS_ORDER = (
     "optim.lr",
 )
 # The README's order, so tables read rnn, gru, lstm rather than alphabetically.
-CELL_ORDER = ("rnn", "rnn_relu", "gru", "lstm")
 # W&B run states for runs whose summary lacks the harness's own `status`.
 WANDB_STATES = {
     "finished": "completed",
@@ -367,10 +367,11 @@ def check_metric(df: pd.DataFrame, metric: str) -> None:
 
 
 def _order(values: Iterable[Any], key: str) -> list[Any]:
-    """Axis order: numbers ascending, cells in CELL_ORDER, anything else as first found."""
+    """Axis order: numbers ascending, cells in cellspec's display order, anything else as
+    first found."""
     values = list(dict.fromkeys(values))
     if key == "model.cell":
-        return sorted(values, key=lambda v: CELL_ORDER.index(v) if v in CELL_ORDER else 99)
+        return sorted(values, key=lambda v: CELLS.index(v) if v in CELLS else 99)
     numeric = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
     if len(numeric) == len(values):
         return sorted(values)

@@ -42,6 +42,7 @@ from typing import Any
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
+from rnnbench.cellspec import CELL_SPECS
 from rnnbench.config import check_config, compose
 from rnnbench.record import (
     METRICS_FILE,
@@ -78,7 +79,6 @@ LOSS_OF: dict[str, Callable[[float], float]] = {
     "acc": lambda v: -math.log(v),
     "mae": lambda v: v * v,
 }
-GATES = {"rnn": 1, "rnn_relu": 1, "gru": 3, "lstm": 4}
 
 
 def headline_of(config: Mapping[str, Any]) -> tuple[str, str, str]:
@@ -116,7 +116,8 @@ def param_count(model: Mapping[str, Any]) -> int:
     as emb_size, else hidden_size): grows with the cell's gates, depth, width and direction."""
     h, layers = model["hidden_size"], model["num_layers"]
     width, directions = model.get("emb_size") or h, 2 if model.get("bidirectional") else 1
-    per_layer = [GATES.get(model["cell"], 1) * h * (w + h + 2) for w in [width] + [h] * layers]
+    gates = CELL_SPECS[model["cell"]].gates if model["cell"] in CELL_SPECS else 1
+    per_layer = [gates * h * (w + h + 2) for w in [width] + [h] * layers]
     return directions * sum(per_layer[:layers]) + (h + 1) * width
 
 

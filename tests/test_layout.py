@@ -77,3 +77,31 @@ def test_training_modules_import_no_presentation_code(module):
         if m.split(".")[0] == "matplotlib" or m in PRESENTATION
     }
     assert not pulled, f"{module} imports {pulled}"
+
+
+def literal_cell_lists(path: Path) -> list[list[str]]:
+    """Every tuple, list, set or dict literal of `path` holding two or more cell names."""
+    from rnnbench.cellspec import CELLS
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        items = node.keys if isinstance(node, ast.Dict) else getattr(node, "elts", None)
+        if not isinstance(node, ast.Tuple | ast.List | ast.Set | ast.Dict) or items is None:
+            continue
+        names = [e.value for e in items if isinstance(e, ast.Constant) and e.value in CELLS]
+        if len(names) >= 2:
+            found.append(names)
+    return found
+
+
+@pytest.mark.parametrize("module", sorted(set(MODULES) - {"rnnbench.cellspec"}))
+def test_the_cells_are_listed_in_cellspec_alone(module):
+    """One registry of cells (rnnbench.cellspec): no other module writes a list of them."""
+    assert not literal_cell_lists(MODULES[module]), f"{module}: use rnnbench.cellspec"
+
+
+def test_the_registry_check_finds_a_list(tmp_path):
+    """The check above can fail: it finds lists of cells where there are some."""
+    probe = tmp_path / "probe.py"
+    probe.write_text('COLOURS = {"rnn": 1, "gru": 2}\nORDER = ("lstm", "gru")\nONE = ("gru",)\n')
+    assert literal_cell_lists(probe) == [["rnn", "gru"], ["lstm", "gru"]]
