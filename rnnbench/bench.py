@@ -69,6 +69,7 @@ from torch import Tensor, nn
 
 from rnnbench import table
 from rnnbench.cellspec import BASE_CELLS, GATED_CELLS
+from rnnbench.clipping import clip_global_norm_
 from rnnbench.config import compose
 from rnnbench.errors import UserError, find_user_error
 from rnnbench.outputs import check_writable_folder, make_folder, one_line, write_text
@@ -356,7 +357,7 @@ class PackHarness(LightningHarness):
 class PlainLoop:
     """The same step as a plain PyTorch loop: the model built from the same config and seed,
     the datamodule's own training DataLoader, the config's optimizer and the same clipping,
-    g <- min(1, θ/‖g‖) g (torch.nn.utils.clip_grad_norm_'s formula); nothing else."""
+    g <- min(1, θ/‖g‖) g (the harness's own clip_global_norm_); nothing else."""
 
     def __init__(self, cfg, datamodule, name: str = "raw") -> None:
         from hydra.utils import instantiate
@@ -413,8 +414,7 @@ class PlainLoop:
             loss = self.loss(batch)
             self.optimizer.zero_grad()
             loss.backward()
-            if self.clip is not None:
-                nn.utils.clip_grad_norm_(self.params, self.clip)
+            clip_global_norm_(self.params, self.clip)
             self.optimizer.step()
             t2 = time.perf_counter()
             samples.append(Sample(t2 - t0, *step_work(self.model, batch), t1 - t0))

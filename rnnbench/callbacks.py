@@ -160,13 +160,16 @@ class StepTrace(pl.Callback):
     def __init__(
         self, path: str | Path = STEPS_FILE, clip: float | None = None, flush_every: int = 200
     ) -> None:
-        # clip: the run's gradient-clipping threshold, set by train.run from trainer config.
+        # clip: the gradient-clipping threshold θ; a lone run's comes from its task module at
+        # the start of training (its clip_value), a pack gives each member's trace its own.
         self.path, self.clip, self.flush_every = Path(path), clip, flush_every
         # (step, [loss, norm]) pairs, appended in one operation: a signal (SIGTERM -> interrupt)
         # landing mid-callback can never leave a step without its values.
         self.pending: list[tuple[int, torch.Tensor]] = []
 
     def on_train_start(self, trainer, pl_module) -> None:
+        if self.clip is None:
+            self.clip = getattr(pl_module, "clip_value", None)
         # A resumed run re-runs the steps after its checkpoint: drop their old rows.
         kept = []
         if self.path.exists() and trainer.global_step > 0:

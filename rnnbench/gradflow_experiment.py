@@ -119,7 +119,7 @@ def measure_cell(
         init_range=init_range,
         **data.model_io(),
     )
-    task = RegressionTask(model, partial(torch.optim.Adam, lr=lr))
+    task = RegressionTask(model, partial(torch.optim.Adam, lr=lr), clip=clip)
     flow = GradFlow(every_n_steps=steps, path=None)
     callbacks: list[pl.Callback] = [flow]
     if progress:
@@ -130,7 +130,6 @@ def measure_cell(
         max_steps=steps,
         limit_val_batches=0,
         num_sanity_val_steps=0,
-        gradient_clip_val=clip,
         logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,

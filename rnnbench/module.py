@@ -17,28 +17,13 @@ from torch import Tensor, nn
 from torchmetrics.aggregation import MeanMetric
 
 from rnnbench.cells import State, detach_state
+from rnnbench.clipping import clip_global_norm_
 from rnnbench.tasks import KINDS, TaskKind
 from rnnbench.text_scores import ROUGE_KEYS
 
 LN2 = math.log(2.0)
 SPLITS = ("train", "val", "test")
 Batch = dict[str, Tensor]
-
-
-def global_grad_norm(parameters) -> Tensor:
-    """‖g‖ over all gradients together, as one tensor (no host sync); one fused kernel for
-    the per-parameter norms."""
-    grads = [p.grad for p in parameters if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-
-
-def clip_global_norm_(parameters, norm: Tensor, threshold: float) -> None:
-    """The seed's clipping, g <- min(1, θ/‖g‖) g, given ‖g‖ already computed."""
-    grads = [p.grad for p in parameters if p.grad is not None]
-    if grads:
-        torch._foreach_mul_(grads, torch.clamp(threshold / (norm + 1e-6), max=1.0))
 
 
 def time_chunks(batch: Batch, k: int) -> list[Batch]:
@@ -67,6 +52,7 @@ class RecurrentTask(pl.LightningModule):
         optimizer: Callable,
         scheduler: Callable | None = None,
         unit: str = "",
+        clip: float | None = None,
     ) -> None:
         super().__init__()
         self.model, self.unit = model, unit
@@ -84,7 +70,9 @@ class RecurrentTask(pl.LightningModule):
         tbptt = getattr(model, "tbptt", None)
         self.chunked = tbptt is not None and getattr(model, "tbptt_update", "") == "chunk"
         self.automatic_optimization = not self.chunked
-        self.clip_value: float | None = None  # per-chunk clipping threshold (set by train.run)
+        # θ of the global-norm clipping (trainer.gradient_clip_val): the task clips, in
+        # Lightning's hook or after each chunk, never Lightning itself (its value is None).
+        self.clip_value = clip
         self.carry: State | None = None  # the state handed from one chunk to the next
         # The last step's loss and pre-clip gradient norm, read by StepTrace and the progress
         # bar (kept as tensors: no host sync in the step).
@@ -231,14 +219,12 @@ class RecurrentTask(pl.LightningModule):
         self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
     ) -> None:
         params = [p for g in optimizer.param_groups for p in g["params"]]
-        self.clip_and_record(params, gradient_clip_val)
+        self.clip_and_record(params, self.clip_value)
 
     def clip_and_record(self, params: list[Tensor], threshold: float | None) -> None:
-        # The norm before clipping is what shows a vanilla RNN exploding: log it every step.
-        norm = global_grad_norm(params)
-        self.grad_norm = norm.detach()  # read by the StepTrace callback, without a host sync
-        if threshold is not None:
-            clip_global_norm_(params, norm, float(threshold))
+        # The norm before clipping is what shows a vanilla RNN exploding: log it every step
+        # (read by the StepTrace callback, without a host sync).
+        self.grad_norm = clip_global_norm_(params, threshold).detach()
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameters())

@@ -46,6 +46,7 @@ from rnnbench.checkpoints import (
     copy_traces,
     resume_point,
 )
+from rnnbench.clipping import clip_global_norm_
 from rnnbench.errors import ConfigError, UserError
 from rnnbench.module import SPLITS, TASKS, RecurrentTask
 from rnnbench.packed import PackedSequenceModel
@@ -186,16 +187,11 @@ class PackedTask:
         if dead:  # their gradient may be NaN: nothing of it may reach their weights
             for p in params:
                 p.grad[dead] = 0
-        squares = torch.stack([p.grad.reshape(self.members, -1).square().sum(1) for p in params])
-        norm = squares.sum(0).sqrt()
-        self.grad_norm = norm.detach()
-        if any(c is not None for c in self.clips):
-            if self._limits is None:  # the thresholds never change: made once
-                thresholds = [math.inf if c is None else float(c) for c in self.clips]
-                self._limits = norm.new_tensor(thresholds)
-            factor = torch.clamp(self._limits / (norm + 1e-6), max=1.0)
-            for p in params:
-                p.grad.mul_(factor.view(-1, *[1] * (p.dim() - 1)))
+        if self._limits is None and any(c is not None for c in self.clips):
+            # The thresholds never change: made once.
+            thresholds = [math.inf if c is None else float(c) for c in self.clips]
+            self._limits = params[0].new_tensor(thresholds)
+        self.grad_norm = clip_global_norm_(params, self._limits, self.members).detach()
         self.prepare_update(optimizer)
 
     def prepare_update(self, optimizer) -> None:

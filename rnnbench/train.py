@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
 from torch import nn
 
-from rnnbench.callbacks import EpochMetricsCSV, StepTrace, Throughput
+from rnnbench.callbacks import EpochMetricsCSV, Throughput
 from rnnbench.checkpoints import (
     AtomicCheckpointIO,
     ResumeCheckpoint,
@@ -233,23 +233,20 @@ def build_training(
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     # A decoder's kinds (translation, summaries) also take how the test decodes (`decode`).
     options = dict(cfg.get("decode") or {}) if datamodule.kind.readout == "decoder" else {}
+    clip = cfg.trainer.get("gradient_clip_val")
     task = TASKS[datamodule.task](
-        model, instantiate(cfg.optim), scheduler, datamodule.unit, **options
+        model, instantiate(cfg.optim), scheduler, datamodule.unit, clip, **options
     )
     if is_rank_zero():
         loggers += build_loggers(cfg.get("logger"), run_dir, record["config"], group)
     callbacks = RunCallbacks.for_run(cfg, run_dir)
-    manual = {}
-    if not task.automatic_optimization:  # per-chunk updates clip in the task's own loop
-        task.clip_value = cfg.trainer.get("gradient_clip_val")
-        manual = {"gradient_clip_val": None}
     trainer = instantiate(
         cfg.trainer,
         logger=loggers or False,
         callbacks=[*extra_callbacks, *callbacks.all],
         default_root_dir=str(run_dir),
         plugins=[AtomicCheckpointIO()],
-        **manual,
+        gradient_clip_val=None,  # the task clips (rnnbench.clipping), with the config's θ
     )
     record["env"] = environment(str(trainer.strategy.root_device))
     return Training(model, task, trainer, callbacks)
@@ -450,9 +447,6 @@ class RunCallbacks:
         made = [place_in(instantiate(conf), run_dir) for conf in entries]
         if not cfg.trainer.get("enable_progress_bar", True):
             made = [c for c in made if not isinstance(c, ProgressBar)]
-        for c in made:
-            if isinstance(c, StepTrace):
-                c.clip = cfg.trainer.get("gradient_clip_val")
         # last.ckpt every N steps has its own callback: the best-model one only writes when
         # val/loss improves, and a resume must go on from the latest step, not the best one.
         if cfg.get("checkpoint_every_n_steps"):

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from rnnbench.cells import RecurrentStack
+from rnnbench.clipping import clip_global_norm_
 from rnnbench.errors import ConfigError
-from rnnbench.module import clip_global_norm_, global_grad_norm
 
 IN, HID, B, T = 5, 7, 3, 6
 
@@ -120,18 +120,40 @@ def test_clipping_is_the_seed_formula():
     for p in params:
         p.grad = torch.randn_like(p) * 10
     before = [p.grad.clone() for p in params]
-    norm = global_grad_norm(params)
     expected = torch.sqrt(sum((g**2).sum() for g in before))
-    torch.testing.assert_close(norm, expected)
     theta = 0.5
-    clip_global_norm_(params, norm, theta)
+    norm = clip_global_norm_(params, theta)  # the norm before clipping
+    torch.testing.assert_close(norm, expected)
     for p, g in zip(params, before, strict=True):
         torch.testing.assert_close(p.grad, g * min(1.0, theta / expected.item()), rtol=1e-5, atol=0)
-    # Below the threshold nothing changes.
+    # Below the threshold nothing changes; without one, the norm alone.
     small = [p.grad.clone() for p in params]
-    clip_global_norm_(params, global_grad_norm(params), 100.0)
+    clip_global_norm_(params, 100.0)
+    clip_global_norm_(params, None)
     for p, g in zip(params, small, strict=True):
         torch.testing.assert_close(p.grad, g)
+
+
+def test_a_packs_members_are_clipped_each_on_its_own_norm():
+    """members=K: each member's slice is clipped as that member's lone run would be."""
+    torch.manual_seed(3)
+    k = 3
+    params = [torch.nn.Parameter(torch.randn(k, 4, 3)), torch.nn.Parameter(torch.randn(k, 5))]
+    for p in params:
+        p.grad = torch.randn_like(p) * 5
+    thresholds = torch.tensor([0.5, float("inf"), 2.0])
+    lone = []
+    for m in range(k):
+        alone = [torch.nn.Parameter(p[m].detach().clone()) for p in params]
+        for a, p in zip(alone, params, strict=True):
+            a.grad = p.grad[m].clone()
+        theta = None if m == 1 else float(thresholds[m])
+        lone.append((clip_global_norm_(alone, theta), [a.grad for a in alone]))
+    norms = clip_global_norm_(params, thresholds, members=k)
+    for m, (norm, grads) in enumerate(lone):
+        torch.testing.assert_close(norms[m], norm)
+        for p, g in zip(params, grads, strict=True):
+            torch.testing.assert_close(p.grad[m], g)
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])

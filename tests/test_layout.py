@@ -105,3 +105,33 @@ def test_the_registry_check_finds_a_list(tmp_path):
     probe = tmp_path / "probe.py"
     probe.write_text('COLOURS = {"rnn": 1, "gru": 2}\nORDER = ("lstm", "gru")\nONE = ("gru",)\n')
     assert literal_cell_lists(probe) == [["rnn", "gru"], ["lstm", "gru"]]
+
+
+CLIPPING_CALLS = {"clip_grad_norm_", "clip_grad_value_", "_foreach_mul_", "_foreach_norm"}
+
+
+def clipping_code(path: Path) -> list[str]:
+    """Where `path` clips gradients itself: torch's clipping helpers, the foreach kernels of a
+    norm or scaling, or a clamp(θ / (‖g‖ + ε), max=...) factor."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.Call):
+            continue
+        name = getattr(node.func, "attr", getattr(node.func, "id", ""))
+        if name in CLIPPING_CALLS:
+            found.append(f"line {node.lineno}: {name}")
+        elif name == "clamp" and any(k.arg == "max" for k in node.keywords):
+            if node.args and isinstance(node.args[0], ast.BinOp):
+                if isinstance(node.args[0].op, ast.Div):
+                    found.append(f"line {node.lineno}: clamp(a / b, max=...)")
+    return found
+
+
+@pytest.mark.parametrize("module", sorted(set(MODULES) - {"rnnbench.clipping"}))
+def test_gradients_are_clipped_in_rnnbench_clipping_alone(module):
+    """One implementation of g <- min(1, θ/‖g‖) g: rnnbench.clipping.clip_global_norm_."""
+    assert not clipping_code(MODULES[module]), f"{module} clips: call clip_global_norm_"
+
+
+def test_the_clipping_check_finds_clipping():
+    assert len(clipping_code(MODULES["rnnbench.clipping"])) == 3
