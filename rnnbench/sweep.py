@@ -111,7 +111,7 @@ def stop_workers(sweep_dir: str | Path, grace_s: float = 60.0) -> None:
 
 
 _sweep_parent: int | None = None  # the pid of the process that launched this sweep, there
-_stopped_by: int = signal.SIGINT  # the signal that stopped the sweep: its exit is 128 + it
+_stopped_by: int | None = None  # the first signal that stopped this process: exit 128 + it
 _started: dict[Path, int] = {}  # record_stamps as the sweep started, in the sweep's process
 
 
@@ -180,14 +180,16 @@ def sweep_jobs(sweep_dir: Path) -> list[list[str]]:
 
 
 def note_stop(signum: int) -> None:
-    """Remember the signal that stops this process (its exit status is 128 + it)."""
+    """Remember the signal that stops this process, the first of a burst (its exit status is
+    128 + it)."""
     global _stopped_by
-    _stopped_by = signum
+    if _stopped_by is None:
+        _stopped_by = signum
 
 
 def stop_exit_code() -> int:
     """128 + the signal that stopped this process: 130 for Ctrl-C, 143 for SIGTERM."""
-    return 128 + _stopped_by
+    return 128 + (_stopped_by or signal.SIGINT)
 
 
 def stop_sweep_on_signal(sweep_dir: str | Path) -> None:

@@ -510,11 +510,13 @@ def hold_stop_signals() -> None:
 
 def _sigterm_interrupts() -> dict[int, Any]:
     """Make SIGTERM (a scheduler's or `kill`'s polite stop) end the run like Ctrl-C, so it is
-    recorded as interrupted; returns the stop signals' handlers to restore (none off the main
-    thread)."""
+    recorded as interrupted, and Ctrl-C do so even where the process was started with SIGINT
+    ignored (a background job of a script, a test runner's worker); returns the stop signals'
+    handlers to restore (none off the main thread)."""
     try:
         previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
-        signal.signal(signal.SIGTERM, _raise_interrupt)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, _raise_interrupt)
     except ValueError:  # signal handlers can only be set from the main thread
         return {}
     return previous

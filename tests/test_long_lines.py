@@ -218,7 +218,7 @@ def test_sigterm_during_data_preparation_ends_the_run_promptly(tmp_path):
         proc.kill()
         pytest.fail(f"SIGTERM ignored for 10 s: {proc.communicate()[1][-2000:]}")
     assert time.monotonic() - sent < 10
-    assert proc.returncode == 130, stderr[-2000:]
+    assert proc.returncode == 143, stderr[-2000:]  # 128 + SIGTERM
     assert "Traceback" not in stderr and "rnnbench: run interrupted" in stderr, stderr[-2000:]
     [record] = records(work / "runs")
     assert record["status"] == "interrupted"
