@@ -323,7 +323,7 @@ class LightningHarness:
         return samples
 
     def close(self) -> None:
-        from rnnbench.train import finish_wandb
+        from rnnbench.lifecycle import finish_wandb
 
         finish_wandb(self.loggers, self.record)
 

@@ -21,6 +21,7 @@ folder holds pack.json and the checkpoint a relaunch resumes the whole pack from
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
@@ -34,6 +35,7 @@ from typing import IO, Any
 
 import pytorch_lightning as pl
 import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import Tensor, nn
@@ -47,7 +49,15 @@ from rnnbench.checkpoints import (
     resume_point,
 )
 from rnnbench.clipping import clip_global_norm_
-from rnnbench.errors import ConfigError, UserError
+from rnnbench.config import check_config, compose
+from rnnbench.errors import ConfigError, UserError, find_user_error
+from rnnbench.lifecycle import (
+    build_loggers,
+    finish_wandb,
+    hold_stop_signals,
+    nonfinite_metrics,
+    reuse,
+)
 from rnnbench.module import SPLITS, TASKS, RecurrentTask
 from rnnbench.packed import PackedSequenceModel
 from rnnbench.record import (
@@ -62,9 +72,13 @@ from rnnbench.record import (
     claim_run_folder,
     config_hash,
     environment,
+    flatten,
+    identity,
+    is_identity_key,
     new_record,
     now_iso,
     read_record,
+    read_trace,
     write_json_atomic,
     write_record,
 )
@@ -375,7 +389,6 @@ class Member:
 
 def check_members(members: Sequence[Member]) -> None:
     """Refuse members that are not one configuration up to MEMBER_KEYS and the watching keys."""
-    from rnnbench.record import flatten, identity
 
     def shape(cfg: DictConfig) -> dict[str, Any]:
         flat = flatten(identity(OmegaConf.to_container(cfg, resolve=True)))
@@ -412,8 +425,6 @@ def run_packed(
 ) -> list[Record]:
     """`rnnbench ... pack=K`: in a single run, K seeds packed in the run folder; in a
     multirun, this job's record, from its pack (`run_in_sweep`)."""
-    from rnnbench.config import check_config
-
     check_config(cfg)  # pack: a whole number >= 1 (config.CHECKS)
     if multirun:
         return [run_in_sweep(cfg, hydra_cfg, group)]
@@ -432,8 +443,6 @@ def run_pack(
     each member's record into its own folder. A member whose run_key already completed (in its
     folder, under `search` or results_root: train.reuse) is reused and left out of the pack.
     Returns the members' records, in order."""
-    from rnnbench.train import reuse
-
     check_members(members)
     for m in members:
         config = OmegaConf.to_container(m.cfg, resolve=True)
@@ -609,13 +618,9 @@ def train_members(members: list[Member], pack_dir: Path, group: str | None) -> l
         for m in members:
             m.record["status"] = "interrupted"
         status = "interrupted"
-        from rnnbench.train import hold_stop_signals
-
         hold_stop_signals()
         raise
     except BaseException as e:
-        from rnnbench.errors import find_user_error
-
         user = find_user_error(e)
         for m in members:
             m.record["error"] = str(user) if user else repr(e)
@@ -654,8 +659,6 @@ def fill_member_record(
     pack_record: dict[str, Any],
 ) -> None:
     """Member k's record, as its lone run's would be; its best weights as best.ckpt."""
-    from rnnbench.train import nonfinite_metrics
-
     record = m.record
     record["task"], record["headline"] = datamodule.task, datamodule.headline_metric
     record["params"], record["env"] = params, env
@@ -755,9 +758,6 @@ def finish_member_loggers(members: Sequence[Member], group: str | None) -> None:
     """Give each member its own experiment-logger run (W&B, CSV), as a lone run would have:
     its epoch rows and steps, then its summary. Written once the pack has ended, member by
     member, so a dashboard shows ordinary runs."""
-    from rnnbench.record import read_trace
-    from rnnbench.train import build_loggers, finish_wandb
-
     for m in members:
         config = m.record["config"]
         loggers = build_loggers(m.cfg.get("logger"), m.run_dir, config, group, quiet=True)
@@ -789,10 +789,6 @@ def finish_member_loggers(members: Sequence[Member], group: str | None) -> None:
 
 def family(job: list[str]) -> tuple[str, ...]:
     """What a job's overrides say it computes, less the keys pack members may differ in."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from rnnbench.record import is_identity_key
-
     kept = []
     for o in OverridesParser.create().parse_overrides(job):
         key = o.key_or_group
@@ -818,8 +814,6 @@ def hold_lock(path: Path, holder: dict[str, Any]) -> IO[str] | None:
     """An exclusive lock on the file `path` for this process, with `holder` written in it;
     None when another process holds it. The lock is flock's: it ends when the returned file
     is closed or the process ends, however it ends (SIGKILL too), so a claim is never stale."""
-    import fcntl
-
     path.parent.mkdir(parents=True, exist_ok=True)
     f = open(path, "a+")  # noqa: SIM115 - held open for as long as the lock
     try:
@@ -843,8 +837,6 @@ def run_in_sweep(cfg: DictConfig, hydra_cfg: DictConfig, group: str | None) -> R
     pack's claim first (a lock on packs/<jobs>/claim), or, for the others, waited for and read
     back. A claim ends with its process: after a kill, a relaunched job takes it and the pack
     goes on from its checkpoint."""
-    from rnnbench.config import compose
-
     sweep_dir = Path(hydra_cfg.sweep.dir).resolve()
     saved = OmegaConf.load(sweep_dir / "multirun.yaml")
     if OmegaConf.to_container(saved.hydra.sweep).get("subdir") != "${hydra.job.num}":

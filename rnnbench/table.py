@@ -79,7 +79,7 @@ WANDB_STATES = {
     "killed": "interrupted",
     "preempted": "interrupted",
 }
-# Logged into a W&B run's config beside the configuration itself (rnnbench.train.build_loggers).
+# Logged into a W&B run's config beside the configuration itself (rnnbench.lifecycle.build_loggers).
 WANDB_EXTRAS = ("overrides", "run_key")
 REFERENCE_DIR = "references"
 MISSING = "-"

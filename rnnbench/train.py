@@ -1,17 +1,10 @@
-"""`rnnbench`: compose a configuration with Hydra, train and test it, leave result.json behind.
-
-rnnbench                                      # the default run: an LSTM on embedded Reber
-rnnbench data=ptb_word model=gru trainer.gradient_clip_val=0.25
-rnnbench -m model=rnn,gru,lstm model.num_layers=1,2
-"""
+"""One lone run's lifecycle: build the data, model, task and Trainer from a composed config,
+claim the folder, reuse or resume, train, test the best checkpoint, and record it however it
+ends (`run`). The `rnnbench` command is rnnbench.launch; what lone and packed runs share is
+rnnbench.lifecycle."""
 
 from __future__ import annotations
 
-import hashlib
-import math
-import os
-import shutil
-import signal
 import sys
 import traceback
 from collections.abc import Sequence
@@ -19,14 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import hydra
 import pytorch_lightning as pl
-import torch
-from hydra.core.hydra_config import HydraConfig
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.types import RunMode
-from hydra.utils import instantiate, to_absolute_path
-from omegaconf import DictConfig, OmegaConf, open_dict
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
 from torch import nn
 
@@ -37,170 +25,36 @@ from rnnbench.checkpoints import (
     drop_checkpoints,
     resume_point,
 )
-from rnnbench.config import CONF_DIR, check_config
-from rnnbench.errors import ConfigError, UserError, find_user_error
+from rnnbench.config import check_config
+from rnnbench.errors import UserError, find_user_error
+from rnnbench.lifecycle import (
+    build_loggers,
+    check_device,
+    discard_unused_folder,
+    divergence,
+    finish_wandb,
+    hold_stop_signals,
+    interrupt_on_stop_signals,
+    is_rank_zero,
+    restore_signals,
+    reuse,
+)
 from rnnbench.module import TASKS
 from rnnbench.record import (
     CHECKPOINT_DIR,
     LAST_CKPT,
-    RECORD_FILE,
-    Record,
     check_run_folder,
     environment,
-    find_completed,
     forced_folder,
     holds_completed,
-    is_identity_key,
-    is_seed_key,
     new_record,
     now_iso,
-    read_record,
     take_place,
     write_examples,
-    write_json_atomic,
     write_record,
 )
-from rnnbench.summary import format_pack_summary, format_summary, show
-from rnnbench.sweep import (
-    end_interrupted_job,
-    note_stop,
-    parallel_jobs,
-    stop_exit_code,
-    threads_per_job,
-)
 
-__all__ = ["CONF_DIR", "main", "run"]
-
-
-def is_rank_zero() -> bool:
-    """False in the extra processes Lightning's DDP launcher starts: they train, never record."""
-    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
-
-
-def wandb_identity(config: dict[str, Any], group: str | None) -> dict[str, Any]:
-    """The default name, group (`group`, else the dataset's name), tags and job type that let
-    the W&B UI group and compare runs without set-up; a user's logger.wandb.* values win."""
-    data, model = config["data"]["name"], config["model"]
-    clip = config["trainer"].get("gradient_clip_val")
-    direction = "bi" if model["bidirectional"] else "uni"
-    name = (
-        f"{data}-{model['cell']}-{model['impl']}-{model['num_layers']}x"
-        f"{model['hidden_size']}-{direction}-clip{clip}"
-    )
-    tags = [
-        f"data:{data}",
-        f"cell:{model['cell']}",
-        f"impl:{model['impl']}",
-        f"layers:{model['num_layers']}",
-        f"direction:{direction}",
-        f"clip:{clip}",
-    ]
-    attention = model.get("attention", "none")
-    if attention != "none":  # an encoder-decoder's attention tells its runs apart too
-        name += f"-{attention}"
-        tags.append(f"attention:{attention}")
-    return {"name": name, "group": group or data, "tags": tags, "job_type": "train"}
-
-
-WANDB_GROUP_MAX = 128  # the longest group name W&B accepts
-
-
-def sweep_group(sweep_dir: str | Path) -> str:
-    """The W&B group every job of one multirun shares: the sweep's command line as Hydra's
-    sweeper saved it in multirun.yaml before the first job (`model=rnn,gru data=ptb_word`),
-    less the overrides that change nothing a run computes (logger, progress bar, force, ...);
-    the sweep folder's name when that leaves nothing. Cut at a space to fit W&B's 128
-    characters, with a hash of the whole so that two long command lines still get two groups."""
-    sweep_dir = Path(sweep_dir)
-    saved = sweep_dir / "multirun.yaml"
-    # Each job's own hydra.overrides.task holds its values (model=gru), not the sweep's lists.
-    # Unresolved: an override may hold an interpolation (`results_root=${oc.env:SCRATCH}`).
-    task = (
-        OmegaConf.to_container(OmegaConf.load(saved).hydra.overrides.task)
-        if saved.is_file()
-        else []
-    )
-    kept = [
-        o.input_line
-        for o in OverridesParser.create().parse_overrides(task)
-        if is_identity_key(o.key_or_group) or is_seed_key(o.key_or_group)
-    ]
-    text = " ".join(kept) or sweep_dir.name
-    if len(text) > WANDB_GROUP_MAX:
-        digest = hashlib.sha256(text.encode()).hexdigest()[:8]
-        head = text[: WANDB_GROUP_MAX - len(digest) - 2]
-        text = f"{head.rsplit(' ', 1)[0] if ' ' in head else head} ~{digest}"
-    return text
-
-
-def build_loggers(
-    logger_cfg: DictConfig | None,
-    run_dir: Path,
-    config: dict[str, Any],
-    group: str | None,
-    quiet: bool = False,
-) -> list:
-    """One Lightning logger per entry of the `logger` group, each writing inside `run_dir`;
-    `quiet`: W&B prints nothing to the console (a pack's members, whose summary says where
-    their W&B runs are).
-
-    A logger that cannot start (W&B online with no network, a bad key) is dropped with one
-    warning line: the run goes on with its local records.
-    """
-    loggers = []
-    for name, conf in (logger_cfg or {}).items():
-        extra: dict[str, Any] = {"save_dir": str(run_dir)}
-        if name == "wandb":
-            # The harness's identity fills only what the user left unset (conf/logger/wandb.yaml
-            # or logger.wandb.tags=[a,b] on the command line): instantiate's keywords would win.
-            defaults = wandb_identity(config, group)
-            extra |= {k: v for k, v in defaults.items() if conf.get(k) is None}
-            if quiet:
-                extra["settings"] = {**(conf.get("settings") or {}), "silent": True}
-        try:
-            logger = instantiate(conf, **extra)
-            logger.log_hyperparams(config)
-        except Exception as e:  # noqa: BLE001 - any logger failure is survivable
-            reason = str(find_user_error(e) or e).strip().splitlines()
-            print(
-                f"rnnbench: warning: logger {name} unavailable ({reason[-1] if reason else e!r}); "
-                f"continuing with result.json and metrics.csv only",
-                file=sys.stderr,
-            )
-            continue
-        loggers.append(logger)
-    return loggers
-
-
-def reuse(
-    record: Record, run_dir: Path, results_root: str | Path, also: Sequence[str | Path] = ()
-) -> Record | None:
-    """The record of a completed run with the same run_key, copied into `run_dir` with
-    `reused_from` naming its source; None when there is none. Looked for in `run_dir` itself
-    first (a relaunch into the same folder: its record stays as it is), then under each folder
-    of `also` (a sweep's folder, wherever it lies), then under `results_root`."""
-    key = record["run_key"]
-    roots = [run_dir, *also, results_root]
-    source = next((s for root in roots if (s := find_completed(root, key)) is not None), None)
-    if source is None:
-        return None
-    source = source.resolve()
-    if source == run_dir.resolve():
-        # Nothing is written: the folder's record is this run's. The copy returned says it was
-        # found, not trained, for the summary line.
-        own = read_record(run_dir / RECORD_FILE)
-        return {**own, "reused_from": own.get("reused_from") or str(run_dir)}
-    original = read_record(source / RECORD_FILE)
-    reused = {
-        **original,
-        "run_dir": str(run_dir),
-        "overrides": record["overrides"],
-        "reused_from": original.get("reused_from") or str(source),
-        "started": record["started"],
-        "finished": now_iso(),
-    }
-    write_json_atomic(run_dir / RECORD_FILE, reused)
-    return reused
+__all__ = ["run", "build_training", "Training"]
 
 
 @dataclass
@@ -295,7 +149,7 @@ def run(
         record["run_dir"] = str(run_dir)
     loggers: list = []
     best_path: str | None = None  # the checkpoint the test scores, known once training ended
-    previous_handlers = _sigterm_interrupts()
+    previous_handlers = interrupt_on_stop_signals()
     # A bad value found while the data, model and trainer are built is refused like one
     # check_config finds: one line, and no record, no W&B run, no folder left by this launch.
     building, refused = True, False
@@ -383,52 +237,6 @@ def run(
             restore_signals(previous_handlers)
 
 
-def check_device(trainer_cfg: DictConfig) -> None:
-    """Refuse, before anything starts, an accelerator this machine does not have."""
-    accelerator = str(trainer_cfg.get("accelerator") or "cpu")
-    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ConfigError(
-            f"trainer.accelerator={accelerator} needs a CUDA GPU and torch finds none on this "
-            f"machine (torch {torch.__version__}): use trainer.accelerator=cpu, or "
-            f"trainer.accelerator=auto to take a GPU where there is one"
-        )
-    if accelerator == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(
-            "trainer.accelerator=mps needs Apple's Metal (MPS) and torch finds none on this "
-            "machine: use trainer.accelerator=cpu or auto"
-        )
-
-
-def discard_unused_folder(run_dir: Path) -> None:
-    """Remove `run_dir` when it holds nothing but what Hydra wrote at launch (.hydra/, the
-    job's log): a refused run leaves no folder behind. A folder with anything else stays."""
-    if not run_dir.is_dir():
-        return
-    own = [p for p in run_dir.iterdir() if p.name != ".hydra" and p.suffix != ".log"]
-    if not own:
-        shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def divergence(task: pl.LightningModule, model: nn.Module, metrics: dict[str, Any]) -> str | None:
-    """Why a run that trained to the end is no result, or None: its training loss went
-    non-finite, its weights did, or a validation or test metric is inf or NaN."""
-    if task.diverged:
-        return "the training loss became non-finite"
-    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-        return "the weights became non-finite"
-    return nonfinite_metrics(metrics)
-
-
-def nonfinite_metrics(metrics: dict[str, Any]) -> str | None:
-    """Which validation or test metrics are inf or NaN, in words; None when none is."""
-    bad = sorted(
-        k
-        for k, v in metrics.items()
-        if k.startswith(("val/", "test/")) and isinstance(v, float) and not math.isfinite(v)
-    )
-    return f"{', '.join(bad)} not finite" if bad else None
-
-
 @dataclass
 class RunCallbacks:
     """The callbacks a run trains with: the `callbacks` group's entries
@@ -488,153 +296,7 @@ def last_checkpoint(checkpoints: Path, every_n_train_steps: int) -> ModelCheckpo
     )
 
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
-def _raise_interrupt(signum, frame) -> None:
-    note_stop(signum)
-    hold_stop_signals()
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def hold_stop_signals() -> None:
-    """Ignore SIGTERM and SIGINT while an interrupted run writes its record: the first stop
-    interrupts, and a repeated one (submitit's controller forwards the SIGTERM the sweep also
-    sends each job; a second Ctrl-C) must not cut the record short. Main thread only."""
-    try:
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, signal.SIG_IGN)
-    except ValueError:  # signal handlers can only be set from the main thread
-        pass
-
-
-def _sigterm_interrupts() -> dict[int, Any]:
-    """Make SIGTERM (a scheduler's or `kill`'s polite stop) end the run like Ctrl-C, so it is
-    recorded as interrupted, and Ctrl-C do so even where the process was started with SIGINT
-    ignored (a background job of a script, a test runner's worker); returns the stop signals'
-    handlers to restore (none off the main thread)."""
-    try:
-        previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, _raise_interrupt)
-    except ValueError:  # signal handlers can only be set from the main thread
-        return {}
-    return previous
-
-
-def restore_signals(previous: dict[int, Any]) -> None:
-    """Put back the handlers `_sigterm_interrupts` found."""
-    for sig, handler in previous.items():
-        if handler is not None:
-            signal.signal(sig, handler)
-
-
 def best_epoch(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The epoch row with the lowest validation loss, or None when no validation ran."""
     scored = [r for r in rows if "val/loss" in r]
     return min(scored, key=lambda r: r["val/loss"]) if scored else None
-
-
-def finish_wandb(loggers: list, record: dict[str, Any]) -> None:
-    """Put the record's headline numbers in the W&B summary, name the run in the record, and
-    finish the W&B run so the next job of a multirun starts a new one."""
-    for logger in loggers:
-        if type(logger).__name__ != "WandbLogger" or logger._experiment is None:
-            continue
-        run = logger.experiment
-        # Not logged at the start: build_loggers is handed the resolved config alone.
-        run.config.update(
-            {"overrides": record["overrides"], "run_key": record["run_key"]},
-            allow_val_change=True,
-        )
-        run.summary.update(
-            {
-                **record["metrics"],
-                "status": record["status"],
-                "task": record["task"],
-                "headline": record["headline"],
-                "params": record["params"],
-                "run_key": record["run_key"],
-            }
-        )
-        record["wandb"] = {
-            "id": run.id,
-            "mode": run.settings.mode,
-            "project": run.project,
-            "name": run.name,
-            "group": run.group,
-            "tags": list(run.tags),
-            "dir": str(Path(run.dir).parent),
-        }
-        run.finish()
-
-
-def set_threads(cfg: DictConfig, hydra_cfg: DictConfig, multirun: bool) -> None:
-    """torch threads per job: `threads`, else cores ÷ the processes training at once."""
-    jobs = parallel_jobs(hydra_cfg.launcher) if multirun else 1
-    trainer = cfg.trainer
-    if trainer.get("accelerator") == "cpu" and isinstance(trainer.get("devices"), int):
-        jobs *= trainer.devices
-    torch.set_num_threads(cfg.get("threads") or threads_per_job(jobs))
-
-
-@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    hydra_cfg = HydraConfig.get()
-    multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    set_threads(cfg, hydra_cfg, multirun)
-    if cfg.get("results_root"):
-        # A relative results_root is the launching folder's, also where hydra.job.chdir=true
-        # has moved the job into its run folder: reuse and resume look where runs are.
-        with open_dict(cfg):
-            cfg.results_root = to_absolute_path(str(cfg.results_root))
-    try:
-        group = sweep_group(hydra_cfg.sweep.dir) if multirun else None
-        if cfg.get("pack") is not None:
-            from rnnbench.pack import run_packed
-
-            records = run_packed(cfg, hydra_cfg, multirun, group)
-        else:
-            overrides = list(hydra_cfg.overrides.task)
-            search = [hydra_cfg.sweep.dir] if multirun else []
-            output = hydra_cfg.runtime.output_dir
-            records = [run(cfg, output, overrides, group, search, record_refusals=multirun)]
-    except (KeyboardInterrupt, SystemExit) as e:
-        # Ctrl-C, SIGTERM, or Lightning's exit after catching one: recorded as interrupted.
-        if isinstance(e, SystemExit) and e.code in (0, None):
-            raise
-        where = hydra_cfg.runtime.output_dir
-        label = f"job {hydra_cfg.job.num}" if multirun else "run"
-        print(f"rnnbench: {label} interrupted (record in {where})", file=sys.stderr)
-        if multirun:
-            end_interrupted_job(hydra_cfg.sweep.dir)
-        sys.exit(stop_exit_code())
-    except Exception as e:
-        user = find_user_error(e)
-        if multirun:
-            # One job's failure is a finding of the sweep: recorded, reported, and the sweep
-            # goes on; its summary line and exit code count it.
-            reason = str(user) if user else f"{type(e).__name__}: {e}"
-            print(
-                f"rnnbench: job {hydra_cfg.job.num} failed: {reason} "
-                f"(record in {hydra_cfg.runtime.output_dir})",
-                file=sys.stderr,
-            )
-            return
-        if user is None:
-            raise
-        print(f"rnnbench: error: {user}", file=sys.stderr)
-        sys.exit(2)
-    if not is_rank_zero():
-        return
-    if len(records) > 1:  # a pack's members (pack=K in a single run)
-        show(format_pack_summary(records))
-        return
-    for record in records:
-        if record.get("reused_from"):
-            show(
-                f"rnnbench: reused completed run {record['reused_from']} (same run_key "
-                f"{record['run_key']}; force=true re-runs it)"
-            )
-        else:
-            show(format_summary(record))

@@ -44,6 +44,7 @@ from omegaconf import OmegaConf
 
 from rnnbench.cellspec import CELL_SPECS
 from rnnbench.config import check_config, compose
+from rnnbench.lifecycle import reuse
 from rnnbench.record import (
     METRICS_FILE,
     RECORD_FILE,
@@ -59,7 +60,7 @@ from rnnbench.record import (
     write_json_atomic,
 )
 from rnnbench.tasks import KINDS
-from rnnbench.train import best_epoch, reuse
+from rnnbench.train import best_epoch
 
 __all__ = ["MixedRuns", "headline_of", "reuse_run", "write_mixed_runs", "write_run", "write_sweep"]
 

@@ -361,7 +361,7 @@ import pytorch_lightning
 # of it as missing, so that an import of matplotlib by rnnbench fails here instead of finding it.
 for name in [n for n in sys.modules if n.partition(".")[0] == "matplotlib"]:
     sys.modules[name] = None
-import rnnbench.gradflow, rnnbench.train, rnnbench.callbacks
+import rnnbench.gradflow, rnnbench.train, rnnbench.callbacks, rnnbench.launch, rnnbench.lifecycle
 print(json.dumps([n for n in {PRESENTATION!r} if sys.modules.get(n) is not None]))
 """
 

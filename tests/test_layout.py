@@ -14,7 +14,8 @@ MODULES = {
 }
 # (`run_key`, the key file's name, is also a record field: not checked.)
 FOLDER_FILES = {"result.json", "metrics.csv", "steps.csv", "gradflow.csv", "last.ckpt", "best.ckpt"}
-TRAINING = ("train", "callbacks", "checkpoints", "module", "model", "cells", "gradflow", "tasks")
+TRAINING = ("train", "lifecycle", "launch", "pack", "callbacks", "checkpoints", "module", "model")
+TRAINING += ("cells", "cellspec", "clipping", "gradflow", "tasks")
 PRESENTATION = {"rnnbench.report", "rnnbench.plots", "rnnbench.table", "rnnbench.reproduce"}
 PRESENTATION |= {"rnnbench.gradflow_experiment", "matplotlib"}
 
@@ -135,3 +136,45 @@ def test_gradients_are_clipped_in_rnnbench_clipping_alone(module):
 
 def test_the_clipping_check_finds_clipping():
     assert len(clipping_code(MODULES["rnnbench.clipping"])) == 3
+
+
+def import_graph() -> dict[str, set[str]]:
+    """rnnbench module -> the rnnbench modules it imports (at any depth of its code)."""
+    graph: dict[str, set[str]] = {}
+    for module, path in MODULES.items():
+        targets = set()
+        for source, names in imports(path):
+            if source in MODULES:
+                targets.add(source)
+            for name in names:  # `from rnnbench import table`
+                if f"{source}.{name}" in MODULES:
+                    targets.add(f"{source}.{name}")
+        graph[module] = targets - {module}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every module that can reach itself, with the path that leads back."""
+    found = []
+    for start in graph:
+        stack = [(start, [start])]
+        seen = set()
+        while stack:
+            node, path = stack.pop()
+            for nxt in graph.get(node, ()):
+                if nxt == start:
+                    found.append([*path, start])
+                elif nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, [*path, nxt]))
+    return found
+
+
+def test_no_import_cycle():
+    """No module imports, at any depth, a module that imports it back (lazy imports too)."""
+    assert not cycles(import_graph()), cycles(import_graph())[:3]
+
+
+def test_the_cycle_check_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}})
+    assert not cycles({"a": {"b"}, "b": {"c"}, "d": {"a"}})

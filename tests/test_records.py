@@ -309,8 +309,8 @@ def test_non_finite_weights_or_metrics_are_diverged_not_completed():
     """divergence() on a real model and real metric values."""
     import torch
 
+    from rnnbench.lifecycle import divergence
     from rnnbench.model import SequenceModel
-    from rnnbench.train import divergence
 
     class Task:
         diverged = False

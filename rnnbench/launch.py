@@ -1,0 +1,103 @@
+"""`rnnbench`: compose a configuration with Hydra, train and test it (lone, or packed with
+`pack=K`), leave result.json behind, print the summary.
+
+rnnbench                                      # the default run: an LSTM on embedded Reber
+rnnbench data=ptb_word model=gru trainer.gradient_clip_val=0.25
+rnnbench -m model=rnn,gru,lstm model.num_layers=1,2
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import to_absolute_path
+from omegaconf import DictConfig, open_dict
+
+from rnnbench.config import CONF_DIR
+from rnnbench.errors import find_user_error
+from rnnbench.lifecycle import (
+    is_rank_zero,
+    sweep_group,
+)
+from rnnbench.pack import run_packed
+from rnnbench.summary import format_pack_summary, format_summary, show
+from rnnbench.sweep import (
+    end_interrupted_job,
+    parallel_jobs,
+    stop_exit_code,
+    threads_per_job,
+)
+from rnnbench.train import run
+
+
+def set_threads(cfg: DictConfig, hydra_cfg: DictConfig, multirun: bool) -> None:
+    """torch threads per job: `threads`, else cores ÷ the processes training at once."""
+    jobs = parallel_jobs(hydra_cfg.launcher) if multirun else 1
+    trainer = cfg.trainer
+    if trainer.get("accelerator") == "cpu" and isinstance(trainer.get("devices"), int):
+        jobs *= trainer.devices
+    torch.set_num_threads(cfg.get("threads") or threads_per_job(jobs))
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    set_threads(cfg, hydra_cfg, multirun)
+    if cfg.get("results_root"):
+        # A relative results_root is the launching folder's, also where hydra.job.chdir=true
+        # has moved the job into its run folder: reuse and resume look where runs are.
+        with open_dict(cfg):
+            cfg.results_root = to_absolute_path(str(cfg.results_root))
+    try:
+        group = sweep_group(hydra_cfg.sweep.dir) if multirun else None
+        if cfg.get("pack") is not None:
+            records = run_packed(cfg, hydra_cfg, multirun, group)
+        else:
+            overrides = list(hydra_cfg.overrides.task)
+            search = [hydra_cfg.sweep.dir] if multirun else []
+            output = hydra_cfg.runtime.output_dir
+            records = [run(cfg, output, overrides, group, search, record_refusals=multirun)]
+    except (KeyboardInterrupt, SystemExit) as e:
+        # Ctrl-C, SIGTERM, or Lightning's exit after catching one: recorded as interrupted.
+        if isinstance(e, SystemExit) and e.code in (0, None):
+            raise
+        where = hydra_cfg.runtime.output_dir
+        label = f"job {hydra_cfg.job.num}" if multirun else "run"
+        print(f"rnnbench: {label} interrupted (record in {where})", file=sys.stderr)
+        if multirun:
+            end_interrupted_job(hydra_cfg.sweep.dir)
+        sys.exit(stop_exit_code())
+    except Exception as e:
+        user = find_user_error(e)
+        if multirun:
+            # One job's failure is a finding of the sweep: recorded, reported, and the sweep
+            # goes on; its summary line and exit code count it.
+            reason = str(user) if user else f"{type(e).__name__}: {e}"
+            print(
+                f"rnnbench: job {hydra_cfg.job.num} failed: {reason} "
+                f"(record in {hydra_cfg.runtime.output_dir})",
+                file=sys.stderr,
+            )
+            return
+        if user is None:
+            raise
+        print(f"rnnbench: error: {user}", file=sys.stderr)
+        sys.exit(2)
+    if not is_rank_zero():
+        return
+    if len(records) > 1:  # a pack's members (pack=K in a single run)
+        show(format_pack_summary(records))
+        return
+    for record in records:
+        if record.get("reused_from"):
+            show(
+                f"rnnbench: reused completed run {record['reused_from']} (same run_key "
+                f"{record['run_key']}; force=true re-runs it)"
+            )
+        else:
+            show(format_summary(record))

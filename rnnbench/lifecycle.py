@@ -1,0 +1,289 @@
+"""What every run goes through, lone (rnnbench.train) or packed (rnnbench.pack): reuse of a
+completed run, its loggers and W&B identity, the stop signals that interrupt it, the checks that
+make it `diverged`, and leaving nothing behind when it is refused while being built."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import shutil
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from rnnbench.errors import ConfigError, find_user_error
+from rnnbench.record import (
+    RECORD_FILE,
+    Record,
+    find_completed,
+    is_identity_key,
+    is_seed_key,
+    now_iso,
+    read_record,
+    write_json_atomic,
+)
+from rnnbench.sweep import (
+    note_stop,
+)
+
+
+def is_rank_zero() -> bool:
+    """False in the extra processes Lightning's DDP launcher starts: they train, never record."""
+    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+
+
+def wandb_identity(config: dict[str, Any], group: str | None) -> dict[str, Any]:
+    """The default name, group (`group`, else the dataset's name), tags and job type that let
+    the W&B UI group and compare runs without set-up; a user's logger.wandb.* values win."""
+    data, model = config["data"]["name"], config["model"]
+    clip = config["trainer"].get("gradient_clip_val")
+    direction = "bi" if model["bidirectional"] else "uni"
+    name = (
+        f"{data}-{model['cell']}-{model['impl']}-{model['num_layers']}x"
+        f"{model['hidden_size']}-{direction}-clip{clip}"
+    )
+    tags = [
+        f"data:{data}",
+        f"cell:{model['cell']}",
+        f"impl:{model['impl']}",
+        f"layers:{model['num_layers']}",
+        f"direction:{direction}",
+        f"clip:{clip}",
+    ]
+    attention = model.get("attention", "none")
+    if attention != "none":  # an encoder-decoder's attention tells its runs apart too
+        name += f"-{attention}"
+        tags.append(f"attention:{attention}")
+    return {"name": name, "group": group or data, "tags": tags, "job_type": "train"}
+
+
+WANDB_GROUP_MAX = 128  # the longest group name W&B accepts
+
+
+def sweep_group(sweep_dir: str | Path) -> str:
+    """The W&B group every job of one multirun shares: the sweep's command line as Hydra's
+    sweeper saved it in multirun.yaml before the first job (`model=rnn,gru data=ptb_word`),
+    less the overrides that change nothing a run computes (logger, progress bar, force, ...);
+    the sweep folder's name when that leaves nothing. Cut at a space to fit W&B's 128
+    characters, with a hash of the whole so that two long command lines still get two groups."""
+    sweep_dir = Path(sweep_dir)
+    saved = sweep_dir / "multirun.yaml"
+    # Each job's own hydra.overrides.task holds its values (model=gru), not the sweep's lists.
+    # Unresolved: an override may hold an interpolation (`results_root=${oc.env:SCRATCH}`).
+    task = (
+        OmegaConf.to_container(OmegaConf.load(saved).hydra.overrides.task)
+        if saved.is_file()
+        else []
+    )
+    kept = [
+        o.input_line
+        for o in OverridesParser.create().parse_overrides(task)
+        if is_identity_key(o.key_or_group) or is_seed_key(o.key_or_group)
+    ]
+    text = " ".join(kept) or sweep_dir.name
+    if len(text) > WANDB_GROUP_MAX:
+        digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+        head = text[: WANDB_GROUP_MAX - len(digest) - 2]
+        text = f"{head.rsplit(' ', 1)[0] if ' ' in head else head} ~{digest}"
+    return text
+
+
+def build_loggers(
+    logger_cfg: DictConfig | None,
+    run_dir: Path,
+    config: dict[str, Any],
+    group: str | None,
+    quiet: bool = False,
+) -> list:
+    """One Lightning logger per entry of the `logger` group, each writing inside `run_dir`;
+    `quiet`: W&B prints nothing to the console (a pack's members, whose summary says where
+    their W&B runs are).
+
+    A logger that cannot start (W&B online with no network, a bad key) is dropped with one
+    warning line: the run goes on with its local records.
+    """
+    loggers = []
+    for name, conf in (logger_cfg or {}).items():
+        extra: dict[str, Any] = {"save_dir": str(run_dir)}
+        if name == "wandb":
+            # The harness's identity fills only what the user left unset (conf/logger/wandb.yaml
+            # or logger.wandb.tags=[a,b] on the command line): instantiate's keywords would win.
+            defaults = wandb_identity(config, group)
+            extra |= {k: v for k, v in defaults.items() if conf.get(k) is None}
+            if quiet:
+                extra["settings"] = {**(conf.get("settings") or {}), "silent": True}
+        try:
+            logger = instantiate(conf, **extra)
+            logger.log_hyperparams(config)
+        except Exception as e:  # noqa: BLE001 - any logger failure is survivable
+            reason = str(find_user_error(e) or e).strip().splitlines()
+            print(
+                f"rnnbench: warning: logger {name} unavailable ({reason[-1] if reason else e!r}); "
+                f"continuing with result.json and metrics.csv only",
+                file=sys.stderr,
+            )
+            continue
+        loggers.append(logger)
+    return loggers
+
+
+def finish_wandb(loggers: list, record: dict[str, Any]) -> None:
+    """Put the record's headline numbers in the W&B summary, name the run in the record, and
+    finish the W&B run so the next job of a multirun starts a new one."""
+    for logger in loggers:
+        if type(logger).__name__ != "WandbLogger" or logger._experiment is None:
+            continue
+        run = logger.experiment
+        # Not logged at the start: build_loggers is handed the resolved config alone.
+        run.config.update(
+            {"overrides": record["overrides"], "run_key": record["run_key"]},
+            allow_val_change=True,
+        )
+        run.summary.update(
+            {
+                **record["metrics"],
+                "status": record["status"],
+                "task": record["task"],
+                "headline": record["headline"],
+                "params": record["params"],
+                "run_key": record["run_key"],
+            }
+        )
+        record["wandb"] = {
+            "id": run.id,
+            "mode": run.settings.mode,
+            "project": run.project,
+            "name": run.name,
+            "group": run.group,
+            "tags": list(run.tags),
+            "dir": str(Path(run.dir).parent),
+        }
+        run.finish()
+
+
+def reuse(
+    record: Record, run_dir: Path, results_root: str | Path, also: Sequence[str | Path] = ()
+) -> Record | None:
+    """The record of a completed run with the same run_key, copied into `run_dir` with
+    `reused_from` naming its source; None when there is none. Looked for in `run_dir` itself
+    first (a relaunch into the same folder: its record stays as it is), then under each folder
+    of `also` (a sweep's folder, wherever it lies), then under `results_root`."""
+    key = record["run_key"]
+    roots = [run_dir, *also, results_root]
+    source = next((s for root in roots if (s := find_completed(root, key)) is not None), None)
+    if source is None:
+        return None
+    source = source.resolve()
+    if source == run_dir.resolve():
+        # Nothing is written: the folder's record is this run's. The copy returned says it was
+        # found, not trained, for the summary line.
+        own = read_record(run_dir / RECORD_FILE)
+        return {**own, "reused_from": own.get("reused_from") or str(run_dir)}
+    original = read_record(source / RECORD_FILE)
+    reused = {
+        **original,
+        "run_dir": str(run_dir),
+        "overrides": record["overrides"],
+        "reused_from": original.get("reused_from") or str(source),
+        "started": record["started"],
+        "finished": now_iso(),
+    }
+    write_json_atomic(run_dir / RECORD_FILE, reused)
+    return reused
+
+
+def check_device(trainer_cfg: DictConfig) -> None:
+    """Refuse, before anything starts, an accelerator this machine does not have."""
+    accelerator = str(trainer_cfg.get("accelerator") or "cpu")
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} needs a CUDA GPU and torch finds none on this "
+            f"machine (torch {torch.__version__}): use trainer.accelerator=cpu, or "
+            f"trainer.accelerator=auto to take a GPU where there is one"
+        )
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(
+            "trainer.accelerator=mps needs Apple's Metal (MPS) and torch finds none on this "
+            "machine: use trainer.accelerator=cpu or auto"
+        )
+
+
+def discard_unused_folder(run_dir: Path) -> None:
+    """Remove `run_dir` when it holds nothing but what Hydra wrote at launch (.hydra/, the
+    job's log): a refused run leaves no folder behind. A folder with anything else stays."""
+    if not run_dir.is_dir():
+        return
+    own = [p for p in run_dir.iterdir() if p.name != ".hydra" and p.suffix != ".log"]
+    if not own:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def divergence(task: pl.LightningModule, model: nn.Module, metrics: dict[str, Any]) -> str | None:
+    """Why a run that trained to the end is no result, or None: its training loss went
+    non-finite, its weights did, or a validation or test metric is inf or NaN."""
+    if task.diverged:
+        return "the training loss became non-finite"
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        return "the weights became non-finite"
+    return nonfinite_metrics(metrics)
+
+
+def nonfinite_metrics(metrics: dict[str, Any]) -> str | None:
+    """Which validation or test metrics are inf or NaN, in words; None when none is."""
+    bad = sorted(
+        k
+        for k, v in metrics.items()
+        if k.startswith(("val/", "test/")) and isinstance(v, float) and not math.isfinite(v)
+    )
+    return f"{', '.join(bad)} not finite" if bad else None
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _raise_interrupt(signum, frame) -> None:
+    note_stop(signum)
+    hold_stop_signals()
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def hold_stop_signals() -> None:
+    """Ignore SIGTERM and SIGINT while an interrupted run writes its record: the first stop
+    interrupts, and a repeated one (submitit's controller forwards the SIGTERM the sweep also
+    sends each job; a second Ctrl-C) must not cut the record short. Main thread only."""
+    try:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+    except ValueError:  # signal handlers can only be set from the main thread
+        pass
+
+
+def interrupt_on_stop_signals() -> dict[int, Any]:
+    """Make SIGTERM (a scheduler's or `kill`'s polite stop) end the run like Ctrl-C, so it is
+    recorded as interrupted, and Ctrl-C do so even where the process was started with SIGINT
+    ignored (a background job of a script, a test runner's worker); returns the stop signals'
+    handlers to restore (none off the main thread)."""
+    try:
+        previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, _raise_interrupt)
+    except ValueError:  # signal handlers can only be set from the main thread
+        return {}
+    return previous
+
+
+def restore_signals(previous: dict[int, Any]) -> None:
+    """Put back the handlers `interrupt_on_stop_signals` found."""
+    for sig, handler in previous.items():
+        if handler is not None:
+            signal.signal(sig, handler)
