@@ -65,15 +65,23 @@ from typing import Any, NamedTuple
 
 import pytorch_lightning as pl
 import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf, open_dict
 from torch import Tensor, nn
 
 from rnnbench import table
+from rnnbench.cells import detach_state
 from rnnbench.cellspec import BASE_CELLS, GATED_CELLS
 from rnnbench.clipping import clip_global_norm_
-from rnnbench.config import compose
+from rnnbench.config import check_config, compose
+from rnnbench.encoder_decoder import EncoderDecoder
 from rnnbench.errors import UserError, find_user_error
+from rnnbench.lifecycle import finish_wandb
 from rnnbench.outputs import check_writable_folder, make_folder, one_line, write_text
-from rnnbench.record import RECORD_FILE
+from rnnbench.pack import build_pack, seed_members
+from rnnbench.record import RECORD_FILE, environment, iter_records, new_record
+from rnnbench.sweep import threads_per_job
+from rnnbench.train import build_training, run
 
 AGGREGATE_GOAL_S = 3.0
 # The sweep `aggregate` trains when it is given no records: three cells, tiny and one epoch.
@@ -108,7 +116,6 @@ class BenchError(UserError):
 
 def train_templates(workdir: Path) -> list[Path]:
     """Train one tiny real run per cell in `workdir`; their result.json paths."""
-    from rnnbench.train import run
 
     paths = []
     for cell in TEMPLATE_CELLS:
@@ -238,7 +245,6 @@ def step_work(model: nn.Module, batch: dict[str, Tensor]) -> tuple[int, int]:
     tokens are its batch x time steps; an encoder-decoder's are the real target tokens it
     predicts, its FLOPs the encoder's gates over the real source tokens and the decoder's gates
     and output layer over the real target tokens (attention is not counted)."""
-    from rnnbench.encoder_decoder import EncoderDecoder
 
     if not isinstance(model, EncoderDecoder):
         b, t = batch["x"].shape[:2]
@@ -288,11 +294,6 @@ class LightningHarness:
     name = "harness"
 
     def __init__(self, cfg, datamodule, run_dir: Path) -> None:
-        from omegaconf import OmegaConf
-
-        from rnnbench.config import check_config
-        from rnnbench.record import new_record
-        from rnnbench.train import build_training
 
         # As rnnbench.train.run() builds a run, with run()'s own callbacks and loggers.
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -323,7 +324,6 @@ class LightningHarness:
         return samples
 
     def close(self) -> None:
-        from rnnbench.lifecycle import finish_wandb
 
         finish_wandb(self.loggers, self.record)
 
@@ -333,9 +333,6 @@ class PackHarness(LightningHarness):
     every member's step is in each timed step."""
 
     def __init__(self, cfg, datamodule, run_dir: Path, size: int) -> None:
-        from omegaconf import open_dict
-
-        from rnnbench.pack import build_pack, seed_members
 
         self.name = f"pack{size}"
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -360,7 +357,6 @@ class PlainLoop:
     g <- min(1, θ/‖g‖) g (the harness's own clip_global_norm_); nothing else."""
 
     def __init__(self, cfg, datamodule, name: str = "raw") -> None:
-        from hydra.utils import instantiate
 
         self.name = name
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -384,7 +380,6 @@ class PlainLoop:
     def carried_state_loss(self, batch: dict[str, Tensor]) -> Tensor:
         """The kind's loss, the state carried (detached) from the previous window, as the
         language-model task does."""
-        from rnnbench.cells import detach_state
 
         logits, self.state = self.model(batch["x"], detach_state(self.state))
         return self.kind.loss(logits, batch)
@@ -629,7 +624,6 @@ def training(args: argparse.Namespace) -> dict[str, dict[str, dict[str, Any]]]:
     """figures[workload][cell], measured once for every training section selected."""
     if getattr(args, "training_figures", None) is not None:
         return args.training_figures
-    from hydra.utils import instantiate
 
     workloads, cells, contenders = training_plan(args)
     warmup = 1 if args.quick else 2
@@ -817,7 +811,6 @@ def sweep_overrides(quick: bool, steps: int | None) -> list[str]:
 
 def run_sweep(launcher: Sequence[str], overrides: Sequence[str]) -> float:
     """Wall seconds of one `rnnbench -m` sweep in a fresh folder; every run must complete."""
-    from rnnbench.record import iter_records
 
     with tempfile.TemporaryDirectory(prefix="rnnbench-bench-sweep-") as tmp:
         env = {**os.environ, "RNNBENCH_RUNS_DIR": str(Path(tmp) / "runs")}
@@ -877,9 +870,6 @@ def thread_scaling(quick: bool) -> dict[str, Any]:
     gives its one job over the threads each of joblib's two jobs gets, alternating by round.
     Two jobs side by side can at best halve the time, so half this speed-up is the lowest
     joblib/basic ratio that training time alone allows."""
-    from hydra.utils import instantiate
-
-    from rnnbench.sweep import threads_per_job
 
     alone, shared = threads_per_job(1), threads_per_job(2)
     cfg = compose(["model=lstm", *WORKLOADS[HEADLINE].overrides, *TRAINING_OVERRIDES])
@@ -954,7 +944,6 @@ def pack(args: argparse.Namespace) -> dict[str, Any]:
     """Per workload: the median step time of one lone run (the Trainer as `rnnbench` runs it)
     and of packs of K seeds, measured in rounds side by side; K seeds packed take
     `time_vs_one` times one run's time, a `speedup` over K lone runs one after another."""
-    from hydra.utils import instantiate
 
     names = split_choices(args.pack_workloads, PACK_WORKLOADS, "--pack-workloads") or (
         ["ptb_small"] if args.quick else list(PACK_WORKLOADS)
@@ -1034,7 +1023,6 @@ def machine() -> dict[str, Any]:
 
 
 def versions() -> dict[str, Any]:
-    from rnnbench.record import environment
 
     env = environment("cpu")
     return {k: env[k] for k in ("python", "torch", "pytorch_lightning", "hydra", "rnnbench")} | {
@@ -1167,8 +1155,6 @@ def main(
     # Lightning's info lines (checkpoint restored, ...) would bury the lines a section prints.
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     if args.threads or any(s in NEEDS for s in args.selected):
-        from rnnbench.sweep import threads_per_job
-
         torch.set_num_threads(args.threads or threads_per_job(1))
     host = machine()
     results: dict[str, Any] = {}

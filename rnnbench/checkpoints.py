@@ -22,8 +22,13 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import pickle
+import pickletools
+import re
 import shutil
+import stat
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +72,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 def _file_problem(path: str | Path) -> str | None:
     """What keeps `path` from being read as a file at all, in words; None for a readable,
     non-empty regular file. Looks with stat before opening anything: a FIFO is never opened."""
-    import stat
 
     try:
         found = os.stat(path)
@@ -98,10 +102,6 @@ def _file_problem(path: str | Path) -> str | None:
 def _load_problem(path: str | Path, error: Exception) -> str:
     """What is wrong, in words, with the readable, non-empty file `path` that torch.load
     (weights_only) refused with `error`: told from the file's own bytes, not torch's wording."""
-    import pickle
-    import pickletools
-    import re
-    import zipfile
 
     text = str(error)
     code = re.search(r"GLOBAL ([\w.]+)", text)  # torch names the global it refused

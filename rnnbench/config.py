@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from rnnbench.cellspec import CELLS, GATED_CELLS
@@ -41,9 +44,6 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*\Z")
 
 def compose(overrides: Sequence[str] = (), return_hydra_config: bool = False) -> DictConfig:
     """The configuration `rnnbench OVERRIDES` would run, composed from `conf/`."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
 
     if GlobalHydra.instance().is_initialized():  # inside a running Hydra app
         return hydra_compose("config", list(overrides), return_hydra_config=return_hydra_config)

@@ -301,12 +301,12 @@ class GradFlow(pl.Callback):
 
     @staticmethod
     def log_wandb(trainer: pl.Trainer, frame: pd.DataFrame) -> None:
-        from pytorch_lightning.loggers import WandbLogger
+        from pytorch_lightning.loggers import WandbLogger  # lazy: W&B loads only when logged to
 
         loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
         if not loggers:
             return
-        import wandb
+        import wandb  # lazy: W&B takes a second to load; a run without it never does
 
         step = int(frame["step"].iloc[0])
         slots = list(frame.groupby(["layer", "direction"], sort=False))

@@ -18,6 +18,7 @@ from torchmetrics.aggregation import MeanMetric
 
 from rnnbench.cells import State, detach_state
 from rnnbench.clipping import clip_global_norm_
+from rnnbench.decode import decode
 from rnnbench.tasks import KINDS, TaskKind
 from rnnbench.text_scores import ROUGE_KEYS
 
@@ -370,7 +371,6 @@ class TranslationTask(RecurrentTask):
         self.limit = self.max_len or self.trainer.datamodule.longest_target + 10
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
-        from rnnbench.decode import decode
 
         self.step(batch, "test")
         ids = decode(

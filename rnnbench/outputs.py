@@ -12,6 +12,7 @@ once complete, with the mode a plain `open()` would give under the user's umask
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import stat
@@ -225,7 +226,6 @@ def exchange_folders(a: str | os.PathLike, b: str | os.PathLike) -> None:
     """Swap the folders at `a` and `b` in one step (Linux renameat2 RENAME_EXCHANGE), so a
     reader sees one or the other, never neither; elsewhere (another OS, a file system without
     it) with three renames, whose one gap is a moment without `b`."""
-    import ctypes
 
     a, b = os.fsencode(a), os.fsencode(b)
     try:

@@ -158,6 +158,6 @@ def cli() -> None:
     """Console entry point (`rnnbench`, also `python -m rnnbench`): the command line is
     checked first, then handed to Hydra; torch and Lightning are imported only after that."""
     exit_on_bad_command_line()
-    from rnnbench.launch import main
+    from rnnbench.launch import main  # lazy: torch loads once the command line is checked
 
     main()

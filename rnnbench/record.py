@@ -10,6 +10,7 @@ import hashlib
 import json
 import platform
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterable, Iterator
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from rnnbench.errors import ConfigError
-from rnnbench.outputs import write_whole
+from rnnbench.outputs import exchange_folders, write_whole
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -57,7 +58,7 @@ GRADFLOW_COLUMNS = ("step", "layer", "direction", "t", "norm", "loss")
 def read_trace(path: Path) -> pd.DataFrame | None:
     """One of a run's CSV traces (metrics.csv, steps.csv, gradflow.csv) as a DataFrame, or None
     when there is no regular file (a pipe would block the read forever) or it does not parse."""
-    import pandas as pd  # not at import: training never reads a trace back
+    import pandas as pd  # lazy: training never reads a trace back
 
     if not path.is_file():
         return None
@@ -438,9 +439,6 @@ def take_place(record: Record, forced: Path, run_dir: Path) -> None:
     in the place of the completed run in `run_dir`, in one step: the folder holds the old run
     or the new one, never a mix. Hydra's files of this launch (.hydra/, the job log), written
     into `run_dir`, go along; the old run is deleted."""
-    import shutil
-
-    from rnnbench.outputs import exchange_folders
 
     old, new = str(forced), str(run_dir)
     record["run_dir"] = new
@@ -552,6 +550,7 @@ def git_sha() -> str | None:
 
 
 def environment(device: str) -> dict[str, Any]:
+    # lazy: the record is read by commands that never load torch (tables, report)
     import hydra
     import pytorch_lightning
     import torch

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from rnnbench.cellspec import CELLS
@@ -307,7 +308,6 @@ def recipe_names(sources: Iterable[str] = SOURCES, conf_dir: Path = CONF_DIR) ->
 
 def compose_recipes(names: Sequence[str], overrides: Sequence[str] = ()) -> list[Recipe]:
     """Compose each recipe exactly as `rnnbench experiment=NAME` would."""
-    from hydra.utils import instantiate
 
     recipes = []
     for name in names:
@@ -692,9 +692,8 @@ def read_times(path: Path) -> dict[str, dict[str, str]]:
 def measure_time(recipe: Recipe, steps: int) -> dict[str, Any]:
     """Train `recipe` for `steps` real steps here (the first one's start-up included) and scale
     the time per step by the steps of one epoch and the recipe's epochs."""
-    from hydra.utils import instantiate
 
-    from rnnbench.train import run
+    from rnnbench.train import run  # lazy: torch loads only to train a recipe
 
     overrides = [
         f"experiment={recipe.name}",

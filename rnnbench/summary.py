@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,6 @@ MEMBERS_SHOWN = 10  # a pack's summary lists this many members; rnnbench-table s
 def format_pack_summary(records: list[dict[str, Any]]) -> str:
     """One summary for a pack's members: what they share, then a line per member (its seed,
     status and headline metric), the first MEMBERS_SHOWN of them."""
-    from collections import Counter
 
     first = records[0]
     model, pack = first["config"]["model"], first["packed_with"]

@@ -12,8 +12,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from rnnbench.record import iter_records, unrecorded_runs
 
@@ -165,9 +167,6 @@ def print_summary(sweep_dir: str | Path, before: dict[Path, int] | None = None) 
 def sweep_jobs(sweep_dir: Path) -> list[list[str]]:
     """Every job of the sweep, as its override list, in job-number order (the basic sweeper's
     expansion of hydra.sweeper.params and the command line saved in multirun.yaml)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import OmegaConf
 
     saved = OmegaConf.load(sweep_dir / "multirun.yaml")
     params = saved.hydra.sweeper.get("params")

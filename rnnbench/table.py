@@ -29,6 +29,7 @@ from typing import Any
 import pandas as pd
 
 from rnnbench.cellspec import CELLS
+from rnnbench.config import compose
 from rnnbench.errors import UserError
 from rnnbench.outputs import check_writable, html_comment, md_text, one_line, write_text
 from rnnbench.record import (
@@ -221,7 +222,7 @@ def load_rows(
 
 def wandb_rows(project: str) -> list[dict[str, Any]]:
     """The rows of every run in a W&B project (`ENTITY/PROJECT`), through the public API."""
-    import wandb
+    import wandb  # lazy: only --wandb tables need W&B, which takes a second to load
 
     try:
         return [
@@ -412,7 +413,6 @@ REDUCED_MARK = "†"
 def recipe_epochs(recipe: str) -> int | None:
     """trainer.max_epochs of a reproduction recipe (conf/experiment/RECIPE), None when it does
     not compose here (a recipe of another version)."""
-    from rnnbench.config import compose
 
     try:
         return int(compose([f"experiment={recipe}"]).trainer.max_epochs)

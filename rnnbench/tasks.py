@@ -30,21 +30,21 @@ PAD_ID = 0  # the padding id of every token vocabulary with padding (sentences, 
 
 def token_cross_entropy(out: Tensor, batch: Batch) -> Tensor:
     """Mean cross-entropy over every (sequence, step) target: next-token or per-step class."""
-    from torch.nn import functional as F
+    from torch.nn import functional as F  # lazy: tables read KINDS without torch
 
     return F.cross_entropy(out.reshape(-1, out.size(-1)), batch["y"].reshape(-1))
 
 
 def sequence_cross_entropy(out: Tensor, batch: Batch) -> Tensor:
     """Mean cross-entropy of one class per sequence."""
-    from torch.nn import functional as F
+    from torch.nn import functional as F  # lazy: tables read KINDS without torch
 
     return F.cross_entropy(out, batch["y"])
 
 
 def squared_error(out: Tensor, batch: Batch) -> Tensor:
     """Mean squared error over every target value."""
-    from torch.nn import functional as F
+    from torch.nn import functional as F  # lazy: tables read KINDS without torch
 
     y = batch["y"]
     return F.mse_loss(out.view_as(y), y)
@@ -53,7 +53,7 @@ def squared_error(out: Tensor, batch: Batch) -> Tensor:
 def frame_nll(out: Tensor, batch: Batch) -> Tensor:
     """Negative log-likelihood per real (unpadded) frame: the sum of the binary cross-entropies
     of its keys, averaged over the frames `batch["mask"]` marks."""
-    from torch.nn import functional as F
+    from torch.nn import functional as F  # lazy: tables read KINDS without torch
 
     y, mask = batch["y"], batch["mask"]
     per_frame = F.binary_cross_entropy_with_logits(out, y, reduction="none").sum(-1)
@@ -63,7 +63,7 @@ def frame_nll(out: Tensor, batch: Batch) -> Tensor:
 def target_tokens_cross_entropy(out: Tensor, batch: Batch) -> Tensor:
     """Mean cross-entropy over the real tokens of right-padded target sentences: `out` holds
     the logits of those tokens alone, (N, V), in the order of y[y != PAD_ID]."""
-    from torch.nn import functional as F
+    from torch.nn import functional as F  # lazy: tables read KINDS without torch
 
     y = batch["y"]
     return F.cross_entropy(out, y[y != PAD_ID])

@@ -5,6 +5,10 @@ implementation behind the published ROUGE numbers of recent papers and HF `evalu
 from __future__ import annotations
 
 from collections.abc import Sequence
+from importlib.metadata import version
+
+from rouge_score import rouge_scorer
+from sacrebleu.metrics import BLEU
 
 
 def corpus_bleu(
@@ -12,7 +16,6 @@ def corpus_bleu(
 ) -> tuple[float, str]:
     """sacreBLEU's corpus BLEU (13a tokens, one reference each) and its signature string,
     e.g. `nrefs:1|case:lc|eff:no|tok:13a|smooth:exp|version:2.6.0`."""
-    from sacrebleu.metrics import BLEU
 
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses for {len(references)} references")
@@ -31,9 +34,6 @@ def corpus_rouge(
 ) -> tuple[dict[str, float], str]:
     """Mean ROUGE-1/2/L F1 over the pairs, x100, with the Porter stemmer (as the papers report
     them), and a signature naming the package and its settings."""
-    from importlib.metadata import version
-
-    from rouge_score import rouge_scorer
 
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses for {len(references)} references")

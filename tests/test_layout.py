@@ -4,6 +4,8 @@ training code imports no presentation code, and no module takes another's privat
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -178,3 +180,59 @@ def test_no_import_cycle():
 def test_the_cycle_check_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}})
     assert not cycles({"a": {"b"}, "b": {"c"}, "d": {"a"}})
+
+
+def unexplained_lazy_imports(path: Path) -> list[int]:
+    """Lines of imports inside a function with no `# lazy:` comment (on the line, or on the
+    comment lines just above a block of them) saying why they are not at the top."""
+    lines = path.read_text().splitlines()
+    found = []
+    for fn in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        for node in ast.walk(fn):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                above = node.lineno - 2  # up over the block of imports (and blank lines)
+                while above >= 0 and (
+                    not lines[above].strip()
+                    or lines[above].strip().startswith(("import ", "from "))
+                ):
+                    above -= 1
+                said = "# lazy:" in lines[node.lineno - 1] or (
+                    above >= 0 and lines[above].strip().startswith("# lazy:")
+                )
+                if not said:
+                    found.append(node.lineno)
+    return sorted(set(found))
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_an_import_inside_a_function_says_why(module):
+    """Imports go at the top, except where one keeps a heavy library (torch, W&B) out of a
+    command that does not need it, said in a `# lazy:` comment."""
+    assert not unexplained_lazy_imports(MODULES[module]), (
+        f"{module}: lines {unexplained_lazy_imports(MODULES[module])}"
+    )
+
+
+def test_the_lazy_import_check_finds_one(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "def f():\n    import json\n\n\ndef g():\n    # lazy: why\n    import os\n\n    import re\n"
+    )
+    assert unexplained_lazy_imports(probe) == [2]
+
+
+# The results layer and the command line's front: they read records, never train.
+TORCH_FREE = ("overrides", "config", "record", "table", "report", "summary", "sweep", "cellspec")
+
+
+def test_results_modules_load_without_torch():
+    code = (
+        "import sys\n"
+        + "".join(f"import rnnbench.{m}\n" for m in TORCH_FREE)
+        + "print('torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "False"

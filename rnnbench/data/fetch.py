@@ -18,6 +18,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm import tqdm
+
 from rnnbench.errors import DataError
 from rnnbench.outputs import default_file_mode
 
@@ -311,7 +313,6 @@ def _download(url: str, path: Path, expected: str) -> None:
 
 
 def _copy_with_progress(src, dst, total: int, label: str) -> None:
-    from tqdm import tqdm
 
     with tqdm(total=total or None, unit="B", unit_scale=True, desc=label, leave=False) as bar:
         while block := src.read(1 << 16):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from scipy.io import loadmat
 from torch import Tensor
 
 from rnnbench.data.base import SPLITS, SequenceDataModule
@@ -23,7 +24,6 @@ FILES = {
 
 def read_piano_rolls(path: Path) -> dict[str, list[Tensor]]:
     """{split: [(T, 88) float tensors]} from a TCN .mat file (keys traindata/validdata/testdata)."""
-    from scipy.io import loadmat
 
     try:
         mat = loadmat(path)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -31,6 +32,7 @@ from rnnbench.data.lm import UNK, Vocabulary
 from rnnbench.errors import ConfigError, DataError, check_positive_int
 from rnnbench.outputs import write_whole
 from rnnbench.tasks import PAD_ID
+from rnnbench.text_scores import corpus_bleu, corpus_rouge
 
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
 SPECIALS = (PAD, UNK, BOS, EOS)  # PAD first: id 0 is rnnbench.tasks.PAD_ID
@@ -40,7 +42,6 @@ CACHE_VERSION = 2  # bump when tokenisation changes what ids a text gets
 
 def tokenize(text: str, lowercase: bool = True) -> list[str]:
     """sacreBLEU's 13a tokens (the tokenisation its BLEU scores with), lower-cased."""
-    from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
 
     tokens = _TOKENIZER.setdefault("13a", Tokenizer13a())(text.strip()).split()
     return [t.lower() for t in tokens] if lowercase else tokens
@@ -325,7 +326,6 @@ class TranslationData(PairDataModule):
     def score_texts(
         self, hypotheses: list[str], references: list[str]
     ) -> tuple[dict[str, float], str]:
-        from rnnbench.text_scores import corpus_bleu
 
         bleu, signature = corpus_bleu(hypotheses, references, self.lowercase)
         return {"bleu": bleu}, signature
@@ -593,7 +593,6 @@ class Summaries(PairDataModule):
     def score_texts(
         self, hypotheses: list[str], references: list[str]
     ) -> tuple[dict[str, float], str]:
-        from rnnbench.text_scores import corpus_rouge
 
         return corpus_rouge(hypotheses, references)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pandas as pd
 import torch
 from torch import Tensor
 
@@ -17,7 +18,6 @@ from rnnbench.errors import ConfigError, DataError, check_positive_int
 
 def read_columns(path, columns: Sequence[str], relpath: str) -> Tensor:
     """The named numeric columns of a CSV as a (rows, columns) float tensor."""
-    import pandas as pd
 
     try:
         frame = pd.read_csv(path)
