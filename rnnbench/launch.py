@@ -9,6 +9,7 @@ rnnbench -m model=rnn,gru,lstm model.num_layers=1,2
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import hydra
 import torch
@@ -44,7 +45,7 @@ def set_threads(cfg: DictConfig, hydra_cfg: DictConfig, multirun: bool) -> None:
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> dict[str, Any] | None:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     set_threads(cfg, hydra_cfg, multirun)
@@ -83,16 +84,16 @@ def main(cfg: DictConfig) -> None:
                 f"(record in {hydra_cfg.runtime.output_dir})",
                 file=sys.stderr,
             )
-            return
+            return None
         if user is None:
             raise
         print(f"rnnbench: error: {user}", file=sys.stderr)
         sys.exit(2)
     if not is_rank_zero():
-        return
+        return None
     if len(records) > 1:  # a pack's members (pack=K in a single run)
         show(format_pack_summary(records))
-        return
+        return None
     for record in records:
         if record.get("reused_from"):
             show(
@@ -101,3 +102,5 @@ def main(cfg: DictConfig) -> None:
             )
         else:
             show(format_summary(record))
+    # A sweeper reads it (the job's return value): a search's trial tells its study from it.
+    return records[0]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from hydra._internal.utils import get_args_parser
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import IntervalSweep
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -60,8 +61,8 @@ def sweep_variants(overrides: list[str]) -> list[list[str]]:
     first = first_values(overrides)
     variants = [first]
     for i, override in enumerate(parsed):
-        if not override.is_sweep_override():
-            continue
+        if not override.is_sweep_override() or isinstance(override.value(), IntervalSweep):
+            continue  # a search's interval: checked at its low end (first_values)
         key = override.get_key_element()
         for n, value in enumerate(override.sweep_string_iterator()):
             if n == 0:
@@ -78,7 +79,9 @@ def leaf_sweep_problem(overrides: list[str]) -> str | None:
     for override in parser.parse_overrides(overrides):
         key = override.get_key_element()
         if override.is_sweep_override() and key in CHECKS:
-            for value in override.sweep_iterator():
+            sweep = override.value()
+            ends = [sweep.start, sweep.end] if isinstance(sweep, IntervalSweep) else None
+            for value in ends or override.sweep_iterator():
                 problem = CHECKS[key].problem(key, value)
                 if problem:
                     return problem
@@ -86,12 +89,17 @@ def leaf_sweep_problem(overrides: list[str]) -> str | None:
 
 
 def first_values(overrides: list[str]) -> list[str]:
-    """Each override with a sweep (a,b,c or range(...)) narrowed to its first value."""
+    """Each override with a sweep (a,b,c, range(...), or a search's interval(a, b))
+    narrowed to its first value (an interval's low end)."""
     parser = OverridesParser.create()
     narrowed = []
     for override in parser.parse_overrides(overrides):
         if override.is_sweep_override():
-            value = next(iter(override.sweep_string_iterator()))
+            sweep = override.value()
+            if isinstance(sweep, IntervalSweep):
+                value = sweep.start
+            else:
+                value = next(iter(override.sweep_string_iterator()))
             narrowed.append(f"{override.get_key_element()}={value}")
         else:
             narrowed.append(override.input_line)
@@ -113,6 +121,15 @@ def check_command_line(argv: list[str], config_dir: str) -> str | None:
             params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
             if params and args.multirun:
                 preset = first_values([f"{k}={v}" for k, v in params.items()])
+                absent = object()
+                for key in params:
+                    if key.startswith(("+", "hydra.")):
+                        continue
+                    if OmegaConf.select(cfg, key, default=absent) is absent:
+                        return (
+                            f"hydra.sweeper.params.{key}: the configuration has no key {key} "
+                            f"to search (a typo? a new key takes a leading +)"
+                        )
                 cfg = compose([*preset, *overrides], return_hydra_config=True)
             problem = config_problem(cfg) or (n == 0 and folder_problem(cfg, args.multirun))
             if problem:

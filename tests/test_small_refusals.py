@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_records import RunsCode
 
 from conftest import REPO, TINY_REBER, assert_refused, rnnbench_cli
 from rnnbench.checkpoints import CheckpointError, load_checkpoint
@@ -51,16 +52,6 @@ def test_reproduce_refuses_threads_below_one_in_one_line(tmp_path, value):
 
 
 # A checkpoint that cannot be loaded, named for what is wrong ------------------------------------
-
-
-class RunsCode:
-    """A pickle that would create a file when unpickled with weights_only=False."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 @pytest.fixture(scope="module")

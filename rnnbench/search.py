@@ -1,0 +1,350 @@
+"""Hyperparameter search over Optuna's ask-and-tell API: what the `optuna` Hydra sweeper
+(hydra_plugins/rnnbench_search) asks of a study, kept here where it can be read and tested.
+
+    rnnbench -m hparams_search=reber model=rnn,lstm        # one study per cell, equal budgets
+
+- The search space is `hydra.sweeper.params` in Hydra's sweep syntax: `interval(a, b)` (a float,
+  or an int when both ends are), `tag(log, interval(a, b))` (log-uniform), `range(a, b[, step])`
+  (ints, b excluded as in Hydra), `choice(x, y, ...)` or `x,y,...` (categorical).
+- A sweep on the command line (`model=rnn,lstm`) is not searched: each of its values gets a
+  study of its own over the same space and the same `n_trials`.
+- A study is persistent: SQLite in the search's folder by default, any RDB URL, or a journal
+  file (`storage=journal:PATH`, for a shared filesystem); launched again, it goes on to
+  `n_trials` in all, and a trial whose configuration has a completed record costs nothing (the
+  run reuses it). The sampler is seeded per trial number, so a relaunch proposes exactly the
+  trials an uninterrupted search would have.
+- The objective is the validation value of the data's headline metric (val/ppl, val/acc,
+  val/nll, ...; val/loss for sequence to sequence, whose headline is decoded at test only),
+  read from the trial's record; its direction comes from the task kind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.core.override_parser.types import (
+    ChoiceSweep,
+    IntervalSweep,
+    Override,
+    RangeSweep,
+)
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+
+from rnnbench.errors import ConfigError
+from rnnbench.tasks import KINDS, direction
+
+SAMPLERS = ("tpe", "random", "grid")
+
+
+@dataclass
+class Dimension:
+    """One searched key: its Optuna distribution, and the override a proposed value makes."""
+
+    key: str
+    distribution: Any  # optuna.distributions.BaseDistribution
+
+    def override(self, value: Any) -> str:
+        return f"{self.key}={value}"
+
+
+def dimension(override: Override) -> Dimension:
+    """The distribution of one `hydra.sweeper.params` entry; ConfigError for a range that is
+    empty or inverted, or a sweep of another kind."""
+    import optuna.distributions as d  # lazy: optuna loads only for a search
+
+    key, sweep = override.get_key_element(), override.value()
+    if isinstance(sweep, IntervalSweep):
+        low, high = sweep.start, sweep.end
+        if not low < high:
+            raise ConfigError(
+                f"hydra.sweeper.params.{key}=interval({low}, {high}) is empty or inverted: "
+                f"give interval(low, high) with low < high"
+            )
+        log = "log" in sweep.tags
+        if log and low <= 0:
+            raise ConfigError(
+                f"hydra.sweeper.params.{key}: a log interval needs low > 0, not {low}"
+            )
+        if isinstance(low, int) and isinstance(high, int):
+            return Dimension(key, d.IntDistribution(low, high, log=log))
+        return Dimension(key, d.FloatDistribution(float(low), float(high), log=log))
+    if isinstance(sweep, RangeSweep):
+        values = list(range(int(sweep.start), int(sweep.stop), int(sweep.step or 1)))
+        if not values:
+            raise ConfigError(
+                f"hydra.sweeper.params.{key}=range({sweep.start}, {sweep.stop}) is empty: "
+                f"range(a, b) proposes a, a+1, ..., b-1"
+            )
+        return Dimension(key, d.IntDistribution(values[0], values[-1], step=int(sweep.step or 1)))
+    if isinstance(sweep, ChoiceSweep):
+        choices = [str(v) if isinstance(v, str) else v for v in sweep.list]
+        return Dimension(key, d.CategoricalDistribution(choices))
+    raise ConfigError(
+        f"hydra.sweeper.params.{key}={override.get_value_element_as_str()}: use interval(a, b), "
+        f"tag(log, interval(a, b)), range(a, b) or choice(x, y, ...)"
+    )
+
+
+def trial_seed(seed: int, number: int) -> int:
+    """The sampler's seed for trial `number` of a search seeded `seed`: a relaunch that goes on
+    from trial N proposes what an uninterrupted search would have."""
+    digest = hashlib.sha256(f"{seed}:{number}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def make_sampler(name: str, seed: int, space: list[Dimension] | None = None) -> Any:
+    import optuna  # lazy: optuna loads only for a search
+
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "grid":
+        grid = {}
+        for dim in space or []:
+            dist = dim.distribution
+            if isinstance(dist, optuna.distributions.CategoricalDistribution):
+                grid[dim.key] = list(dist.choices)
+            elif isinstance(dist, optuna.distributions.IntDistribution) and not dist.log:
+                grid[dim.key] = list(range(dist.low, dist.high + 1, dist.step))
+            else:
+                raise ConfigError(
+                    f"sampler=grid cannot enumerate hydra.sweeper.params.{dim.key} (a "
+                    f"continuous interval): use choice(...) or range(...), or sampler=tpe"
+                )
+        return optuna.samplers.GridSampler(grid, seed=seed)
+    raise ConfigError(f"hydra.sweeper.sampler={name} is not allowed: use one of {SAMPLERS}")
+
+
+def open_storage(url: str) -> Any:
+    """An Optuna storage from `url`: `journal:PATH` a journal file (for a shared filesystem),
+    anything else an RDB URL (sqlite:///PATH by default); ConfigError naming it when it cannot
+    be opened."""
+    import optuna  # lazy: optuna loads only for a search
+
+    try:
+        if url.startswith("journal:"):
+            path = Path(url.removeprefix("journal:"))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            backend = optuna.storages.journal.JournalFileBackend(str(path))
+            return optuna.storages.JournalStorage(backend)
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.RDBStorage(url)
+    except Exception as e:  # noqa: BLE001 - a bad URL, a missing driver, no permission, ...
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(
+            f"hydra.sweeper.storage={url} cannot be opened ({reason[:200]}): give "
+            f"sqlite:///PATH, journal:PATH or a database URL"
+        ) from None
+
+
+def objective_metric(config: DictConfig | Mapping[str, Any]) -> tuple[str, str]:
+    """The metric a search of `config` optimises, and its direction (minimize | maximize):
+    the validation value of the data's headline metric."""
+    target = OmegaConf.select(config, "data._target_") if isinstance(config, DictConfig) else None
+    task = getattr(get_class(target), "task", "") if target else ""
+    kind = KINDS.get(task)
+    if kind is None or kind.readout == "decoder":
+        return "val/loss", "minimize"
+    metric = "val/" + kind.headline_metric("").split("/", 1)[1]
+    return metric, "minimize" if direction(metric, [task]) < 0 else "maximize"
+
+
+def trial_value(record: Mapping[str, Any] | None, metric: str) -> float | None:
+    """The value a trial's record gives `metric`, None when it has none (the run did not
+    complete: failed, diverged, interrupted)."""
+    if not isinstance(record, Mapping) or record.get("status") != "completed":
+        return None
+    value = (record.get("metrics") or {}).get(metric)
+    return float(value) if isinstance(value, int | float) else None
+
+
+def suggest(trial: Any, dim: Dimension) -> Any:
+    """Trial `trial`'s value of `dim` (a value it was enqueued with, else the sampler's)."""
+    import optuna  # lazy: optuna loads only for a search
+
+    dist = dim.distribution
+    if isinstance(dist, optuna.distributions.FloatDistribution):
+        return trial.suggest_float(dim.key, dist.low, dist.high, log=dist.log)
+    if isinstance(dist, optuna.distributions.IntDistribution):
+        return trial.suggest_int(dim.key, dist.low, dist.high, step=dist.step, log=dist.log)
+    return trial.suggest_categorical(dim.key, dist.choices)
+
+
+def owner() -> str:
+    """Who runs a trial: host and process, so a relaunch knows which running trials are its
+    own dead ones (to run again) and which another live process is running."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def is_stale(trial: Any) -> bool:
+    """A RUNNING trial whose process is gone: on this host, its pid is no longer alive."""
+    host, _, pid = str(trial.user_attrs.get("owner", ":")).rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return host == ""  # no owner recorded: left by an older launch
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return int(pid) == os.getpid()  # this very process cannot be running it yet
+
+
+def counted(study: Any) -> int:
+    """How many of `n_trials` a study has spent: finished trials and those running elsewhere,
+    not the ones given up to be run again."""
+    import optuna  # lazy: optuna loads only for a search
+
+    states = optuna.trial.TrialState
+    return sum(
+        1
+        for t in study.get_trials(deepcopy=False)
+        if t.state in (states.COMPLETE, states.PRUNED, states.FAIL, states.RUNNING)
+        and not t.user_attrs.get("requeued")
+    )
+
+
+def requeue_stale(study: Any) -> int:
+    """Give up the running trials of a killed launch and enqueue their values again: a trial
+    with the same values is the same configuration, which resumes from its checkpoint."""
+    import optuna  # lazy: optuna loads only for a search
+
+    stale = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        if is_stale(t)
+    ]
+    for t in stale:
+        study._storage.set_trial_user_attr(t._trial_id, "requeued", True)
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+    return len(stale)
+
+
+def study_name(base: str, axis: list[str]) -> str:
+    """A study's name, also its jobs' folder: the search's, and the command-line sweep values
+    it is for (`reber-model-gru` for model=gru)."""
+    words = [a.replace("=", "-").replace("/", "_") for a in axis]
+    return "-".join([base, *words])
+
+
+def run_studies(sweeper: Any, arguments: list[str]) -> list[Any]:
+    """The `optuna` sweeper's sweep: for each combination of the command line's sweeps, a
+    study over `hydra.sweeper.params`, asked and told until it holds `n_trials` trials."""
+    import optuna  # lazy: optuna loads only for a search
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from rnnbench.sweep import parallel_jobs
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if sweeper.n_trials < 1:
+        raise ConfigError(
+            f"hydra.sweeper.n_trials={sweeper.n_trials} is not allowed: a search needs at least "
+            f"one trial"
+        )
+    config = sweeper.config
+    parser = OverridesParser.create(config_loader=sweeper.hydra_context.config_loader)
+    given = parser.parse_overrides([f"{k}={v}" for k, v in sweeper.params.items()])
+    space = [dimension(o) for o in given if o.is_sweep_override()]
+    if not space:
+        raise ConfigError(
+            "hydra.sweeper.params holds no range to search: give e.g. "
+            "optim.lr: tag(log, interval(1e-4, 1e-1))"
+        )
+    fixed = [o.input_line for o in given if not o.is_sweep_override()]
+    line = parser.parse_overrides(arguments)
+    searched = {d.key for d in space}
+    axes_overrides = [o for o in line if o.is_sweep_override()]
+    fixed += [o.input_line for o in line if not o.is_sweep_override()]
+    fixed = [f for f in fixed if f.split("=", 1)[0].lstrip("+~") not in searched]
+    axes = BasicSweeper.split_arguments(axes_overrides, None)[0] if axes_overrides else [[]]
+    sweep_dir = Path(config.hydra.sweep.dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(config, sweep_dir / "multirun.yaml")
+    metric, goal = objective_metric(config)
+    url = sweeper.storage or f"sqlite:///{(sweep_dir / 'optuna.db').resolve()}"
+    storage = open_storage(url)
+    width = parallel_jobs(config.hydra.get("launcher"))
+    returns, job = [], 0
+    for axis in axes:
+        name = study_name(sweeper.study_name, axis)
+        study = optuna.create_study(
+            storage=storage,
+            study_name=name,
+            load_if_exists=True,
+            direction=goal,
+            sampler=make_sampler(sweeper.sampler, sweeper.seed, space),
+        )
+        if study.direction.name.lower() != goal:
+            raise ConfigError(
+                f"study {name} in {url} was made to {study.direction.name.lower()}, this "
+                f"search would {goal} {metric}: give it another hydra.sweeper.study_name"
+            )
+        requeue_stale(study)
+        while (left := sweeper.n_trials - counted(study)) > 0:
+            trials, batch = [], []
+            for _ in range(min(width, left)):
+                trial = study.ask()
+                if sweeper.sampler != "grid":  # a seed per trial number: see trial_seed
+                    study.sampler = make_sampler(
+                        sweeper.sampler, trial_seed(sweeper.seed, trial.number)
+                    )
+                values = [dim.override(suggest(trial, dim)) for dim in space]
+                trial.set_user_attr("owner", owner())
+                subdir = f"{name}/{trial.number}" if axis else str(trial.number)
+                batch.append([*values, *axis, *fixed, f"hydra.sweep.subdir={subdir}"])
+                trials.append(trial)
+            sweeper.validate_batch_is_legal(batch)
+            results = sweeper.launcher.launch(batch, initial_job_idx=job)
+            job += len(batch)
+            returns.append(results)
+            for trial, result in zip(trials, results, strict=True):
+                tell(study, trial, result, metric)
+        print(describe_study(study, metric, sweeper.n_trials), flush=True)
+    return returns
+
+
+def tell(study: Any, trial: Any, result: Any, metric: str) -> None:
+    """Tell the study what trial `trial`'s job (its JobReturn `result`) gave: its record's
+    value, else a failed trial (the run failed, diverged or was interrupted)."""
+    import optuna  # lazy: optuna loads only for a search
+
+    try:
+        record = result.return_value
+    except BaseException:  # noqa: BLE001 - the job raised: the trial failed
+        record = None
+    value = trial_value(record, metric)
+    if isinstance(record, Mapping) and record.get("run_dir"):
+        trial.set_user_attr("run_dir", str(record["run_dir"]))
+    try:
+        if value is None:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+        else:
+            study.tell(trial, value, skip_if_finished=True)
+    except RuntimeError as e:  # a grid sampler stops the study once its grid is done
+        if "Study.stop" not in str(e):
+            raise
+
+
+def describe_study(study: Any, metric: str, n_trials: int) -> str:
+    """One line: the study's trials by state and its best value so far."""
+    from collections import Counter
+
+    states = Counter(t.state.name.lower() for t in study.get_trials(deepcopy=False))
+    parts = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+    try:
+        best = study.best_trial
+        tail = f"; best {metric} {best.value:.6g} (trial {best.number}: {best.params})"
+    except ValueError:
+        tail = "; no completed trial"
+    return f"study {study.study_name}: {n_trials} trials ({parts}){tail}"

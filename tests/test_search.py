@@ -1,0 +1,179 @@
+"""Hyperparameter search from the command line (`rnnbench -m hparams_search=NAME`): one study
+per command-line sweep value, each over the same space and `n_trials`, persistent and resumed
+by a relaunch that trains nothing twice and proposes what an uninterrupted search would have;
+bad input is one line. Real processes, real Optuna studies in SQLite."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from conftest import popen, records, rnnbench_cli, wait_for
+from rnnbench.errors import ConfigError
+from rnnbench.search import dimension, objective_metric, trial_seed
+
+TINY = [
+    "data.train_strings=100",
+    "data.valid_strings=20",
+    "data.test_strings=20",
+    "model.hidden_size=8",
+    "model.num_layers=1",
+    "trainer.max_epochs=1",
+    "logger=none",
+    "trainer.enable_progress_bar=false",
+    "threads=1",
+]
+SEARCH = ["-m", "hparams_search=reber", "model=rnn,lstm", *TINY]
+
+
+def trials(db: Path, study: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=study, storage=f"sqlite:///{db}").get_trials()
+
+
+def params_of(found: list[optuna.trial.FrozenTrial]) -> dict[int, dict]:
+    return {t.number: t.params for t in found}
+
+
+def test_a_search_gives_each_cell_the_same_budget_and_a_relaunch_goes_on(tmp_path):
+    first = rnnbench_cli([*SEARCH, "hydra.sweeper.n_trials=3"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    db = tmp_path / "runs" / "searches" / "reber" / "optuna.db"
+    for cell in ("rnn", "lstm"):
+        assert f"study reber-model-{cell}: 3 trials (3 complete)" in first.stdout
+        done = trials(db, f"reber-model-{cell}")
+        assert len(done) == 3 and all(t.value is not None for t in done)
+        for t in done:  # each trial's value is its record's validation perplexity
+            record = json.loads((Path(t.user_attrs["run_dir"]) / "result.json").read_text())
+            assert record["metrics"]["val/ppl"] == pytest.approx(t.value)
+            assert record["config"]["model"]["cell"] == cell
+            assert record["config"]["optim"]["lr"] == pytest.approx(t.params["optim.lr"])
+    assert "sweep: 6 jobs: 6 completed" in first.stdout
+
+    again = rnnbench_cli([*SEARCH, "hydra.sweeper.n_trials=4"], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "sweep: 8 jobs: 2 completed, 6 reused" in again.stdout, again.stdout[-2000:]
+    trained = [r for r in records(tmp_path / "runs") if not r.get("reused_from")]
+    assert len(trained) == 8  # nothing trained twice
+
+    # The relaunch proposed what one uninterrupted search of 4 trials proposes.
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    once = rnnbench_cli([*SEARCH, "hydra.sweeper.n_trials=4"], cwd=whole)
+    assert once.returncode == 0, once.stderr[-3000:]
+    other = whole / "runs" / "searches" / "reber" / "optuna.db"
+    for cell in ("rnn", "lstm"):
+        name = f"reber-model-{cell}"
+        assert params_of(trials(db, name)) == params_of(trials(other, name))
+
+
+def test_a_killed_search_relaunched_trains_no_finished_trial_again(tmp_path):
+    args = [*SEARCH[:2], "model=lstm", *TINY, "trainer.max_epochs=30"]
+    args += ["hydra.sweeper.n_trials=3", "data.train_strings=400"]
+    proc = popen(args, cwd=tmp_path)
+    search = tmp_path / "runs" / "searches" / "reber"
+    wait_for(lambda: len(list(search.rglob("result.json"))) >= 1, proc, timeout=300)
+    wait_for(lambda: len(list(search.rglob("metrics.csv"))) >= 2, proc, timeout=300)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    finished = {p.parent for p in search.rglob("result.json")}
+    stamps = {p: p.stat().st_mtime_ns for p in search.rglob("result.json")}
+    time.sleep(0.1)
+    again = rnnbench_cli(args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    for path, stamp in stamps.items():  # a finished trial's record is not rewritten
+        assert path.stat().st_mtime_ns == stamp, path
+    found = trials(search / "optuna.db", "reber")  # model=lstm, no sweep: one study
+    states = [t.state.name for t in found]
+    # The killed trial was given up and run again from its checkpoint, with the same values.
+    requeued = [t for t in found if t.user_attrs.get("requeued")]
+    assert len(requeued) == 1 and states.count("COMPLETE") == 3, states
+    retry = next(t for t in found if t.user_attrs.get("retry_of") == requeued[0].number)
+    assert retry.params == requeued[0].params
+    record = json.loads((Path(retry.user_attrs["run_dir"]) / "result.json").read_text())
+    assert record["status"] == "completed" and record.get("resumed_from")
+    assert Path(record["resumed_from"]) not in finished
+
+
+BAD = {
+    "unknown search space": (["hparams_search=nope"], "hparams_search"),
+    "no trials": (["hydra.sweeper.n_trials=0"], "hydra.sweeper.n_trials=0 is not allowed"),
+    "inverted range": (
+        ['hydra.sweeper.params={model.dropout:"interval(0.5,0.1)"}'],
+        "model.dropout=interval(0.5, 0.1) is empty or inverted",
+    ),
+    "a key not in the config": (
+        ["hparams_search=typo", "hydra.searchpath=[file://{conf}]"],
+        "hydra.sweeper.params.optim.lrr: the configuration has no key optim.lrr",
+    ),
+    "a storage that cannot be opened": (
+        ["hydra.sweeper.storage=nosuchdb://x"],
+        "hydra.sweeper.storage=nosuchdb://x cannot be opened",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_search_input_is_one_line(tmp_path, case):
+    extra, says = BAD[case]
+    # A user's own search space, beside the package's (hydra.searchpath), with a typo in it.
+    conf = tmp_path / "conf" / "hparams_search"
+    conf.mkdir(parents=True)
+    (conf / "typo.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /hydra/sweeper: optuna\n"
+        "hydra:\n  sweeper:\n    params:\n      optim.lrr: interval(0.1, 0.2)\n"
+    )
+    extra = [e.replace("{conf}", str(conf.parent)) for e in extra]
+    base = [a for a in SEARCH if not a.startswith("hparams_search=")]
+    if case != "unknown search space":
+        base.insert(1, "hparams_search=reber")
+    result = rnnbench_cli([*base, "hydra.sweeper.n_trials=1", *extra], cwd=tmp_path)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    errors = [x for x in result.stderr.splitlines() if "error" in x.lower()]
+    assert len(errors) == 1 and says in errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not records(tmp_path / "runs") if (tmp_path / "runs").exists() else True
+
+
+def test_the_search_space_syntax_maps_to_optuna():
+    parse = OverridesParser.create().parse_overrides
+    [lr, layers, cell, drop] = parse(
+        [
+            "optim.lr=tag(log, interval(1e-4, 1e-1))",
+            "model.num_layers=range(1, 4)",
+            "model.cell=choice(rnn, gru)",
+            "model.dropout=interval(0.0, 0.5)",
+        ]
+    )
+    d = optuna.distributions
+    assert dimension(lr).distribution == d.FloatDistribution(1e-4, 1e-1, log=True)
+    assert dimension(layers).distribution == d.IntDistribution(1, 3)  # range's end excluded
+    assert dimension(cell).distribution == d.CategoricalDistribution(["rnn", "gru"])
+    assert dimension(drop).distribution == d.FloatDistribution(0.0, 0.5)
+    with pytest.raises(ConfigError, match="empty"):
+        dimension(parse(["model.num_layers=range(3, 3)"])[0])
+
+
+def test_each_trial_number_has_its_own_seed_and_the_objective_its_direction():
+    assert trial_seed(1234, 5) == trial_seed(1234, 5) != trial_seed(1234, 6)
+    from rnnbench.config import compose
+
+    assert objective_metric(compose(["data=reber"])) == ("val/ppl", "minimize")
+    assert objective_metric(compose(["data=sst2"])) == ("val/acc", "maximize")
+    assert objective_metric(compose(["data=multi30k"])) == ("val/loss", "minimize")
+
+
+def test_the_study_is_sqlite_in_the_search_folder(tmp_path):
+    """Where a search keeps its study, readable by optuna-dashboard."""
+    done = rnnbench_cli([*SEARCH[:2], "model=rnn", *TINY, "hydra.sweeper.n_trials=1"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    db = tmp_path / "runs" / "searches" / "reber" / "optuna.db"
+    with sqlite3.connect(db) as con:
+        names = [r[0] for r in con.execute("select study_name from studies")]
+    assert names == ["reber-model-rnn"]
