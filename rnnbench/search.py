@@ -23,11 +23,15 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import optuna
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import (
     ChoiceSweep,
     IntervalSweep,
@@ -38,6 +42,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from rnnbench.errors import ConfigError
+from rnnbench.sweep import parallel_jobs
 from rnnbench.tasks import KINDS, direction
 
 SAMPLERS = ("tpe", "random", "grid")
@@ -57,8 +62,7 @@ class Dimension:
 def dimension(override: Override) -> Dimension:
     """The distribution of one `hydra.sweeper.params` entry; ConfigError for a range that is
     empty or inverted, or a sweep of another kind."""
-    import optuna.distributions as d  # lazy: optuna loads only for a search
-
+    d = optuna.distributions
     key, sweep = override.get_key_element(), override.value()
     if isinstance(sweep, IntervalSweep):
         low, high = sweep.start, sweep.end
@@ -100,7 +104,6 @@ def trial_seed(seed: int, number: int) -> int:
 
 
 def make_sampler(name: str, seed: int, space: list[Dimension] | None = None) -> Any:
-    import optuna  # lazy: optuna loads only for a search
 
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
@@ -127,7 +130,6 @@ def open_storage(url: str) -> Any:
     """An Optuna storage from `url`: `journal:PATH` a journal file (for a shared filesystem),
     anything else an RDB URL (sqlite:///PATH by default); ConfigError naming it when it cannot
     be opened."""
-    import optuna  # lazy: optuna loads only for a search
 
     try:
         if url.startswith("journal:"):
@@ -169,7 +171,6 @@ def trial_value(record: Mapping[str, Any] | None, metric: str) -> float | None:
 
 def suggest(trial: Any, dim: Dimension) -> Any:
     """Trial `trial`'s value of `dim` (a value it was enqueued with, else the sampler's)."""
-    import optuna  # lazy: optuna loads only for a search
 
     dist = dim.distribution
     if isinstance(dist, optuna.distributions.FloatDistribution):
@@ -202,7 +203,6 @@ def is_stale(trial: Any) -> bool:
 def counted(study: Any) -> int:
     """How many of `n_trials` a study has spent: finished trials and those running elsewhere,
     not the ones given up to be run again."""
-    import optuna  # lazy: optuna loads only for a search
 
     states = optuna.trial.TrialState
     return sum(
@@ -216,7 +216,6 @@ def counted(study: Any) -> int:
 def requeue_stale(study: Any) -> int:
     """Give up the running trials of a killed launch and enqueue their values again: a trial
     with the same values is the same configuration, which resumes from its checkpoint."""
-    import optuna  # lazy: optuna loads only for a search
 
     stale = [
         t
@@ -224,6 +223,8 @@ def requeue_stale(study: Any) -> int:
         if is_stale(t)
     ]
     for t in stale:
+        # A FrozenTrial has no setter: the storage's (Optuna has no public way to mark a
+        # trial of another process; the attribute must be set before it is finished).
         study._storage.set_trial_user_attr(t._trial_id, "requeued", True)
         study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
         study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
@@ -240,12 +241,6 @@ def study_name(base: str, axis: list[str]) -> str:
 def run_studies(sweeper: Any, arguments: list[str]) -> list[Any]:
     """The `optuna` sweeper's sweep: for each combination of the command line's sweeps, a
     study over `hydra.sweeper.params`, asked and told until it holds `n_trials` trials."""
-    import optuna  # lazy: optuna loads only for a search
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from rnnbench.sweep import parallel_jobs
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if sweeper.n_trials < 1:
         raise ConfigError(
@@ -317,7 +312,6 @@ def run_studies(sweeper: Any, arguments: list[str]) -> list[Any]:
 def tell(study: Any, trial: Any, result: Any, metric: str) -> None:
     """Tell the study what trial `trial`'s job (its JobReturn `result`) gave: its record's
     value, else a failed trial (the run failed, diverged or was interrupted)."""
-    import optuna  # lazy: optuna loads only for a search
 
     try:
         record = result.return_value
@@ -338,8 +332,6 @@ def tell(study: Any, trial: Any, result: Any, metric: str) -> None:
 
 def describe_study(study: Any, metric: str, n_trials: int) -> str:
     """One line: the study's trials by state and its best value so far."""
-    from collections import Counter
-
     states = Counter(t.state.name.lower() for t in study.get_trials(deepcopy=False))
     parts = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
     try:
