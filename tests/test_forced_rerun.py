@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
-import time
 from pathlib import Path
 
 from test_records import in_small_tmpfs
@@ -19,7 +18,7 @@ ARGS = [
     *TINY_REBER,
     "data.train_strings=600",
     "model.hidden_size=48",
-    "trainer.max_epochs=6",
+    "trainer.max_epochs=20",  # the kill lands after the re-run's first epoch, long before its end
     "checkpoints.keep=both",
     "threads=1",
 ]
@@ -45,9 +44,9 @@ def test_a_killed_forced_rerun_leaves_the_completed_run_untouched(tmp_path):
     proc = popen([*ARGS, "force=true", f"hydra.run.dir={run}"], cwd=tmp_path)
     forced = tmp_path / "runs" / ".forced-r"
     wait_for(lambda: (forced / "metrics.csv").is_file(), proc)  # an epoch into the re-run
-    time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
+    assert forced.is_dir()  # killed mid-run, not after its swap
     assert digest(run) == before  # every file of the completed run, byte for byte
 
     again = rnnbench_cli([*ARGS, "force=true", f"hydra.run.dir={run}"], tmp_path)
@@ -59,7 +58,7 @@ def test_a_killed_forced_rerun_leaves_the_completed_run_untouched(tmp_path):
     assert not forced.exists()  # the old run went with the swap
     # One run's files: its metrics.csv has every epoch once, its steps.csv every step once.
     epochs = (run / "metrics.csv").read_text().splitlines()[1:]
-    assert [int(r.split(",")[0]) for r in epochs] == list(range(6))
+    assert [int(r.split(",")[0]) for r in epochs] == list(range(20))
     steps = [int(r.split(",")[0]) for r in (run / "steps.csv").read_text().splitlines()[1:]]
     assert (
         steps == list(range(steps[0], steps[0] + len(steps)))
@@ -69,7 +68,7 @@ def test_a_killed_forced_rerun_leaves_the_completed_run_untouched(tmp_path):
 
 
 def test_a_forced_rerun_on_a_full_disk_keeps_the_completed_run(tmp_path):
-    big = [*ARGS, "model.hidden_size=256", "trainer.max_epochs=2"]  # ~3 MB checkpoints
+    big = [*ARGS, "model.hidden_size=256", "trainer.max_epochs=2"]  # checkpoints of ~9 MB
     small = " ".join([*big, "hydra.run.dir=$D/run", "results_root=$D"])
     script = (
         f"$RB {small} >/dev/null 2>&1 && "

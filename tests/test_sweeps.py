@@ -168,7 +168,7 @@ def test_wandb_online_without_a_network_leaves_the_run_to_finish(tmp_path):
             ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0", "model=rnn,gru"],
             "hydra.launcher.n_jobs=0 is not allowed",
         ),
-        (["-m", "+sweep=bad"], "Could not override 'model.nonexistent'"),
+        (["-m", "+sweep=bad"], "the configuration has no key model.nonexistent"),
     ],
 )
 def test_sweep_bad_inputs_are_one_line(args, message, tmp_path):
