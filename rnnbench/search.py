@@ -148,10 +148,10 @@ def open_storage(url: str) -> Any:
         ) from None
 
 
-def objective_metric(config: DictConfig | Mapping[str, Any]) -> tuple[str, str]:
+def objective_metric(config: DictConfig) -> tuple[str, str]:
     """The metric a search of `config` optimises, and its direction (minimize | maximize):
     the validation value of the data's headline metric."""
-    target = OmegaConf.select(config, "data._target_") if isinstance(config, DictConfig) else None
+    target = OmegaConf.select(config, "data._target_")
     task = getattr(get_class(target), "task", "") if target else ""
     kind = KINDS.get(task)
     if kind is None or kind.readout == "decoder":
