@@ -102,8 +102,8 @@ def read_examples(run_dir: Path) -> list[dict[str, Any]]:
 # The record
 
 SCHEMA = "rnnbench.result/1"
-Status = Literal["completed", "diverged", "failed", "interrupted"]
-STATUSES: tuple[Status, ...] = ("completed", "diverged", "failed", "interrupted")
+Status = Literal["completed", "diverged", "failed", "interrupted", "pruned"]
+STATUSES: tuple[Status, ...] = ("completed", "diverged", "failed", "interrupted", "pruned")
 
 
 class Timing(TypedDict, total=False):
@@ -159,6 +159,7 @@ class Record(TypedDict, total=False):
     reused_from: str  # a completed run with the same run_key, copied instead of recomputed
     decoding: Decoding  # sequence-to-sequence runs only
     packed_with: dict[str, Any]  # trained in a pack (`pack=K`): its folder, size, members
+    pruned: dict[str, Any]  # a search's pruned trial: the epoch it stopped after, its value
 
 
 def now_iso() -> str:

@@ -44,6 +44,7 @@ from omegaconf import DictConfig, OmegaConf
 from rnnbench.errors import ConfigError
 from rnnbench.sweep import parallel_jobs
 from rnnbench.tasks import KINDS, direction
+from rnnbench.trial import PRUNERS, PrunerSpec, env_overrides, open_study_storage
 
 SAMPLERS = ("tpe", "random", "grid")
 
@@ -132,14 +133,10 @@ def open_storage(url: str) -> Any:
     be opened."""
 
     try:
-        if url.startswith("journal:"):
-            path = Path(url.removeprefix("journal:"))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            backend = optuna.storages.journal.JournalFileBackend(str(path))
-            return optuna.storages.JournalStorage(backend)
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.RDBStorage(url)
+        for prefix in ("journal:", "sqlite:///"):
+            if url.startswith(prefix):
+                Path(url.removeprefix(prefix)).parent.mkdir(parents=True, exist_ok=True)
+        return open_study_storage(url)
     except Exception as e:  # noqa: BLE001 - a bad URL, a missing driver, no permission, ...
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(
@@ -231,6 +228,24 @@ def requeue_stale(study: Any) -> int:
     return len(stale)
 
 
+def pruner_spec(sweeper: Any) -> PrunerSpec:
+    """The sweeper's pruner settings; ConfigError for one that is not allowed."""
+    name = sweeper.pruner
+    if name in (None, "none"):
+        return PrunerSpec(None)
+    if name not in PRUNERS:
+        raise ConfigError(
+            f"hydra.sweeper.pruner={name} is not allowed: use one of {', '.join(PRUNERS)} or null"
+        )
+    for key in ("pruner_startup_trials", "pruner_min_epochs"):
+        least = 0 if key == "pruner_startup_trials" else 1
+        if getattr(sweeper, key) < least:
+            raise ConfigError(
+                f"hydra.sweeper.{key}={getattr(sweeper, key)} is not allowed: give at least {least}"
+            )
+    return PrunerSpec(name, sweeper.pruner_startup_trials, sweeper.pruner_min_epochs)
+
+
 def study_name(base: str, axis: list[str]) -> str:
     """A study's name, also its jobs' folder: the search's, and the command-line sweep values
     it is for (`reber-model-gru` for model=gru)."""
@@ -268,6 +283,9 @@ def run_studies(sweeper: Any, arguments: list[str]) -> list[Any]:
     OmegaConf.save(config, sweep_dir / "multirun.yaml")
     metric, goal = objective_metric(config)
     url = sweeper.storage or f"sqlite:///{(sweep_dir / 'optuna.db').resolve()}"
+    if url.startswith("journal:"):  # the jobs may run elsewhere: an absolute path
+        url = "journal:" + str(Path(url.removeprefix("journal:")).resolve())
+    pruner = pruner_spec(sweeper)
     storage = open_storage(url)
     width = parallel_jobs(config.hydra.get("launcher"))
     returns, job = [], 0
@@ -279,12 +297,16 @@ def run_studies(sweeper: Any, arguments: list[str]) -> list[Any]:
             load_if_exists=True,
             direction=goal,
             sampler=make_sampler(sweeper.sampler, sweeper.seed, space),
+            pruner=pruner.make(),
         )
         if study.direction.name.lower() != goal:
             raise ConfigError(
                 f"study {name} in {url} was made to {study.direction.name.lower()}, this "
                 f"search would {goal} {metric}: give it another hydra.sweeper.study_name"
             )
+        # What every trial's job reads to report and prune as this study does (rnnbench.trial).
+        study.set_user_attr("metric", metric)
+        study.set_user_attr("pruner", pruner.as_attr())
         requeue_stale(study)
         while (left := sweeper.n_trials - counted(study)) > 0:
             trials, batch = [], []
@@ -297,7 +319,15 @@ def run_studies(sweeper: Any, arguments: list[str]) -> list[Any]:
                 values = [dim.override(suggest(trial, dim)) for dim in space]
                 trial.set_user_attr("owner", owner())
                 subdir = f"{name}/{trial.number}" if axis else str(trial.number)
-                batch.append([*values, *axis, *fixed, f"hydra.sweep.subdir={subdir}"])
+                batch.append(
+                    [
+                        *values,
+                        *axis,
+                        *fixed,
+                        f"hydra.sweep.subdir={subdir}",
+                        *env_overrides(url, name, trial.number),
+                    ]
+                )
                 trials.append(trial)
             sweeper.validate_batch_is_legal(batch)
             results = sweeper.launcher.launch(batch, initial_job_idx=job)
@@ -321,7 +351,9 @@ def tell(study: Any, trial: Any, result: Any, metric: str) -> None:
     if isinstance(record, Mapping) and record.get("run_dir"):
         trial.set_user_attr("run_dir", str(record["run_dir"]))
     try:
-        if value is None:
+        if isinstance(record, Mapping) and record.get("status") == "pruned":
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED, skip_if_finished=True)
+        elif value is None:
             study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
         else:
             study.tell(trial, value, skip_if_finished=True)

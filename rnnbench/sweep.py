@@ -40,7 +40,7 @@ def summarize(
 ) -> tuple[str, Counter]:
     """One line: how many of the sweep's `jobs` completed, were reused (a copy of another
     run's record, or, `found` of them, already completed in their own folder before this
-    launch), diverged, failed, were interrupted, or never started."""
+    launch), were pruned by a search, diverged, failed, were interrupted, or never started."""
     counts = Counter(
         "reused" if r.get("reused_from") else r.get("status", "unknown") for r in records
     )
@@ -48,7 +48,7 @@ def summarize(
     counts["reused"] += found
     total = max(jobs or 0, len(records))
     counts["not started"] = total - len(records)
-    order = ["completed", "reused", "diverged", "failed", "interrupted", "not started"]
+    order = ["completed", "reused", "pruned", "diverged", "failed", "interrupted", "not started"]
     parts = [f"{counts[k]} {k}" for k in order if counts[k]] or ["no runs"]
     return f"sweep: {total} jobs: " + ", ".join(parts), +counts
 

@@ -53,6 +53,7 @@ from rnnbench.record import (
     write_examples,
     write_record,
 )
+from rnnbench.trial import trial_callback
 
 __all__ = ["run", "build_training", "Training"]
 
@@ -158,7 +159,9 @@ def run(
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule = instantiate(cfg.data)
         datamodule.setup("fit")
-        built = build_training(cfg, run_dir, record, datamodule, loggers, group)
+        trial = trial_callback()  # None unless a search launched this run as a trial
+        extra = [trial] if trial else []
+        built = build_training(cfg, run_dir, record, datamodule, loggers, group, extra)
         task, trainer, callbacks = built.task, built.trainer, built.callbacks
         building = False
         # Other DDP ranks start inside fit(), after rank zero has put the checkpoint in place.
@@ -184,6 +187,18 @@ def run(
         record["metrics"] |= {
             k: v for k, v in (record["best"] or {}).items() if k.startswith("val/")
         }
+        if trial is not None and trial.pruned_at is not None:
+            # Not tested: a pruned trial is no result, and a relaunch outside the search goes
+            # on from its last.ckpt to the whole budget.
+            record["status"] = "pruned"
+            record["pruned"] = {"epoch": trial.pruned_at, "value": trial.last_value}
+            record["notes"].append(
+                f"pruned by the search's pruner after epoch {trial.pruned_at} "
+                f"({trial.metric} {trial.last_value:.6g})"
+            )
+            if "timing" in record:
+                record["timing"]["partial"] = True
+            return record
         best_path = (callbacks.best.best_model_path or None) if callbacks.best else None
         record["tested"] = "best" if best_path else "last"
         if best_path is None:

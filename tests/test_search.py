@@ -104,7 +104,52 @@ def test_a_killed_search_relaunched_trains_no_finished_trial_again(tmp_path):
     assert Path(record["resumed_from"]) not in finished
 
 
+def test_a_pruned_search_records_pruned_trials_and_prunes_a_bad_one(tmp_path):
+    args = [*SEARCH, "trainer.max_epochs=3", "hydra.sweeper.pruner=median"]
+    args += ["hydra.sweeper.pruner_startup_trials=2", "hydra.sweeper.n_trials=6"]
+    first = rnnbench_cli(args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    search = tmp_path / "runs" / "searches" / "reber"
+    db = search / "optuna.db"
+    for cell in ("rnn", "lstm"):
+        found = trials(db, f"reber-model-{cell}")
+        assert len(found) == 6
+        for t in found:  # each trial's state is its record's status
+            record = json.loads((Path(t.user_attrs["run_dir"]) / "result.json").read_text())
+            want = {"COMPLETE": "completed", "PRUNED": "pruned"}[t.state.name]
+            assert record["status"] == want
+            # every epoch's validation value was reported to the trial
+            epochs = record["pruned"]["epoch"] if want == "pruned" else 3
+            assert sorted(t.intermediate_values) == list(range(1, epochs + 1))
+            if want == "pruned":
+                assert epochs < 3 and "test/ppl" not in record["metrics"]
+    assert "pruned" in first.stdout.splitlines()[-1], first.stdout[-500:]
+
+    # A deliberately bad trial (the smallest lr, the most dropout) is pruned after epoch 1.
+    study = optuna.load_study(study_name="reber-model-lstm", storage=f"sqlite:///{db}")
+    bad = {"optim.lr": 1e-4, "trainer.gradient_clip_val": 0.25, "model.dropout": 0.5}
+    study.enqueue_trial(bad)
+    # model=choice(lstm): the lstm study alone, by its name from the first launch
+    lstm_only = [a.replace("model=rnn,lstm", "model=choice(lstm)") for a in args[:-1]]
+    again = rnnbench_cli([*lstm_only, "hydra.sweeper.n_trials=7"], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(trials(db, "reber-model-rnn")) == 6
+    last = trials(db, "reber-model-lstm")[-1]
+    assert last.params == bad and last.state.name == "PRUNED", (last.params, last.state)
+    run_dir = Path(last.user_attrs["run_dir"])
+    record = json.loads((run_dir / "result.json").read_text())
+    assert record["status"] == "pruned" and record["pruned"]["epoch"] == 1
+
+    # A pruned run is never reused as a finished one: run alone, it goes on to its budget.
+    alone = rnnbench_cli([*record["overrides"], "hydra.run.dir=alone"], cwd=tmp_path)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    done = json.loads((tmp_path / "alone" / "result.json").read_text())
+    assert done["status"] == "completed" and not done.get("reused_from")
+    assert done["resumed_from"] == str(run_dir)
+
+
 BAD = {
+    "unknown pruner": (["hydra.sweeper.pruner=mean"], "hydra.sweeper.pruner=mean is not allowed"),
     "unknown search space": (["hparams_search=nope"], "hparams_search"),
     "no trials": (["hydra.sweeper.n_trials=0"], "hydra.sweeper.n_trials=0 is not allowed"),
     "inverted range": (

@@ -25,6 +25,10 @@ class OptunaSweeperConf:
     sampler: str = "tpe"  # tpe | random | grid
     seed: int = 1234  # a relaunch proposes the trials an uninterrupted search would have
     storage: Optional[str] = None  # noqa: UP045 - null: sqlite in the sweep folder; journal:PATH; a DB URL
+    # Pruning over the per-epoch validation headline: median | halving | hyperband, null: none.
+    pruner: Optional[str] = None  # noqa: UP045
+    pruner_startup_trials: int = 5  # median: trials that finish before any is compared
+    pruner_min_epochs: int = 1  # epochs every trial trains before it can be pruned
     params: Dict[str, str] = field(default_factory=dict)  # noqa: UP006
 
 
@@ -40,8 +44,13 @@ class OptunaSweeper(Sweeper):
         seed: int,
         storage: str | None,
         params: dict[str, str] | None,
+        pruner: str | None = None,
+        pruner_startup_trials: int = 5,
+        pruner_min_epochs: int = 1,
     ) -> None:
         self.study_name, self.n_trials, self.sampler = study_name, n_trials, sampler
+        self.pruner, self.pruner_startup_trials = pruner, pruner_startup_trials
+        self.pruner_min_epochs = pruner_min_epochs
         self.seed, self.storage, self.params = seed, storage, dict(params or {})
         self.config: DictConfig | None = None
 

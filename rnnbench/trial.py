@@ -1,0 +1,116 @@
+"""A search trial's side of its study: the run reports its validation headline to the trial
+after every epoch, and stops when the study's pruner says the trial is not worth finishing.
+
+The `optuna` sweeper (rnnbench.search) tells a job which trial it is through three variables
+in the job's environment (`hydra.job.env_set`, so every launcher passes them on): the study's
+storage, its name and the trial's number. The pruner and the metric are the study's own user
+attributes, set by the sweeper, so the job prunes exactly as the sweeper's study would. A run
+launched outside a search has none of these and trains as always.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+import pytorch_lightning as pl
+
+STORAGE_ENV, STUDY_ENV, TRIAL_ENV = (
+    "RNNBENCH_STUDY_STORAGE",
+    "RNNBENCH_STUDY",
+    "RNNBENCH_TRIAL",
+)
+PRUNERS = ("median", "halving", "hyperband")
+
+
+@dataclass(frozen=True)
+class PrunerSpec:
+    """Which pruner a study uses: `name` (one of PRUNERS, or None for none), the trials that
+    finish before the median pruner compares (`startup_trials`) and the epochs every trial
+    trains before it can be pruned (`min_epochs`)."""
+
+    name: str | None
+    startup_trials: int = 5
+    min_epochs: int = 1
+
+    def make(self) -> optuna.pruners.BasePruner:
+        if self.name is None:
+            return optuna.pruners.NopPruner()
+        if self.name == "median":
+            return optuna.pruners.MedianPruner(
+                n_startup_trials=self.startup_trials, n_warmup_steps=self.min_epochs - 1
+            )
+        if self.name == "halving":
+            return optuna.pruners.SuccessiveHalvingPruner(min_resource=self.min_epochs)
+        if self.name == "hyperband":
+            # The most epochs a trial trains is read from the finished trials ("auto"), the
+            # same in the sweeper and in every job, since both read one storage.
+            return optuna.pruners.HyperbandPruner(min_resource=self.min_epochs)
+        raise ValueError(self.name)
+
+    def as_attr(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "startup_trials": self.startup_trials,
+            "min_epochs": self.min_epochs,
+        }
+
+
+def env_overrides(storage_url: str, study: str, number: int) -> list[str]:
+    """The overrides that tell trial `number`'s job which trial it is."""
+
+    def quoted(text: str) -> str:
+        return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+    return [
+        f"+hydra.job.env_set.{STORAGE_ENV}={quoted(storage_url)}",
+        f"+hydra.job.env_set.{STUDY_ENV}={quoted(study)}",
+        f"+hydra.job.env_set.{TRIAL_ENV}={number}",
+    ]
+
+
+class ReportToTrial(pl.Callback):
+    """Reports `metric` after every validation epoch to `trial` and stops training when its
+    study's pruner prunes it; `pruned_at` is then the epoch it stopped after."""
+
+    def __init__(self, trial: optuna.trial.Trial, metric: str) -> None:
+        self.trial, self.metric = trial, metric
+        self.pruned_at: int | None = None
+        self.last_value: float | None = None
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or self.metric not in trainer.callback_metrics:
+            return
+        value = float(trainer.callback_metrics[self.metric])
+        epoch = trainer.current_epoch + 1
+        self.last_value = value
+        self.trial.report(value, epoch)
+        if self.trial.should_prune():
+            self.pruned_at = epoch
+            trainer.should_stop = True
+
+
+def trial_callback() -> ReportToTrial | None:
+    """The callback of the search trial this process runs, None outside a search."""
+    url, name, number = (os.environ.get(k) for k in (STORAGE_ENV, STUDY_ENV, TRIAL_ENV))
+    if not (url and name and number):
+        return None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_study_storage(url)
+    attrs = storage.get_study_user_attrs(storage.get_study_id_from_name(name))
+    pruner = PrunerSpec(**(attrs.get("pruner") or {"name": None}))
+    study = optuna.load_study(study_name=name, storage=storage, pruner=pruner.make())
+    trial_id = storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name(name), int(number)
+    )
+    return ReportToTrial(optuna.trial.Trial(study, trial_id), attrs["metric"])
+
+
+def open_study_storage(url: str) -> Any:
+    """An Optuna storage from `url`: `journal:PATH` a journal file, else an RDB URL."""
+    if url.startswith("journal:"):
+        backend = optuna.storages.journal.JournalFileBackend(url.removeprefix("journal:"))
+        return optuna.storages.JournalStorage(backend)
+    return optuna.storages.RDBStorage(url)
