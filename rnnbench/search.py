@@ -281,7 +281,6 @@ def run_studies(sweeper: Any, arguments: list[str]) -> list[Any]:
     sweep_dir = Path(config.hydra.sweep.dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(config, sweep_dir / "multirun.yaml")
-    metric, goal = objective_metric(config)
     url = sweeper.storage or f"sqlite:///{(sweep_dir / 'optuna.db').resolve()}"
     if url.startswith("journal:"):  # the jobs may run elsewhere: an absolute path
         url = "journal:" + str(Path(url.removeprefix("journal:")).resolve())
@@ -289,8 +288,11 @@ def run_studies(sweeper: Any, arguments: list[str]) -> list[Any]:
     storage = open_storage(url)
     width = parallel_jobs(config.hydra.get("launcher"))
     returns, job = [], 0
+    loader = sweeper.hydra_context.config_loader
     for axis in axes:
         name = study_name(sweeper.study_name, axis)
+        # The metric is this study's data's (a sweep over recipes may change the data).
+        metric, goal = objective_metric(loader.load_sweep_config(config, [*axis, *fixed]))
         study = optuna.create_study(
             storage=storage,
             study_name=name,
