@@ -292,7 +292,8 @@ def run_studies(sweeper: Any, arguments: list[str]) -> list[Any]:
     for axis in axes:
         name = study_name(sweeper.study_name, axis)
         # The metric is this study's data's (a sweep over recipes may change the data).
-        metric, goal = objective_metric(loader.load_sweep_config(config, [*axis, *fixed]))
+        composed = loader.load_sweep_config(config, [*axis, *fixed])
+        metric, goal = objective_metric(composed)
         study = optuna.create_study(
             storage=storage,
             study_name=name,
@@ -338,7 +339,72 @@ def run_studies(sweeper: Any, arguments: list[str]) -> list[Any]:
             for trial, result in zip(trials, results, strict=True):
                 tell(study, trial, result, metric)
         print(describe_study(study, metric, sweeper.n_trials), flush=True)
+        seeds = confirm_seeds(int(composed.get("seed") or 0), sweeper.confirm_seeds)
+        best = best_trial(study)
+        if seeds and best is not None:
+            batch = [
+                [
+                    *[f"{k}={v}" for k, v in best.params.items()],
+                    *axis,
+                    *fixed,
+                    f"seed={seed}",
+                    f"hydra.sweep.subdir={name + '/' if axis else ''}confirm-{seed}",
+                ]
+                for seed in seeds
+            ]
+            sweeper.validate_batch_is_legal(batch)
+            results = sweeper.launcher.launch(batch, initial_job_idx=job)
+            job += len(batch)
+            returns.append(results)
+            print(record_confirmation(study, best, seeds, results), flush=True)
     return returns
+
+
+def confirm_seeds(search_seed: int, count: int) -> list[int]:
+    """The seeds the best trial's configuration is run again with: the `count` after the
+    search's own, so its test figure never includes the trial's own (selected, lucky) run."""
+    if count < 0:
+        raise ConfigError(
+            f"hydra.sweeper.confirm_seeds={count} is not allowed: give 0 (no confirmation) or "
+            f"more, 3 for a mean and spread"
+        )
+    return [search_seed + i for i in range(1, count + 1)]
+
+
+def best_trial(study: Any) -> Any | None:
+    """The study's best completed trial, None while it has none."""
+    try:
+        return study.best_trial
+    except ValueError:
+        return None
+
+
+def record_confirmation(study: Any, best: Any, seeds: list[int], results: list[Any]) -> str:
+    """Keep in the study which runs confirm its best trial (the views read them), and say in
+    one line what their test headline gives."""
+    runs, values = [], []
+    for result in results:
+        try:
+            record = result.return_value
+        except BaseException:  # noqa: BLE001 - the job raised: no confirmation from it
+            continue
+        if isinstance(record, Mapping) and record.get("run_dir"):
+            runs.append(str(record["run_dir"]))
+            value = trial_value(record, str(record.get("headline")))
+            if value is not None:
+                values.append(value)
+    study.set_user_attr("confirmed", {"trial": best.number, "seeds": seeds, "run_dirs": runs})
+    head = f"study {study.study_name}: trial {best.number} confirmed with seeds "
+    head += ",".join(map(str, seeds))
+    if not values:
+        return head + ": no confirming run completed"
+    mean = sum(values) / len(values)
+    spread = (
+        (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+        if len(values) > 1
+        else 0.0
+    )
+    return head + f": test {mean:.6g} ± {spread:.2g} ({len(values)} of {len(seeds)} completed)"
 
 
 def tell(study: Any, trial: Any, result: Any, metric: str) -> None:
@@ -368,9 +434,10 @@ def describe_study(study: Any, metric: str, n_trials: int) -> str:
     """One line: the study's trials by state and its best value so far."""
     states = Counter(t.state.name.lower() for t in study.get_trials(deepcopy=False))
     parts = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
-    try:
-        best = study.best_trial
-        tail = f"; best {metric} {best.value:.6g} (trial {best.number}: {best.params})"
-    except ValueError:
-        tail = "; no completed trial"
+    best = best_trial(study)
+    tail = (
+        f"; best {metric} {best.value:.6g} (trial {best.number}: {best.params})"
+        if best is not None
+        else "; no completed trial"
+    )
     return f"study {study.study_name}: {n_trials} trials ({parts}){tail}"

@@ -30,7 +30,7 @@ TINY = [
     "trainer.enable_progress_bar=false",
     "threads=1",
 ]
-SEARCH = ["-m", "hparams_search=reber", "model=rnn,lstm", *TINY]
+SEARCH = ["-m", "hparams_search=reber", "model=rnn,lstm", *TINY, "hydra.sweeper.confirm_seeds=0"]
 
 
 def trials(db: Path, study: str) -> list[optuna.trial.FrozenTrial]:
@@ -106,7 +106,8 @@ def test_a_killed_search_relaunched_trains_no_finished_trial_again(tmp_path):
 
 def test_a_pruned_search_records_pruned_trials_and_prunes_a_bad_one(tmp_path):
     args = [*SEARCH, "trainer.max_epochs=3", "hydra.sweeper.pruner=median"]
-    args += ["hydra.sweeper.pruner_startup_trials=2", "hydra.sweeper.n_trials=6"]
+    args += ["hydra.sweeper.pruner_startup_trials=2", "hydra.sweeper.confirm_seeds=3"]
+    args += ["hydra.sweeper.n_trials=6"]
     first = rnnbench_cli(args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     search = tmp_path / "runs" / "searches" / "reber"
@@ -124,15 +125,37 @@ def test_a_pruned_search_records_pruned_trials_and_prunes_a_bad_one(tmp_path):
             if want == "pruned":
                 assert epochs < 3 and "test/ppl" not in record["metrics"]
     assert "pruned" in first.stdout.splitlines()[-1], first.stdout[-500:]
+    # The best trial's config, run again with the 3 seeds after the search's own (1234).
+    for cell in ("rnn", "lstm"):
+        study = optuna.load_study(study_name=f"reber-model-{cell}", storage=f"sqlite:///{db}")
+        confirmed = study.user_attrs["confirmed"]
+        assert confirmed["trial"] == study.best_trial.number
+        runs = [json.loads((Path(d) / "result.json").read_text()) for d in confirmed["run_dirs"]]
+        assert sorted(r["seed"] for r in runs) == [1235, 1236, 1237]
+        best = json.loads(
+            (Path(study.best_trial.user_attrs["run_dir"]) / "result.json").read_text()
+        )
+        for r in runs:
+            assert r["status"] == "completed"
+            for group in ("optim", "model", "trainer", "scheduler"):
+                assert r["config"][group] == best["config"][group]
+        tests = [r["metrics"]["test/ppl"] for r in runs]
+        mean = sum(tests) / 3
+        line = f"study reber-model-{cell}: trial {confirmed['trial']} confirmed with seeds"
+        assert f"{line} 1235,1236,1237: test {mean:.6g}" in first.stdout
 
     # A deliberately bad trial (the smallest lr, the most dropout) is pruned after epoch 1.
     study = optuna.load_study(study_name="reber-model-lstm", storage=f"sqlite:///{db}")
     bad = {"optim.lr": 1e-4, "trainer.gradient_clip_val": 0.25, "model.dropout": 0.5}
     study.enqueue_trial(bad)
+    confirming = {p: p.stat().st_mtime_ns for p in search.glob("*/confirm-*/result.json")}
+    assert len(confirming) == 6
     # model=choice(lstm): the lstm study alone, by its name from the first launch
     lstm_only = [a.replace("model=rnn,lstm", "model=choice(lstm)") for a in args[:-1]]
     again = rnnbench_cli([*lstm_only, "hydra.sweeper.n_trials=7"], cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
+    for path, stamp in confirming.items():  # best unchanged: its confirming runs reused
+        assert path.stat().st_mtime_ns == stamp, path
     assert len(trials(db, "reber-model-rnn")) == 6
     last = trials(db, "reber-model-lstm")[-1]
     assert last.params == bad and last.state.name == "PRUNED", (last.params, last.state)

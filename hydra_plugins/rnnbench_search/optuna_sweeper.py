@@ -29,6 +29,9 @@ class OptunaSweeperConf:
     pruner: Optional[str] = None  # noqa: UP045
     pruner_startup_trials: int = 5  # median: trials that finish before any is compared
     pruner_min_epochs: int = 1  # epochs every trial trains before it can be pruned
+    # After the trials: the best trial's config run again with the seeds after `seed`'s, its
+    # test figure their mean ± std (0: none).
+    confirm_seeds: int = 3
     params: Dict[str, str] = field(default_factory=dict)  # noqa: UP006
 
 
@@ -47,10 +50,11 @@ class OptunaSweeper(Sweeper):
         pruner: str | None = None,
         pruner_startup_trials: int = 5,
         pruner_min_epochs: int = 1,
+        confirm_seeds: int = 3,
     ) -> None:
         self.study_name, self.n_trials, self.sampler = study_name, n_trials, sampler
         self.pruner, self.pruner_startup_trials = pruner, pruner_startup_trials
-        self.pruner_min_epochs = pruner_min_epochs
+        self.pruner_min_epochs, self.confirm_seeds = pruner_min_epochs, confirm_seeds
         self.seed, self.storage, self.params = seed, storage, dict(params or {})
         self.config: DictConfig | None = None
 
