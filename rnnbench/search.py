@@ -42,9 +42,10 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from rnnbench.errors import ConfigError
+from rnnbench.studies import best_trial, open_study_storage
 from rnnbench.sweep import parallel_jobs
 from rnnbench.tasks import KINDS, direction
-from rnnbench.trial import PRUNERS, PrunerSpec, env_overrides, open_study_storage
+from rnnbench.trial import PRUNERS, PrunerSpec, env_overrides
 
 SAMPLERS = ("tpe", "random", "grid")
 
@@ -369,14 +370,6 @@ def confirm_seeds(search_seed: int, count: int) -> list[int]:
             f"more, 3 for a mean and spread"
         )
     return [search_seed + i for i in range(1, count + 1)]
-
-
-def best_trial(study: Any) -> Any | None:
-    """The study's best completed trial, None while it has none."""
-    try:
-        return study.best_trial
-    except ValueError:
-        return None
 
 
 def record_confirmation(study: Any, best: Any, seeds: list[int], results: list[Any]) -> str:

@@ -40,6 +40,13 @@ from rnnbench.record import (
     record_files,
     repeat_key,
 )
+from rnnbench.studies import (
+    StudyView,
+    expected_max_curve,
+    load_studies,
+    plot_expected_max,
+    summary_rows,
+)
 from rnnbench.tasks import direction
 
 FORMATS = ("md", "csv", "latex", "html")
@@ -1081,6 +1088,20 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--long", action="store_true", help="list the runs, one per line")
     p.add_argument(
+        "--studies",
+        action="store_true",
+        help="PATHs are searches (a folder holding optuna.db or journal.log, or a storage URL): "
+        "one row per study with its best validation value and config, the confirmed test mean "
+        "± std, trials run and pruned, training hours and fANOVA importance; then the expected "
+        "best validation value against the number of trials (Dodge et al. 2019)",
+    )
+    p.add_argument(
+        "--plot",
+        metavar="FILE",
+        help="with --studies: also draw the expected-best curves with their ±1 std bands to "
+        "FILE (.png, .pdf or .svg)",
+    )
+    p.add_argument(
         "--wandb",
         metavar="ENTITY/PROJECT",
         help="also read the runs of this W&B project through the public API (needs network "
@@ -1097,6 +1118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         problem = args.output is not None and check_writable(args.output)
         if problem:  # before reading thousands of records
             raise TableError(problem)
+        if args.studies or args.plot:
+            return studies_main(args, argv)
         df = load_frame(args.paths, args.wandb)
         if not args.long:
             check_shown(df)
@@ -1129,6 +1152,70 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.output is not None:
         extra = f" and {notes_file(args.output)}" if csv else ""
         print(f"wrote {one_line(args.output)}{extra}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def studies_tables(views: Sequence[StudyView]) -> list[Table]:
+    """The studies' summary, one row per study, and their expected-best curves."""
+    rows = summary_rows(views)
+    header = list(rows[0])
+    summary = Table(
+        "studies",
+        header,
+        [[Cell(row[k]) for k in header] for row in rows],
+        [
+            "best: the best completed trial's validation value; confirmed: its configuration "
+            "run again with other seeds, test mean ± std (never the trial's own test score)",
+            "train hours: the trials' and confirming runs' training time (reused runs count 0)",
+        ],
+        index_columns=2,
+        text_columns=2,
+    )
+    curves = {v.name: expected_max_curve(v) for v in views}
+    longest = max((len(c) for c in curves.values()), default=0)
+    body = [
+        [Cell(str(n))]
+        + [
+            Cell(f"{fmt_number(c[n - 1][1])} ± {fmt_number(c[n - 1][2], 2)}")
+            if n <= len(c)
+            else Cell(MISSING)
+            for c in curves.values()
+        ]
+        for n in range(1, longest + 1)
+    ]
+    curve = Table(
+        "expected best",
+        ["trials", *curves],
+        body,
+        [
+            "expected best validation value of n trials drawn from each study's completed "
+            "ones, ± its standard deviation (Dodge et al. 2019)"
+        ],
+    )
+    return [summary, curve]
+
+
+def studies_main(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """`rnnbench-table --studies PATH ...`."""
+    if not args.paths:
+        raise TableError("--studies needs a search's folder or a storage URL")
+    views = load_studies(args.paths)
+    tables = studies_tables(views)
+    command = shlex.join(["rnnbench-table", *argv])
+    if args.format == "csv":
+        text = to_csv(pd.DataFrame(summary_rows(views)))
+    else:
+        renderer = {"md": render_md, "latex": render_latex, "html": render_html}[args.format]
+        text = "\n\n".join(renderer(t) for t in tables) + "\n"
+        if args.output:
+            text = COMMENT[args.format](command) + "\n" + text
+    if args.plot:
+        print(f"wrote {plot_expected_max(views, args.plot)}", file=sys.stderr)
+    if args.output is not None:
+        write_text(args.output, text)
+        print(f"wrote {one_line(args.output)}", file=sys.stderr)
     else:
         sys.stdout.write(text)
     return 0

@@ -17,6 +17,8 @@ from typing import Any
 import optuna
 import pytorch_lightning as pl
 
+from rnnbench.studies import open_study_storage
+
 STORAGE_ENV, STUDY_ENV, TRIAL_ENV = (
     "RNNBENCH_STUDY_STORAGE",
     "RNNBENCH_STUDY",
@@ -106,11 +108,3 @@ def trial_callback() -> ReportToTrial | None:
         storage.get_study_id_from_name(name), int(number)
     )
     return ReportToTrial(optuna.trial.Trial(study, trial_id), attrs["metric"])
-
-
-def open_study_storage(url: str) -> Any:
-    """An Optuna storage from `url`: `journal:PATH` a journal file, else an RDB URL."""
-    if url.startswith("journal:"):
-        backend = optuna.storages.journal.JournalFileBackend(url.removeprefix("journal:"))
-        return optuna.storages.JournalStorage(backend)
-    return optuna.storages.RDBStorage(url)

@@ -224,7 +224,17 @@ def test_the_lazy_import_check_finds_one(tmp_path):
 
 
 # The results layer and the command line's front: they read records, never train.
-TORCH_FREE = ("overrides", "config", "record", "table", "report", "summary", "sweep", "cellspec")
+TORCH_FREE = (
+    "overrides",
+    "config",
+    "record",
+    "table",
+    "report",
+    "summary",
+    "sweep",
+    "cellspec",
+    "studies",
+)
 
 
 def test_results_modules_load_without_torch():

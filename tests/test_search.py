@@ -5,6 +5,7 @@ bad input is one line. Real processes, real Optuna studies in SQLite."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import sqlite3
@@ -18,6 +19,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from conftest import popen, records, rnnbench_cli, wait_for
 from rnnbench.errors import ConfigError
 from rnnbench.search import dimension, objective_metric, trial_seed
+from rnnbench.studies import expected_max
+from rnnbench.table import main as table_main
 
 TINY = [
     "data.train_strings=100",
@@ -104,7 +107,7 @@ def test_a_killed_search_relaunched_trains_no_finished_trial_again(tmp_path):
     assert Path(record["resumed_from"]) not in finished
 
 
-def test_a_pruned_search_records_pruned_trials_and_prunes_a_bad_one(tmp_path):
+def test_a_pruned_search_records_pruned_trials_and_prunes_a_bad_one(tmp_path, capsys):
     args = [*SEARCH, "trainer.max_epochs=3", "hydra.sweeper.pruner=median"]
     args += ["hydra.sweeper.pruner_startup_trials=2", "hydra.sweeper.confirm_seeds=3"]
     args += ["hydra.sweeper.n_trials=6"]
@@ -162,6 +165,30 @@ def test_a_pruned_search_records_pruned_trials_and_prunes_a_bad_one(tmp_path):
     run_dir = Path(last.user_attrs["run_dir"])
     record = json.loads((run_dir / "result.json").read_text())
     assert record["status"] == "pruned" and record["pruned"]["epoch"] == 1
+
+    # The studies' view: per cell its trials, pruned, best, confirmed test and curve.
+    assert table_main(["--studies", str(search), "--plot", str(tmp_path / "curve.png")]) == 0
+    shown = capsys.readouterr().out
+    completed = {}
+    for cell, n in (("rnn", 6), ("lstm", 7)):
+        study = optuna.load_study(study_name=f"reber-model-{cell}", storage=f"sqlite:///{db}")
+        done = study.get_trials(deepcopy=False)
+        pruned = sum(t.state.name == "PRUNED" for t in done)
+        row = next(line for line in shown.splitlines() if f"| reber-model-{cell} |" in line)
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[1:5] == [cell, str(n), str(pruned), "0"], row
+        assert cells[5] == f"{study.best_value:.4g}"
+        assert cells[6].endswith("(3 seeds)")
+        completed[cell] = [t.value for t in done if t.state.name == "COMPLETE"]
+    # The curve: one row per number of trials; one trial's expected best is their mean.
+    curve = shown.split("| trials | reber-model-rnn | reber-model-lstm |")[1].splitlines()[2:]
+    curve = [line for line in curve if line.startswith("| ")]
+    assert len(curve) == max(len(v) for v in completed.values())
+    first = [c.strip() for c in curve[0].strip("|").split("|")]
+    for cell, text in zip(("rnn", "lstm"), first[1:], strict=True):
+        mean = sum(completed[cell]) / len(completed[cell])
+        assert float(text.split(" ± ")[0]) == pytest.approx(mean, rel=1e-3)
+    assert (tmp_path / "curve.png").stat().st_size > 10_000
 
     # A pruned run is never reused as a finished one: run alone, it goes on to its budget.
     alone = rnnbench_cli([*record["overrides"], "hydra.run.dir=alone"], cwd=tmp_path)
@@ -238,3 +265,14 @@ def test_each_trial_number_has_its_own_seed_and_the_objective_its_direction():
     assert objective_metric(compose(["data=reber"])) == ("val/ppl", "minimize")
     assert objective_metric(compose(["data=sst2"])) == ("val/acc", "maximize")
     assert objective_metric(compose(["data=multi30k"])) == ("val/loss", "minimize")
+
+
+@pytest.mark.parametrize("maximize", [True, False])
+def test_the_expected_best_of_n_trials_is_the_brute_force_mean_over_all_draws(maximize):
+    values = [3.0, 1.5, 4.25, 1.5, 9.0]
+    for n in (1, 2, 3):
+        draws = [max(d) if maximize else min(d) for d in itertools.product(values, repeat=n)]
+        mean = sum(draws) / len(draws)
+        variance = sum((x - mean) ** 2 for x in draws) / len(draws)
+        got = expected_max(values, n, maximize)
+        assert got == pytest.approx((mean, variance)), n

@@ -1,0 +1,293 @@
+"""What a set of searches shows (`rnnbench-table --studies PATH`): per study (one per cell of
+an equal-budget search) the best validation value and its configuration, the confirmed test
+mean ± std, the trials run and pruned, the training hours spent, the importance of each
+searched key (Optuna's fANOVA), and the expected best validation value against the number of
+trials with its variance band (Dodge et al. 2019, "Show your work").
+
+PATH is a search's folder (holding `optuna.db` or `journal.log`, as the `optuna` sweeper
+leaves it) or a storage URL. Reads the studies and the trials' records; never writes either.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from rnnbench.cellspec import CELLS
+from rnnbench.errors import UserError
+from rnnbench.record import RECORD_FILE, read_record, warn_skipped
+
+STORAGE_FILES = {"optuna.db": "sqlite:///", "journal.log": "journal:"}
+
+
+class StudyError(UserError):
+    """A path that holds no study, or a storage that does not open: one line, exit 2."""
+
+
+@dataclass
+class StudyView:
+    """One study as the views show it."""
+
+    name: str
+    cell: str
+    metric: str
+    maximize: bool
+    states: Counter  # trials by state: complete, pruned, fail, running
+    values: list[float]  # the completed trials' objective values, in trial order
+    best_value: float | None
+    best_params: dict[str, Any]
+    best_trial: int | None
+    headline: str | None  # the test metric the confirming runs give
+    confirmed: list[float]  # the confirming runs' test headline values
+    confirm_seeds: list[int]
+    train_hours: float  # the trials' and confirming runs' training time
+    importance: dict[str, float] = field(default_factory=dict)
+
+
+def storage_url(path: str | Path) -> tuple[str, Path | None]:
+    """The storage URL of a search folder (and the folder), or `path` itself as a URL."""
+    folder = Path(path)
+    if folder.is_dir():
+        for name, scheme in STORAGE_FILES.items():
+            if (folder / name).is_file():
+                return scheme + str((folder / name).resolve()), folder
+        raise StudyError(
+            f"{path} holds no study: a search's folder has {' or '.join(STORAGE_FILES)}"
+        )
+    if "://" in str(path) or str(path).startswith("journal:"):
+        return str(path), None
+    raise StudyError(f"{path} is neither a search's folder nor a storage URL")
+
+
+def open_study_storage(url: str) -> Any:
+    """An Optuna storage from `url`: `journal:PATH` a journal file, else an RDB URL."""
+    if url.startswith("journal:"):
+        backend = optuna.storages.journal.JournalFileBackend(url.removeprefix("journal:"))
+        return optuna.storages.JournalStorage(backend)
+    return optuna.storages.RDBStorage(url)
+
+
+def best_trial(study: Any) -> Any | None:
+    """The study's best completed trial, None while it has none."""
+    try:
+        return study.best_trial
+    except ValueError:
+        return None
+
+
+def locate(run_dir: str | None, folder: Path | None) -> Path | None:
+    """A trial's run folder: where its record says, or, for a search folder copied elsewhere
+    (an archive), the same study/trial folder inside it."""
+    if not run_dir:
+        return None
+    where = Path(run_dir)
+    if (where / RECORD_FILE).is_file() or folder is None:
+        return where
+    for tail in (where.parts[-2:], where.parts[-1:]):
+        if (folder.joinpath(*tail) / RECORD_FILE).is_file():
+            return folder.joinpath(*tail)
+    return where
+
+
+def read(run_dir: Path | None) -> dict[str, Any] | None:
+    if run_dir is None or not (run_dir / RECORD_FILE).is_file():
+        return None
+    try:
+        return dict(read_record(run_dir / RECORD_FILE))
+    except (OSError, ValueError) as e:
+        warn_skipped(run_dir / RECORD_FILE, e)
+        return None
+
+
+def train_seconds(record: dict[str, Any] | None) -> float:
+    """What a run's training cost: nothing for a copy of another run's record."""
+    if not record or record.get("reused_from"):
+        return 0.0
+    return float((record.get("timing") or {}).get("train_s") or 0.0)
+
+
+def importance(study: Any) -> dict[str, float]:
+    """Each searched key's share of the objective's variance (fANOVA over the completed
+    trials); empty when fewer than two trials completed or nothing varied."""
+    done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    if len(done) < 2:
+        return {}
+    try:
+        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+        return dict(optuna.importance.get_param_importances(study, evaluator=evaluator))
+    except (RuntimeError, ValueError):  # e.g. a single distinct value of every key
+        return {}
+
+
+def view_study(study: Any, folder: Path | None) -> StudyView:
+    trials = study.get_trials(deepcopy=False)
+    states = Counter(t.state.name.lower() for t in trials if not t.user_attrs.get("requeued"))
+    values = [t.value for t in trials if t.state.name == "COMPLETE" and t.value is not None]
+    seen: set[Path] = set()
+    seconds, cell = 0.0, None
+    for t in trials:
+        run_dir = locate(t.user_attrs.get("run_dir"), folder)
+        record = read(run_dir)
+        if record and run_dir not in seen:
+            seen.add(run_dir)
+            seconds += train_seconds(record)
+            cell = cell or (record.get("config") or {}).get("model", {}).get("cell")
+    best = best_trial(study)
+    confirmed_attr = study.user_attrs.get("confirmed") or {}
+    confirmed, headline = [], None
+    if best is not None and confirmed_attr.get("trial") == best.number:
+        for run_dir in confirmed_attr.get("run_dirs", []):
+            where = locate(run_dir, folder)
+            record = read(where)
+            if record is None or where in seen:
+                continue
+            seen.add(where)
+            seconds += train_seconds(record)
+            headline = headline or record.get("headline")
+            value = (record.get("metrics") or {}).get(headline)
+            if record.get("status") == "completed" and isinstance(value, int | float):
+                confirmed.append(float(value))
+    return StudyView(
+        name=study.study_name,
+        cell=str(cell or "?"),
+        metric=str(study.user_attrs.get("metric", "value")),
+        maximize=study.direction.name == "MAXIMIZE",
+        states=states,
+        values=values,
+        best_value=best.value if best else None,
+        best_params=dict(best.params) if best else {},
+        best_trial=best.number if best else None,
+        headline=headline,
+        confirmed=confirmed,
+        confirm_seeds=list(confirmed_attr.get("seeds", [])) if confirmed else [],
+        train_hours=seconds / 3600,
+        importance=importance(study),
+    )
+
+
+def load_studies(paths: Iterable[str | Path]) -> list[StudyView]:
+    """Every study in the storages of `paths`, in the cells' display order."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    views = []
+    for path in paths:
+        url, folder = storage_url(path)
+        try:
+            storage = open_study_storage(url)
+        except Exception as e:  # noqa: BLE001 - a bad URL, a missing driver, a locked file
+            raise StudyError(f"{url} does not open as an Optuna storage: {e}") from None
+        for name in optuna.study.get_all_study_names(storage):
+            views.append(view_study(optuna.load_study(study_name=name, storage=storage), folder))
+    if not views:
+        raise StudyError(f"no study in {', '.join(map(str, paths))}")
+    order = {c: i for i, c in enumerate(CELLS)}
+    return sorted(views, key=lambda v: (order.get(v.cell, len(order)), v.name))
+
+
+def expected_max(values: Sequence[float], n: int, maximize: bool = True) -> tuple[float, float]:
+    """The expected best of `n` trials drawn with replacement from `values` (the observed
+    trials), and its variance: Dodge et al. 2019, eq. 1, with the empirical distribution.
+    With v(1) <= ... <= v(N), P(max of n = v(i)) = (i/N)^n - ((i-1)/N)^n."""
+    if not values or n < 1:
+        raise ValueError("expected_max needs at least one value and n >= 1")
+    sign = 1.0 if maximize else -1.0
+    ordered = sorted(sign * v for v in values)
+    total = len(ordered)
+    mean = second = 0.0
+    for i, v in enumerate(ordered, start=1):
+        p = (i / total) ** n - ((i - 1) / total) ** n
+        mean += p * v
+        second += p * v * v
+    return sign * mean, max(second - mean * mean, 0.0)
+
+
+def expected_max_curve(view: StudyView) -> list[tuple[int, float, float]]:
+    """(n, expected best, standard deviation) for n = 1 .. the completed trials."""
+    return [
+        (n, *_mean_std(expected_max(view.values, n, view.maximize)))
+        for n in range(1, len(view.values) + 1)
+    ]
+
+
+def _mean_std(pair: tuple[float, float]) -> tuple[float, float]:
+    return pair[0], math.sqrt(pair[1])
+
+
+def fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4g}"
+
+
+def confirmed_text(view: StudyView) -> str:
+    if not view.confirmed:
+        return "not confirmed"
+    spread = statistics.stdev(view.confirmed) if len(view.confirmed) > 1 else 0.0
+    return f"{fmt(statistics.fmean(view.confirmed))} ± {spread:.2g} ({len(view.confirmed)} seeds)"
+
+
+def params_text(params: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
+    )
+
+
+def importance_text(view: StudyView) -> str:
+    ranked = sorted(view.importance.items(), key=lambda kv: -kv[1])
+    return ", ".join(f"{k} {v:.2f}" for k, v in ranked) or "-"
+
+
+def summary_rows(views: Sequence[StudyView]) -> list[dict[str, str]]:
+    """One row per study: what `rnnbench-table --studies` prints."""
+    rows = []
+    for v in views:
+        trials = sum(v.states.values())
+        rows.append(
+            {
+                "study": v.name,
+                "cell": v.cell,
+                "trials": str(trials),
+                "pruned": str(v.states.get("pruned", 0)),
+                "failed": str(v.states.get("fail", 0)),
+                f"best {v.metric}": fmt(v.best_value),
+                f"confirmed {v.headline or 'test'}": confirmed_text(v),
+                "train hours": f"{v.train_hours:.2f}",
+                "best config": params_text(v.best_params) or "-",
+                "importance (fANOVA)": importance_text(v),
+            }
+        )
+    return rows
+
+
+def plot_expected_max(views: Sequence[StudyView], path: str | Path) -> Path:
+    """The expected best validation value against the number of trials, one line per study
+    with its ±1 std band."""
+    import matplotlib  # lazy: only this view draws
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # lazy: see above
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for v in views:
+        curve = expected_max_curve(v)
+        if not curve:
+            continue
+        n, mean, std = zip(*curve, strict=True)
+        ax.plot(n, mean, marker="o", markersize=3, label=f"{v.cell} ({v.name})")
+        low = [m - s for m, s in zip(mean, std, strict=True)]
+        high = [m + s for m, s in zip(mean, std, strict=True)]
+        ax.fill_between(n, low, high, alpha=0.2)
+    metric = views[0].metric if views else "value"
+    ax.set_xlabel("trials (completed)")
+    ax.set_ylabel(f"expected best {metric}")
+    ax.set_title("Expected best validation value vs trials (Dodge et al. 2019)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
