@@ -35,6 +35,7 @@ from rnnbench.record import (
 from rnnbench.sweep import (
     note_stop,
 )
+from rnnbench.trial import STUDY_ENV
 
 
 def is_rank_zero() -> bool:
@@ -75,7 +76,11 @@ def sweep_group(sweep_dir: str | Path) -> str:
     sweeper saved it in multirun.yaml before the first job (`model=rnn,gru data=ptb_word`),
     less the overrides that change nothing a run computes (logger, progress bar, force, ...);
     the sweep folder's name when that leaves nothing. Cut at a space to fit W&B's 128
-    characters, with a hash of the whole so that two long command lines still get two groups."""
+    characters, with a hash of the whole so that two long command lines still get two groups.
+    A search's trials and confirming runs are grouped by their study (one per cell)."""
+    study = os.environ.get(STUDY_ENV)
+    if study:
+        return study[:WANDB_GROUP_MAX]
     sweep_dir = Path(sweep_dir)
     saved = sweep_dir / "multirun.yaml"
     # Each job's own hydra.overrides.task holds its values (model=gru), not the sweep's lists.

@@ -45,7 +45,7 @@ from rnnbench.errors import ConfigError
 from rnnbench.studies import best_trial, open_study_storage
 from rnnbench.sweep import parallel_jobs
 from rnnbench.tasks import KINDS, direction
-from rnnbench.trial import PRUNERS, PrunerSpec, env_overrides
+from rnnbench.trial import PRUNERS, PrunerSpec, env_overrides, study_env
 
 SAMPLERS = ("tpe", "random", "grid")
 
@@ -350,6 +350,7 @@ def run_studies(sweeper: Any, arguments: list[str]) -> list[Any]:
                     *fixed,
                     f"seed={seed}",
                     f"hydra.sweep.subdir={name + '/' if axis else ''}confirm-{seed}",
+                    study_env(name),
                 ]
                 for seed in seeds
             ]

@@ -60,15 +60,21 @@ class PrunerSpec:
         }
 
 
+def quoted(text: str) -> str:
+    """`text` as a quoted value on Hydra's command line."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def study_env(study: str) -> str:
+    """The override that tells a job which study it runs for (its W&B group)."""
+    return f"+hydra.job.env_set.{STUDY_ENV}={quoted(study)}"
+
+
 def env_overrides(storage_url: str, study: str, number: int) -> list[str]:
     """The overrides that tell trial `number`'s job which trial it is."""
-
-    def quoted(text: str) -> str:
-        return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
     return [
         f"+hydra.job.env_set.{STORAGE_ENV}={quoted(storage_url)}",
-        f"+hydra.job.env_set.{STUDY_ENV}={quoted(study)}",
+        study_env(study),
         f"+hydra.job.env_set.{TRIAL_ENV}={number}",
     ]
 

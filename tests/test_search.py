@@ -276,3 +276,15 @@ def test_the_expected_best_of_n_trials_is_the_brute_force_mean_over_all_draws(ma
         variance = sum((x - mean) ** 2 for x in draws) / len(draws)
         got = expected_max(values, n, maximize)
         assert got == pytest.approx((mean, variance)), n
+
+
+def test_a_search_groups_its_runs_in_wandb_by_study(tmp_path):
+    args = [*SEARCH, "logger=wandb", "hydra.sweeper.n_trials=1", "hydra.sweeper.confirm_seeds=1"]
+    done = rnnbench_cli(args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = list((tmp_path / "runs" / "searches" / "reber").glob("*/*/result.json"))
+    assert len(found) == 4  # a trial and a confirming run per cell
+    for path in found:
+        record = json.loads(path.read_text())
+        study = path.parent.parent.name  # reber-model-rnn, reber-model-lstm
+        assert record["wandb"]["group"] == study, (path, record["wandb"])
