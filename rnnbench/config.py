@@ -147,6 +147,7 @@ CHECKS: dict[str, Check] = {
     "threads": positive_int(nullable=True, meaning="null = cores / jobs running at once"),
     "pack": positive_int(nullable=True, meaning="null = each run alone"),
     "force": FLAG,
+    "flush_denormal": FLAG,
     "checkpoint_every_n_steps": positive_int(nullable=True),
     "checkpoints.keep": Check(str, choices=CHECKPOINT_KEEPS),
     "results_root": Check(str),

@@ -237,7 +237,8 @@ def divergence(task: pl.LightningModule, model: nn.Module, metrics: dict[str, An
     """Why a run that trained to the end is no result, or None: its training loss went
     non-finite, its weights did, or a validation or test metric is inf or NaN."""
     if task.diverged:
-        return "the training loss became non-finite"
+        step = getattr(task, "diverged_step", None)
+        return "the training loss became non-finite" + (f" at step {step}" if step else "")
     if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
         return "the weights became non-finite"
     return nonfinite_metrics(metrics)

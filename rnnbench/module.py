@@ -66,6 +66,7 @@ class RecurrentTask(pl.LightningModule):
             }
         )
         self.diverged = False
+        self.diverged_step: int | None = None  # the optimizer step whose loss went non-finite
         # Truncated BPTT with an optimizer step per chunk: the loop below steps the optimizer
         # itself, so Lightning's automatic optimization (one step per batch) is off.
         tbptt = getattr(model, "tbptt", None)
@@ -131,8 +132,9 @@ class RecurrentTask(pl.LightningModule):
     def finite(self, loss: Tensor) -> bool:
         if torch.isfinite(loss):
             return True
-        # A non-finite loss is a finding (the run diverged), not a crash: stop cleanly.
-        self.diverged = True
+        # A non-finite loss is a finding (the run diverged), not a crash: stop cleanly, at
+        # once, not after the budget.
+        self.diverged, self.diverged_step = True, self.global_step + 1
         self.trainer.should_stop = True
         return False
 

@@ -592,7 +592,7 @@ def train_members(members: list[Member], pack_dir: Path, group: str | None) -> l
         testable = [k for k in range(len(members)) if tested[k] == "best" or task.alive[k]]
         if testable:
             trainer.test(task, datamodule=datamodule, verbose=False)
-        env = environment(str(trainer.strategy.root_device))
+        env = environment(str(trainer.strategy.root_device), lead.get("flush_denormal", True))
         timing = {
             "train_s": round(throughput.train_s, 3),
             "steps": trainer.global_step,

@@ -312,6 +312,9 @@ KEY_EXCLUDED = (
 # Options added after runs were recorded, left out of run_key while at the value that computes
 # what the runs before them computed, so those runs still match (and are reused).
 KEY_DEFAULTS = {
+    # Denormals flushed to zero change only values below ~1e-38 (the runs recorded before
+    # computed the same numbers, slower); false, the old way, is a configuration of its own.
+    "flush_denormal": True,
     "model.tbptt_update": "sequence",
     # Sequence-to-sequence options: any other dataset refuses a value but these.
     "model.attention": "none",
@@ -550,7 +553,9 @@ def git_sha() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def environment(device: str) -> dict[str, Any]:
+def environment(device: str, flush_denormal: bool | None = None) -> dict[str, Any]:
+    """What a run ran on; `flush_denormal`: whether denormal floats were flushed to zero
+    (launch.main sets it from the config)."""
     # lazy: the record is read by commands that never load torch (tables, report)
     import hydra
     import pytorch_lightning
@@ -568,4 +573,4 @@ def environment(device: str) -> dict[str, Any]:
         "cpu": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "git_sha": git_sha(),
-    }
+    } | ({} if flush_denormal is None else {"flush_denormal": bool(flush_denormal)})

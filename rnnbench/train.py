@@ -103,7 +103,7 @@ def build_training(
         plugins=[AtomicCheckpointIO()],
         gradient_clip_val=None,  # the task clips (rnnbench.clipping), with the config's θ
     )
-    record["env"] = environment(str(trainer.strategy.root_device))
+    record["env"] = environment(str(trainer.strategy.root_device), cfg.get("flush_denormal", True))
     return Training(model, task, trainer, callbacks)
 
 

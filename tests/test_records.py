@@ -555,3 +555,32 @@ def test_records_and_checkpoints_get_the_mode_of_the_runs_other_files(tmp_path):
         os.umask(old)
     for name in ("result.json", "metrics.csv", "checkpoints/last.ckpt", "checkpoints/best.ckpt"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+
+
+def test_every_archived_record_keeps_its_run_key():
+    """The records in results/records (hours of CPU training) are reused only while their
+    command line still composes to the run_key they were recorded with."""
+    from omegaconf import OmegaConf
+
+    from rnnbench.config import compose
+    from rnnbench.record import run_key
+
+    archived = sorted((Path(__file__).parent.parent / "results" / "records").rglob("result.json"))
+    assert len(archived) >= 30
+    for path in archived:
+        record = json.loads(path.read_text())
+        config = OmegaConf.to_container(compose(list(record["overrides"])), resolve=True)
+        assert run_key(config) == record["run_key"], (path, record["overrides"])
+
+
+def test_flushing_denormals_is_the_old_identity_and_not_flushing_another():
+    from omegaconf import OmegaConf
+
+    from rnnbench.config import compose
+    from rnnbench.record import run_key
+
+    def key(*overrides: str) -> str:
+        return run_key(OmegaConf.to_container(compose(list(overrides)), resolve=True))
+
+    assert key("data=reber") == key("data=reber", "flush_denormal=true")
+    assert key("data=reber") != key("data=reber", "flush_denormal=false")

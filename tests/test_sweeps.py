@@ -26,6 +26,7 @@ def test_joblib_sweep_then_relaunch_reuses_everything(tmp_path):
     assert all(r["status"] == "completed" for r in made)
     # Each of the 2 parallel jobs got its share of the cores.
     assert {r["env"]["threads"] for r in made} == {threads_per_job(2)}
+    assert all(r["env"]["flush_denormal"] is True for r in made)  # the default, recorded
 
     again = rnnbench_cli(sweep, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
