@@ -22,14 +22,18 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import socket
+import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import (
@@ -48,6 +52,7 @@ from rnnbench.tasks import KINDS, direction
 from rnnbench.trial import PRUNERS, PrunerSpec, env_overrides, study_env
 
 SAMPLERS = ("tpe", "random", "grid")
+UNOWNED_GRACE_S = 120  # a running trial with no owner after this long was left by a dead launch
 
 
 @dataclass
@@ -137,7 +142,15 @@ def open_storage(url: str) -> Any:
         for prefix in ("journal:", "sqlite:///"):
             if url.startswith(prefix):
                 Path(url.removeprefix(prefix)).parent.mkdir(parents=True, exist_ok=True)
-        return open_study_storage(url)
+        for attempt in range(3):
+            try:
+                return open_study_storage(url)
+            except sqlalchemy.exc.SQLAlchemyError:
+                # Workers started together race to create a new database's tables: the
+                # losers find them made a moment later.
+                if attempt == 2:
+                    raise
+                time.sleep(0.5 + random.random())
     except Exception as e:  # noqa: BLE001 - a bad URL, a missing driver, no permission, ...
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(
@@ -187,8 +200,13 @@ def owner() -> str:
 def is_stale(trial: Any) -> bool:
     """A RUNNING trial whose process is gone: on this host, its pid is no longer alive."""
     host, _, pid = str(trial.user_attrs.get("owner", ":")).rpartition(":")
+    if host == "":
+        # No owner yet: just asked by a worker that is about to say it is its own, or left
+        # by an older launch long ago.
+        started = trial.datetime_start
+        return started is None or (datetime.now() - started).total_seconds() > UNOWNED_GRACE_S
     if host != socket.gethostname() or not pid.isdigit():
-        return host == ""  # no owner recorded: left by an older launch
+        return False
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
@@ -202,13 +220,29 @@ def counted(study: Any) -> int:
     """How many of `n_trials` a study has spent: finished trials and those running elsewhere,
     not the ones given up to be run again."""
 
+    return len(spent(study))
+
+
+def spent(study: Any) -> list[int]:
+    """The numbers of the trials that count towards `n_trials`, in order."""
     states = optuna.trial.TrialState
-    return sum(
-        1
+    return [
+        t.number
         for t in study.get_trials(deepcopy=False)
         if t.state in (states.COMPLETE, states.PRUNED, states.FAIL, states.RUNNING)
-        and not t.user_attrs.get("requeued")
-    )
+        and not (t.user_attrs.get("requeued") or t.user_attrs.get("surplus"))
+    ]
+
+
+def beyond_budget(study: Any, trial: Any, n_trials: int) -> bool:
+    """Whether `trial`, just asked, is one too many: several workers sharing a study can ask
+    at once after each saw one trial left. The lowest numbers keep their places; a trial
+    beyond them is given up unrun (`surplus`, not counted), so a study never exceeds n_trials."""
+    if trial.number in spent(study)[:n_trials]:
+        return False
+    study._storage.set_trial_user_attr(trial._trial_id, "surplus", True)
+    study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+    return True
 
 
 def requeue_stale(study: Any) -> int:
@@ -316,6 +350,8 @@ def run_studies(sweeper: Any, arguments: list[str]) -> list[Any]:
             trials, batch = [], []
             for _ in range(min(width, left)):
                 trial = study.ask()
+                if beyond_budget(study, trial, sweeper.n_trials):
+                    break
                 if sweeper.sampler != "grid":  # a seed per trial number: see trial_seed
                     study.sampler = make_sampler(
                         sweeper.sampler, trial_seed(sweeper.seed, trial.number)
@@ -333,6 +369,8 @@ def run_studies(sweeper: Any, arguments: list[str]) -> list[Any]:
                     ]
                 )
                 trials.append(trial)
+            if not batch:  # another worker took the last places
+                continue
             sweeper.validate_batch_is_legal(batch)
             results = sweeper.launcher.launch(batch, initial_job_idx=job)
             job += len(batch)
@@ -426,7 +464,11 @@ def tell(study: Any, trial: Any, result: Any, metric: str) -> None:
 
 def describe_study(study: Any, metric: str, n_trials: int) -> str:
     """One line: the study's trials by state and its best value so far."""
-    states = Counter(t.state.name.lower() for t in study.get_trials(deepcopy=False))
+    states = Counter(
+        t.state.name.lower()
+        for t in study.get_trials(deepcopy=False)
+        if not (t.user_attrs.get("requeued") or t.user_attrs.get("surplus"))
+    )
     parts = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
     best = best_trial(study)
     tail = (

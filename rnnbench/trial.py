@@ -94,7 +94,12 @@ class ReportToTrial(pl.Callback):
         value = float(trainer.callback_metrics[self.metric])
         epoch = trainer.current_epoch + 1
         self.last_value = value
-        self.trial.report(value, epoch)
+        try:
+            self.trial.report(value, epoch)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # The study gave this trial up (a relaunch took it for a dead one): the run
+            # trains on as an ordinary run, and its record is reused by the trial's retry.
+            return
         if self.trial.should_prune():
             self.pruned_at = epoch
             trainer.should_stop = True

@@ -288,3 +288,23 @@ def test_a_search_groups_its_runs_in_wandb_by_study(tmp_path):
         record = json.loads(path.read_text())
         study = path.parent.parent.name  # reber-model-rnn, reber-model-lstm
         assert record["wandb"]["group"] == study, (path, record["wandb"])
+
+
+def test_two_workers_share_one_study_and_run_n_trials_between_them(tmp_path):
+    """Two `rnnbench` processes on one storage: n_trials in all, no configuration twice."""
+    args = [*SEARCH[:2], "model=rnn", *TINY, "hydra.sweeper.confirm_seeds=0"]
+    args += ["trainer.max_epochs=4", "data.train_strings=600", "hydra.sweeper.n_trials=6"]
+    # Started together: they also race to create the study's database.
+    first, second = popen(args, cwd=tmp_path), popen(args, cwd=tmp_path)
+    db = tmp_path / "runs" / "searches" / "reber" / "optuna.db"
+    outs = [p.communicate(timeout=600) for p in (first, second)]
+    for p, (out, err) in zip((first, second), outs, strict=True):
+        assert p.returncode == 0, (p.returncode, out[-800:], err[-1200:])
+    found = trials(db, "reber")
+    counted = [t for t in found if not t.user_attrs.get("surplus")]
+    assert len(counted) == 6 and all(t.state.name == "COMPLETE" for t in counted)
+    owners = {t.user_attrs["owner"] for t in counted}
+    assert len(owners) == 2, (owners, outs[1][0][-1500:], outs[1][1][-1500:])  # both ran trials
+    trained = [r for r in records(tmp_path / "runs") if not r.get("reused_from")]
+    assert len(trained) == 6
+    assert len({r["run_key"] for r in trained}) == 6  # no configuration trained twice
