@@ -127,9 +127,12 @@ def build_loggers(
             extra |= {k: v for k, v in defaults.items() if conf.get(k) is None}
             if quiet:
                 extra["settings"] = {**(conf.get("settings") or {}), "silent": True}
+        if name == "mlflow":
+            extra = mlflow_identity(conf, config, group)
         try:
             logger = instantiate(conf, **extra)
-            logger.log_hyperparams(config)
+            if name != "tensorboard":  # TensorBoard's come with the figures: finish_dashboards
+                logger.log_hyperparams(config)
         except Exception as e:  # noqa: BLE001 - any logger failure is survivable
             reason = str(find_user_error(e) or e).strip().splitlines()
             print(
@@ -140,6 +143,75 @@ def build_loggers(
             continue
         loggers.append(logger)
     return loggers
+
+
+def mlflow_identity(conf: DictConfig, config: dict[str, Any], group: str | None) -> dict[str, Any]:
+    """The MLflow logger's store, run name and tags where the user left them unset: the
+    tracking URI from $MLFLOW_TRACKING_URI, else an SQLite store under the runs root; the name
+    and tags W&B gets (wandb_identity)."""
+    identity = wandb_identity(config, group)
+    extra: dict[str, Any] = {}
+    if conf.get("tracking_uri") is None:
+        root = Path(config.get("results_root") or "runs").resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        extra["tracking_uri"] = os.environ.get("MLFLOW_TRACKING_URI") or (
+            f"sqlite:///{root / 'mlflow.db'}"
+        )
+        if not os.environ.get("MLFLOW_TRACKING_URI"):
+            extra["artifact_location"] = str(root / "mlartifacts")
+    if conf.get("run_name") is None:
+        extra["run_name"] = identity["name"]
+    if conf.get("tags") is None:
+        tags = dict(t.split(":", 1) for t in identity["tags"])
+        extra["tags"] = {**tags, "group": identity["group"]}
+    return extra
+
+
+# What MLflow calls a run that ended each way (Lightning's MLFlowLogger.finalize passes it on).
+MLFLOW_ENDS = {"completed": "success", "interrupted": "KILLED"}
+MLFLOW_RECORD = "record.json"  # the run's result.json, as an MLflow artifact
+
+
+def finish_dashboards(loggers: list, record: dict[str, Any], run_dir: Path) -> None:
+    """Once the record is written: TensorBoard gets the run's configuration with its val/ and
+    test/ figures (the HParams tab compares runs by them); MLflow gets the record's status and
+    run_key as tags, the record as an artifact, and the run ended as the record says."""
+    figures = {
+        f"hparams/{k}": v
+        for k, v in record["metrics"].items()
+        if k.startswith(("val/", "test/")) and isinstance(v, float) and math.isfinite(v)
+    }
+    for logger in loggers:
+        kind = type(logger).__name__
+        try:
+            if kind == "TensorBoardLogger":
+                logger.log_hyperparams(record["config"], figures)
+                logger.finalize("success")
+            elif kind == "MLFlowLogger":
+                client, run_id = logger.experiment, logger.run_id
+                for tag in ("status", "run_key", "task", "headline"):
+                    client.set_tag(run_id, tag, str(record.get(tag)))
+                # As record.json: a second result.json under the runs root (where the store
+                # keeps its artifacts) would read as a second run to every finder.
+                client.log_dict(run_id, record, MLFLOW_RECORD)
+                logger.finalize(MLFLOW_ENDS.get(record["status"], "failed"))
+        except Exception as e:  # noqa: BLE001 - the record is written; a dashboard may fail
+            print(
+                f"rnnbench: warning: logger {kind} could not be finished ({e}); the run's "
+                f"record is complete in {run_dir / RECORD_FILE}",
+                file=sys.stderr,
+            )
+
+
+def discard_dashboards(loggers: list) -> None:
+    """A refused run leaves no MLflow run behind (its folder, with TensorBoard's files, goes
+    with discard_unused_folder)."""
+    for logger in loggers:
+        if type(logger).__name__ == "MLFlowLogger" and logger.run_id is not None:
+            try:
+                logger.experiment.delete_run(logger.run_id)
+            except Exception:  # noqa: BLE001, S110 - nothing more to do for a refused run
+                pass
 
 
 def finish_wandb(loggers: list, record: dict[str, Any]) -> None:

@@ -30,8 +30,10 @@ from rnnbench.errors import UserError, find_user_error
 from rnnbench.lifecycle import (
     build_loggers,
     check_device,
+    discard_dashboards,
     discard_unused_folder,
     divergence,
+    finish_dashboards,
     finish_wandb,
     hold_stop_signals,
     interrupt_on_stop_signals,
@@ -232,11 +234,13 @@ def run(
         record["finished"] = now_iso()
         if refused:
             finish_wandb(loggers, record)
+            discard_dashboards(loggers)
             for folder in {run_dir, place}:
                 discard_unused_folder(folder)
         elif rank_zero:
             finish_wandb(loggers, record)
             unwritten = write_record(run_dir, record)
+            finish_dashboards(loggers, record, run_dir)
             if unwritten and sys.exc_info()[1] is None:
                 raise UserError(unwritten)
             if record["status"] == "completed":
