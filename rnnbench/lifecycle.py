@@ -131,6 +131,10 @@ def build_loggers(
             extra = mlflow_identity(conf, config, group)
         try:
             logger = instantiate(conf, **extra)
+            if name == "wandb":
+                # Lightning always hands wandb.init `anonymous` (None unless asked), and W&B
+                # warns on every run that the setting does nothing: left out, it is unset.
+                logger._wandb_init.pop("anonymous", None)
             if name != "tensorboard":  # TensorBoard's come with the figures: finish_dashboards
                 logger.log_hyperparams(config)
         except Exception as e:  # noqa: BLE001 - any logger failure is survivable

@@ -33,6 +33,10 @@ def format_summary(record: dict[str, Any]) -> str:
         ("parameters", f"{record['params']:,}" if record["params"] else "?"),
         ("clip", config["trainer"].get("gradient_clip_val")),
     ]
+    env = record.get("env") or {}
+    if env.get("device"):
+        world = env.get("world_size") or 1
+        lines.append(("device", env["device"] + (f", {world} processes" if world > 1 else "")))
     for split in ("val", "test"):
         ours = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith(f"{split}/")}
         parts = [f"{k} {_fmt(v)}" for k, v in ours.items() if not k.endswith(REFERENCE_SUFFIXES)]
@@ -65,13 +69,10 @@ def format_summary(record: dict[str, Any]) -> str:
         lines.append(("note", note))
     lines.append(("result", str(Path(record["run_dir"]) / RECORD_FILE)))
     if record.get("wandb"):
-        lines.append(
-            (
-                "wandb",
-                f"{record['wandb']['mode']} run {record['wandb']['id']} in "
-                f"{record['wandb']['dir']}",
-            )
-        )
+        run = record["wandb"]
+        lines.append(("wandb", f"{run['mode']} run {run['id']} in {run['dir']}"))
+        if run["mode"] == "offline":  # W&B itself prints nothing (settings.silent)
+            lines.append(("", f"upload it: wandb sync {run['dir']}"))
     width = max(len(k) for k, _ in lines)
     bar = "-" * 72
     return "\n".join([bar, *(f"{k:<{width}}  {v}" for k, v in lines), bar])

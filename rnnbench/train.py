@@ -106,6 +106,7 @@ def build_training(
         gradient_clip_val=None,  # the task clips (rnnbench.clipping), with the config's θ
     )
     record["env"] = environment(str(trainer.strategy.root_device), cfg.get("flush_denormal", True))
+    record["env"]["world_size"] = trainer.world_size  # processes training it (DDP: devices)
     return Training(model, task, trainer, callbacks)
 
 

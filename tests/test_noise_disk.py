@@ -108,7 +108,9 @@ def test_ddp_sets_off_no_sync_dist_or_limit_notes_and_keeps_last(tmp_path):
     args = [*TINY_REBER_RUN, "trainer=ddp", "logger=none", "checkpoints.keep=last"]
     result = rnnbench_cli([*args, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "Starting with 2 processes" in result.stderr  # it did run distributed
+    record = json.loads((run_dir / "result.json").read_text())
+    assert record["env"]["world_size"] == 2  # it did run distributed (Lightning's count)
+    assert "device      cpu, 2 processes" in result.stdout
     assert_no_notes(result.stderr)
     progress = result.stdout[: result.stdout.index("-" * 72)].splitlines()
     assert len(progress) == 1 and DONE.fullmatch(progress[0]), progress  # line_every: 30 s
@@ -236,3 +238,17 @@ def test_a_resumed_runs_progress_lines_time_this_process_only(tmp_path, capsys):
     rates = [float(m[1]) for m in re.finditer(r"^epoch 2/2 .*\((\S+) it/s\)$", out, re.M)]
     assert len(rates) == 5, out  # four batches and the epoch's end
     assert min(rates) >= 0.99 / took, (rates, took)
+
+
+def test_a_default_run_prints_its_summary_and_little_else(tmp_path):
+    """The default logger (W&B, offline) and trainer: progress, our summary with the W&B sync
+    hint, and no banners, adverts or warnings from Lightning or W&B."""
+    done = rnnbench_cli([*TINY_REBER_RUN, "trainer.enable_progress_bar=false"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = (done.stdout + done.stderr).splitlines()
+    besides_progress = [line for line in printed if not line.startswith("epoch ")]
+    assert len(besides_progress) <= 16, "\n".join(printed)
+    for noise in ("GPU available", "TPU available", "Tip", "wandb:", "Restoring states"):
+        assert not any(noise in line for line in printed), (noise, "\n".join(printed))
+    assert "warning" not in done.stderr.lower(), done.stderr
+    assert any("upload it: wandb sync" in line for line in printed)
