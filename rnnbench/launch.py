@@ -8,9 +8,7 @@ rnnbench -m model=rnn,gru,lstm model.num_layers=1,2
 
 from __future__ import annotations
 
-import logging
 import sys
-import warnings
 from typing import Any
 
 import hydra
@@ -24,6 +22,7 @@ from rnnbench.config import CONF_DIR
 from rnnbench.errors import find_user_error
 from rnnbench.lifecycle import (
     is_rank_zero,
+    quiet_lightning,
     sweep_group,
 )
 from rnnbench.pack import run_packed
@@ -46,20 +45,11 @@ def set_threads(cfg: DictConfig, hydra_cfg: DictConfig, multirun: bool) -> None:
     torch.set_num_threads(cfg.get("threads") or threads_per_job(jobs))
 
 
-def quiet_console() -> None:
-    """A run's console is its progress and our summary: Lightning's INFO lines (accelerator
-    banners, a logger advert, 'Restoring states ...') go; its warnings stay, but for the one
-    our own default sets off on small data (log_every_n_steps=20 over fewer batches)."""
-    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=r".*smaller than the logging interval")
-
-
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> dict[str, Any] | None:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    quiet_console()
+    quiet_lightning()
     set_threads(cfg, hydra_cfg, multirun)
     # A saturated recurrent cell (tanh/sigmoid at ±1) makes gradients of ~1e-40, which CPUs
     # compute in microcode: flushed to zero, such a run trains ~5x faster (issue 35, item 9).

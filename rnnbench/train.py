@@ -38,6 +38,7 @@ from rnnbench.lifecycle import (
     hold_stop_signals,
     interrupt_on_stop_signals,
     is_rank_zero,
+    quiet_lightning,
     restore_signals,
     reuse,
 )
@@ -135,6 +136,7 @@ def run(
     """
     run_dir = Path(run_dir).resolve()
     check_config(cfg)
+    quiet_lightning()
     record = new_record(OmegaConf.to_container(cfg, resolve=True), run_dir, overrides or [])
     check_run_folder(run_dir, record["run_key"])
     run_dir.mkdir(parents=True, exist_ok=True)
