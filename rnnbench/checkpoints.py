@@ -358,6 +358,21 @@ def adopt_checkpoints(last: Path, ckpt: dict[str, Any], target: Path) -> None:
     write_whole(target, buffer.getvalue())
 
 
+# What a checkpoint needs for the weights to be used: Lightning loads these for a test, and
+# rnnbench.load_model reads the state_dict. The optimizer's state and the loops' are for a
+# resume, which a completed run never needs.
+WEIGHTS_KEYS = ("state_dict", "epoch", "global_step", "pytorch-lightning_version")
+
+
+def keep_weights_only(path: Path) -> None:
+    """Rewrite checkpoint `path` with its weights alone (WEIGHTS_KEYS); the optimizer state of
+    an Adam run is two thirds of its size."""
+    checkpoint = load_checkpoint(path)
+    AtomicCheckpointIO().save_checkpoint(
+        {k: checkpoint[k] for k in WEIGHTS_KEYS if k in checkpoint}, path
+    )
+
+
 def drop_checkpoints(run_dir: Path, keep: str, best: str | Path | None) -> list[Path]:
     """Delete the checkpoints of a completed run that `keep` (`checkpoints.keep`) does not keep,
     and return those deleted. Called once the record says completed: until then

@@ -23,6 +23,7 @@ from rnnbench.checkpoints import (
     AtomicCheckpointIO,
     ResumeCheckpoint,
     drop_checkpoints,
+    keep_weights_only,
     resume_point,
 )
 from rnnbench.config import check_config
@@ -251,6 +252,10 @@ def run(
                 # resumes from. A config composed without the key keeps both, as runs always did.
                 keep = OmegaConf.select(cfg, "checkpoints.keep", default="both")
                 drop_checkpoints(run_dir, keep, best_path)
+                if keep == "best" and best_path is None and (run_dir / LAST_CKPT).exists():
+                    # No validation ran: the scored weights are last.ckpt's, kept as weights
+                    # (best.ckpt is written weights-only: conf/callbacks/default.yaml).
+                    keep_weights_only(run_dir / LAST_CKPT)
                 if run_dir != place:
                     take_place(record, run_dir, place)
         if record["status"] != "interrupted":

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
+import torch
 from omegaconf import OmegaConf
 
 from conftest import TINY_REBER, TINY_REBER_RUN, assert_refused, rnnbench_cli, train
@@ -252,3 +253,28 @@ def test_a_default_run_prints_its_summary_and_little_else(tmp_path):
         assert not any(noise in line for line in printed), (noise, "\n".join(printed))
     assert "warning" not in done.stderr.lower(), done.stderr
     assert any("upload it: wandb sync" in line for line in printed)
+
+
+def test_a_completed_run_keeps_weights_only_and_loads_for_use(tmp_path):
+    """best.ckpt carries the weights alone (the optimizer state was last.ckpt's, gone once the
+    run completed), and rnnbench.load_model rebuilds the model with exactly those weights."""
+    import rnnbench
+    from rnnbench.checkpoints import load_checkpoint
+
+    record = train([*TINY_REBER, "trainer.max_epochs=2", "optim=adam"], tmp_path)
+    assert record["status"] == "completed"
+    kept = load_checkpoint(tmp_path / BEST_CKPT)
+    assert "optimizer_states" not in kept and not (tmp_path / LAST_CKPT).exists()
+    model = rnnbench.load_model(tmp_path)
+    assert not model.training
+    loaded = model.state_dict()
+    assert loaded.keys() == {k.removeprefix("model.") for k in kept["state_dict"]}
+    for name, weight in kept["state_dict"].items():
+        assert torch.equal(loaded[name.removeprefix("model.")], weight), name
+
+    # No validation ran: the scored last.ckpt is the one kept, as weights too.
+    other = tmp_path / "no_val"
+    record = train([*TINY_REBER, "optim=adam", "trainer.limit_val_batches=0"], other)
+    assert record["status"] == "completed" and record["tested"] == "last"
+    assert "optimizer_states" not in load_checkpoint(other / LAST_CKPT)
+    assert rnnbench.load_model(other) is not None

@@ -283,6 +283,14 @@ def test_summaries_train_end_to_end_and_are_scored_with_rouge(tmp_path, monkeypa
         assert record["metrics"][f"test/{key}_baseline"] > 0.0
     assert record["decoding"]["signature"].startswith("rouge-score:")
 
+    # Loaded for use, the run translates its test sources as its own test decoded them.
+    import rnnbench
+
+    examples = [json.loads(line) for line in (tmp_path / "run" / EXAMPLES_FILE).open()]
+    assert examples
+    made = rnnbench.translate(tmp_path / "run", [e["source"] for e in examples])
+    assert made == [e["decoded"] for e in examples]
+
 
 @pytest.mark.parametrize(
     "recipe, tutorial", [("lstm", 13.9e6), ("gru_context", 14.2e6), ("gru_attention", 20.5e6)]
