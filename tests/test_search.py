@@ -8,8 +8,12 @@ from __future__ import annotations
 import itertools
 import json
 import signal
+import socket
 import sqlite3
+import subprocess
+import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import optuna
@@ -107,6 +111,32 @@ def test_a_killed_search_relaunched_trains_no_finished_trial_again(tmp_path):
     assert Path(record["resumed_from"]) not in finished
 
 
+def dashboard_studies(storage: Path) -> list[str]:
+    """The study names `optuna-dashboard STORAGE` serves (its JSON API, no browser)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    script = Path(sys.executable).parent / "optuna-dashboard"
+    server = subprocess.Popen(
+        [str(script), f"sqlite:///{storage}", "--port", str(port), "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies") as reply:
+                    return sorted(s["study_name"] for s in json.load(reply)["study_summaries"])
+            except OSError:
+                assert server.poll() is None, server.stderr.read().decode()[-2000:]
+                assert time.monotonic() < deadline, "optuna-dashboard did not answer in 60 s"
+                time.sleep(0.3)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def test_a_pruned_search_records_pruned_trials_and_prunes_a_bad_one(tmp_path, capsys):
     args = [*SEARCH, "trainer.max_epochs=3", "hydra.sweeper.pruner=median"]
     args += ["hydra.sweeper.pruner_startup_trials=2", "hydra.sweeper.confirm_seeds=3"]
@@ -189,6 +219,9 @@ def test_a_pruned_search_records_pruned_trials_and_prunes_a_bad_one(tmp_path, ca
         mean = sum(completed[cell]) / len(completed[cell])
         assert float(text.split(" ± ")[0]) == pytest.approx(mean, rel=1e-3)
     assert (tmp_path / "curve.png").stat().st_size > 10_000
+
+    # optuna-dashboard opens the search's study file as the README says.
+    assert dashboard_studies(db) == ["reber-model-lstm", "reber-model-rnn"]
 
     # A pruned run is never reused as a finished one: run alone, it goes on to its budget.
     alone = rnnbench_cli([*record["overrides"], "hydra.run.dir=alone"], cwd=tmp_path)
