@@ -60,17 +60,63 @@ def data_dir() -> Path:
     return Path(os.environ.get("RNNBENCH_DATA_DIR", "~/.cache/rnnbench")).expanduser()
 
 
+def nothing_may_skip() -> bool:
+    """Under CI (CI=true, or RNNBENCH_REQUIRE_DATA=1) a missing data file or browser fails
+    its test: CI can never pass by skipping."""
+    return os.environ.get("CI") == "true" or os.environ.get("RNNBENCH_REQUIRE_DATA") == "1"
+
+
+MISSING_DATA = "not under RNNBENCH_DATA_DIR"
+MISSING_BROWSER = "`make browser` installs it"
+
+
+def skip_or_fail(message: str) -> None:
+    if nothing_may_skip():
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def require_data(*relpaths: str) -> Path:
-    """The data folder, when it holds `relpaths`; otherwise skip — or fail under CI
-    (RNNBENCH_REQUIRE_DATA=1), so CI can never pass by skipping."""
+    """The data folder, when it holds `relpaths`; otherwise skip — or fail under CI."""
     root = data_dir()
     missing = [p for p in relpaths if not (root / p).exists()]
     if missing:
-        message = f"data files {missing} not under RNNBENCH_DATA_DIR={root}"
-        if os.environ.get("RNNBENCH_REQUIRE_DATA") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail(f"data files {missing} {MISSING_DATA}={root}")
     return root
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ARG001
+    """`make test` ends by saying what it could not run here, and how to run it (printed last,
+    by pytest_unconfigure, below pytest's own summary)."""
+    skipped = terminalreporter.stats.get("skipped", [])
+
+    def count(text: str) -> int:
+        return sum(text in str(getattr(r, "longrepr", "")) for r in skipped)
+
+    data, browser = count(MISSING_DATA), count(MISSING_BROWSER)
+    config.stash[LAST_WORDS] = [
+        *(
+            [
+                f"rnnbench: {data} tests skipped for missing data files: point "
+                f"RNNBENCH_DATA_DIR at a folder that holds them (README, 'Data') to run them"
+            ]
+            if data
+            else []
+        ),
+        *(
+            [f"rnnbench: {browser} tests skipped for want of Chromium: `make browser` installs it"]
+            if browser
+            else []
+        ),
+    ]
+
+
+def pytest_unconfigure(config) -> None:
+    for line in config.stash.get(LAST_WORDS, []):
+        config.get_terminal_writer().line(line, yellow=True)
+
+
+LAST_WORDS = pytest.StashKey[list]()
 
 
 def train(overrides: list[str], run_dir: Path) -> dict:

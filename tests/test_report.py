@@ -21,7 +21,7 @@ import pytest
 from fixture_runs import MixedRuns
 from test_table import SEED7_PPL, SWEEP_PPL, Runs, made_runs, parse_cell
 
-from conftest import REPO, train
+from conftest import MISSING_BROWSER, REPO, skip_or_fail, train
 from rnnbench.record import RECORD_FILE, STEPS_FILE
 from rnnbench.report import FIGURE_PX
 from rnnbench.report import main as report_main
@@ -41,14 +41,11 @@ CHROMIUM_FLAGS = [
 
 
 def browser() -> str:
-    """Chromium's path; skip without it — or fail under CI (RNNBENCH_REQUIRE_DATA=1), where
-    `make test` installs it first (`make browser`)."""
+    """Chromium's path; skip without it — or fail under CI, where `.ci/run` installs it
+    first (`make browser`)."""
     found = next(filter(None, map(shutil.which, BROWSERS)), None)
     if found is None:
-        message = f"no {' or '.join(BROWSERS)} on PATH: `make browser` installs it"
-        if os.environ.get("RNNBENCH_REQUIRE_DATA") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail(f"no {' or '.join(BROWSERS)} on PATH: {MISSING_BROWSER}")
     return found
 
 

@@ -1,0 +1,37 @@
+"""The suite as `make test` runs it: a test that needs a missing data file is skipped, and the
+run ends by saying how many were and how to run them; under CI=true it fails instead."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+
+ONE = "tests/test_data.py::test_local_file_failing_its_checksum_is_never_used"
+
+
+def pytest_without_data(tmp_path, **env: str) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if k not in ("CI", "RNNBENCH_REQUIRE_DATA")}
+    environ |= {"RNNBENCH_DATA_DIR": str(tmp_path), **env}
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", ONE],
+        cwd=REPO,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_a_skip_for_missing_data_is_said_last_and_fails_under_ci(tmp_path):
+    here = pytest_without_data(tmp_path)
+    assert here.returncode == 0, here.stdout[-2000:]
+    last = here.stdout.strip().splitlines()[-1]
+    assert last.startswith("rnnbench: 1 tests skipped for missing data files"), last
+    assert "RNNBENCH_DATA_DIR" in last
+
+    ci = pytest_without_data(tmp_path, CI="true")
+    assert ci.returncode == 1, ci.stdout[-2000:]
+    assert "not under RNNBENCH_DATA_DIR" in ci.stdout
