@@ -47,7 +47,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rnnbench.errors import ConfigError
 from rnnbench.studies import best_trial, open_study_storage
-from rnnbench.sweep import parallel_jobs
+from rnnbench.sweep import is_alive, parallel_jobs
 from rnnbench.tasks import KINDS, direction
 from rnnbench.trial import PRUNERS, PrunerSpec, env_overrides, study_env
 
@@ -207,13 +207,8 @@ def is_stale(trial: Any) -> bool:
         return started is None or (datetime.now() - started).total_seconds() > UNOWNED_GRACE_S
     if host != socket.gethostname() or not pid.isdigit():
         return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return int(pid) == os.getpid()  # this very process cannot be running it yet
+    # This very process cannot be running it yet: it was left by a launch before.
+    return int(pid) == os.getpid() or not is_alive(int(pid))
 
 
 def counted(study: Any) -> int:

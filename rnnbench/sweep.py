@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import psutil
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
@@ -53,36 +54,23 @@ def summarize(
     return f"sweep: {total} jobs: " + ", ".join(parts), +counts
 
 
-def process_state(pid: int) -> tuple[str, int] | None:
-    """(state, parent pid) of a process, read from /proc; None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            # pid (comm) state ppid ...: comm may hold spaces, so split after its ')'.
-            state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
-    except (OSError, IndexError, ValueError):
-        return None
-    return state, int(ppid)
-
-
 def is_alive(pid: int) -> bool:
     """The process exists and has not exited (a zombie waiting to be reaped has)."""
-    found = process_state(pid)
-    return found is not None and found[0] != "Z"
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:  # gone (a ZombieProcess is one too)
+        return False
+    except psutil.AccessDenied:  # another user's: alive
+        return True
 
 
 def descendants(pid: int) -> list[int]:
-    """Every live process below `pid` (children, their children, ...), read from /proc."""
-    parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
-        found = process_state(int(entry)) if entry.isdigit() else None
-        if found is not None and found[0] != "Z":
-            parents.setdefault(found[1], []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
+    """Every live process below `pid` (children, their children, ...)."""
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+    return [c.pid for c in children if is_alive(c.pid)]
 
 
 def stop_workers(sweep_dir: str | Path, grace_s: float = 60.0) -> None:
