@@ -69,6 +69,9 @@ quiet_lightning()
 STEP_METRICS = {"train/batch_loss", "train/grad_norm"}
 
 
+# Not Lightning's ThroughputMonitor: it logs rates to the loggers per step and keeps nothing
+# across a resume (no state_dict), while the record needs the totals (seconds inside training
+# batches, items) of every epoch, resumed or not.
 class Throughput(pl.Callback):
     """Wall time spent inside training batches and the number of target items they processed."""
 

@@ -273,6 +273,8 @@ def ensure_file(
     return path
 
 
+# Not pooch: pooch.retrieve over a FIFO left at the target path hangs on hashing it (measured:
+# killed after 15 s), and its errors are tracebacks, not one line naming file and URL.
 def _download(url: str, path: Path, expected: str) -> None:
     """Download into a temporary file beside `path`, verify, then rename: never a half file."""
     try:
