@@ -4,6 +4,7 @@ training code imports no presentation code, and no module takes another's privat
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -246,3 +247,20 @@ def test_results_modules_load_without_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "False"
+
+
+def test_the_readme_contents_list_every_section_and_each_link_lands():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    body, in_code = [], False
+    for line in readme.splitlines():
+        in_code ^= line.startswith("```")
+        if not in_code and re.match(r"^#{2,3} ", line) and line != "## Contents":
+            body.append(line.split(" ", 1)[1].strip())
+
+    def anchor(title: str) -> str:  # GitHub's: lower case, punctuation dropped, spaces to -
+        return re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
+
+    contents = readme.split("## Contents\n", 1)[1].split("\n\n", 1)[0]
+    listed = re.findall(r"\[(.+?)\]\(#([^)]+)\)", contents)
+    assert [title for title, _ in listed] == body
+    assert all(link == anchor(title) for title, link in listed)
