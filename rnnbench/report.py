@@ -56,6 +56,7 @@ from rnnbench.record import (
     read_record,
     read_trace,
 )
+from rnnbench.studies import expected_max_figure, load_studies
 from rnnbench.table import (
     REDUCED_MARK,
     SHOWN,
@@ -71,8 +72,10 @@ from rnnbench.table import (
     load_frame,
     metric_direction,
     render,
+    render_html,
     sections,
     split_keys,
+    studies_tables,
 )
 from rnnbench.tasks import REFERENCE_SUFFIXES
 
@@ -722,6 +725,35 @@ def report_html(
     return "\n".join(p for p in page if p) + "\n"
 
 
+def studies_page(paths: Sequence[str], command: str | None = None) -> str:
+    """A page about the studies of the searches at `paths` (rnnbench-table --studies): their
+    summary table, the expected-best curves drawn, and the curves' numbers."""
+    views = load_studies(paths)
+    summary, curve = studies_tables(views)
+    esc = html.escape
+    made = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    figure = figure_html(
+        expected_max_figure(views),
+        "expected best validation value against the number of trials",
+        "The expected best validation value of n trials drawn from each study's completed "
+        "ones, ± one standard deviation (Dodge et al. 2019).",
+    )
+    page = [
+        "<!doctype html>",
+        html_comment(f"command: {command}") if command else "",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>rnnbench studies: {esc(', '.join(v.name for v in views))}</title>",
+        f"<style>{STYLE}</style></head><body>",
+        "<h1>rnnbench studies</h1>",
+        f'<p class="meta">{len(views)} studies from {esc(", ".join(paths))}; made {made}</p>',
+        render_html(summary),
+        figure,
+        render_html(curve),
+        "</body></html>",
+    ]
+    return "\n".join(p for p in page if p) + "\n"
+
+
 def positive(text: str) -> int:
     """argparse type: an integer of at least 1."""
     try:
@@ -745,6 +777,12 @@ def parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help=f"{RECORD_FILE} files or folders")
+    p.add_argument(
+        "--studies",
+        action="store_true",
+        help="PATHs are searches (folders holding optuna.db or journal.log, or storage URLs): "
+        "a page of their studies, as rnnbench-table --studies, with the expected-best curves",
+    )
     p.add_argument("-o", "--output", default="report.html", help="default: report.html")
     p.add_argument("--rows", help="comma-separated table row keys (as rnnbench-table)")
     p.add_argument("--cols", help="comma-separated table column keys (as rnnbench-table)")
@@ -768,6 +806,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         problem = check_writable(args.output)
         if problem:  # before reading the runs and drawing every figure
             raise UserError(problem)
+        if args.studies:
+            page = studies_page(args.paths, shlex.join(["rnnbench-report", *argv]))
+            write_text(args.output, page)
+            print(f"wrote {one_line(args.output)}", file=sys.stderr)
+            return 0
         df = load_frame(args.paths)
         check_shown(df)
         rows, cols = split_keys(args.rows), split_keys(args.cols)

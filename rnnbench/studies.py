@@ -263,15 +263,13 @@ def summary_rows(views: Sequence[StudyView]) -> list[dict[str, str]]:
     return rows
 
 
-def plot_expected_max(views: Sequence[StudyView], path: str | Path) -> Path:
+def expected_max_figure(views: Sequence[StudyView]) -> Any:
     """The expected best validation value against the number of trials, one line per study
-    with its ±1 std band."""
-    import matplotlib  # lazy: only this view draws
+    with its ±1 std band (a matplotlib Figure)."""
+    from matplotlib.figure import Figure  # lazy: only this view draws
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # lazy: see above
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.subplots()
     for v in views:
         curve = expected_max_curve(v)
         if not curve:
@@ -284,10 +282,13 @@ def plot_expected_max(views: Sequence[StudyView], path: str | Path) -> Path:
     metric = views[0].metric if views else "value"
     ax.set_xlabel("trials (completed)")
     ax.set_ylabel(f"expected best {metric}")
-    ax.set_title("Expected best validation value vs trials (Dodge et al. 2019)")
+    ax.set_title("Expected best validation value vs trials (Dodge et al. 2019)", fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
+    return fig
+
+
+def plot_expected_max(views: Sequence[StudyView], path: str | Path) -> Path:
+    """expected_max_figure, saved to `path` (.png, .pdf, .svg)."""
     path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    expected_max_figure(views).savefig(path, dpi=120)
     return path

@@ -22,6 +22,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from conftest import popen, records, rnnbench_cli, wait_for
 from rnnbench.errors import ConfigError
+from rnnbench.report import main as report_main
 from rnnbench.search import dimension, objective_metric, trial_seed
 from rnnbench.studies import expected_max
 from rnnbench.table import main as table_main
@@ -219,6 +220,14 @@ def test_a_pruned_search_records_pruned_trials_and_prunes_a_bad_one(tmp_path, ca
         mean = sum(completed[cell]) / len(completed[cell])
         assert float(text.split(" ± ")[0]) == pytest.approx(mean, rel=1e-3)
     assert (tmp_path / "curve.png").stat().st_size > 10_000
+    # The report's page of the studies: the same table, the curves drawn in.
+    page_file = tmp_path / "studies.html"
+    assert report_main(["--studies", str(search), "-o", str(page_file)]) == 0
+    page = page_file.read_text()
+    assert page.count("<table") == 2 and 'src="data:image/png;base64,' in page
+    for cell in ("rnn", "lstm"):
+        assert f"reber-model-{cell}" in page
+    assert page.count("(3 seeds)") == 2  # each study's confirmed test figure
 
     # optuna-dashboard opens the search's study file as the README says.
     assert dashboard_studies(db) == ["reber-model-lstm", "reber-model-rnn"]
