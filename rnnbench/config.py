@@ -200,6 +200,7 @@ CHECKS: dict[str, Check] = {
     "trainer.deterministic": FLAG,
     "trainer.enable_progress_bar": FLAG,
     "trainer.accelerator": Check(str, choices=("cpu", "gpu", "cuda", "mps", "auto")),
+    "trainer.precision": Check(str, choices=("32-true", "bf16-mixed")),
 }
 
 # The keys of each optimizer and learning-rate schedule, by its `_target_`.

@@ -313,6 +313,13 @@ def check_device(trainer_cfg: DictConfig) -> None:
             f"machine (torch {torch.__version__}): use trainer.accelerator=cpu, or "
             f"trainer.accelerator=auto to take a GPU where there is one"
         )
+    devices = trainer_cfg.get("devices")
+    found = torch.cuda.device_count()
+    if accelerator in ("gpu", "cuda") and isinstance(devices, int) and devices > found:
+        raise ConfigError(
+            f"trainer.devices={devices} needs {devices} GPUs and torch finds {found} on this "
+            f"machine: use trainer.devices={found} (or -1, every GPU there is)"
+        )
     if accelerator == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(
             "trainer.accelerator=mps needs Apple's Metal (MPS) and torch finds none on this "

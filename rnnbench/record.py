@@ -315,6 +315,7 @@ KEY_DEFAULTS = {
     # Denormals flushed to zero change only values below ~1e-38 (the runs recorded before
     # computed the same numbers, slower); false, the old way, is a configuration of its own.
     "flush_denormal": True,
+    "trainer.precision": "32-true",  # bf16-mixed computes otherwise: a configuration of its own
     "model.tbptt_update": "sequence",
     # Sequence-to-sequence options: any other dataset refuses a value but these.
     "model.attention": "none",
@@ -324,6 +325,12 @@ KEY_DEFAULTS = {
     "decode.length_penalty": 0.6,
     "decode.max_len": None,
 }
+
+# Keys whose every value is one configuration: the identity holds the value the first runs
+# had. Where a run ran is not what it computes (the record's env.device says where): a run on
+# the CPU, on a GPU, or on whichever `auto` found, is one configuration, and runs recorded
+# when the default was `cpu` keep their run_key.
+KEY_FIXED = {"trainer.accelerator": "cpu"}
 
 
 def is_seed_key(key: str) -> bool:
@@ -340,7 +347,8 @@ def is_identity_key(key: str) -> bool:
 
 def identity(config: dict[str, Any], seeds: bool = True) -> dict[str, Any]:
     """A copy of `config` holding only what the run computes (KEY_EXCLUDED and defaulted
-    KEY_DEFAULTS removed), and without its seeds unless `seeds`."""
+    KEY_DEFAULTS removed, KEY_FIXED at their one value), and without its seeds unless
+    `seeds`."""
 
     def walk(node: Any, prefix: str) -> Any:
         if not isinstance(node, dict):
@@ -352,6 +360,7 @@ def identity(config: dict[str, Any], seeds: bool = True) -> dict[str, Any]:
                 continue
             if dotted in KEY_DEFAULTS and value == KEY_DEFAULTS[dotted]:
                 continue
+            value = KEY_FIXED.get(dotted, value)
             kept[key] = walk(value, dotted + ".")
             if isinstance(value, dict) and value and not kept[key]:
                 del kept[key]  # held only excluded keys: as if it were not there

@@ -253,6 +253,9 @@ def test_a_default_run_prints_its_summary_and_little_else(tmp_path):
         assert not any(noise in line for line in printed), (noise, "\n".join(printed))
     assert "warning" not in done.stderr.lower(), done.stderr
     assert any("upload it: wandb sync" in line for line in printed)
+    # trainer.accelerator=auto found this machine's device, and the summary says which.
+    device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    assert f"device      {device}" in done.stdout
 
 
 def test_a_completed_run_keeps_weights_only_and_loads_for_use(tmp_path):

@@ -584,3 +584,19 @@ def test_flushing_denormals_is_the_old_identity_and_not_flushing_another():
 
     assert key("data=reber") == key("data=reber", "flush_denormal=true")
     assert key("data=reber") != key("data=reber", "flush_denormal=false")
+
+
+def test_where_a_run_ran_is_not_its_identity_but_its_precision_is():
+    from omegaconf import OmegaConf
+
+    from rnnbench.config import compose
+    from rnnbench.record import run_key
+
+    def key(*overrides: str) -> str:
+        return run_key(OmegaConf.to_container(compose(list(overrides)), resolve=True))
+
+    auto = key("data=reber")  # the default: trainer.accelerator=auto
+    assert auto == key("data=reber", "trainer.accelerator=cpu")
+    assert auto == key("data=reber", "trainer.accelerator=gpu")
+    assert auto == key("data=reber", "trainer.precision=32-true")
+    assert auto != key("data=reber", "trainer.precision=bf16-mixed")
