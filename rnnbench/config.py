@@ -200,7 +200,8 @@ CHECKS: dict[str, Check] = {
     "trainer.deterministic": FLAG,
     "trainer.enable_progress_bar": FLAG,
     "trainer.accelerator": Check(str, choices=("cpu", "gpu", "cuda", "mps", "auto")),
-    "trainer.precision": Check(str, choices=("32-true", "bf16-mixed")),
+    # Not in conf/ (32-true, Lightning's default): +trainer.precision=bf16-mixed on a GPU.
+    "trainer.precision": Check(str, choices=("32-true", "64-true", "bf16-mixed")),
 }
 
 # The keys of each optimizer and learning-rate schedule, by its `_target_`.

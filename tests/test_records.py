@@ -598,5 +598,5 @@ def test_where_a_run_ran_is_not_its_identity_but_its_precision_is():
     auto = key("data=reber")  # the default: trainer.accelerator=auto
     assert auto == key("data=reber", "trainer.accelerator=cpu")
     assert auto == key("data=reber", "trainer.accelerator=gpu")
-    assert auto == key("data=reber", "trainer.precision=32-true")
-    assert auto != key("data=reber", "trainer.precision=bf16-mixed")
+    assert auto == key("data=reber", "+trainer.precision=32-true")
+    assert auto != key("data=reber", "+trainer.precision=bf16-mixed")
