@@ -242,7 +242,12 @@ def importance_text(view: StudyView) -> str:
 
 
 def summary_rows(views: Sequence[StudyView]) -> list[dict[str, str]]:
-    """One row per study: what `rnnbench-table --studies` prints."""
+    """One row per study: what `rnnbench-table --studies` prints. The columns name the metrics
+    when every study has the same (a study not yet confirmed has no test metric)."""
+    metrics = {v.metric for v in views}
+    heads = {v.headline for v in views if v.headline}
+    best = f"best {metrics.pop()}" if len(metrics) == 1 else "best validation value"
+    confirmed = f"confirmed {heads.pop()}" if len(heads) == 1 else "confirmed test value"
     rows = []
     for v in views:
         trials = sum(v.states.values())
@@ -253,8 +258,8 @@ def summary_rows(views: Sequence[StudyView]) -> list[dict[str, str]]:
                 "trials": str(trials),
                 "pruned": str(v.states.get("pruned", 0)),
                 "failed": str(v.states.get("fail", 0)),
-                f"best {v.metric}": fmt(v.best_value),
-                f"confirmed {v.headline or 'test'}": confirmed_text(v),
+                best: fmt(v.best_value),
+                confirmed: confirmed_text(v),
                 "train hours": f"{v.train_hours:.2f}",
                 "best config": params_text(v.best_params) or "-",
                 "importance (fANOVA)": importance_text(v),

@@ -350,3 +350,22 @@ def test_two_workers_share_one_study_and_run_n_trials_between_them(tmp_path):
     trained = [r for r in records(tmp_path / "runs") if not r.get("reused_from")]
     assert len(trained) == 6
     assert len({r["run_key"] for r in trained}) == 6  # no configuration trained twice
+
+
+def test_studies_confirmed_or_not_share_one_set_of_columns():
+    """A search whose first study is confirmed and second still running: one table."""
+    from collections import Counter
+
+    from rnnbench.studies import StudyView
+    from rnnbench.table import studies_tables
+
+    def view(name: str, confirmed: list[float]) -> StudyView:
+        return StudyView(
+            name, name, "val/nll", False, Counter(complete=2), [8.5, 8.2], 8.2, {"optim.lr": 1e-3},
+            1, "test/nll" if confirmed else None, confirmed, [1235] if confirmed else [], 0.5,
+        )  # fmt: skip
+
+    summary, curve = studies_tables([view("lstm", [8.3]), view("rnn", [])])
+    assert summary.header[5:7] == ["best val/nll", "confirmed test/nll"]
+    assert [row[6].text for row in summary.body] == ["8.3 ± 0 (1 seeds)", "not confirmed"]
+    assert len(curve.body) == 2  # n = 1, 2 completed trials
