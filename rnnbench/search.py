@@ -24,6 +24,7 @@ import hashlib
 import os
 import random
 import socket
+import statistics
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -425,12 +426,8 @@ def record_confirmation(study: Any, best: Any, seeds: list[int], results: list[A
     head += ",".join(map(str, seeds))
     if not values:
         return head + ": no confirming run completed"
-    mean = sum(values) / len(values)
-    spread = (
-        (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-        if len(values) > 1
-        else 0.0
-    )
+    mean = statistics.fmean(values)
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
     return head + f": test {mean:.6g} ± {spread:.2g} ({len(values)} of {len(seeds)} completed)"
 
 
