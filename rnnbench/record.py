@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import platform
 import re
 import shutil
@@ -194,11 +195,14 @@ def new_record(config: dict[str, Any], run_dir: Path, overrides: Iterable[str] =
 def read_record(path: str | Path) -> Record:
     """Load one result.json; raises ValueError, saying what is wrong, when it is not an
     rnnbench record of the shape its readers rely on (`record_shape_error`)."""
-    with open(path) as f:
-        try:
-            record = json.load(f)
-        except ValueError as e:  # JSONDecodeError, or bytes that are not UTF-8
-            raise ValueError(f"{path} is not complete JSON ({e})") from None
+    # Bytes decoded whole: a text-mode read decodes and translates newlines in chunks, a
+    # quarter of a table's reading time over thousands of records.
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        record = json.loads(data.decode("utf-8"))
+    except ValueError as e:  # JSONDecodeError, or bytes that are not UTF-8
+        raise ValueError(f"{path} is not complete JSON ({e})") from None
     wrong = record_shape_error(record)
     if wrong:
         raise ValueError(f"{path} is not an rnnbench result record ({SCHEMA}): {wrong}")
@@ -485,8 +489,32 @@ def natural_key(path: Path) -> list:
 
 
 def record_files(root: str | Path) -> list[Path]:
-    """Every result.json under folder `root`, in natural order."""
-    return sorted(Path(root).rglob(RECORD_FILE), key=natural_key)
+    """Every result.json under folder `root`, in natural order: what `Path.rglob` finds (links
+    to folders not followed, a dangling link not a record, unreadable folders passed over), in
+    a fifth less time, which is a tenth of a table over thousands of run folders."""
+    found: list[str] = []
+    folders = [os.fspath(root)]
+    while folders:  # depth first, each folder's subfolders in listing order, as rglob goes
+        try:
+            with os.scandir(folders.pop()) as listing:
+                entries = list(listing)
+        except OSError:
+            continue
+        inside = []
+        for entry in entries:
+            try:
+                # As rglob: anything of that name that exists (a folder or a pipe too: the
+                # readers refuse it by name), a link only when what it names exists.
+                if entry.name == RECORD_FILE and (
+                    not entry.is_symlink() or os.path.exists(entry.path)
+                ):
+                    found.append(entry.path)
+                if entry.is_dir(follow_symlinks=False):
+                    inside.append(entry.path)
+            except OSError:
+                continue
+        folders.extend(reversed(inside))
+    return sorted(map(Path, found), key=natural_key)
 
 
 def iter_records(root: str | Path) -> Iterator[tuple[Path, Record]]:

@@ -14,28 +14,44 @@ configs differ only in their seed (`seed`, `data.seed`, ...) collapse to mean ±
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import gc
+import hashlib
 import html
 import json
+import marshal
 import math
+import os
 import shlex
 import sys
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 import pandas as pd
 
+from rnnbench import record as record_module
 from rnnbench.cellspec import CELLS
 from rnnbench.config import compose
 from rnnbench.errors import UserError
-from rnnbench.outputs import check_writable, html_comment, md_text, one_line, write_text
+from rnnbench.outputs import (
+    check_writable,
+    html_comment,
+    md_text,
+    one_line,
+    write_text,
+    write_whole,
+)
 from rnnbench.record import (
     RECORD_FILE,
     flatten,
     is_identity_key,
+    is_seed_key,
     read_record,
     record_files,
     repeat_key,
@@ -101,6 +117,10 @@ class TableError(UserError):
 # Records -> rows -> DataFrame
 
 
+# Every row starts from this: the record columns, None until set.
+BLANK_ROW: dict[str, Any] = dict.fromkeys(RECORD_COLUMNS)
+
+
 def make_row(
     config: dict[str, Any],
     metrics: dict[str, Any],
@@ -108,35 +128,99 @@ def make_row(
     **extra: Any,
 ) -> dict[str, Any]:
     """The one row shape both sources produce: flattened config, metrics, status, `extra`."""
-    flat = flatten(config)
-    row = {name: extra.get(name) for name in RECORD_COLUMNS}
-    row |= {
-        "status": status,
-        "seed": config.get("seed"),
-        "config_id": repeat_key(config),
-        **extra,
-        **flat,
-        **metrics,
-    }
+    return assemble_row(flatten(config), repeat_key(config), config, metrics, status, extra)
+
+
+def assemble_row(
+    flat: dict[str, Any],
+    config_id: str,
+    config: dict[str, Any],
+    metrics: dict[str, Any],
+    status: str,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """make_row's row from a config already flattened (`flat`) and identified (`config_id`):
+    record columns first, then `extra`, the config and the metrics, each over the ones before."""
+    row = dict(BLANK_ROW)
+    row["status"] = status
+    row["seed"] = config.get("seed")
+    row["config_id"] = config_id
+    row.update(extra)
+    row.update(flat)
+    row.update(metrics)
     return row
 
 
-def record_row(record: dict[str, Any], path: str | Path | None = None) -> dict[str, Any]:
+class ConfigReader:
+    """flatten(config) and repeat_key(config) of many configs read from JSON: each section (a
+    top-level key's subtree) flattened once per distinct content, each configuration hashed once.
+    flatten and repeat_key walk, copy and hash the whole config, more than half of reading a
+    record, and a sweep's records share all but a few sections, a configuration its seeds.
+
+    A section is known by its repr, which tells 1 from 1.0 and True, 0.0 from -0.0 and a list
+    from a string: the same repr is the same JSON, flattened the same. A configuration is known
+    by its sections and other values, without the seeds repeat_key leaves out (a top-level seed,
+    a section's own `seed`; one deeper stays in, which only makes the key stricter) but with
+    where they were: the same key is the same configuration to repeat_key."""
+
+    def __init__(self) -> None:
+        # (name, repr) -> (its number, its keys flattened)
+        self.sections: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
+        self.unseeded: dict[tuple[str, str], int] = {}  # the same for sections less their seed
+        self.ids: dict[tuple, str] = {}
+
+    def __call__(self, config: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        """(flatten(config), repeat_key(config))."""
+        flat: dict[str, Any] = {}
+        key: list[Any] = []
+        for name, value in config.items():
+            token: Any
+            if isinstance(value, dict) and value:
+                text = repr(value)
+                known = self.sections.get((name, text))
+                if known is None:
+                    known = len(self.sections), flatten(value, f"{name}.")
+                    self.sections[name, text] = known
+                flat.update(known[1])
+                token = known[0]
+                if "seed" in value:
+                    rest = repr({k: v for k, v in value.items() if k != "seed"})
+                    token = ("seeded", self.unseeded.setdefault((name, rest), len(self.unseeded)))
+            elif isinstance(value, list | dict):
+                flat[name] = json.dumps(value)
+                token = ("json", name, flat[name])
+            else:
+                flat[name] = value
+                token = ("value", name, repr(value))
+            # repeat_key leaves a seed out whatever it holds: only that it was there counts.
+            key.append(("seed", name) if is_seed_key(name) else token)
+        found = self.ids.get(tuple(key))
+        if found is None:
+            found = self.ids[tuple(key)] = repeat_key(config)
+        return flat, found
+
+
+def record_row(
+    record: dict[str, Any], path: str | Path | None = None, configs: ConfigReader | None = None
+) -> dict[str, Any]:
     """The row of one result.json record; `path` (the file read) names the run's folder, which
-    stays right when runs are copied elsewhere."""
+    stays right when runs are copied elsewhere. `configs` remembers the sections and
+    configurations seen before, for reading many records."""
+    config = record["config"]
     timing = record.get("timing") or {}
     run_dir = str(Path(path).parent) if path is not None else record.get("run_dir")
-    return make_row(
-        record["config"],
-        record.get("metrics") or {},
-        record["status"],
-        task=record.get("task"),
-        headline=record.get("headline"),
-        params=record.get("params"),
-        run_key=record.get("run_key"),
-        source="file",
-        run_dir=run_dir,
+    flat, config_id = (configs or ConfigReader())(config)
+    extra = {
+        "task": record.get("task"),
+        "headline": record.get("headline"),
+        "params": record.get("params"),
+        "run_key": record.get("run_key"),
+        "source": "file",
+        "run_dir": run_dir,
         **{f"timing.{k}": v for k, v in timing.items()},
+    }
+    return assemble_row(
+        flat, config_id, config, record.get("metrics") or {}, record["status"], extra
     )
 
 
@@ -200,31 +284,180 @@ def load_rows(
     paths: Iterable[str | Path], warn: Callable[[str], None] = warn_stderr
 ) -> list[dict[str, Any]]:
     """One row per readable result.json under `paths`; others are skipped with a warning naming
-    the file. Raises TableError when the paths hold no result.json at all."""
+    the file. Raises TableError when the paths hold no result.json at all. Over
+    CACHE_MIN_RECORDS records, the rows of records unchanged since a table over the same paths
+    read them come from its RowCache."""
     paths = list(paths)
     files = find_results(paths)
     if not files:
         raise TableError(f"no {RECORD_FILE} under {', '.join(map(str, paths))}")
-    loaded = []
-    for f in files:
-        if not f.is_file():  # a pipe named result.json would block the read forever
-            warn(f"skipped {f}: not a regular file")
-            continue
-        try:
-            record = read_record(f)
-            loaded.append((record, record_row(record, f)))
-        except ValueError as e:  # read_record's message names the file and what is wrong
-            warn(f"skipped {e}")
-        except (KeyError, TypeError, AttributeError) as e:
-            warn(f"skipped {f}: missing {e}")
-        except OSError as e:
-            warn(f"skipped {f}: {e.strerror}")
+    cache = RowCache.open(paths) if len(files) >= CACHE_MIN_RECORDS else None
+    loaded: list[Loaded] = []
+    configs = ConfigReader()
+    with gc_paused():
+        for f in files:
+            if (done := load_one(f, cache, configs, warn)) is not None:
+                loaded.append(done)
+        if cache is not None:
+            cache.save()
     # A re-launched sweep copies a finished run's record instead of recomputing it: count
     # that run once when its original is among the paths too.
-    originals = {r.get("run_key") for r, _ in loaded if not r.get("reused_from")}
-    return [
-        row for r, row in loaded if not (r.get("reused_from") and r.get("run_key") in originals)
-    ]
+    originals = {key for key, reused, _ in loaded if not reused}
+    return [row for key, reused, row in loaded if not (reused and key in originals)]
+
+
+def load_one(
+    f: Path, cache: RowCache | None, configs: ConfigReader, warn: Callable[[str], None]
+) -> Loaded | None:
+    """What load_rows keeps of one record file, None (with a warning) when it is unreadable."""
+    try:
+        st = os.stat(f)
+    except OSError as e:
+        warn(f"skipped {f}: {e.strerror}")
+        return None
+    if not S_ISREG(st.st_mode):  # a pipe named result.json would block the read forever
+        warn(f"skipped {f}: not a regular file")
+        return None
+    done = cache.get(str(f), st) if cache is not None else None
+    if done is not None:
+        return done
+    try:
+        record = read_record(f)
+        done = (record.get("run_key"), record.get("reused_from"), record_row(record, f, configs))
+    except ValueError as e:  # read_record's message names the file and what is wrong
+        warn(f"skipped {e}")
+        return None
+    except (KeyError, TypeError, AttributeError) as e:
+        warn(f"skipped {f}: missing {e}")
+        return None
+    except OSError as e:
+        warn(f"skipped {f}: {e.strerror}")
+        return None
+    if cache is not None:
+        cache.put(str(f), st, done)
+    return done
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector off for a while: reading a record makes a hundred objects
+    that live on and no cycles, and the collector, scanning them again and again, took a quarter
+    of reading 100,000 records."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows of records read before
+
+CACHE_ENV = "RNNBENCH_TABLE_CACHE"
+CACHE_DEFAULT = "~/.cache/rnnbench/tables"
+# Fewer records read in well under a second: no cache file is written for them.
+CACHE_MIN_RECORDS = 1000
+# A file changed less than this long before it is looked at could change again within the same
+# tick of its filesystem's clock and keep its times and size: its row is kept once it settled.
+SETTLED_NS = 2_000_000_000
+
+# What the readers keep of a record: its run_key, its reused_from and its row.
+Loaded = tuple[Any, Any, dict[str, Any]]
+
+
+def signature(st: os.stat_result) -> tuple[int, ...]:
+    """What rewriting a file changes: its device and inode (a new file renamed into place), its
+    size, its modification time and its change time, which every write, rename and utime sets
+    to the clock's time and no program can set back."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+@functools.lru_cache(maxsize=1)
+def code_tag() -> str | None:
+    """This Python and the code that makes a row (record.py, table.py): rows another version
+    made are not this version's rows. None when the source cannot be read (no cache then)."""
+    digest = hashlib.sha256(f"{sys.version} {marshal.version}".encode())
+    try:
+        for module in (record_module.__file__, __file__):
+            digest.update(Path(str(module)).read_bytes())
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+class RowCache:
+    """The rows of the records a table over the same paths read before, so that a table over
+    tens of thousands of records reads, flattens and identifies only those that changed.
+
+    A row comes back only while its file's `signature` is what it was when the row was made,
+    and is kept only when that file had not changed for SETTLED_NS: a record written a moment
+    ago is read, and a record rewritten in place is read again. One file per working folder and
+    paths given, in the folder RNNBENCH_TABLE_CACHE names (default ~/.cache/rnnbench/tables;
+    empty: no cache), holding the rows of the files found the last time, made by this code
+    (`code_tag`); one that does not read back is ignored, one that cannot be written skipped."""
+
+    def __init__(self, file: Path, tag: str) -> None:
+        self.file, self.tag = file, tag
+        self.settled = time.time_ns() - SETTLED_NS
+        self.old: dict[str, tuple] = {}
+        self.layouts: list[tuple[str, ...]] = []
+        try:
+            stored_tag, layouts, entries = marshal.loads(file.read_bytes())
+            if stored_tag == tag:
+                self.old, self.layouts = entries, layouts
+        except (OSError, ValueError, TypeError, EOFError):  # none yet, or not one of ours
+            pass
+        self.layout_ids = {layout: i for i, layout in enumerate(self.layouts)}
+        self.entries: dict[str, tuple] = {}
+
+    @classmethod
+    def open(cls, paths: Sequence[str | Path]) -> RowCache | None:
+        folder = os.environ.get(CACHE_ENV, CACHE_DEFAULT)
+        tag = code_tag()
+        if not folder or tag is None:
+            return None
+        try:
+            where = json.dumps([os.getcwd(), [os.fspath(p) for p in paths]])
+        except OSError:  # the working folder is gone: relative paths name nothing stable
+            return None
+        name = hashlib.sha256(where.encode()).hexdigest()[:32]
+        return cls(Path(folder).expanduser() / f"{name}.rows", tag)
+
+    def get(self, path: str, st: os.stat_result) -> Loaded | None:
+        """What `path` loaded as, when its file is the one that made the row; else None."""
+        entry = self.old.get(path)
+        if entry is None or entry[0] != signature(st):
+            return None
+        self.entries[path] = entry
+        _, layout, values, run_key, reused = entry
+        return run_key, reused, dict(zip(self.layouts[layout], values, strict=True))
+
+    def put(self, path: str, st: os.stat_result, loaded: Loaded) -> None:
+        """Keep what `path`, whose file was `st` before it was read, loaded as."""
+        if max(st.st_mtime_ns, st.st_ctime_ns) >= self.settled:
+            return
+        run_key, reused, row = loaded
+        layout = tuple(row)
+        if layout not in self.layout_ids:
+            self.layout_ids[layout] = len(self.layouts)
+            self.layouts.append(layout)
+        values = tuple(row.values())
+        self.entries[path] = (signature(st), self.layout_ids[layout], values, run_key, reused)
+
+    def save(self) -> None:
+        """Write the rows kept this time, when they are not the ones read."""
+        if self.entries.keys() == self.old.keys() and all(
+            self.old[p] is e for p, e in self.entries.items()
+        ):
+            return
+        try:
+            data = marshal.dumps((self.tag, self.layouts, self.entries))
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            write_whole(self.file, data)
+        except (OSError, ValueError):  # a read-only home, a value marshal cannot write
+            pass
 
 
 def wandb_rows(project: str) -> list[dict[str, Any]]:
@@ -242,17 +475,21 @@ def wandb_rows(project: str) -> list[dict[str, Any]]:
 
 def frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
     """The runs as one DataFrame, record columns first, then config keys, then metrics."""
-    df = pd.DataFrame.from_records(rows)
-    if df.empty:
+    names = set().union(*rows)
+    if not rows or not names:
         raise TableError("no readable runs")
-    first = [c for c in RECORD_COLUMNS if c in df.columns]
-    config = sorted(c for c in df.columns if c not in first and "/" not in c)
-    metrics = sorted(c for c in df.columns if "/" in c)
-    # pandas turns a column of ints with a gap into floats (limit_train_batches 5 -> 5.0) and
-    # mixes types per column: each config value stays what the run recorded (None: absent).
-    for c in config:
-        df[c] = pd.Series([row.get(c) for row in rows], index=df.index, dtype=object)
-    return df[first + config + metrics]
+    first = [c for c in RECORD_COLUMNS if c in names]
+    config = sorted(c for c in names if c not in first and "/" not in c)
+    metrics = sorted(c for c in names if "/" in c)
+    # pandas gives record and metric columns their dtype (numbers with a gap: NaN). It would
+    # turn a config column of ints with a gap into floats (limit_train_batches 5 -> 5.0) and
+    # mix types per column: each config value stays what the run recorded (None: absent).
+    with gc_paused():
+        typed = pd.DataFrame.from_records(rows, columns=[*first, *metrics])
+        columns = {c: typed[c] for c in first}
+        columns |= {c: pd.Series([row.get(c) for row in rows], dtype=object) for c in config}
+        columns |= {c: typed[c] for c in metrics}
+        return pd.DataFrame(columns)
 
 
 def load_frame(
@@ -427,7 +664,7 @@ def recipe_epochs(recipe: str) -> int | None:
         return None
 
 
-def budget_cuts(run: pd.Series) -> list[str]:
+def budget_cuts(run: Mapping[str, Any]) -> list[str]:
     """`key=value` for each setting that cut this run short of its configuration's full
     budget: a limit on train/val/test batches, a max_steps cap, fewer epochs than its recipe."""
     cuts = []
@@ -443,6 +680,24 @@ def budget_cuts(run: pd.Series) -> list[str]:
     if full is not None and epochs is not None and 0 <= epochs < full:
         cuts.append(f"trainer.max_epochs={epochs} (recipe: {full})")
     return cuts
+
+
+BUDGET_KEYS = (*FULL_LIMITS, "trainer.max_steps", "recipe", "trainer.max_epochs")
+
+
+def budget_cuts_of(frame: pd.DataFrame) -> list[list[str]]:
+    """budget_cuts of each run of `frame`, worked out once per distinct set of budget settings
+    (a search's thousands of runs share a few)."""
+    present = [k for k in BUDGET_KEYS if k in frame.columns]
+    known: dict[tuple, list[str]] = {}
+    out = []
+    for values in frame[present].itertuples(index=False, name=None):
+        # With each value's type: a limit of 1 (one batch) is not 1.0 (every batch).
+        key = tuple((type(v), _hashable(v)) for v in values)
+        if key not in known:
+            known[key] = budget_cuts(dict(zip(present, values, strict=True)))
+        out.append(known[key])
+    return out
 
 
 @dataclass
@@ -471,7 +726,7 @@ def aggregate(
     work["_diverged"] = shown["status"] == "diverged"
     work["_config"] = shown["config_id"]
     work["_dup"] = shown.duplicated(["config_id", "seed"], keep=False)
-    work["_cuts"] = [budget_cuts(run) for _, run in shown.iterrows()]
+    work["_cuts"] = budget_cuts_of(shown)
     # Grouped on the values' text, their first run giving them back: grouping on the values
     # themselves would make one index of 1.0 and 5, both floats (5 -> "5.0").
     work["_cell"] = [repr(tuple(map(_hashable, r))) for r in shown[keys].itertuples(index=False)]
@@ -768,6 +1023,13 @@ def comparison_table(pairs: pd.DataFrame, view: View) -> Table:
 
 # ---------------------------------------------------------------------------------------------
 # Rendering
+#
+# Hand-written, not pandas', each for what the library lacks (tried on pandas 3.1):
+# DataFrame.to_markdown (tabulate) leaves `|` and `**` in a cell as they are, which breaks or
+# bolds the table; Styler.to_latex's escape="latex" passes Δ through, which LaTeX without extra
+# packages refuses; Styler.to_html gives each render a fresh id (two renders of one table
+# differ), so regenerated results/ files would change on every run. The report's page around
+# these tables is a Jinja2 template (rnnbench/templates/).
 
 
 # Markdown punctuation a cell or note could use to become markup: a cell end, an HTML tag, an

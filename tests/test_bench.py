@@ -21,7 +21,7 @@ from rnnbench import bench
 from rnnbench.bench import forward_flops, train_step_flops
 from rnnbench.model import SequenceModel
 
-TRAINING_SECTIONS = ["aggregate", "harness", "peak", "scratch", "loader"]
+TRAINING_SECTIONS = ["aggregate", "harness", "peak", "scratch", "loader", "denormal"]
 PTB = ("ptb/ptb.train.txt", "ptb/ptb.valid.txt", "ptb/ptb.test.txt")
 
 
@@ -55,6 +55,18 @@ def test_quick_bench_reports_every_training_figure(tmp_path):
     assert aggregate["records"] == aggregate["rows"] == 300 and positive_finite(
         aggregate["seconds"]
     )
+    assert positive_finite(aggregate["again"]["seconds"]) and aggregate["cached"] is False
+
+    # Flushing denormals against keeping them, both runs, from the same weights and batches.
+    denormal = final["denormal"]
+    assert set(denormal["figures"]) == {"saturating", "normal"} and denormal["threads"] >= 1
+    for run in denormal["figures"].values():
+        assert all(positive_finite(run[k]) for k in ("on_tok_s", "off_tok_s", "on_vs_off"))
+        assert len(run["on_vs_off_rounds"]) == 2  # --quick: two rounds
+        assert math.isfinite(run["loss_on"]) and math.isfinite(run["loss_off"])
+    normal = denormal["figures"]["normal"]
+    assert normal["loss_on"] == pytest.approx(normal["loss_off"], rel=1e-4)
+    assert denormal["ok"] in (True, False)
 
     lstm = final["training_figures"]["ptb_small"]["lstm"]
     for contender in ("harness", "raw", "scratch"):
@@ -113,6 +125,20 @@ def test_quick_pack_section_times_a_pack_against_a_lone_run(tmp_path):
     assert row["pack2_speedup"] == pytest.approx(2 / row["pack2_time_vs_one"], rel=1e-2)
     assert "pack: ptb_small K=2" in (tmp_path / "out" / "bench.md").read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the packs trained elsewhere
+
+
+def test_flushing_reaches_every_thread_of_torchs_team():
+    """torch.set_flush_denormal sets the calling thread's mode; the bench sets its OpenMP team's
+    too, made before (here by a product over two threads), and sets it back."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        bench.flushed_share()  # the team exists, made with denormals kept
+        assert bench.flush_denormal_everywhere(True) and bench.flushed_share() == 1.0
+        assert bench.flush_denormal_everywhere(False) and bench.flushed_share() == 0.0
+    finally:
+        bench.flush_denormal_everywhere(False)
+        torch.set_num_threads(threads)
 
 
 def test_unknown_workload_is_one_error_line(capsys):

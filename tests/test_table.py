@@ -9,11 +9,13 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import re
 import shutil
 import statistics
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +27,14 @@ from omegaconf import OmegaConf
 from conftest import TINY_REBER_RUN, rnnbench_cli, wandb_records
 from rnnbench import bench, table
 from rnnbench.config import CONF_DIR, compose
-from rnnbench.record import RECORD_FILE, flatten
+from rnnbench.record import (
+    RECORD_FILE,
+    flatten,
+    natural_key,
+    record_files,
+    repeat_key,
+    write_json_atomic,
+)
 
 CELLS = ["rnn", "gru", "lstm"]
 TINY = [
@@ -461,3 +470,148 @@ def test_bench_aggregates_copies_of_real_records(real_run, capsys):
     assert result["records"] == result["rows"] == 300 and result["templates"] == 1
     assert result["cells"] == 1 * 4  # the one real run's cell (lstm), depths 1-4
     assert result["ok"] is (result["seconds"] < result["goal_s"])
+
+
+# ---- reading many records: the row cache, configurations, finding the files -----------------
+
+
+def rewrite_in_place(path: Path, old: str, new: str, keep_mtime: bool = False) -> None:
+    """`old` -> `new` (as long) in the file, written into the same inode: the same size, and
+    with `keep_mtime` the same modification time as before, as a rewrite within one tick of a
+    coarse filesystem clock (or a tool that keeps times) leaves it."""
+    text = path.read_text()
+    assert len(old) == len(new) and text.count(old) == 1
+    before = path.stat()
+    with open(path, "r+") as f:
+        f.write(text.replace(old, new))
+    if keep_mtime:
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_ino, after.st_size) == (before.st_ino, before.st_size)
+    assert not keep_mtime or after.st_mtime_ns == before.st_mtime_ns
+
+
+def row_texts(rows: list[dict]) -> list[str]:
+    """Rows as text that tells 1 from 1.0 and True, and keeps the key order."""
+    return [repr(list(row.items())) for row in rows]
+
+
+def test_row_cache_is_never_stale(runs, tmp_path, monkeypatch, capsys):
+    """Past CACHE_MIN_RECORDS records, load_rows takes a record's row from the cache only while
+    the file is the one that made it: a record written a moment ago shows, one rewritten in
+    place (same size, its mtime put back) shows its new content, one replaced, added or removed
+    too; the rows are those read without a cache, and a malformed record warns every time."""
+    monkeypatch.setattr(table, "CACHE_MIN_RECORDS", 1)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(table.CACHE_ENV, str(cache))
+    folder = tmp_path / "sweep"
+    shutil.copytree(runs.sweep, folder)
+    (folder / "bad").mkdir()
+    (folder / "bad" / RECORD_FILE).write_text('{"schema": "rnnbench.result/1", "stat')
+    reads: list[Path] = []
+    read_record = table.read_record
+    monkeypatch.setattr(table, "read_record", lambda p: reads.append(p) or read_record(p))
+
+    def ppl_by_run() -> dict[str, float]:
+        reads.clear()
+        rows = table.load_rows([folder])
+        assert capsys.readouterr().err.count("skipped") == 1  # the malformed one, each time
+        return {Path(r["run_dir"]).name: r["test/ppl"] for r in rows}
+
+    original = ppl_by_run()
+    assert len(reads) == 7 and not cache.exists()  # all written a moment ago: none kept
+
+    def text(run: str) -> str:  # the run's test/ppl as json.dumps wrote it
+        return f'"test/ppl": {original[run]}'
+
+    rewrite_in_place(folder / "0" / RECORD_FILE, text("0"), text("1"))
+    assert ppl_by_run()["0"] == original["1"]  # rewritten a moment after it was read
+
+    time.sleep(table.SETTLED_NS / 1e9)
+    assert ppl_by_run() == {**original, "0": original["1"]} and len(reads) == 7
+    assert len(list(cache.iterdir())) == 1  # settled: kept
+    assert ppl_by_run() == {**original, "0": original["1"]}
+    assert reads == [folder / "bad" / RECORD_FILE]  # the rows come from the cache
+
+    rewrite_in_place(folder / "1" / RECORD_FILE, text("1"), text("2"), keep_mtime=True)
+    replaced = json.loads((folder / "2" / RECORD_FILE).read_text())
+    replaced["metrics"]["test/ppl"] = 99.0
+    write_json_atomic(folder / "2" / RECORD_FILE, replaced)  # a new file in its place
+    shutil.copytree(folder / "3", folder / "30")
+    shutil.rmtree(folder / "4")
+    expected = {**original, "0": original["1"], "1": original["2"], "2": 99.0, "30": original["3"]}
+    del expected["4"]
+    assert ppl_by_run() == expected
+    assert sorted(p.parent.name for p in reads) == ["1", "2", "30", "bad"]
+
+    cached = table.load_rows([folder])
+    monkeypatch.setenv(table.CACHE_ENV, "")  # no cache: every record read
+    assert row_texts(cached) == row_texts(table.load_rows([folder]))
+
+
+def test_config_reader_gives_flatten_and_repeat_key():
+    """ConfigReader flattens each distinct section once and hashes each distinct configuration
+    once, and gives what flatten and repeat_key give for every config, however close two come:
+    only seeds apart (top-level, a section's, deeper), 0.0 against -0.0, 1 against 1.0 and
+    True, a list against its JSON text, a section holding only a seed against an empty one, a
+    default left out against written out, a key holding a dot."""
+    base = OmegaConf.to_container(compose(["model=lstm"]), resolve=True)
+
+    def variant(change) -> dict:
+        config = json.loads(json.dumps(base))
+        change(config)
+        return config
+
+    changes = [
+        lambda c: None,
+        lambda c: c.update(seed=7),
+        lambda c: c["data"].update(seed=8),
+        lambda c: c["model"].update(seed=9),
+        lambda c: c["model"].update(inner={"seed": 1, "x": 2}),
+        lambda c: c["model"].update(inner={"seed": 2, "x": 2}),
+        lambda c: c["model"].update(dropout=-0.0),
+        lambda c: c["model"].update(num_layers=1.0),
+        lambda c: c["model"].update(num_layers=True),
+        lambda c: c["model"].update(extra=[1, 2]),
+        lambda c: c["model"].update(extra="[1, 2]"),
+        lambda c: c.update(only={"seed": 3}),
+        lambda c: c.update(only={"seed": 4}),
+        lambda c: c.update(only={}),
+        lambda c: c.update(listed=[]),
+        lambda c: c.update(flush_denormal=True),
+        lambda c: c.update(flush_denormal=False),
+        lambda c: c.update(threads=1.0),
+        lambda c: c.update({"data.seed": 5}),
+        lambda c: c.update({"model": {"cell": "gru"}, "model.cell": "lstm"}),
+        lambda c: c["data"].pop("seed"),
+    ]
+    configs = [variant(change) for change in changes]
+    reader = table.ConfigReader()
+    for config in configs + configs[::-1]:
+        flat, config_id = reader(config)
+        assert row_texts([flat]) == row_texts([flatten(config)])
+        assert config_id == repeat_key(config)
+    assert len(reader.ids) < len(configs)  # seeds apart: hashed once
+
+
+def test_record_files_are_what_rglob_finds(tmp_path):
+    """record_files walks with os.scandir and finds what Path.rglob does, in natural order: in
+    hidden folders, not through links to folders, a link only to something that exists, a
+    folder or a pipe named result.json too (load_rows then refuses it by name)."""
+    for folder in ("a/1", "a/2", "a/10", "a/2/.hydra", "b", "c", "d/result.json/x"):
+        (tmp_path / folder).mkdir(parents=True)
+    for folder in ("a/1", "a/10", "a/2/.hydra", "d/result.json/x", "."):
+        (tmp_path / folder / RECORD_FILE).write_text("{}")
+    os.symlink(tmp_path / "a", tmp_path / "b" / "to-a")
+    os.symlink(tmp_path / "nowhere", tmp_path / "c" / RECORD_FILE)
+    os.symlink(tmp_path / "a" / "1" / RECORD_FILE, tmp_path / "b" / RECORD_FILE)
+    os.mkfifo(tmp_path / "a" / "2" / RECORD_FILE)
+    found = record_files(tmp_path)
+    assert found == sorted(tmp_path.rglob(RECORD_FILE), key=natural_key)
+    assert [str(p.relative_to(tmp_path)) for p in found] == [
+        f"{folder}/{RECORD_FILE}"
+        for folder in ("a/1", "a/2/.hydra", "a/2", "a/10", "b", "d", "d/result.json/x")
+    ] + [RECORD_FILE]
+    warned: list[str] = []
+    table.load_rows([tmp_path / "a" / "2"], warn=warned.append)
+    assert any("not a regular file" in w for w in warned)
