@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import html
 import math
 import os
 import re
@@ -33,10 +32,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import jinja2
 import matplotlib.pyplot as plt
 import pandas as pd
+from markupsafe import Markup
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -98,28 +99,25 @@ REFERENCE_DASHES = ((0, (6, 3)), (0, (1, 2)), (0, (8, 2, 2, 2)))
 # What the gradient-flow figure draws from a run's gradflow.csv (not the probe's loss).
 FLOW_DRAWN = {c for c in GRADFLOW_COLUMNS if c != "loss"}
 
-STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1300px; color: #222;
-       padding: 0 1em; }
-h1 { margin-bottom: 0.2em; }
-h2 { border-top: 2px solid #ccd; padding-top: 0.6em; margin-top: 2em; }
-h3 { margin: 1.2em 0 0.3em; }
-.meta { color: #555; font-size: 0.9em; }
-code { background: #f3f3f3; padding: 0 0.25em; }
-div.wide { overflow-x: auto; }
-table.rnnbench { border-collapse: collapse; margin: 1em 0 0.4em; font-size: 0.95em; }
-table.rnnbench caption { text-align: left; font-weight: bold; padding-bottom: 0.3em; }
-table.rnnbench th, table.rnnbench td { border: 1px solid #ccc; padding: 0.3em 0.7em; }
-table.rnnbench thead th { background: #eef; }
-table.rnnbench td { text-align: right; font-variant-numeric: tabular-nums; }
-table.rnnbench tbody th { text-align: left; font-weight: normal; }
-table.rnnbench td.best { background: #e6f4e6; }
-table.rnnbench td.text { text-align: left; }
-p.note { margin: 0.1em 0; color: #555; font-size: 0.85em; }
-figure { margin: 0.5em 0 1em; }
-figure img { display: block; max-width: 100%; height: auto; border: 1px solid #ddd; }
-figcaption { color: #555; font-size: 0.85em; margin-top: 0.3em; }
-"""
+# The pages are Jinja2 templates (rnnbench/templates/): a value is escaped where the template
+# writes it, so nothing here escapes by hand; a figure or a table already made passes as Markup.
+PAGES = jinja2.Environment(
+    loader=jinja2.PackageLoader("rnnbench", "templates"),
+    autoescape=True,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+    undefined=jinja2.StrictUndefined,
+)
+PAGES.filters["comment"] = lambda text: Markup(html_comment(f"command: {text}"))
+PARTS = PAGES.get_template("parts.html").module
+
+
+class Link(NamedTuple):
+    """A link's text and target (None: the text alone)."""
+
+    text: str
+    href: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,30 +310,27 @@ def finish(fig: Figure, axes: list) -> None:
     )
 
 
-def figure_html(fig: Figure, alt: str, caption: str) -> str:
+def figure_html(fig: Figure, alt: str, caption: str) -> Markup:
     """The figure as a <figure>: a PNG inline (base64) exactly as wide as drawn, never wider than
     FIGURE_PX (the figures lay out inside their size: no cropping or growing on save), then
-    closed; `caption` (HTML) under it."""
+    closed; `caption` (text) under it."""
     width, height = fig.get_size_inches()
     fig.set_size_inches(min(width, FIGURE_IN), height)
     px_w, px_h = (round(v * DPI) for v in fig.get_size_inches())
     data = base64.b64encode(figure_bytes(fig, "png", dpi=DPI)).decode("ascii")
-    return (
-        f'<figure><img alt="{html.escape(alt)}" width="{px_w}" height="{px_h}" '
-        f'src="data:image/png;base64,{data}"><figcaption>{caption}</figcaption></figure>'
-    )
+    return PARTS.figure(alt, px_w, px_h, data, caption)
 
 
-def note(text: str) -> str:
-    return f'<p class="note">{text}</p>'
+def note(text: str) -> Markup:
+    return PARTS.note(text)
 
 
-def metric_bars(section: Section) -> str:
+def metric_bars(section: Section) -> Markup:
     """The metric per table cell (bars: mean, error bars one std over seeds), the dataset's
     reference numbers as dashed lines, at most MAX_BARS bars (the best)."""
-    agg, view, esc = section.result.agg, section.view, html.escape
+    agg, view = section.result.agg, section.view
     if not (agg["n"] > 0).any() and not (agg["diverged"] > 0).any():
-        return note(f"No run of {esc(section.title)} records {esc(view.metric)}.")
+        return note(f"No run of {section.title} records {view.metric}.")
     keys = label_keys(agg, view)
     texts = [
         [textwrap.shorten(f"{k.rsplit('.', 1)[-1]}={key_text(c[k])}", TICK_CHARS) for k in keys]
@@ -388,11 +383,11 @@ def metric_bars(section: Section) -> str:
     parts = [f"{view.metric} per configuration: mean ± std over seeds, n = runs", better]
     parts += [f"dashed: {name} = {fmt_number(v)}" for name, v in refs]
     parts += [scale, left_out_note(len(cells), len(agg), "configurations", section)]
-    caption = esc("; ".join(p for p in parts if p))
+    caption = "; ".join(p for p in parts if p)
     return figure_html(fig, f"{section.title}: {view.metric} per configuration", caption)
 
 
-def learning_curves(section: Section) -> str:
+def learning_curves(section: Section) -> Markup:
     """The validation curve of each drawn run against step (a reused run's from the run it was
     copied from), the dataset's reference number for that series dashed."""
     view, runs = section.view, section.drawn
@@ -425,7 +420,7 @@ def learning_curves(section: Section) -> str:
         drawn += 1
     if not drawn:
         plt.close(fig)
-        return note(f"No run folder of {html.escape(section.title)} holds a {METRICS_FILE}.")
+        return note(f"No run folder of {section.title} holds a {METRICS_FILE}.")
     refs = [ref for series in sorted(drawn_series) for ref in references_of(section.runs, series)]
     reference_lines(ax, refs)
     scale = value_scale(ax, [*values, *(v for _, v in refs)])
@@ -438,11 +433,11 @@ def learning_curves(section: Section) -> str:
     parts = [f"{shown} of {drawn} run(s) by step"]
     parts += [f"dashed: {name} = {fmt_number(v)}" for name, v in refs]
     parts += [scale, left_out_note(len(runs), len(section.runs), "runs", section)]
-    caption = html.escape("; ".join(p for p in parts if p))
+    caption = "; ".join(p for p in parts if p)
     return figure_html(fig, f"{section.title}: learning curves", caption)
 
 
-def grad_norms(section: Section) -> str:
+def grad_norms(section: Section) -> Markup:
     """The per-step pre-clip gradient norm of each drawn run, one panel per cell, log scale."""
     view, traces = section.view, []
     for _, run in section.drawn.iterrows():
@@ -485,11 +480,11 @@ def grad_norms(section: Section) -> str:
     finish(fig, list(by_cell.values()))
     parts = [f"global gradient norm before clipping, {len(traces)} run(s), log scale"]
     parts.append(left_out_note(len(section.drawn), len(section.runs), "runs", section))
-    caption = html.escape("; ".join(p for p in parts if p))
+    caption = "; ".join(p for p in parts if p)
     return figure_html(fig, f"{section.title}: gradient norm traces", caption)
 
 
-def gradient_flow(section: Section) -> str:
+def gradient_flow(section: Section) -> Markup | str:
     """‖∂L/∂h_t‖ against t on each drawn run's probe batch (top layer, forward direction), one
     line per run coloured by cell, log scale: at the first probe and at the last. Vanishing
     gradients show as a line falling towards t = 1. '' when no run was made with the probe."""
@@ -521,7 +516,7 @@ def gradient_flow(section: Section) -> str:
         shown = ", ".join(map(str, sorted(steps)))
         hidden_grad_axes(ax, f"at the {which} probe (step {shown})", xlabel="t (time step)")
     finish(fig, axes)
-    caption = html.escape(f"‖∂L/∂h_t‖ of {len(flows)} run(s), top layer, log scale")
+    caption = f"‖∂L/∂h_t‖ of {len(flows)} run(s), top layer, log scale"
     return figure_html(fig, f"{section.title}: gradient flow through time", caption)
 
 
@@ -533,119 +528,98 @@ EXAMPLES_RUNS = 3  # runs whose decoded examples a section shows (the best by it
 EXAMPLES_SHOWN = 5  # examples per run
 
 
-def decoded_examples(section: Section) -> str:
+def decoded_examples(section: Section) -> list[tuple[str, list[dict[str, str]]]]:
     """For a sequence-to-sequence section: the first test examples of its best runs, each
-    source beside its reference and what the run decoded; '' when its runs decoded nothing."""
-    esc, blocks = html.escape, []
+    source beside its reference and what the run decoded, as (run label, examples); none when
+    its runs decoded nothing."""
     keys = label_keys(section.runs, section.view)
+    shown = []
     for _, run in section.drawn.head(EXAMPLES_RUNS).iterrows():
         examples = read_examples(Path(run["traces"]))[:EXAMPLES_SHOWN]
-        if not examples:
-            continue
-        rows = "".join(
-            f'<tr><td class="text">{esc(e["source"])}</td><td class="text">'
-            f'{esc(e["reference"])}</td><td class="text">{esc(e["decoded"])}</td></tr>'
-            for e in examples
-        )
-        blocks.append(
-            f"<p>{esc(run_label(run, keys))}</p>"
-            '<div class="wide"><table class="rnnbench"><thead><tr><th>source</th>'
-            f"<th>reference</th><th>decoded</th></tr></thead><tbody>{rows}</tbody></table></div>"
-        )
-    return "\n".join(blocks)
+        if examples:
+            shown.append((run_label(run, keys), examples))
+    return shown
 
 
-def file_link(path: Path, base: Path | None) -> str:
-    """<a> to a local folder (file:// URI), its text relative to `base` when under it."""
+def file_link(path: Path, base: Path | None) -> Link:
+    """A link to a local folder (file:// URI), its text relative to `base` when under it."""
     path = Path(os.path.abspath(path))
     try:
         text = str(path.relative_to(base)) if base is not None else str(path)
     except ValueError:
         text = str(path)
-    return f'<a href="{html.escape(path.as_uri())}">{html.escape(text)}</a>'
+    return Link(text, path.as_uri())
 
 
-def wandb_link(run: dict[str, Any] | None) -> str:
+def wandb_link(run: dict[str, Any] | None) -> Link | None:
     """The W&B run of a record: its page when the record has its URL, else its local folder
     (an offline run's files, for `wandb sync`)."""
     if not run:
-        return ""
-    name = html.escape(f"{run.get('mode') or 'W&B'}: {run.get('name') or run.get('id')}")
+        return None
+    name = f"{run.get('mode') or 'W&B'}: {run.get('name') or run.get('id')}"
     url = run.get("url")
     if isinstance(url, str) and url.startswith("https://"):
-        return f'<a href="{html.escape(url)}">{name}</a>'
+        return Link(name, url)
     if run.get("dir"):
-        return f'<a href="{html.escape(Path(os.path.abspath(run["dir"])).as_uri())}">{name}</a>'
-    return name
+        return Link(name, Path(os.path.abspath(run["dir"])).as_uri())
+    return Link(name)
 
 
-def runs_listing(section: Section, files: dict[str, RunFiles], base: Path | None) -> str:
+def runs_listing(section: Section, files: dict[str, RunFiles], base: Path | None) -> Markup:
     """Every run of the section, failed ones too, one per line (rnnbench-table --long), its
     folder and W&B run linked; a reused run also links the run it was copied from. When the
     line figures leave runs out, a last column marks those they draw."""
     table = build(section.frame, section.view, long=True).tables[0]
     at = table.header.index("run_dir")
     header = [*table.header[:at], "folder", "W&B", *table.header[at + 1 :]]
-    cut = len(section.drawn) < len(section.runs)
     drawn = set(section.drawn["run_dir"].astype(str))
-    esc, rows = html.escape, []
+    rows = []
     for row in table.body:
-        tds = [f'<td class="text">{esc(c.text)}</td>' for c in row]
-        if cut:
-            tds.append(f'<td class="text">{"✓" if row[at].text in drawn else ""}</td>')
-        found = files.get(row[at].text)
-        if found is None:
-            tds[at : at + 1] = [tds[at], "<td></td>"]
-        else:
-            folder = file_link(found.folder, base)
-            if found.reused_from is not None:
-                folder += f"<br>reused from {file_link(found.reused_from, base)}"
-            link = wandb_link(found.wandb)
-            tds[at : at + 1] = [f'<td class="text">{folder}</td>', f'<td class="text">{link}</td>']
-        rows.append("<tr>" + "".join(tds) + "</tr>")
-    head = "".join(f"<th>{esc(h)}</th>" for h in [*header, *(["in figures"] if cut else [])])
-    opened = " open" if len(rows) <= 2 * MAX_RUNS else ""
-    return (
-        f"<details{opened}><summary>{len(rows)} run(s): folders and W&B runs</summary>"
-        f'<div class="wide"><table class="rnnbench"><thead><tr>{head}</tr></thead>'
-        f"<tbody>{''.join(rows)}</tbody></table></div></details>"
-    )
+        texts = [c.text for c in row]
+        found = files.get(texts[at])
+        rows.append(
+            {
+                "before": texts[:at],
+                "after": texts[at + 1 :],
+                "run_dir": texts[at],
+                "folder": found and file_link(found.folder, base),
+                "reused_from": found and found.reused_from and file_link(found.reused_from, base),
+                "wandb": found and wandb_link(found.wandb),
+                "drawn": texts[at] in drawn,
+            }
+        )
+    cut = len(section.drawn) < len(section.runs)
+    return PARTS.runs(header, rows, len(rows) <= 2 * MAX_RUNS, cut)
 
 
 def anchor(name: str) -> str:
     return "data-" + (re.sub(r"[^A-Za-z0-9_-]+", "-", name) or "all")
 
 
-def section_html(
+def section_parts(
     section: Section, files: dict[str, RunFiles], base: Path | None, flow: str = ""
-) -> str:
-    """A dataset's heading, tables, figures (`flow`: its gradient-flow figure, '' for none)
-    and runs."""
-    esc, metric = html.escape, section.view.metric
+) -> dict[str, Any]:
+    """What report.html shows of a dataset: its heading, tables, figures (`flow`: its
+    gradient-flow figure, '' for none), decoded examples and runs."""
     counts = ", ".join(f"{n} {s}" for s, n in section.frame["status"].value_counts().items())
     summary = f"{len(section.frame)} run(s) ({counts})"
     cut = left_out_note(len(section.drawn), len(section.runs), "runs", section)
     if cut:
         summary += f"; {cut} in the line figures (--max-runs); all are listed under Runs"
-    parts = [
-        f'<h2 id="{anchor(section.name)}">{esc(section.title)}: {esc(metric)}</h2>',
-        note(esc(summary)),
-        "<h3>Comparison</h3>",
-        f'<div class="wide">{render(section.result, "html")}</div>',
-        f"<h3>{esc(metric)} per configuration</h3>",
-        metric_bars(section),
-        "<h3>Learning curves</h3>",
-        learning_curves(section),
-        "<h3>Gradient norm before clipping</h3>",
-        grad_norms(section),
-    ]
-    if flow:
-        parts += ["<h3>Gradient flow through time</h3>", flow]
-    examples = decoded_examples(section)
-    if examples:
-        parts += ["<h3>Decoded test examples</h3>", examples]
-    parts += ["<h3>Runs</h3>", runs_listing(section, files, base)]
-    return "\n".join(parts)
+    return {
+        "anchor": anchor(section.name),
+        "title": section.title,
+        "metric": section.view.metric,
+        "count": len(section.frame),
+        "summary": summary,
+        "table": Markup(render(section.result, "html")),
+        "bars": metric_bars(section),
+        "curves": learning_curves(section),
+        "norms": grad_norms(section),
+        "flow": flow,
+        "examples": decoded_examples(section),
+        "runs": runs_listing(section, files, base),
+    }
 
 
 def make_sections(
@@ -672,6 +646,10 @@ def make_sections(
     return out, skipped
 
 
+def made_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
 def report_html(
     df: pd.DataFrame,
     rows: Sequence[str] | None = None,
@@ -691,38 +669,17 @@ def report_html(
     base = Path(os.path.commonpath([os.path.abspath(d) for d in folders])) if len(folders) else None
     if base is not None and str(base) in {os.path.abspath(d) for d in folders}:
         base = base.parent  # one run: name it inside its parent folder
-    made = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    counts = ", ".join(f"{n} {s}" for s, n in df["status"].value_counts().items())
-    esc = html.escape
-    contents = " · ".join(
-        f'<a href="#{anchor(s.name)}">{esc(s.title)}</a> ({esc(s.view.metric)}, {len(s.frame)})'
-        for s in parts_of
+    return PAGES.get_template("report.html").render(
+        command=command,
+        title="rnnbench report: " + ", ".join(s.title for s in parts_of),
+        runs=len(df),
+        counts=", ".join(f"{n} {s}" for s, n in df["status"].value_counts().items()),
+        sources=", ".join(map(str, sources)),
+        made=made_now(),
+        base=base and file_link(base, None),
+        skipped=skipped,
+        sections=[section_parts(s, files, base, gradient_flow(s)) for s in parts_of],
     )
-    flows = [gradient_flow(s) for s in parts_of]
-    body = [section_html(s, files, base, flow) for s, flow in zip(parts_of, flows, strict=True)]
-    page = [
-        "<!doctype html>",
-        html_comment(f"command: {command}") if command else "",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>rnnbench report: {esc(', '.join(s.title for s in parts_of))}</title>",
-        f"<style>{STYLE}</style></head><body>",
-        "<h1>rnnbench report</h1>",
-        f'<p class="meta">{len(df)} runs ({esc(counts)}) from '
-        f"{esc(', '.join(map(str, sources)))}; made {made}"
-        + (f"<br>run folders under {file_link(base, None)}" if base is not None else "")
-        + (f"<br><code>{esc(command)}</code>" if command else "")
-        + "</p>",
-        f'<p class="meta">Datasets: {contents}</p>',
-        *(note(esc(f"left out {s}")) for s in skipped),
-        ""
-        if any(flows)
-        else note(
-            "No run was made with <code>+callbacks=gradflow</code>: no gradient-flow figure."
-        ),
-        *body,
-        "</body></html>",
-    ]
-    return "\n".join(p for p in page if p) + "\n"
 
 
 def studies_page(paths: Sequence[str], command: str | None = None) -> str:
@@ -730,28 +687,22 @@ def studies_page(paths: Sequence[str], command: str | None = None) -> str:
     summary table, the expected-best curves drawn, and the curves' numbers."""
     views = load_studies(paths)
     summary, curve = studies_tables(views)
-    esc = html.escape
-    made = datetime.now(timezone.utc).isoformat(timespec="seconds")
     figure = figure_html(
         expected_max_figure(views),
         "expected best validation value against the number of trials",
         "The expected best validation value of n trials drawn from each study's completed "
         "ones, ± one standard deviation (Dodge et al. 2019).",
     )
-    page = [
-        "<!doctype html>",
-        html_comment(f"command: {command}") if command else "",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>rnnbench studies: {esc(', '.join(v.name for v in views))}</title>",
-        f"<style>{STYLE}</style></head><body>",
-        "<h1>rnnbench studies</h1>",
-        f'<p class="meta">{len(views)} studies from {esc(", ".join(paths))}; made {made}</p>',
-        render_html(summary),
-        figure,
-        render_html(curve),
-        "</body></html>",
-    ]
-    return "\n".join(p for p in page if p) + "\n"
+    return PAGES.get_template("studies.html").render(
+        command=command,
+        title="rnnbench studies: " + ", ".join(v.name for v in views),
+        count=len(views),
+        sources=", ".join(paths),
+        made=made_now(),
+        summary=Markup(render_html(summary)),
+        figure=figure,
+        curve=Markup(render_html(curve)),
+    )
 
 
 def positive(text: str) -> int:
