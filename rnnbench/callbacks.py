@@ -20,7 +20,6 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ProgressBar, TQDMProgressBar
-from pytorch_lightning.utilities.warnings import PossibleUserWarning
 
 from rnnbench.record import METRICS_FILE, STEPS_COLUMNS, STEPS_FILE
 
@@ -34,33 +33,42 @@ class _DropMessages(logging.Filter):
         return not str(record.msg).startswith(self.starts)
 
 
-def quiet_lightning() -> None:
-    """Silence two kinds of Lightning notes set off by our defaults, not by anything a user
-    should change:
+# Lightning's notes on what the harness does on purpose, not on anything a user should change.
+EXPECTED_NOTES = (
+    r".*smaller than the logging interval",  # the default log_every_n_steps over small data
+    r"Checkpoint directory .* exists and is not empty",  # a resume put its checkpoint there
+    r"The dirpath has changed from",  # a resume from another folder's checkpoint
+    r"`training_step` returned `None`",  # a non-finite loss's step is skipped: it diverged
+    # trainer=ddp: the task modules log what a torchmetrics MeanMetric's compute() returns,
+    # already reduced over all processes; sync_dist would reduce it a second time.
+    r"It is recommended to use `self\.log\('(train|val|test)/",
+    # Inside Lightning: its CombinedLoader builds torch's pytree LeafSpec, which newer torch
+    # deprecates; fixable by neither us nor the user.
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    # A machine with SLURM installed, a run outside a job: runs reach SLURM through
+    # hydra/launcher=slurm (submitit's sbatch), never through srun.
+    r"The `srun` command is available on your system but is not used",
+)
 
-    - `Trainer(limit_train_batches=1.0)` was configured so 100% of the batches ... will be used:
-      conf/trainer/default.yaml spells out Lightning's own default (1.0, all batches) so that
-      records, run_key and the tables carry the budget; Lightning notes every explicit 1.0. Its
-      note for an explicit 1 (one batch) stays.
-    - It is recommended to use `self.log('val/loss', ..., sync_dist=True)` ... in distributed
-      setting (trainer=ddp): the task modules log what a torchmetrics MeanMetric's compute()
-      returns, already reduced over all processes; sync_dist would reduce it a second time.
 
-    And one deprecation inside Lightning itself: its CombinedLoader builds torch's pytree
-    `LeafSpec`, which newer torch deprecates (`isinstance(treespec, LeafSpec)` is deprecated),
-    printed by every run and fixable by neither us nor the user.
-    """
+def quiet_lightning(banners: bool = False) -> None:
+    """Silence Lightning's notes on what the harness does on purpose (EXPECTED_NOTES), and its
+    `Trainer(limit_train_batches=1.0)` was configured so 100% of the batches ... note:
+    conf/trainer/default.yaml spells out Lightning's own default (1.0, all batches) so that
+    records, run_key and the tables carry the budget (its note for an explicit 1, one batch,
+    stays). Every other warning stays. With `banners` (a run's start: its console is its
+    progress and our summary), Lightning's INFO lines go too: accelerator banners, a logger
+    advert, 'Restoring states ...'."""
+    if banners:
+        for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     notes = logging.getLogger("pytorch_lightning.utilities.rank_zero")
     if not any(isinstance(f, _DropMessages) for f in notes.filters):
         notes.addFilter(
             _DropMessages(*(f"`Trainer(limit_{s}_batches=1.0)`" for s in ("train", "val", "test")))
         )
-    warnings.filterwarnings(
-        "ignore",
-        message=r"It is recommended to use `self\.log\('(train|val|test)/",
-        category=PossibleUserWarning,
-    )
-    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    for note in EXPECTED_NOTES:
+        warnings.filterwarnings("ignore", message=note)
 
 
 quiet_lightning()

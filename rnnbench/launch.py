@@ -18,13 +18,10 @@ from hydra.types import RunMode
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, open_dict
 
+from rnnbench.callbacks import quiet_lightning
 from rnnbench.config import CONF_DIR
 from rnnbench.errors import find_user_error
-from rnnbench.lifecycle import (
-    is_rank_zero,
-    quiet_lightning,
-    sweep_group,
-)
+from rnnbench.lifecycle import is_rank_zero, sweep_group
 from rnnbench.pack import run_packed
 from rnnbench.summary import format_pack_summary, format_summary, show
 from rnnbench.sweep import (
@@ -49,7 +46,7 @@ def set_threads(cfg: DictConfig, hydra_cfg: DictConfig, multirun: bool) -> None:
 def main(cfg: DictConfig) -> dict[str, Any] | None:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    quiet_lightning()
+    quiet_lightning(banners=True)
     set_threads(cfg, hydra_cfg, multirun)
     # A saturated recurrent cell (tanh/sigmoid at ±1) makes gradients of ~1e-40, which CPUs
     # compute in microcode: flushed to zero, such a run trains ~5x faster (issue 35, item 9).

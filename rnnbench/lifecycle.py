@@ -5,13 +5,11 @@ make it `diverged`, and leaving nothing behind when it is refused while being bu
 from __future__ import annotations
 
 import hashlib
-import logging
 import math
 import os
 import shutil
 import signal
 import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,26 +37,8 @@ from rnnbench.sweep import (
 )
 from rnnbench.trial import STUDY_ENV
 
+
 # What Lightning says about choices the harness makes on purpose, on every run that makes them.
-EXPECTED_NOTES = (
-    r".*smaller than the logging interval",  # the default log_every_n_steps over small data
-    r"Checkpoint directory .* exists and is not empty",  # a resume put its checkpoint there
-    r"The dirpath has changed from",  # a resume from another folder's checkpoint
-    r"`training_step` returned `None`",  # a non-finite loss's step is skipped: it diverged
-    r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # Lightning's own, on newer torch
-)
-
-
-def quiet_lightning() -> None:
-    """A run's console is its progress and our summary: Lightning's INFO lines (accelerator
-    banners, a logger advert, 'Restoring states ...') go, and so do its notes on what the
-    harness does on purpose (EXPECTED_NOTES); every other warning stays."""
-    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    for note in EXPECTED_NOTES:
-        warnings.filterwarnings("ignore", message=note)
-
-
 def is_rank_zero() -> bool:
     """False in the extra processes Lightning's DDP launcher starts: they train, never record."""
     return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
 from torch import nn
 
-from rnnbench.callbacks import EpochMetricsCSV, Throughput
+from rnnbench.callbacks import EpochMetricsCSV, Throughput, quiet_lightning
 from rnnbench.checkpoints import (
     AtomicCheckpointIO,
     ResumeCheckpoint,
@@ -39,7 +39,6 @@ from rnnbench.lifecycle import (
     hold_stop_signals,
     interrupt_on_stop_signals,
     is_rank_zero,
-    quiet_lightning,
     restore_signals,
     reuse,
 )
@@ -137,7 +136,7 @@ def run(
     """
     run_dir = Path(run_dir).resolve()
     check_config(cfg)
-    quiet_lightning()
+    quiet_lightning(banners=True)
     record = new_record(OmegaConf.to_container(cfg, resolve=True), run_dir, overrides or [])
     check_run_folder(run_dir, record["run_key"])
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
+import shlex
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -241,14 +245,37 @@ def test_a_resumed_runs_progress_lines_time_this_process_only(tmp_path, capsys):
     assert min(rates) >= 0.99 / took, (rates, took)
 
 
-def test_a_default_run_prints_its_summary_and_little_else(tmp_path):
+REPO = Path(__file__).resolve().parent.parent
+
+
+def make_run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    """`make run ARGS=...` from the repo root as the README shows it, with this test's Python
+    environment as the Makefile's VENV; -o: never reinstall it (the stamp is taken as made)."""
+    venv = Path(sys.executable).parent.parent
+    runs = tmp_path / "runs"
+    make = ["make", "--no-print-directory", "-o", f"{venv}/.installed", "run", f"VENV={venv}"]
+    make.append("ARGS=" + shlex.join([*args, f"results_root={runs}"]))
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    env.pop("RNNBENCH_RUNS_DIR", None)
+    return subprocess.run(make, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("how", ["rnnbench", "make run"])
+def test_a_default_run_prints_its_summary_and_little_else(how, tmp_path):
     """The default logger (W&B, offline) and trainer: progress, our summary with the W&B sync
-    hint, and no banners, adverts or warnings from Lightning or W&B."""
-    done = rnnbench_cli([*TINY_REBER_RUN, "trainer.enable_progress_bar=false"], cwd=tmp_path)
+    hint, and no banners, adverts or warnings from Lightning or W&B. `make run` adds the line
+    naming the command it runs."""
+    args = [*TINY_REBER_RUN, "trainer.enable_progress_bar=false"]
+    if how == "make run":
+        done = make_run(args, tmp_path)
+    else:
+        done = rnnbench_cli(args, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     printed = (done.stdout + done.stderr).splitlines()
     besides_progress = [line for line in printed if not line.startswith("epoch ")]
-    assert len(besides_progress) <= 16, "\n".join(printed)
+    assert len(besides_progress) <= 15 + (how == "make run"), "\n".join(printed)
+    [record] = [json.loads(p.read_text()) for p in (tmp_path / "runs").rglob("result.json")]
+    assert record["status"] == "completed"
     for noise in ("GPU available", "TPU available", "Tip", "wandb:", "Restoring states"):
         assert not any(noise in line for line in printed), (noise, "\n".join(printed))
     assert "warning" not in done.stderr.lower(), done.stderr
