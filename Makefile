@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # `torch>=2.4` itself (install the torch you want into .venv first to choose the build).
 TORCH_WHEEL := $(firstword $(wildcard /opt/wheels/torch-2.13.0+cpu-*.whl))
 
-.PHONY: run test test-all lint bench browser clean
+.PHONY: run test test-all lint bench browser slurm clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,13 @@ browser:
 	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }
+
+# Sweeps on a real SLURM cluster: `.ci/slurm-up` starts a single-node one on this machine
+# (installing Debian's slurm-wlm and munge when missing, as root or with sudo; `.ci/slurm-down`
+# stops it), then tests/test_slurm.py runs its sweeps there. `.ci/run` starts it before `make test`.
+slurm: $(STAMP)
+	.ci/slurm-up
+	@$(PY) -m pytest tests/test_slurm.py $(PYTEST_ARGS)
 
 # Timings of rnnbench's own machinery (python -m rnnbench.bench --help); ARGS picks sections.
 bench: $(STAMP)

@@ -61,13 +61,14 @@ def data_dir() -> Path:
 
 
 def nothing_may_skip() -> bool:
-    """Under CI (CI=true, or RNNBENCH_REQUIRE_DATA=1) a missing data file or browser fails
-    its test: CI can never pass by skipping."""
+    """Under CI (CI=true, or RNNBENCH_REQUIRE_DATA=1) a missing data file, browser or SLURM
+    cluster fails its test: CI can never pass by skipping."""
     return os.environ.get("CI") == "true" or os.environ.get("RNNBENCH_REQUIRE_DATA") == "1"
 
 
 MISSING_DATA = "not under RNNBENCH_DATA_DIR"
 MISSING_BROWSER = "`make browser` installs it"
+MISSING_SLURM = "`make slurm` starts one"
 
 
 def skip_or_fail(message: str) -> None:
@@ -94,6 +95,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
         return sum(text in str(getattr(r, "longrepr", "")) for r in skipped)
 
     data, browser = count(MISSING_DATA), count(MISSING_BROWSER)
+    slurm = count(MISSING_SLURM)
     config.stash[LAST_WORDS] = [
         *(
             [
@@ -106,6 +108,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
         *(
             [f"rnnbench: {browser} tests skipped for want of Chromium: `make browser` installs it"]
             if browser
+            else []
+        ),
+        *(
+            [
+                f"rnnbench: {slurm} tests skipped for want of a SLURM cluster: `make slurm` "
+                f"starts a single-node one here (.ci/slurm-up) and runs them"
+            ]
+            if slurm
             else []
         ),
     ]

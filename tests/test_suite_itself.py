@@ -1,5 +1,6 @@
-"""The suite as `make test` runs it: a test that needs a missing data file is skipped, and the
-run ends by saying how many were and how to run them; under CI=true it fails instead."""
+"""The suite as `make test` runs it: a test that needs a missing data file (or the SLURM tests,
+without a cluster) is skipped, and the run ends by saying how many were and how to run them;
+under CI=true it fails instead."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 from conftest import REPO
 
 ONE = "tests/test_data.py::test_local_file_failing_its_checksum_is_never_used"
+SLURM = "tests/test_slurm.py"
 
 
 def pytest_without_data(tmp_path, **env: str) -> subprocess.CompletedProcess:
@@ -35,3 +37,30 @@ def test_a_skip_for_missing_data_is_said_last_and_fails_under_ci(tmp_path):
     ci = pytest_without_data(tmp_path, CI="true")
     assert ci.returncode == 1, ci.stdout[-2000:]
     assert "not under RNNBENCH_DATA_DIR" in ci.stdout
+
+
+def test_no_slurm_cluster_skips_its_module_in_one_line_and_fails_under_ci(tmp_path):
+    def pytest_without_slurm(**env: str) -> subprocess.CompletedProcess:
+        environ = {k: v for k, v in os.environ.items() if k not in ("CI", "RNNBENCH_REQUIRE_DATA")}
+        environ |= {"PATH": str(tmp_path), **env}  # no sinfo, no scontrol
+        return subprocess.run(
+            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "0", SLURM],
+            cwd=REPO,
+            env=environ,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    here = pytest_without_slurm()
+    assert here.returncode == 5, here.stdout[-2000:]  # pytest's "no test collected": skipped
+    said = [line for line in here.stdout.splitlines() if line.startswith("SKIPPED")]
+    assert len(said) == 1 and "no SLURM cluster here" in said[0], here.stdout[-2000:]
+    last = here.stdout.strip().splitlines()[-1]
+    assert last.startswith("rnnbench: 1 tests skipped for want of a SLURM cluster"), last
+    assert "make slurm" in last
+
+    ci = pytest_without_slurm(CI="true")
+    assert ci.returncode == 1, ci.stdout[-2000:]
+    assert "no SLURM cluster here" in ci.stdout
+    assert "skipped" not in ci.stdout.splitlines()[-1]
