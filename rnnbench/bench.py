@@ -56,8 +56,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import ctypes
-import functools
 import json
 import logging
 import math
@@ -88,6 +86,7 @@ from rnnbench.cells import detach_state
 from rnnbench.cellspec import BASE_CELLS, GATED_CELLS
 from rnnbench.clipping import clip_global_norm_
 from rnnbench.config import check_config, compose
+from rnnbench.denormals import flush_denormal_everywhere
 from rnnbench.encoder_decoder import EncoderDecoder
 from rnnbench.errors import UserError, find_user_error
 from rnnbench.lifecycle import finish_wandb
@@ -1082,47 +1081,6 @@ DENORMAL_GOAL = 0.95
 DENORMAL_LOSS_RTOL = 1e-4
 DENORMAL_STEPS, DENORMAL_ROUNDS = 20, 10  # 200 steps each way, as the issue measured
 FLUSH_CONTENDERS = {"flush_on": True, "flush_off": False}
-TEAM_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
-
-
-@functools.lru_cache(maxsize=1)
-def openmp_parallel() -> Callable | None:
-    """GOMP_parallel (what `#pragma omp parallel` calls: run a function on every thread of a
-    team) of the OpenMP runtime loaded in this process, torch's; None where there is none."""
-    try:
-        maps = Path("/proc/self/maps").read_text().splitlines()
-    except OSError:  # not Linux
-        return None
-    names = ("libgomp", "libiomp", "libomp")
-    found = {p for line in maps if Path(p := line.split()[-1]).name.startswith(names)}
-    # torch's own first, should another package have brought a runtime of its own
-    for path in sorted(found, key=lambda p: not p.startswith(str(Path(torch.__file__).parent))):
-        with contextlib.suppress(OSError, AttributeError):
-            parallel = ctypes.CDLL(path).GOMP_parallel
-            parallel.argtypes = [TEAM_FN, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
-            parallel.restype = None
-            return parallel
-    return None
-
-
-def flushed_share() -> float:
-    """The share of a product split over all of torch's threads that denormals made zero: 1 when
-    every thread flushes them, 0 when none does."""
-    x = torch.full((65_536 * torch.get_num_threads(),), 1e-39)
-    return float((x * 1.0 == 0).float().mean())
-
-
-def flush_denormal_everywhere(on: bool) -> bool:
-    """Denormal floats flushed to zero (`on`) or kept, in this thread and on every thread of
-    torch's OpenMP team; whether every thread now does so. torch.set_flush_denormal sets the
-    calling thread's mode, and a team thread keeps the mode of the thread that made it: set
-    in this thread alone, the matmuls the team runs would go on as before."""
-    torch.set_flush_denormal(on)
-    parallel = openmp_parallel()
-    if parallel is not None:
-        each = TEAM_FN(lambda _: torch.set_flush_denormal(on))
-        parallel(each, None, torch.get_num_threads(), 0)
-    return flushed_share() == float(on)
 
 
 class FlushingLoop(PlainLoop):

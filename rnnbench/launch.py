@@ -20,6 +20,7 @@ from omegaconf import DictConfig, open_dict
 
 from rnnbench.callbacks import quiet_lightning
 from rnnbench.config import CONF_DIR
+from rnnbench.denormals import flush_denormal_everywhere
 from rnnbench.errors import find_user_error
 from rnnbench.lifecycle import is_rank_zero, sweep_group
 from rnnbench.pack import run_packed
@@ -48,9 +49,7 @@ def main(cfg: DictConfig) -> dict[str, Any] | None:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     quiet_lightning(banners=True)
     set_threads(cfg, hydra_cfg, multirun)
-    # A saturated recurrent cell (tanh/sigmoid at ±1) makes gradients of ~1e-40, which CPUs
-    # compute in microcode: flushed to zero, such a run trains ~5x faster (issue 35, item 9).
-    torch.set_flush_denormal(bool(cfg.get("flush_denormal", True)))
+    flush_denormal_everywhere(bool(cfg.get("flush_denormal", True)))
     if cfg.get("results_root"):
         # A relative results_root is the launching folder's, also where hydra.job.chdir=true
         # has moved the job into its run folder: reuse and resume look where runs are.

@@ -19,6 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from conftest import require_data
 from rnnbench import bench
 from rnnbench.bench import forward_flops, train_step_flops
+from rnnbench.denormals import flush_denormal_everywhere, flushed_share
 from rnnbench.model import SequenceModel
 
 TRAINING_SECTIONS = ["aggregate", "harness", "peak", "scratch", "loader", "denormal"]
@@ -128,16 +129,16 @@ def test_quick_pack_section_times_a_pack_against_a_lone_run(tmp_path):
 
 
 def test_flushing_reaches_every_thread_of_torchs_team():
-    """torch.set_flush_denormal sets the calling thread's mode; the bench sets its OpenMP team's
-    too, made before (here by a product over two threads), and sets it back."""
+    """torch.set_flush_denormal sets the calling thread's mode; a run (and the bench) sets its
+    OpenMP team's too, made before (here by a product over two threads), and sets it back."""
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        bench.flushed_share()  # the team exists, made with denormals kept
-        assert bench.flush_denormal_everywhere(True) and bench.flushed_share() == 1.0
-        assert bench.flush_denormal_everywhere(False) and bench.flushed_share() == 0.0
+        flushed_share()  # the team exists, made with denormals kept
+        assert flush_denormal_everywhere(True) and flushed_share() == 1.0
+        assert flush_denormal_everywhere(False) and flushed_share() == 0.0
     finally:
-        bench.flush_denormal_everywhere(False)
+        flush_denormal_everywhere(False)
         torch.set_num_threads(threads)
 
 
