@@ -39,6 +39,10 @@ EXPECTED_NOTES = (
     r"Checkpoint directory .* exists and is not empty",  # a resume put its checkpoint there
     r"The dirpath has changed from",  # a resume from another folder's checkpoint
     r"`training_step` returned `None`",  # a non-finite loss's step is skipped: it diverged
+    # No validation before the run ended (trainer.max_steps inside the first epoch, or
+    # limit_val_batches=0): the run tests its last.ckpt instead, and says so in its record.
+    r"`ModelCheckpoint\(monitor='val/.*could not find the monitored key",
+    r"ReduceLROnPlateau conditioned on metric val/.* which is not available",
     # trainer=ddp: the task modules log what a torchmetrics MeanMetric's compute() returns,
     # already reduced over all processes; sync_dist would reduce it a second time.
     r"It is recommended to use `self\.log\('(train|val|test)/",

@@ -43,6 +43,9 @@ def format_summary(record: dict[str, Any]) -> str:
         refs = [f"{k} {_fmt(v)}" for k, v in ours.items() if k.endswith(REFERENCE_SUFFIXES)]
         if "ppl" in ours and "ppl_optimal" in ours:
             refs.append(f"{ours['ppl'] / ours['ppl_optimal'] - 1:+.1%} vs optimum")
+        if not parts:  # the budget ended before it (a reference number alone says nothing)
+            lines.append((split, "not run"))
+            continue
         lines.append((split, ", ".join(parts) + (f"  ({'; '.join(refs)})" if refs else "")))
     timing = record.get("timing") or {}
     if timing:
