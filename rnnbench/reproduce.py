@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import filecmp
 import io
 import json
 import math
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
@@ -43,12 +45,15 @@ from rnnbench.record import (
     METRICS_FILE,
     RECORD_FILE,
     flatten,
+    identity,
     is_identity_key,
     iter_records,
+    read_record,
     repeat_key,
     write_json_atomic,
 )
 from rnnbench.report import positive  # argparse type: a whole number of at least 1
+from rnnbench.studies import STORAGE_FILES, StudyView, load_studies, storage_url
 from rnnbench.table import literal, load_reference, match_keys
 from rnnbench.tasks import direction
 
@@ -56,6 +61,8 @@ RESULTS_DIR = Path("results")
 # OUT/records/<recipe>/<run_key>/: a copy of each run record behind a row (result.json and
 # metrics.csv, no checkpoints), committed with the tables, so a fresh clone regenerates them.
 RECORDS_DIR = "records"
+# records/searches/<search>/: a search's study storage and its runs' records (the tuned rows)
+SEARCHES_DIR = "searches"
 TIMES_FILE = "recipe_times.csv"
 CSV_FILE = "reproduction.csv"
 BEGIN, END = "<!-- rnnbench-reproduce:begin -->", "<!-- rnnbench-reproduce:end -->"
@@ -331,8 +338,9 @@ def published(recipe: Recipe, metric: str, references: dict[str, Any]) -> float 
 
 
 def differences(recipe: Recipe, config: dict[str, Any]) -> list[str]:
-    """`key=value` for each setting of a run that is not the recipe's (seed aside)."""
-    want, have = flatten(recipe.config), flatten(config)
+    """`key=value` for each setting of a run that is not the recipe's (seed aside), as its
+    run_key sees them (record.identity: a key at its one fixed value is not a difference)."""
+    want, have = flatten(identity(recipe.config)), flatten(identity(config))
     keys = sorted(k for k in set(want) | set(have) if is_identity_key(k))
     return [f"{k}={have.get(k)}" for k in keys if want.get(k) != have.get(k)]
 
@@ -346,6 +354,8 @@ def collect(
     seen = set()  # one run found twice (under runs/ and its copy in results/records)
     for root in roots:
         for path, record in iter_records(root):
+            if SEARCHES_DIR in path.relative_to(root).parts[:-1]:
+                continue  # a search's trial or confirming run: the tuned rows' (searched_lines)
             name = (record.get("config") or {}).get("recipe")
             if name and record.get("status") in ("completed", "diverged"):
                 once = (record.get("run_key"), record.get("seed"), record.get("started"))
@@ -474,8 +484,95 @@ def commands_made(rows: Sequence[Row]) -> list[str]:
     return [*seen, "rnnbench-reproduce"]
 
 
-def render_page(source: Source, rows: Sequence[Row]) -> str:
-    """The generated block of one source's page."""
+def searched_budget(recipe: Recipe, view: StudyView) -> list[str]:
+    """What the confirming runs of `view` set other than the recipe and the searched keys
+    (their records' configurations): empty for the recipe's full budget."""
+    differs: set[str] = set()
+    for run_dir in view.confirm_dirs:
+        record = read_record(run_dir / RECORD_FILE)
+        differs |= {
+            d
+            for d in differences(recipe, record["config"])
+            if d.split("=", 1)[0] not in view.best_params
+        }
+    return sorted(differs)
+
+
+def searched_verdict(paper: float | None, mean: float | None, lower: bool, cut: list[str]) -> str:
+    if mean is None:
+        return "not confirmed yet"
+    if cut:
+        return "reduced budget: " + ", ".join(map(md_text, cut[:4]))
+    if paper is None:
+        return "no published number"
+    beats = mean < paper if lower else mean > paper
+    return "beats the paper" if beats else "**behind the paper**"
+
+
+def search_commands(views: Sequence[StudyView]) -> list[str]:
+    """The command of each search behind `views`, from its folder's multirun.yaml."""
+    commands = []
+    for folder in dict.fromkeys(v.folder for v in views if v.folder is not None):
+        try:
+            task = OmegaConf.load(folder / "multirun.yaml").hydra.overrides.task
+        except (OSError, ValueError, AttributeError):
+            continue
+        commands.append(portable("rnnbench -m " + " ".join(task)))
+    return commands
+
+
+def searched_lines(rows: Sequence[Row], views: Sequence[StudyView]) -> list[str]:
+    """The tuned rows: per study of a search around one of these recipes (one study per cell,
+    equal budgets), its best configuration's confirmed test mean ± std beside the paper and the
+    recipe as published; none when no study searched around these recipes."""
+    heads = {row.recipe.name: row for row in rows if row.metric == row.recipe.headline}
+    mine = sorted(
+        ((heads[v.recipe], v) for v in views if v.recipe in heads), key=lambda p: p[0].recipe.order
+    )
+    if not mine:
+        return []
+    out = [
+        "## Tuned by search: every cell the same budget",
+        "",
+        "Made by these commands (the searches; their studies and records are archived under "
+        f"`{RECORDS_DIR}/{SEARCHES_DIR}/`):",
+        "",
+        *(f"    {one_line(c)}" for c in search_commands([v for _, v in mine])),
+        "",
+        "Each cell's study searched the same space with the same number of trials and sampler "
+        "seed (`conf/hparams_search/`). Its best configuration by validation was trained again "
+        "with the seeds after the search's own: **searched** is those runs' test mean ± std, "
+        "never the best trial's own test score. *recipe*: the row above, the paper's settings. "
+        "*trained here*: the whole study, trials and confirming runs.",
+        "",
+        "| task | cell | metric | paper | recipe | searched | Δ | trials (pruned) | best val "
+        "| trained here | verdict |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for row, view in mine:
+        mean = statistics.fmean(view.confirmed) if view.confirmed else None
+        std = statistics.stdev(view.confirmed) if len(view.confirmed) > 1 else None
+        cut = searched_budget(row.recipe, view)
+        trials = f"{sum(view.states.values())} ({view.states.get('pruned', 0)})"
+        out.append(
+            f"| {row.recipe.task} | {row.recipe.label(str.upper)} | {row.metric} "
+            f"| {fmt(row.paper)} | {ours_text(row)} | {mean_text(mean, std, len(view.confirmed))} "
+            f"| {percent_change(mean, row.paper)} | {trials} | {fmt(view.best_value)} "
+            f"| {duration_text(view.train_hours)} "
+            f"| {searched_verdict(row.paper, mean, row.sign < 0, cut)} |"
+        )
+    return [*out, ""]
+
+
+def load_searches(out: Path) -> list[StudyView]:
+    """The studies archived under OUT/records/searches/."""
+    archive = out / RECORDS_DIR / SEARCHES_DIR
+    folders = sorted(f for f in archive.glob("*") if any((f / n).is_file() for n in STORAGE_FILES))
+    return load_studies(folders) if folders else []
+
+
+def render_page(source: Source, rows: Sequence[Row], views: Sequence[StudyView] = ()) -> str:
+    """The generated block of one source's page; `views`: the archived searches' studies."""
     full = [r for r in rows if r.budget == "full" and r.paper is not None]
     hit = sum(bool(r.within) for r in full)
     commands = "\n".join(f"    {one_line(c)}" for c in commands_made(rows))
@@ -508,7 +605,7 @@ def render_page(source: Source, rows: Sequence[Row]) -> str:
             "machine's).",
             "",
         ]
-    return "\n".join([*lines, END])
+    return "\n".join([*lines, *searched_lines(rows, views), END])
 
 
 def write_page(path: Path, block: str) -> None:
@@ -659,6 +756,36 @@ def carry_over(rows: Sequence[Row], path: Path) -> int:
     return carried
 
 
+def archive_searches(paths: Sequence[Path], out: Path) -> int:
+    """Copy each search folder's study storage, its multirun.yaml and its runs' records
+    (result.json, metrics.csv; checkpoints stay behind) into OUT/records/searches/<folder>/,
+    in the same study/trial layout, where the studies' view finds them (studies.locate). A
+    study goes on between copies: a file that changed is copied again. Returns how many files
+    were new or changed."""
+    copied = 0
+    for path in paths:
+        _, folder = storage_url(path)
+        if folder is None:
+            raise ReproduceError(
+                f"--searches {path}: give a search's folder (it holds {' or '.join(STORAGE_FILES)})"
+            )
+        target = out / RECORDS_DIR / SEARCHES_DIR / folder.resolve().name
+        if target.resolve() == folder.resolve():
+            continue  # already the archive
+        make_folder(target, "-o")
+        files = [folder / n for n in (*STORAGE_FILES, "multirun.yaml") if (folder / n).is_file()]
+        for record in folder.rglob(RECORD_FILE):
+            files += [p for p in (record, record.parent / METRICS_FILE) if p.is_file()]
+        for source in files:
+            dest = target / source.relative_to(folder)
+            if dest.is_file() and filecmp.cmp(source, dest, shallow=False):
+                continue
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, dest)
+            copied += 1
+    return copied
+
+
 def archive_records(rows: Sequence[Row], out: Path) -> int:
     """Copy each run record behind a row into OUT/records/<recipe>/<run_key>-<seed>/ (its
     result.json and metrics.csv; checkpoints stay behind). Returns how many were new."""
@@ -790,6 +917,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="also rewrite the table between the rnnbench-reproduce:readme markers of this file "
         "(README.md) from the CSV just written",
     )
+    parser.add_argument(
+        "--searches",
+        nargs="+",
+        type=Path,
+        metavar="FOLDER",
+        help="search folders (runs/searches/<name>, from rnnbench -m hparams_search=...) to "
+        f"archive under OUT/{RECORDS_DIR}/{SEARCHES_DIR}/; every archived search's studies "
+        "give the pages their tuned rows",
+    )
     parser.add_argument("--steps", type=int, default=10, help="steps timed per recipe (--time)")
     parser.add_argument(
         "--threads",
@@ -852,10 +988,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = collect(recipes, roots, read_times(args.out / TIMES_FILE))
         carried = carry_over(rows, args.out / CSV_FILE)
         archived = archive_records(rows, args.out)
+        archived_searches = archive_searches(args.searches or [], args.out)
+        views = load_searches(args.out)
         for name in sources:
             mine = [r for r in rows if r.recipe.source == name]
             page = args.out / SOURCES[name].page
-            write_page(page, render_page(SOURCES[name], mine))
+            write_page(page, render_page(SOURCES[name], mine, views))
             print(f"wrote {page}")
         lines = csv_lines(rows, read_csv(args.out / CSV_FILE))
         write_csv(args.out / CSV_FILE, lines)
@@ -871,6 +1009,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "not_run": sum(r.budget == "not run" for r in rows),
             "carried_over": carried,
             "records_archived": archived,
+            "search_files_archived": archived_searches,
+            "studies": len(views),
         }
         print(json.dumps(summary))
         return 0

@@ -49,6 +49,9 @@ class StudyView:
     confirm_seeds: list[int]
     train_hours: float  # the trials' and confirming runs' training time
     importance: dict[str, float] = field(default_factory=dict)
+    recipe: str | None = None  # the conf/experiment recipe the study searched around, if any
+    confirm_dirs: list[Path] = field(default_factory=list)  # the confirming runs' folders
+    folder: Path | None = None  # the search's folder, when it was given as one
 
 
 def storage_url(path: str | Path) -> tuple[str, Path | None]:
@@ -131,17 +134,19 @@ def view_study(study: Any, folder: Path | None) -> StudyView:
     states = Counter(t.state.name.lower() for t in trials if not t.user_attrs.get("requeued"))
     values = [t.value for t in trials if t.state.name == "COMPLETE" and t.value is not None]
     seen: set[Path] = set()
-    seconds, cell = 0.0, None
+    seconds, cell, recipe = 0.0, None, None
     for t in trials:
         run_dir = locate(t.user_attrs.get("run_dir"), folder)
         record = read(run_dir)
         if record and run_dir not in seen:
             seen.add(run_dir)
             seconds += train_seconds(record)
-            cell = cell or (record.get("config") or {}).get("model", {}).get("cell")
+            config = record.get("config") or {}
+            cell = cell or config.get("model", {}).get("cell")
+            recipe = recipe or config.get("recipe")
     best = best_trial(study)
     confirmed_attr = study.user_attrs.get("confirmed") or {}
-    confirmed, headline = [], None
+    confirmed, headline, confirm_dirs = [], None, []
     if best is not None and confirmed_attr.get("trial") == best.number:
         for run_dir in confirmed_attr.get("run_dirs", []):
             where = locate(run_dir, folder)
@@ -149,6 +154,7 @@ def view_study(study: Any, folder: Path | None) -> StudyView:
             if record is None or where in seen:
                 continue
             seen.add(where)
+            confirm_dirs.append(where)
             seconds += train_seconds(record)
             headline = headline or record.get("headline")
             value = (record.get("metrics") or {}).get(headline)
@@ -169,6 +175,9 @@ def view_study(study: Any, folder: Path | None) -> StudyView:
         confirm_seeds=list(confirmed_attr.get("seeds", [])) if confirmed else [],
         train_hours=seconds / 3600,
         importance=importance(study),
+        recipe=recipe,
+        confirm_dirs=confirm_dirs,
+        folder=folder,
     )
 
 

@@ -360,3 +360,45 @@ def test_one_source_keeps_the_other_sources_rows(tmp_path):
     assert set(after) == set(before)
     others = {k for k in before if k[0] != "tcn"}
     assert others and all(after[k] == before[k] for k in others)
+
+
+def test_a_search_gives_tuned_rows_that_survive_the_search_folder(tmp_path):
+    """A real (tiny) equal-budget search around a recipe: rnnbench-reproduce --searches archives
+    its study and records and adds a tuned row, the confirming runs' test mean ± std beside the
+    paper; the trials never stand in for the recipe's own row; and the archive alone, the
+    search's folder gone, gives the same row."""
+    from conftest import rnnbench_cli
+
+    require_data("poly_music/JSB_Chorales.mat")
+    tiny = ["trainer.max_epochs=1", *(f"trainer.limit_{s}_batches=2" for s in ("train", "val"))]
+    args = ["-m", "hparams_search=jsb", "experiment=tcn/jsb_lstm", "hydra.sweeper.n_trials=2"]
+    args += ["hydra.sweeper.confirm_seeds=2", "hydra.sweeper.pruner=null", "threads=1"]
+    args += [*tiny, "trainer.limit_test_batches=2", "logger=none"]
+    searched = rnnbench_cli([*args, "trainer.enable_progress_bar=false"], cwd=tmp_path)
+    assert searched.returncode == 0, searched.stderr[-3000:]
+    search = tmp_path / "runs" / "searches" / "jsb"
+    confirming = [json.loads(p.read_text()) for p in search.rglob("confirm-*/result.json")]
+    assert sorted(r["seed"] for r in confirming) == [1235, 1236]
+    tests = [r["metrics"]["test/nll"] for r in confirming]
+    mean, std = sum(tests) / 2, abs(tests[0] - tests[1]) / 2**0.5
+
+    out = tmp_path / "out"
+    run = ["runs", "-o", str(out), "--source", "tcn"]
+    assert main([*run, "--searches", str(search)]) == 0
+    page = (out / SOURCES["tcn"].page).read_text()
+    [row] = [
+        line for line in page.splitlines() if line.startswith("| jsb | LSTM") and "(0)" in line
+    ]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:4] == ["jsb", "LSTM", "test/nll", "8.45"]
+    assert cells[5] == f"{mean:.2f} ± {std:.2g} (2 seeds)"
+    assert cells[7] == "2 (0)"  # trials (pruned)
+    assert cells[-1].startswith("reduced budget: trainer.limit_test_batches=2")
+    recipe_row = next(line for line in page.splitlines() if line.startswith("| jsb | LSTM"))
+    assert "| not run" in recipe_row  # the trials and confirming runs are not the recipe's runs
+    assert (out / "records" / "searches" / "jsb" / "journal.log").is_file()
+
+    shutil.rmtree(tmp_path / "runs")  # the archive alone
+    (tmp_path / "runs").mkdir()
+    assert main(run) == 0
+    assert row in (out / SOURCES["tcn"].page).read_text().splitlines()
