@@ -9,6 +9,7 @@ Write the fixture (only from a commit whose keys are the reference): python test
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 import subprocess
@@ -23,6 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from rnnbench.config import CONF_DIR, compose
 from rnnbench.record import run_key
+from rnnbench.schema import GROUPS as GROUPS_CHECKED
+from rnnbench.schema import RunSchema, schema_for, schema_problem, value_checks
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE = Path(__file__).parent / "data" / "run_keys.json"
@@ -142,3 +145,54 @@ def write_fixture() -> None:
 
 if __name__ == "__main__":
     sys.exit(write_fixture())
+
+
+# The schema (rnnbench/schema.py) -------------------------------------------------------------
+
+
+def shipped_options() -> list[list[str]]:
+    return KINDS["recipes"]() + KINDS["options"]()
+
+
+def test_every_schema_field_is_a_key_of_the_options_it_describes():
+    """A schema holds no key its YAML lacks (but those marked in_conf=False, which a user may
+    add): a renamed key in conf/ cannot leave its check behind unnoticed."""
+    seen = set()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for overrides in shipped_options():
+            config = compose(overrides)
+            for group in (None, *GROUPS_CHECKED):
+                node = config if group is None else config.get(group)
+                if not isinstance(node, DictConfig):
+                    continue
+                schema = RunSchema if group is None else schema_for(group, node.get("_target_"))
+                if schema is None:
+                    continue
+                seen.add(schema)
+                for name, f in ((f.name, f) for f in dataclasses.fields(schema)):
+                    if f.metadata.get("in_conf", True):
+                        assert name in node, (overrides, group, name)
+    families = {s for fallback, more in GROUPS_CHECKED.values() for s in more}
+    assert families <= seen, families - seen  # every family describes a shipped option
+
+
+def test_a_bad_value_of_every_key_is_one_line_naming_key_value_and_what_is_allowed():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        config = compose(["data=multi30k", "optim=sgd", "scheduler=step"])
+    for dotted, check in value_checks(config).items():
+        bad = "abc" if check.kind is not str else 7
+        copy = config.copy()
+        OmegaConf.update(copy, dotted, bad, force_add=True)
+        line = schema_problem(copy)
+        assert line == f"{dotted}={bad!r} is {'unknown' if check.choices else 'not allowed'}: " + (
+            f"use {check.allowed()}"
+        )
+        assert "\n" not in line and check.allowed() in line
+
+
+def test_the_schemas_are_in_hydras_config_store():
+    from hydra.core.config_store import ConfigStore
+
+    groups = ConfigStore.instance().list("schema")
+    assert "run.yaml" in groups and set(GROUPS_CHECKED) <= set(groups)
+    assert "textcorpus.yaml" in ConfigStore.instance().list("schema/data")
