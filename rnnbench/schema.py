@@ -33,9 +33,12 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from rnnbench.cellspec import CELLS
+from rnnbench.errors import ConfigError
 
 IMPLS = ("fused", "scratch")
 GRU_RESETS = ("after", "before")
+# With model.tbptt: one optimizer step per sequence (its chunks' gradients summed), or one per
+# chunk (the state carried on, detached), as Williams & Peng's BPTT(h; h') and Lightning 1.x did.
 TBPTT_UPDATES = ("sequence", "chunk")
 ATTENTIONS = ("none", "additive", "dot")
 # What a completed run keeps of its checkpoints (checkpoints.drop_checkpoints says what each keeps).
@@ -220,6 +223,7 @@ class SyntheticSchema(DataSchema):
     )
     seq_len: int = count()
     train_size: int = count()
+    valid_size: int = count()
     test_size: int = count()
 
 
@@ -442,6 +446,17 @@ def value_checks(cfg: DictConfig) -> dict[str, Check]:
         if schema is not None:
             out.update(schema_checks(schema, f"{group}."))
     return out
+
+
+def check_arguments(schema: type, prefix: str, **values: Any) -> None:
+    """Raise ConfigError with the schema's one line for the first of `values` (a constructor's
+    arguments, named as in `schema`) outside what it may hold: a class built from Python, not
+    from a checked configuration, refuses a value as the command line does."""
+    checks = schema_checks(schema, prefix + ".")
+    for name, value in values.items():
+        problem = checks[f"{prefix}.{name}"].problem(f"{prefix}.{name}", value)
+        if problem:
+            raise ConfigError(problem)
 
 
 _ABSENT = object()
