@@ -201,8 +201,14 @@ class DataSchema:
 
 @dataclass
 class DownloadedSchema(DataSchema):
-    """A dataset read from RNNBENCH_DATA_DIR, fetched from its source when missing."""
+    """A dataset read from RNNBENCH_DATA_DIR, fetched from its source when missing; the listed
+    ones (polyphonic music, pixel MNIST, SST-2) have no checked keys beyond these."""
 
+    TARGETS: ClassVar[tuple[str, ...]] = (
+        "rnnbench.data.music.PolyphonicMusic",
+        "rnnbench.data.images.PixelMNIST",
+        "rnnbench.data.sst2.SST2",
+    )
     download: bool = key()
 
 
@@ -241,17 +247,6 @@ class ForecastingSchema(DownloadedSchema):
 
 
 @dataclass
-class ClassifiedSchema(DownloadedSchema):
-    """Polyphonic music, pixel MNIST, SST-2: no keys beyond the common ones are checked."""
-
-    TARGETS: ClassVar[tuple[str, ...]] = (
-        "rnnbench.data.music.PolyphonicMusic",
-        "rnnbench.data.images.PixelMNIST",
-        "rnnbench.data.sst2.SST2",
-    )
-
-
-@dataclass
 class PairsSchema(DataSchema):
     """Sequence-to-sequence pairs: translation and summarisation."""
 
@@ -280,7 +275,6 @@ class ModelSchema:
     """A recurrent model (conf/model/rnn.yaml); the last three keys are read by the
     encoder-decoder that sequence-to-sequence data builds instead."""
 
-    TARGETS: ClassVar[tuple[str, ...]] = ()  # every model target: one family
     cell: str = key(choices=CELLS)
     impl: str = key(choices=IMPLS)
     hidden_size: int = count()
@@ -361,7 +355,6 @@ class StepDecaySchema:
 
 @dataclass
 class TrainerSchema:
-    TARGETS: ClassVar[tuple[str, ...]] = ()
     max_epochs: int = count(also=(-1,), meaning="-1 = no limit")
     max_steps: int = count(also=(-1,), meaning="-1 = no limit")
     gradient_clip_val: float | None = rate(meaning="θ in g <- min(1, θ/‖g‖) g")
@@ -389,7 +382,7 @@ GROUPS: dict[str, tuple[type | None, tuple[type, ...]]] = {
             SyntheticSchema,
             TextCorpusSchema,
             ForecastingSchema,
-            ClassifiedSchema,
+            DownloadedSchema,
             PairsSchema,
             Multi30kSchema,
         ),
