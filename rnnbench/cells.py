@@ -15,11 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnbench.cellspec import CELL_SPECS, CELLS
-from rnnbench.errors import ConfigError, check_choice, check_positive_int
-
-IMPLS = ("fused", "scratch")
-GRU_RESETS = ("after", "before")
+from rnnbench.cellspec import CELL_SPECS
+from rnnbench.errors import ConfigError
+from rnnbench.schema import ModelSchema, check_arguments
 
 State = Tensor | tuple[Tensor, Tensor]
 
@@ -512,13 +510,16 @@ class RecurrentStack(nn.Module):
         gru_reset: str = "after",
     ) -> None:
         super().__init__()
-        check_choice("model.cell", cell, CELLS)
-        check_choice("model.impl", impl, IMPLS)
-        check_choice("model.gru_reset", gru_reset, GRU_RESETS)
-        check_positive_int("model.hidden_size", hidden_size)
-        check_positive_int("model.num_layers", num_layers)
-        if not 0.0 <= dropout < 1.0:
-            raise ConfigError(f"model.dropout={dropout} is not allowed: use a number in [0, 1)")
+        check_arguments(
+            ModelSchema,
+            "model",
+            cell=cell,
+            impl=impl,
+            gru_reset=gru_reset,
+            hidden_size=hidden_size,
+            num_layers=num_layers,
+            dropout=dropout,
+        )
         if impl == "fused" and cell == "gru" and gru_reset == "before":
             raise ConfigError(
                 "model.gru_reset=before needs model.impl=scratch: torch.nn.GRU "

@@ -28,11 +28,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from rnnbench.cells import RecurrentStack, State
-from rnnbench.errors import check_choice
 from rnnbench.model import set_forget_bias
+from rnnbench.schema import ModelSchema, check_arguments
 from rnnbench.tasks import PAD_ID
-
-ATTENTIONS = ("none", "additive", "dot")
 
 
 @dataclass
@@ -135,7 +133,7 @@ class EncoderDecoder(nn.Module):
         # model.tbptt (the source cannot be cut: the decoder starts from its final state) and
         # a teacher_forcing outside [0, 1] are refused with one line by config.check_config.
         del tbptt, tbptt_update
-        check_choice("model.attention", attention, ATTENTIONS)
+        check_arguments(ModelSchema, "model", attention=attention)
         emb_size = emb_size or hidden_size
         self.bos_id, self.eos_id = bos_id, eos_id
         self.attention, self.teacher_forcing, self.feed_context = (

@@ -49,9 +49,3 @@ def check_choice(key: str, value: object, allowed: tuple[str, ...]) -> None:
     """Raise ConfigError naming `key` unless `value` is one of `allowed`."""
     if value not in allowed:
         raise ConfigError(f"{key}={value!r} is unknown: use one of {', '.join(allowed)}")
-
-
-def check_positive_int(key: str, value: object) -> None:
-    """Raise ConfigError naming `key` unless `value` is an integer >= 1."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{key}={value} is not allowed: use an integer >= 1")

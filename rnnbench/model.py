@@ -12,12 +12,10 @@ from torch import Tensor, nn
 
 from rnnbench.cells import RecurrentStack, State, detach_state
 from rnnbench.cellspec import GATED_CELLS
-from rnnbench.errors import ConfigError, check_choice, check_positive_int
+from rnnbench.errors import ConfigError, check_choice
+from rnnbench.schema import ModelSchema, check_arguments
 
 READOUTS = ("all", "last")
-# With model.tbptt: one optimizer step per sequence (its chunks' gradients summed), or one per
-# chunk (the state carried on, detached), as Williams & Peng's BPTT(h; h') and Lightning 1.x did.
-TBPTT_UPDATES = ("sequence", "chunk")
 
 
 def set_forget_bias(stack: RecurrentStack, value: float) -> None:
@@ -84,14 +82,13 @@ class SequenceModel(nn.Module):
             )
         check_choice("readout", readout, READOUTS)
         self.readout = readout
+        check_arguments(ModelSchema, "model", tbptt=tbptt, tbptt_update=tbptt_update)
         if tbptt is not None:
-            check_positive_int("model.tbptt", tbptt)
             if bidirectional:
                 raise ConfigError(
                     "model.tbptt needs model.bidirectional=false: a backward "
                     "pass cannot be cut into chunks read forwards"
                 )
-        check_choice("model.tbptt_update", tbptt_update, TBPTT_UPDATES)
         if tbptt_update == "chunk" and readout == "last":
             raise ConfigError(
                 "model.tbptt_update=chunk needs an output at every step (language modelling, "

@@ -17,10 +17,11 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from rnnbench.config import CHECKS, CONF_DIR, compose, config_problem
+from rnnbench.config import CONF_DIR, compose, config_problem
 from rnnbench.errors import UserError
 from rnnbench.outputs import check_writable_folder
 from rnnbench.record import check_run_folder, run_key
+from rnnbench.schema import Check, value_checks
 
 # Values of a sweep checked one by one, each composed; beyond this many, the rest are checked
 # by type and range alone (a seed sweep of range(1000) need not compose a thousand times).
@@ -53,9 +54,10 @@ def one_line(message: str) -> str:
     return " ".join(parts)
 
 
-def sweep_variants(overrides: list[str]) -> list[list[str]]:
+def sweep_variants(overrides: list[str], checks: dict[str, Check]) -> list[list[str]]:
     """The overrides with each sweep narrowed to its first value, then, for every sweep, one
-    variant per further value (the others at their first): every value gets composed once."""
+    variant per further value (the others at their first): every value gets composed once, but
+    for the values beyond the first COMPOSED_SWEEP_VALUES of a key in `checks`."""
     parser = OverridesParser.create()
     parsed = parser.parse_overrides(overrides)
     first = first_values(overrides)
@@ -67,22 +69,23 @@ def sweep_variants(overrides: list[str]) -> list[list[str]]:
         for n, value in enumerate(override.sweep_string_iterator()):
             if n == 0:
                 continue
-            if n >= COMPOSED_SWEEP_VALUES and key in CHECKS:
+            if n >= COMPOSED_SWEEP_VALUES and key in checks:
                 continue  # checked by value below
             variants.append([*first[:i], f"{key}={value}", *first[i + 1 :]])
     return variants
 
 
-def leaf_sweep_problem(overrides: list[str]) -> str | None:
-    """Type and range of every value of a sweep over a plain key (seed=range(1000))."""
+def leaf_sweep_problem(overrides: list[str], checks: dict[str, Check]) -> str | None:
+    """Type and range of every value of a sweep over a plain key (seed=range(1000)), held to
+    `checks` (the schema of the configuration the sweep's first values compose to)."""
     parser = OverridesParser.create()
     for override in parser.parse_overrides(overrides):
         key = override.get_key_element()
-        if override.is_sweep_override() and key in CHECKS:
+        if override.is_sweep_override() and key in checks:
             sweep = override.value()
             ends = [sweep.start, sweep.end] if isinstance(sweep, IntervalSweep) else None
             for value in ends or override.sweep_iterator():
-                problem = CHECKS[key].problem(key, value)
+                problem = checks[key].problem(key, value)
                 if problem:
                     return problem
     return None
@@ -113,11 +116,13 @@ def check_command_line(argv: list[str], config_dir: str) -> str | None:
     if args.help or args.hydra_help or args.info or args.cfg or args.shell_completion:
         return None
     try:
-        problem = leaf_sweep_problem(args.overrides)
+        first = compose(first_values(args.overrides), return_hydra_config=True)
+        checks = value_checks(first)
+        problem = leaf_sweep_problem(args.overrides, checks)
         if problem:
             return problem
-        for n, overrides in enumerate(sweep_variants(args.overrides)):
-            cfg = compose(overrides, return_hydra_config=True)
+        for n, overrides in enumerate(sweep_variants(args.overrides, checks)):
+            cfg = first if n == 0 else compose(overrides, return_hydra_config=True)
             params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
             if params and args.multirun:
                 preset = first_values([f"{k}={v}" for k, v in params.items()])

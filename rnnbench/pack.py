@@ -425,7 +425,7 @@ def run_packed(
 ) -> list[Record]:
     """`rnnbench ... pack=K`: in a single run, K seeds packed in the run folder; in a
     multirun, this job's record, from its pack (`run_in_sweep`)."""
-    check_config(cfg)  # pack: a whole number >= 1 (config.CHECKS)
+    check_config(cfg)  # pack: a whole number >= 1 (schema.RunSchema)
     if multirun:
         return [run_in_sweep(cfg, hydra_cfg, group)]
     run_dir = Path(hydra_cfg.runtime.output_dir)

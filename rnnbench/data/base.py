@@ -13,7 +13,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from rnnbench.errors import DataError, check_positive_int
+from rnnbench.errors import DataError
+from rnnbench.schema import DataSchema, check_arguments
 from rnnbench.tasks import TaskKind, kind_of
 
 SPLITS = ("train", "valid", "test")
@@ -119,9 +120,7 @@ class SequenceDataModule(pl.LightningDataModule):
         self, name: str, batch_size: int, eval_batch_size: int | None = None, seed: int = 0
     ) -> None:
         super().__init__()
-        check_positive_int("data.batch_size", batch_size)
-        if eval_batch_size is not None:
-            check_positive_int("data.eval_batch_size", eval_batch_size)
+        check_arguments(DataSchema, "data", batch_size=batch_size, eval_batch_size=eval_batch_size)
         self.name, self.seed = name, seed
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.splits: dict[str, Dataset] = {}

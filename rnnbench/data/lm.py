@@ -24,7 +24,8 @@ from rnnbench.data.base import (
     rank_and_world,
 )
 from rnnbench.data.fetch import ensure_file
-from rnnbench.errors import ConfigError, DataError, check_positive_int
+from rnnbench.errors import ConfigError, DataError
+from rnnbench.schema import TextCorpusSchema, check_arguments
 
 EOS = "<eos>"
 UNK = "<unk>"
@@ -108,7 +109,7 @@ class LMDataModule(SequenceDataModule):
         self, name: str, batch_size: int, eval_batch_size: int, bptt: int, unit: str = "word"
     ) -> None:
         super().__init__(name, batch_size, eval_batch_size)
-        check_positive_int("data.bptt", bptt)
+        check_arguments(TextCorpusSchema, "data", bptt=bptt)
         self.unit, self.bptt = unit, bptt
         self.vocab: Vocabulary | None = None
         self.rows: dict[str, torch.Tensor] = {}

@@ -29,8 +29,9 @@ from torch.utils.data import Dataset
 from rnnbench.data.base import SPLITS, SequenceDataModule, check_lines
 from rnnbench.data.fetch import ensure_file
 from rnnbench.data.lm import UNK, Vocabulary
-from rnnbench.errors import ConfigError, DataError, check_positive_int
+from rnnbench.errors import ConfigError, DataError
 from rnnbench.outputs import write_whole
+from rnnbench.schema import PairsSchema, check_arguments
 from rnnbench.tasks import PAD_ID
 from rnnbench.text_scores import corpus_bleu, corpus_rouge
 
@@ -154,14 +155,14 @@ class PairDataModule(SequenceDataModule):
         train_size: int | None = None,
     ) -> None:
         super().__init__(name, batch_size, eval_batch_size, seed)
-        check_positive_int("data.min_freq", min_freq)
-        for key, value in (
-            ("data.max_source_tokens", max_source_tokens),
-            ("data.max_target_tokens", max_target_tokens),
-            ("data.train_size", train_size),
-        ):
-            if value is not None:
-                check_positive_int(key, value)
+        check_arguments(
+            PairsSchema,
+            "data",
+            min_freq=min_freq,
+            max_source_tokens=max_source_tokens,
+            max_target_tokens=max_target_tokens,
+            train_size=train_size,
+        )
         self.min_freq, self.lowercase = min_freq, lowercase
         self.max_source_tokens, self.max_target_tokens = max_source_tokens, max_target_tokens
         self.train_size = train_size

@@ -13,7 +13,8 @@ from torch import Tensor
 
 from rnnbench.data.base import SPLITS, SequenceDataModule
 from rnnbench.data.fetch import DataFolder
-from rnnbench.errors import ConfigError, DataError, check_positive_int
+from rnnbench.errors import ConfigError, DataError
+from rnnbench.schema import ForecastingSchema, check_arguments
 
 
 def read_columns(path, columns: Sequence[str], relpath: str) -> Tensor:
@@ -82,8 +83,7 @@ class Forecasting(SequenceDataModule):
         mirror: str | None = None,
     ) -> None:
         super().__init__(name, batch_size, eval_batch_size, seed)
-        check_positive_int("data.lookback", lookback)
-        check_positive_int("data.horizon", horizon)
+        check_arguments(ForecastingSchema, "data", lookback=lookback, horizon=horizon)
         unknown = [t for t in targets if t not in columns]
         if unknown:
             raise ConfigError(

@@ -8,7 +8,8 @@ import math
 import torch
 
 from rnnbench.data.base import SequenceDataModule, TensorDictDataset
-from rnnbench.errors import ConfigError, check_positive_int
+from rnnbench.errors import ConfigError
+from rnnbench.schema import SyntheticSchema, check_arguments
 
 
 class GeneratedSplits(SequenceDataModule):
@@ -26,13 +27,14 @@ class GeneratedSplits(SequenceDataModule):
         seed: int,
     ) -> None:
         super().__init__(name, batch_size, eval_batch_size, seed)
-        for key, value in (
-            ("seq_len", seq_len),
-            ("train_size", train_size),
-            ("valid_size", valid_size),
-            ("test_size", test_size),
-        ):
-            check_positive_int(f"data.{key}", value)
+        check_arguments(
+            SyntheticSchema,
+            "data",
+            seq_len=seq_len,
+            train_size=train_size,
+            valid_size=valid_size,
+            test_size=test_size,
+        )
         self.seq_len = seq_len
         self.sizes = {"train": train_size, "valid": valid_size, "test": test_size}
 

@@ -1,0 +1,198 @@
+"""The configuration schema and the guard it was built under: every recipe, every option of every
+group and every configuration the README's commands run keeps the run_key it had when
+tests/data/run_keys.json was written, so the archived records (results/records) and a user's
+finished runs are still reused. A changed key fails here; a key that must change takes a tested
+one-time migration, not a rewritten fixture.
+
+Write the fixture (only from a commit whose keys are the reference): python tests/test_schema.py
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import IntervalSweep
+from omegaconf import DictConfig, OmegaConf
+
+from rnnbench.config import CONF_DIR, compose
+from rnnbench.record import run_key
+from rnnbench.schema import GROUPS as GROUPS_CHECKED
+from rnnbench.schema import RunSchema, schema_for, schema_problem, value_checks
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURE = Path(__file__).parent / "data" / "run_keys.json"
+GROUPS = ("data", "model", "optim", "scheduler", "trainer", "logger")
+
+
+def readme_commands() -> list[list[str]]:
+    """The overrides of every `rnnbench ...` command in the README's code blocks (a trailing
+    backslash continues a line; comments, `-m` and Hydra's own options dropped)."""
+    commands, pending = [], ""
+    for raw in (REPO / "README.md").read_text().splitlines():
+        line = pending + raw.strip()
+        pending = ""
+        if line.endswith("\\"):
+            pending = line[:-1] + " "
+            continue
+        if line.startswith("make run ARGS="):
+            line = "rnnbench " + shlex.split(line)[2].removeprefix("ARGS=")
+        if not line.startswith("rnnbench "):
+            continue
+        words = shlex.split(line, comments=True)[1:]
+        overrides = [w for w in words if not w.startswith(("-", "hydra.", "hydra/")) and w != "..."]
+        if "=" in " ".join(words) or not words:
+            commands.append(overrides)
+    return commands
+
+
+def values(override: str) -> list[str]:
+    """`key=v` for each value of a sweep (an interval: its low end); the override itself when
+    it is no sweep."""
+    (parsed,) = OverridesParser.create().parse_overrides([override])
+    if not parsed.is_sweep_override():
+        return [override]
+    key = parsed.get_key_element()
+    if isinstance(parsed.value(), IntervalSweep):
+        return [f"{key}={parsed.value().start}"]
+    return [f"{key}={v}" for v in parsed.sweep_string_iterator()]
+
+
+def key_of(config: DictConfig) -> str:
+    """run_key of a composed configuration, its `hydra` node (if any) left out."""
+    plain = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+    return run_key(OmegaConf.to_container(plain, resolve=True))
+
+
+def keys_of(command: list[str]) -> dict[str, str]:
+    """run_key of every single run a command line starts: every value of every sweep (the
+    preset's hydra.sweeper.params included), each once, the other sweeps at their first value."""
+    first = [values(o)[0] for o in command]
+    config = compose(first, return_hydra_config=True)
+    given = {o.split("=", 1)[0].lstrip("+~") for o in command}
+    preset = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    extra = [f"{k}={v}" for k, v in preset.items() if k not in given]
+    # Without a preset, the first run is the one just composed.
+    keys = {} if extra else {" ".join(first): key_of(config)}
+    choices = [values(o) for o in [*command, *extra]]
+    first = [c[0] for c in choices]
+    runs = [first] + [
+        [*first[:i], option, *first[i + 1 :]]
+        for i, options in enumerate(choices)
+        for option in options[1:]
+    ]
+    for overrides in runs:
+        name = " ".join(overrides)
+        if name not in keys:
+            keys[name] = key_of(compose(overrides))
+    return keys
+
+
+KINDS = {
+    "recipes": lambda: [
+        [f"experiment={p.relative_to(CONF_DIR / 'experiment').with_suffix('').as_posix()}"]
+        for p in sorted((CONF_DIR / "experiment").glob("*/*.yaml"))
+    ],
+    "options": lambda: [
+        [f"{g}={p.stem}"] for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))
+    ],
+    "readme": readme_commands,
+}
+
+
+def current_keys(kind: str) -> dict[str, str]:
+    """run_key of each configuration of one kind (KINDS), by its command line."""
+    keys: dict[str, str] = {}
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for command in KINDS[kind]():
+            keys.update(keys_of(command))
+    return keys
+
+
+# Three tests, not one: under pytest-xdist the ~140 composes share the workers.
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_every_recipe_option_and_readme_command_keeps_its_run_key(kind):
+    expected = json.loads(FIXTURE.read_text())["run_keys"][kind]
+    now = current_keys(kind)
+    assert len(now) >= 10
+    changed = {c: (k, expected.get(c)) for c, k in now.items() if expected.get(c) != k}
+    assert not changed, f"run_key changed (now, then): {changed}"
+
+
+def write_fixture() -> None:
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    FIXTURE.write_text(
+        json.dumps(
+            {
+                "note": f"run_keys computed by tests/test_schema.py at commit {commit}; "
+                "a key that changes needs a migration, not a new fixture",
+                "run_keys": {kind: current_keys(kind) for kind in KINDS},
+            },
+            indent=1,
+        )
+        + "\n"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(write_fixture())
+
+
+# The schema (rnnbench/schema.py) -------------------------------------------------------------
+
+
+def shipped_options() -> list[list[str]]:
+    return KINDS["recipes"]() + KINDS["options"]()
+
+
+def test_every_schema_field_is_a_key_of_the_options_it_describes():
+    """A schema holds no key its YAML lacks (but those marked in_conf=False, which a user may
+    add): a renamed key in conf/ cannot leave its check behind unnoticed."""
+    seen = set()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for overrides in shipped_options():
+            config = compose(overrides)
+            for group in (None, *GROUPS_CHECKED):
+                node = config if group is None else config.get(group)
+                if not isinstance(node, DictConfig):
+                    continue
+                schema = RunSchema if group is None else schema_for(group, node.get("_target_"))
+                if schema is None:
+                    continue
+                seen.add(schema)
+                for name, f in ((f.name, f) for f in dataclasses.fields(schema)):
+                    if f.metadata.get("in_conf", True):
+                        assert name in node, (overrides, group, name)
+    families = {s for fallback, more in GROUPS_CHECKED.values() for s in more}
+    assert families <= seen, families - seen  # every family describes a shipped option
+
+
+def test_a_bad_value_of_every_key_is_one_line_naming_key_value_and_what_is_allowed():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        config = compose(["data=multi30k", "optim=sgd", "scheduler=step"])
+    for dotted, check in value_checks(config).items():
+        bad = "abc" if check.kind is not str else 7
+        copy = config.copy()
+        OmegaConf.update(copy, dotted, bad, force_add=True)
+        line = schema_problem(copy)
+        assert line == f"{dotted}={bad!r} is {'unknown' if check.choices else 'not allowed'}: " + (
+            f"use {check.allowed()}"
+        )
+        assert "\n" not in line and check.allowed() in line
+
+
+def test_the_schemas_are_in_hydras_config_store():
+    from hydra.core.config_store import ConfigStore
+
+    groups = ConfigStore.instance().list("schema")
+    assert "run.yaml" in groups and set(GROUPS_CHECKED) <= set(groups)
+    assert "textcorpus.yaml" in ConfigStore.instance().list("schema/data")
