@@ -146,6 +146,19 @@ def reused_lines(found: list[tuple[Path, dict[str, Any]]]) -> list[str]:
     return lines
 
 
+def failed_lines(found: list[tuple[Path, dict[str, Any]]]) -> list[str]:
+    """One line per failed job of a sweep ((result.json path, record) pairs): its folder and
+    why, the error's line (a traceback's last), so that the reason reaches the shell that
+    launched the sweep, wherever the job ran."""
+    lines = []
+    for path, record in found:
+        if record.get("status") == "failed":
+            said = (record.get("error") or "no error recorded").strip().splitlines() or [""]
+            why = said[-1] if said[0].startswith("Traceback") else said[0]
+            lines.append(f"  failed {path.parent}: {why}")
+    return lines
+
+
 def record_stamps(sweep_dir: str | Path) -> dict[Path, int]:
     """The sweep's result.json files and their modification times (ns): taken as a sweep
     starts, they tell the jobs a relaunch found completed from the jobs it ran."""
@@ -166,9 +179,10 @@ def job_count(sweep_dir: str | Path) -> int | None:
 
 
 def print_summary(sweep_dir: str | Path, before: dict[Path, int] | None = None) -> Counter:
-    """Print the sweep's summary line, then a line per reused job naming its source. A job
-    whose completed record was already there, unchanged, before this launch (`before`,
-    record_stamps) counts as reused; a job without a record as not started."""
+    """Print the sweep's summary line, then a line per reused job naming its source and one per
+    failed job saying why. A job whose completed record was already there, unchanged, before
+    this launch (`before`, record_stamps) counts as reused; a job without a record as not
+    started."""
     found = list(iter_records(sweep_dir))
     kept = 0
     for path, record in found:
@@ -176,7 +190,7 @@ def print_summary(sweep_dir: str | Path, before: dict[Path, int] | None = None) 
         if stamp is not None and not record.get("reused_from"):
             kept += stamp == path.stat().st_mtime_ns
     line, counts = summarize([r for _, r in found], job_count(sweep_dir), kept, _lost)
-    print("\n".join([line, *reused_lines(found)]), flush=True)
+    print("\n".join([line, *reused_lines(found), *failed_lines(found)]), flush=True)
     return counts
 
 

@@ -117,6 +117,10 @@ def test_a_failing_slurm_job_fails_the_sweep_in_one_line(tmp_path):
     [record] = records(tmp_path / "runs")
     assert record["status"] == "failed"
     assert "model.bidirectional=true is not allowed" in record["error"]
+    # Why, in the submitting shell too, under the summary line.
+    [why] = [line for line in result.stdout.splitlines() if line.startswith("  failed ")]
+    folder = Path(record["run_dir"]).relative_to(tmp_path)  # as the sweep's folder is given
+    assert why.startswith(f"  failed {folder}: model.bidirectional=true is not allowed"), why
     # Why, in the job's own stderr in submitit's folder.
     [err] = submitit_logs(Path(record["run_dir"]).parent, "err").values()
     failed = [line for line in err.splitlines() if line.startswith("rnnbench: job 0 failed: ")]

@@ -6,6 +6,7 @@ import json
 import signal
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
@@ -115,6 +116,13 @@ def test_one_failing_job_does_not_stop_the_sweep(tmp_path):
     failed = [r for r in records(tmp_path / "runs") if r["status"] == "failed"]
     assert len(failed) == 2 and all("bidirectional=true" in r["error"] for r in failed)
     assert "rnnbench: job 1 failed: model.bidirectional=true" in result.stderr
+    # Under the summary line, each failed job's folder and why (a SLURM job's stderr is not
+    # the shell's).
+    why = [line for line in result.stdout.splitlines() if line.startswith("  failed ")]
+    expected = [
+        f"  failed {Path(r['run_dir']).relative_to(tmp_path)}: {r['error']}" for r in failed
+    ]
+    assert sorted(why) == sorted(expected)  # the folders as the sweep's is given: relative
 
 
 def test_a_job_slurm_ended_without_a_result_is_counted_and_its_end_seen(monkeypatch):
