@@ -115,8 +115,10 @@ class LostJob(JobReturn):
     def line(self, job_num: int) -> str:
         """One line for the submitting shell: which job, how SLURM ended it, where its log is."""
         why = f": {self.reason}" if self.reason else ""
+        # A job that raised may end before SLURM's state says so: then no state is named.
+        state = f" {self.state}" if self.state in ENDED else ""
         return (
-            f"rnnbench: job {job_num} (SLURM job {self.job_id}) ended {self.state} without a "
+            f"rnnbench: job {job_num} (SLURM job {self.job_id}) ended{state} without a "
             f"result{why} (its log: {self.log})"
         )
 
