@@ -22,7 +22,7 @@ from rnnbench.callbacks import quiet_lightning
 from rnnbench.config import CONF_DIR
 from rnnbench.denormals import flush_denormal_everywhere
 from rnnbench.errors import find_user_error
-from rnnbench.lifecycle import is_rank_zero, sweep_group
+from rnnbench.lifecycle import is_rank_zero, pass_on_stop_signal, sweep_group
 from rnnbench.pack import run_packed
 from rnnbench.summary import format_pack_summary, format_summary, show
 from rnnbench.sweep import (
@@ -72,6 +72,8 @@ def main(cfg: DictConfig) -> dict[str, Any] | None:
         label = f"job {hydra_cfg.job.num}" if multirun else "run"
         print(f"rnnbench: {label} interrupted (record in {where})", file=sys.stderr)
         if multirun:
+            # A SLURM job warned of its end (USR2) is requeued, to go on from its last.ckpt.
+            pass_on_stop_signal()
             end_interrupted_job(hydra_cfg.sweep.dir)
         sys.exit(stop_exit_code())
     except Exception as e:

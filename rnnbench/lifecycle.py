@@ -18,9 +18,11 @@ import pytorch_lightning as pl
 import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
+from lightning_fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from rnnbench.checkpoints import AtomicCheckpointIO
 from rnnbench.errors import ConfigError, find_user_error
 from rnnbench.record import (
     RECORD_FILE,
@@ -32,9 +34,7 @@ from rnnbench.record import (
     read_record,
     write_json_atomic,
 )
-from rnnbench.sweep import (
-    note_stop,
-)
+from rnnbench.sweep import note_stop, stopped_by
 from rnnbench.trial import STUDY_ENV
 
 
@@ -307,6 +307,17 @@ def check_device(trainer_cfg: DictConfig) -> None:
         )
 
 
+def trainer_plugins() -> list:
+    """The Trainer's plugins, for lone and packed runs: checkpoints written atomically, and in
+    a SLURM job Lightning's SLURM environment without its auto-requeue, whose own signal
+    handler (SIGUSR1) would save and requeue beside submitit's (USR2, lifecycle's
+    pass_on_stop_signal)."""
+    plugins: list = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    return plugins
+
+
 def discard_unused_folder(run_dir: Path) -> None:
     """Remove `run_dir` when it holds nothing but what Hydra wrote at launch (.hydra/, the
     job's log): a refused run leaves no folder behind. A folder with anything else stays."""
@@ -338,7 +349,12 @@ def nonfinite_metrics(metrics: dict[str, Any]) -> str | None:
     return f"{', '.join(bad)} not finite" if bad else None
 
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# SIGUSR2: SLURM's warning that a job's time limit or a preemption is near (sbatch
+# --signal=USR2@N, as submitit asks for). The run stops as for SIGTERM, at once, so that its
+# record is written before the job is requeued and SLURM's SIGTERM and SIGKILL follow.
+WARNING_SIGNAL = signal.SIGUSR2
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, WARNING_SIGNAL)
+_outer_warning_handler: Any = None  # the USR2 handler in place before the run (submitit's)
 
 
 def _raise_interrupt(signum, frame) -> None:
@@ -348,9 +364,10 @@ def _raise_interrupt(signum, frame) -> None:
 
 
 def hold_stop_signals() -> None:
-    """Ignore SIGTERM and SIGINT while an interrupted run writes its record: the first stop
-    interrupts, and a repeated one (submitit's controller forwards the SIGTERM the sweep also
-    sends each job; a second Ctrl-C) must not cut the record short. Main thread only."""
+    """Ignore SIGTERM, SIGINT and SIGUSR2 while an interrupted run writes its record: the first
+    stop interrupts, and a repeated one (submitit's controller forwards the SIGTERM the sweep
+    also sends each job; a second Ctrl-C; SLURM's SIGTERM after its USR2) must not cut the
+    record short. Main thread only."""
     try:
         for sig in STOP_SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
@@ -359,17 +376,32 @@ def hold_stop_signals() -> None:
 
 
 def interrupt_on_stop_signals() -> dict[int, Any]:
-    """Make SIGTERM (a scheduler's or `kill`'s polite stop) end the run like Ctrl-C, so it is
-    recorded as interrupted, and Ctrl-C do so even where the process was started with SIGINT
-    ignored (a background job of a script, a test runner's worker); returns the stop signals'
-    handlers to restore (none off the main thread)."""
+    """Make SIGTERM (a scheduler's or `kill`'s polite stop) and SIGUSR2 (SLURM's warning) end
+    the run like Ctrl-C, so it is recorded as interrupted, and Ctrl-C do so even where the
+    process was started with SIGINT ignored (a background job of a script, a test runner's
+    worker); returns the stop signals' handlers to restore (none off the main thread)."""
+    global _outer_warning_handler
     try:
         previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
         for sig in STOP_SIGNALS:
             signal.signal(sig, _raise_interrupt)
     except ValueError:  # signal handlers can only be set from the main thread
         return {}
+    _outer_warning_handler = previous[WARNING_SIGNAL]
     return previous
+
+
+def pass_on_stop_signal() -> None:
+    """Once an interrupted run is recorded: when SLURM's USR2 stopped it, call the handler that
+    was in place before the run, submitit's in a SLURM job, which requeues the job (unless it
+    timed out more than max_num_timeout times: then it raises UncompletedJobError, and submitit
+    reports the job over). Returns when the job was requeued or there is no such handler."""
+    if stopped_by() != WARNING_SIGNAL or not callable(_outer_warning_handler):
+        return
+    try:
+        _outer_warning_handler(WARNING_SIGNAL, None)
+    except SystemExit:  # submitit's way out after a requeue; the caller ends the process
+        pass
 
 
 def restore_signals(previous: dict[int, Any]) -> None:

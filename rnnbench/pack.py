@@ -57,6 +57,7 @@ from rnnbench.lifecycle import (
     hold_stop_signals,
     nonfinite_metrics,
     reuse,
+    trainer_plugins,
 )
 from rnnbench.module import SPLITS, TASKS, RecurrentTask
 from rnnbench.packed import PackedSequenceModel
@@ -557,7 +558,7 @@ def build_pack(
         logger=False,
         callbacks=callbacks,
         default_root_dir=str(pack_dir),
-        plugins=[AtomicCheckpointIO()],
+        plugins=trainer_plugins(),
         gradient_clip_val=None,  # clipped per member by the task
         enable_checkpointing=False,
     )

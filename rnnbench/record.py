@@ -161,6 +161,7 @@ class Record(TypedDict, total=False):
     decoding: Decoding  # sequence-to-sequence runs only
     packed_with: dict[str, Any]  # trained in a pack (`pack=K`): its folder, size, members
     pruned: dict[str, Any]  # a search's pruned trial: the epoch it stopped after, its value
+    requeued: int  # a SLURM job's: how many times SLURM requeued it (a time limit, a preemption)
 
 
 def now_iso() -> str:
@@ -168,7 +169,9 @@ def now_iso() -> str:
 
 
 def new_record(config: dict[str, Any], run_dir: Path, overrides: Iterable[str] = ()) -> Record:
-    """The record of a run about to start: `failed` until the run says otherwise."""
+    """The record of a run about to start: `failed` until the run says otherwise. In a SLURM
+    job that was requeued, it counts the requeues (`requeued`; not part of the run_key)."""
+    requeued = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
     return {
         "schema": SCHEMA,
         "status": "failed",
@@ -189,7 +192,7 @@ def new_record(config: dict[str, Any], run_dir: Path, overrides: Iterable[str] =
         "error": None,
         "notes": [],
         "run_dir": str(run_dir),
-    }
+    } | ({"requeued": requeued} if requeued else {})
 
 
 def read_record(path: str | Path) -> Record:

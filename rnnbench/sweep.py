@@ -38,18 +38,22 @@ def parallel_jobs(launcher_cfg: DictConfig | None, cores: int | None = None) -> 
 
 
 def summarize(
-    records: list[dict[str, Any]], jobs: int | None = None, found: int = 0
+    records: list[dict[str, Any]], jobs: int | None = None, found: int = 0, lost: int = 0
 ) -> tuple[str, Counter]:
     """One line: how many of the sweep's `jobs` completed, were reused (a copy of another
     run's record, or, `found` of them, already completed in their own folder before this
-    launch), were pruned by a search, diverged, failed, were interrupted, or never started."""
+    launch), were pruned by a search, diverged, failed, were interrupted, or never started.
+    `lost`: jobs the launcher saw end without a result (SLURM killed them); those that left no
+    record either count as failed."""
     counts = Counter(
         "reused" if r.get("reused_from") else r.get("status", "unknown") for r in records
     )
     counts["completed"] -= found
     counts["reused"] += found
     total = max(jobs or 0, len(records))
-    counts["not started"] = total - len(records)
+    unrecorded = total - len(records)
+    counts["failed"] += min(lost, unrecorded)
+    counts["not started"] = unrecorded - min(lost, unrecorded)
     order = ["completed", "reused", "pruned", "diverged", "failed", "interrupted", "not started"]
     parts = [f"{counts[k]} {k}" for k in order if counts[k]] or ["no runs"]
     return f"sweep: {total} jobs: " + ", ".join(parts), +counts
@@ -119,6 +123,14 @@ def stop_workers(sweep_dir: str | Path, grace_s: float = 60.0) -> None:
 _sweep_parent: int | None = None  # the pid of the process that launched this sweep, there
 _stopped_by: int | None = None  # the first signal that stopped this process: exit 128 + it
 _started: dict[Path, int] = {}  # record_stamps as the sweep started, in the sweep's process
+_lost = 0  # jobs of this sweep that ended without a result (rnnbench.slurm), in its process
+
+
+def note_lost_jobs(count: int) -> None:
+    """Count `count` more jobs of the sweep that ended without a result (SLURM cancelled or
+    killed them) for its summary."""
+    global _lost
+    _lost += count
 
 
 def reused_lines(found: list[tuple[Path, dict[str, Any]]]) -> list[str]:
@@ -131,6 +143,19 @@ def reused_lines(found: list[tuple[Path, dict[str, Any]]]) -> list[str]:
             wandb = record.get("wandb") or {}
             where = f" (W&B run {wandb['id']})" if wandb.get("id") else ""
             lines.append(f"  reused {path.parent}: copied from {record['reused_from']}{where}")
+    return lines
+
+
+def failed_lines(found: list[tuple[Path, dict[str, Any]]]) -> list[str]:
+    """One line per failed job of a sweep ((result.json path, record) pairs): its folder and
+    why, the error's line (a traceback's last), so that the reason reaches the shell that
+    launched the sweep, wherever the job ran."""
+    lines = []
+    for path, record in found:
+        if record.get("status") == "failed":
+            said = (record.get("error") or "no error recorded").strip().splitlines() or [""]
+            why = said[-1] if said[0].startswith("Traceback") else said[0]
+            lines.append(f"  failed {path.parent}: {why}")
     return lines
 
 
@@ -154,17 +179,18 @@ def job_count(sweep_dir: str | Path) -> int | None:
 
 
 def print_summary(sweep_dir: str | Path, before: dict[Path, int] | None = None) -> Counter:
-    """Print the sweep's summary line, then a line per reused job naming its source. A job
-    whose completed record was already there, unchanged, before this launch (`before`,
-    record_stamps) counts as reused; a job without a record as not started."""
+    """Print the sweep's summary line, then a line per reused job naming its source and one per
+    failed job saying why. A job whose completed record was already there, unchanged, before
+    this launch (`before`, record_stamps) counts as reused; a job without a record as not
+    started."""
     found = list(iter_records(sweep_dir))
     kept = 0
     for path, record in found:
         stamp = (before or {}).get(path.resolve())
         if stamp is not None and not record.get("reused_from"):
             kept += stamp == path.stat().st_mtime_ns
-    line, counts = summarize([r for _, r in found], job_count(sweep_dir), kept)
-    print("\n".join([line, *reused_lines(found)]), flush=True)
+    line, counts = summarize([r for _, r in found], job_count(sweep_dir), kept, _lost)
+    print("\n".join([line, *reused_lines(found), *failed_lines(found)]), flush=True)
     return counts
 
 
@@ -188,6 +214,11 @@ def note_stop(signum: int) -> None:
     global _stopped_by
     if _stopped_by is None:
         _stopped_by = signum
+
+
+def stopped_by() -> int | None:
+    """The signal that stopped this process, None while none has."""
+    return _stopped_by
 
 
 def stop_exit_code() -> int:
@@ -236,6 +267,7 @@ class SweepSummary(Callback):
     failed or was interrupted."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        global _lost
         launcher = config.hydra.get("launcher") or {}
         n_jobs = launcher.get("n_jobs")
         if n_jobs is not None and n_jobs == 0:
@@ -246,6 +278,7 @@ class SweepSummary(Callback):
             )
             sys.exit(2)
         quiet_submitit()
+        _lost = 0
         _started.clear()
         _started.update(record_stamps(config.hydra.sweep.dir))
         stop_sweep_on_signal(config.hydra.sweep.dir)

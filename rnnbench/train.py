@@ -20,7 +20,6 @@ from torch import nn
 
 from rnnbench.callbacks import EpochMetricsCSV, Throughput, quiet_lightning
 from rnnbench.checkpoints import (
-    AtomicCheckpointIO,
     ResumeCheckpoint,
     drop_checkpoints,
     keep_weights_only,
@@ -41,6 +40,7 @@ from rnnbench.lifecycle import (
     is_rank_zero,
     restore_signals,
     reuse,
+    trainer_plugins,
 )
 from rnnbench.module import TASKS
 from rnnbench.record import (
@@ -103,7 +103,7 @@ def build_training(
         logger=loggers or False,
         callbacks=[*extra_callbacks, *callbacks.all],
         default_root_dir=str(run_dir),
-        plugins=[AtomicCheckpointIO()],
+        plugins=trainer_plugins(),
         gradient_clip_val=None,  # the task clips (rnnbench.clipping), with the config's θ
     )
     record["env"] = environment(str(trainer.strategy.root_device), cfg.get("flush_denormal", True))

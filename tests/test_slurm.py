@@ -6,16 +6,30 @@ any folder is."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from conftest import MISSING_SLURM, TINY_REBER_RUN, nothing_may_skip, records, rnnbench_cli
+from conftest import (
+    MISSING_SLURM,
+    TINY_REBER_RUN,
+    nothing_may_skip,
+    popen,
+    records,
+    rnnbench_cli,
+    wait_for,
+)
 
 SMALL = ["logger=none", "trainer.enable_progress_bar=false", *TINY_REBER_RUN]
 ON_SLURM = ["-m", "hydra/launcher=slurm_cpu"]
+# SMALL for as many epochs as asked (~0.1 s each), on one thread as a one-CPU job has.
+LONG = [a for a in SMALL if not a.startswith("trainer.max_epochs=")] + ["threads=1"]
 
 
 def cluster_problem() -> str | None:
@@ -59,14 +73,14 @@ def submitit_logs(sweep_dir: Path, suffix: str) -> dict[str, str]:
 
 
 def test_a_sweep_runs_as_slurm_jobs_and_a_relaunch_reuses_every_one(tmp_path):
-    sweep = [*ON_SLURM, *SMALL, "seed=1,2,3,4"]
+    sweep = [*ON_SLURM, *SMALL, "seed=1,2"]
     first = rnnbench_cli(sweep, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "sweep: 4 jobs: 4 completed" in first.stdout  # in the submitting shell
+    assert "sweep: 2 jobs: 2 completed" in first.stdout  # in the submitting shell
     # A cluster without accounting (sacct refuses) costs no warning per status poll.
     assert "Bypassing sacct error" not in first.stdout + first.stderr
     made = records(tmp_path / "runs")
-    assert sorted(r["config"]["seed"] for r in made) == [1, 2, 3, 4]
+    assert sorted(r["config"]["seed"] for r in made) == [1, 2]
     assert all(r["status"] == "completed" for r in made)
     # Each job was given one CPU and bound to it: it sized torch's threads to that.
     assert {r["env"]["threads"] for r in made} == {1}
@@ -75,7 +89,7 @@ def test_a_sweep_runs_as_slurm_jobs_and_a_relaunch_reuses_every_one(tmp_path):
     # task, named by the SLURM job id, and it is the run's own summary.
     sweep_dir = Path(made[0]["run_dir"]).parent
     logs = submitit_logs(sweep_dir, "out")
-    assert len(logs) == 4, sorted(logs)
+    assert len(logs) == 2, sorted(logs)
     assert len({job.split("_")[0] for job in logs}) == 1  # one array
     for record in made:
         [job] = [job for job, log in logs.items() if f"{record['run_dir']}/result.json" in log]
@@ -84,9 +98,9 @@ def test_a_sweep_runs_as_slurm_jobs_and_a_relaunch_reuses_every_one(tmp_path):
 
     again = rnnbench_cli(sweep, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "sweep: 4 jobs: 4 reused" in again.stdout
+    assert "sweep: 2 jobs: 2 reused" in again.stdout
     reused = [r for r in records(tmp_path / "runs") if r.get("reused_from")]
-    assert len(reused) == 4
+    assert len(reused) == 2
     originals = {r["run_dir"]: r for r in made}
     assert sorted(r["reused_from"] for r in reused) == sorted(originals)
     for r in reused:
@@ -103,7 +117,82 @@ def test_a_failing_slurm_job_fails_the_sweep_in_one_line(tmp_path):
     [record] = records(tmp_path / "runs")
     assert record["status"] == "failed"
     assert "model.bidirectional=true is not allowed" in record["error"]
+    # Why, in the submitting shell too, under the summary line.
+    [why] = [line for line in result.stdout.splitlines() if line.startswith("  failed ")]
+    folder = Path(record["run_dir"]).relative_to(tmp_path)  # as the sweep's folder is given
+    assert why.startswith(f"  failed {folder}: model.bidirectional=true is not allowed"), why
     # Why, in the job's own stderr in submitit's folder.
     [err] = submitit_logs(Path(record["run_dir"]).parent, "err").values()
     failed = [line for line in err.splitlines() if line.startswith("rnnbench: job 0 failed: ")]
     assert len(failed) == 1 and "model.bidirectional=true is not allowed" in failed[0], err
+
+
+def epochs_done(run_dir: Path) -> int:
+    """The epochs in a run folder's metrics.csv (0 before it exists)."""
+    path = run_dir / "metrics.csv"
+    return len(path.read_text().splitlines()) - 1 if path.is_file() else 0
+
+
+def slurm_array(sweep_dir: Path) -> str:
+    """The SLURM job id of the array a sweep's jobs run in (from submitit's folder)."""
+    [array] = {
+        m.group(1)
+        for p in (sweep_dir / ".submitit").iterdir()
+        if (m := re.fullmatch(r"(\d+)_\d+", p.name))
+    }
+    return array
+
+
+def test_slurm_ending_jobs_ends_the_sweep_and_its_warning_requeues_to_resume_exactly(tmp_path):
+    """One sweep, two long jobs, ended by SLURM while they train. Job 0 is cancelled: the
+    sweep does not wait on it forever, but ends, names it in one line and counts it. Job 1 gets
+    USR2, what SLURM sends before a time limit (sbatch --signal=USR2@N) and on a preemption: it
+    records itself interrupted, submitit requeues it, and it goes on from its last.ckpt to the
+    metrics of an uninterrupted run. (One sweep for both: each SLURM sweep costs ~30 s.)"""
+    sweep = tmp_path / "sweep"
+    proc = popen(
+        [*ON_SLURM, *LONG, "trainer.max_epochs=2000,100", f"hydra.sweep.dir={sweep}"], tmp_path
+    )
+    try:
+        wait_for(lambda: epochs_done(sweep / "0") >= 2 and epochs_done(sweep / "1") >= 5, proc)
+        array = slurm_array(sweep)
+        subprocess.run(["scancel", f"{array}_0"], check=True)
+        # To the job's steps (the python process srun runs), not its batch shell, as --signal
+        # does.
+        subprocess.run(["scancel", "--signal=USR2", f"{array}_1"], check=True)
+        signalled = time.monotonic()
+    except BaseException:
+        proc.kill()
+        with contextlib.suppress(Exception):  # no job left behind on the cluster
+            subprocess.run(["scancel", slurm_array(sweep)])
+        raise
+
+    # The same run uninterrupted, outside SLURM, while job 1 waits to start again.
+    (tmp_path / "alone").mkdir()
+    alone = rnnbench_cli([*LONG, "trainer.max_epochs=100"], cwd=tmp_path / "alone")
+    assert alone.returncode == 0, alone.stderr[-3000:]
+
+    out, err = proc.communicate(timeout=300)
+    ended_s = time.monotonic() - signalled
+    assert proc.returncode == 1, err[-3000:]
+    assert "Traceback" not in out + err
+    assert "sweep: 2 jobs: 1 completed, 1 interrupted" in out
+    lost = [line for line in err.splitlines() if "without a result" in line]
+    assert len(lost) == 1, err[-3000:]
+    assert lost[0].startswith(f"rnnbench: job 0 (SLURM job {array}_0) ended CANCELLED "), lost
+    assert ended_s < 150, ended_s  # squeue is polled at least once a minute
+    cancelled = json.loads((sweep / "0" / "result.json").read_text())
+    assert cancelled["status"] == "interrupted" and "requeued" not in cancelled
+
+    [(requeued, uninterrupted)] = [
+        (json.loads((sweep / "1" / "result.json").read_text()), r)
+        for r in records(tmp_path / "alone" / "runs")
+    ]
+    assert requeued["status"] == "completed", requeued.get("error")
+    assert requeued["requeued"] == 1
+    assert requeued["resume"]["exact"] and requeued["resume"]["epoch"] >= 4
+    assert requeued["run_key"] == uninterrupted["run_key"]
+    assert requeued["metrics"] == uninterrupted["metrics"]
+    assert (sweep / "1" / "metrics.csv").read_text() == Path(
+        uninterrupted["run_dir"], "metrics.csv"
+    ).read_text()

@@ -6,11 +6,13 @@ import json
 import signal
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
 from conftest import TINY_REBER_RUN, popen, records, rnnbench_cli, wait_for
-from rnnbench.sweep import threads_per_job
+from rnnbench import slurm
+from rnnbench.sweep import summarize, threads_per_job
 
 SMALL = ["logger=none", "trainer.enable_progress_bar=false", *TINY_REBER_RUN]
 
@@ -114,6 +116,35 @@ def test_one_failing_job_does_not_stop_the_sweep(tmp_path):
     failed = [r for r in records(tmp_path / "runs") if r["status"] == "failed"]
     assert len(failed) == 2 and all("bidirectional=true" in r["error"] for r in failed)
     assert "rnnbench: job 1 failed: model.bidirectional=true" in result.stderr
+    # Under the summary line, each failed job's folder and why (a SLURM job's stderr is not
+    # the shell's).
+    why = [line for line in result.stdout.splitlines() if line.startswith("  failed ")]
+    expected = [
+        f"  failed {Path(r['run_dir']).relative_to(tmp_path)}: {r['error']}" for r in failed
+    ]
+    assert sorted(why) == sorted(expected)  # the folders as the sweep's is given: relative
+
+
+def test_a_job_slurm_ended_without_a_result_is_counted_and_its_end_seen(monkeypatch):
+    """The summary counts a job SLURM ended without a result (SIGKILL: no record) as failed;
+    without accounting its state comes from squeue, and a job squeue forgot has ended. (A real
+    cluster's cancelled job: tests/test_slurm.py.)"""
+    found = [{"status": "completed"}, {"status": "interrupted"}]  # the lost job left no record
+    assert (
+        summarize(found, jobs=3, lost=1)[0] == "sweep: 3 jobs: 1 completed, 1 failed, 1 interrupted"
+    )
+    assert summarize(found, jobs=3)[0] == "sweep: 3 jobs: 1 completed, 1 interrupted, 1 not started"
+
+    monkeypatch.setattr(slurm, "accounting_enabled", lambda: False)
+    watcher = slurm.QueueWatcher()
+    jobs = ["7_0", "7_1", "7_2", "8"]
+    for job in jobs:
+        watcher.register_job(job)
+    assert watcher._make_command()[0] == "squeue"  # never sacct, which only says it is off
+    watcher._info_dict.update(watcher.read_info(b"7_0|RUNNING\n7_2|CANCELLED\n8|SUSPENDED\n"))
+    done = [watcher.is_done(job, mode="cache") for job in jobs]
+    assert done == [False, True, True, False]  # 7_1: squeue no longer lists it
+    assert watcher.get_state("7_1", mode="cache") == "GONE"
 
 
 def test_ddp_on_two_cpu_processes_writes_one_record_equal_to_one_process(tmp_path):
