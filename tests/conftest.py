@@ -148,6 +148,19 @@ def records(root: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in root.rglob("result.json")]
 
 
+def assert_relaunch_reuses_all(args: list[str], cwd: Path, made: list[dict]) -> None:
+    """Launched again, a finished sweep (its records `made`, under cwd/runs) trains nothing:
+    each job reuses one of them, metrics and all, and the summary says so."""
+    again = rnnbench_cli(args, cwd=cwd)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"sweep: {len(made)} jobs: {len(made)} reused" in again.stdout
+    reused = [r for r in records(cwd / "runs") if r.get("reused_from")]
+    originals = {r["run_dir"]: r for r in made}
+    assert sorted(r["reused_from"] for r in reused) == sorted(originals)
+    for r in reused:
+        assert r["metrics"] == originals[r["reused_from"]]["metrics"]
+
+
 def assert_refused(result, message: str, cwd: Path) -> None:
     assert result.returncode != 0
     assert "Traceback" not in result.stderr and "Traceback" not in result.stdout

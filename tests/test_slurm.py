@@ -19,6 +19,7 @@ import pytest
 from conftest import (
     MISSING_SLURM,
     TINY_REBER_RUN,
+    assert_relaunch_reuses_all,
     nothing_may_skip,
     popen,
     records,
@@ -96,15 +97,7 @@ def test_a_sweep_runs_as_slurm_jobs_and_a_relaunch_reuses_every_one(tmp_path):
         assert "Starting with JobEnvironment(job_id=" + job in logs[job]
     assert not any("Traceback" in err for err in submitit_logs(sweep_dir, "err").values())
 
-    again = rnnbench_cli(sweep, cwd=tmp_path)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "sweep: 2 jobs: 2 reused" in again.stdout
-    reused = [r for r in records(tmp_path / "runs") if r.get("reused_from")]
-    assert len(reused) == 2
-    originals = {r["run_dir"]: r for r in made}
-    assert sorted(r["reused_from"] for r in reused) == sorted(originals)
-    for r in reused:
-        assert r["metrics"] == originals[r["reused_from"]]["metrics"]
+    assert_relaunch_reuses_all(sweep, tmp_path, made)
 
 
 def test_a_failing_slurm_job_fails_the_sweep_in_one_line(tmp_path):

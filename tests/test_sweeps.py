@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_REBER_RUN, popen, records, rnnbench_cli, wait_for
+from conftest import (
+    TINY_REBER_RUN,
+    assert_relaunch_reuses_all,
+    popen,
+    records,
+    rnnbench_cli,
+    wait_for,
+)
 from rnnbench import slurm
 from rnnbench.sweep import summarize, threads_per_job
 
@@ -30,14 +37,7 @@ def test_joblib_sweep_then_relaunch_reuses_everything(tmp_path):
     assert {r["env"]["threads"] for r in made} == {threads_per_job(2)}
     assert all(r["env"]["flush_denormal"] is True for r in made)  # the default, recorded
 
-    again = rnnbench_cli(sweep, cwd=tmp_path)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "sweep: 3 jobs: 3 reused" in again.stdout
-    reused = [r for r in records(tmp_path / "runs") if r.get("reused_from")]
-    assert len(reused) == 3
-    originals = {r["run_dir"]: r for r in made}
-    for r in reused:
-        assert r["metrics"] == originals[r["reused_from"]]["metrics"]
+    assert_relaunch_reuses_all(sweep, tmp_path, made)
     forced = rnnbench_cli([*sweep[:3], "model=gru", *SMALL, "force=true"], cwd=tmp_path)
     assert "1 completed" in forced.stdout
 
