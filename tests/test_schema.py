@@ -4,7 +4,8 @@ tests/data/run_keys.json was written, so the archived records (results/records) 
 finished runs are still reused. A changed key fails here; a key that must change takes a tested
 one-time migration, not a rewritten fixture.
 
-Write the fixture (only from a commit whose keys are the reference): python tests/test_schema.py
+Write the fixture (only from a commit whose keys are the reference): python tests/test_schema.py;
+add the configurations it lacks, keeping every key in it: python tests/test_schema.py --add
 """
 
 from __future__ import annotations
@@ -122,29 +123,36 @@ def test_every_recipe_option_and_readme_command_keeps_its_run_key(kind):
     expected = json.loads(FIXTURE.read_text())["run_keys"][kind]
     now = current_keys(kind)
     assert len(now) >= 10
-    changed = {c: (k, expected.get(c)) for c, k in now.items() if expected.get(c) != k}
+    changed = {c: (k, expected[c]) for c, k in now.items() if c in expected and expected[c] != k}
     assert not changed, f"run_key changed (now, then): {changed}"
+    new = sorted(set(now) - set(expected))
+    assert not new, f"not in {FIXTURE.name} yet (python tests/test_schema.py --add): {new}"
 
 
-def write_fixture() -> None:
+def write_fixture(add: bool) -> None:
+    """Write the fixture from this commit's keys; with `add`, only add the configurations it
+    lacks (a new recipe, option or README command), every key already in it kept as it is."""
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
     ).stdout.strip()
-    FIXTURE.write_text(
-        json.dumps(
-            {
-                "note": f"run_keys computed by tests/test_schema.py at commit {commit}; "
-                "a key that changes needs a migration, not a new fixture",
-                "run_keys": {kind: current_keys(kind) for kind in KINDS},
-            },
-            indent=1,
-        )
-        + "\n"
+    keys = {kind: current_keys(kind) for kind in KINDS}
+    note = f"run_keys computed by tests/test_schema.py at commit {commit}"
+    if add:
+        old = json.loads(FIXTURE.read_text())
+        keys = {kind: {**keys[kind], **old["run_keys"].get(kind, {})} for kind in KINDS}
+        note = f"{old['note'].split(';')[0]}; new configurations added at {commit}"
+    text = json.dumps(
+        {
+            "note": f"{note}; a key that changes needs a migration, not a new fixture",
+            "run_keys": keys,
+        },
+        indent=1,
     )
+    FIXTURE.write_text(text + "\n")
 
 
 if __name__ == "__main__":
-    sys.exit(write_fixture())
+    sys.exit(write_fixture(add="--add" in sys.argv[1:]))
 
 
 # The schema (rnnbench/schema.py) -------------------------------------------------------------
