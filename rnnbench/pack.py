@@ -41,7 +41,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import Tensor, nn
 from torchmetrics.aggregation import MeanMetric
 
-from rnnbench.callbacks import EpochMetricsCSV, StepTrace, Throughput
+from rnnbench.callbacks import EpochMetricsCSV, StepTrace, Throughput, quiet_lightning
 from rnnbench.checkpoints import (
     AtomicCheckpointIO,
     ResumeCheckpoint,
@@ -445,6 +445,7 @@ def run_pack(
     folder, under `search` or results_root: train.reuse) is reused and left out of the pack.
     Returns the members' records, in order."""
     check_members(members)
+    quiet_lightning(banners=True)
     for m in members:
         config = OmegaConf.to_container(m.cfg, resolve=True)
         m.record = new_record(config, m.run_dir.resolve(), m.overrides)

@@ -17,8 +17,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from rnnbench.callbacks import quiet_lightning
 from rnnbench.config import compose
 from rnnbench.train import run
+
+
+@pytest.fixture(autouse=True)
+def _lightnings_expected_notes():
+    """Every test starts as an rnnbench run does: Lightning's notes on what the harness does on
+    purpose (callbacks.EXPECTED_NOTES) silenced, every other warning shown. pytest resets the
+    warning filters per test, so the run's own call at import time would not reach a test that
+    builds a Trainer itself."""
+    quiet_lightning()
 
 
 def keep_xdist_worker_to_its_cores() -> None:

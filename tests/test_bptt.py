@@ -132,6 +132,8 @@ def test_gradflow_callback_from_the_config(tmp_path):
     assert flow["step"].max() >= 5  # measured again while training
 
 
+# Training alone, as the textbook loop it is held against: Lightning notes the unused val step.
+@pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")
 def test_per_chunk_updates_equal_the_textbook_loop():
     """model.tbptt_update=chunk through the real Trainer = forward, backward, clip and SGD step
     on each chunk in turn, the state carried on detached: written out here by hand."""

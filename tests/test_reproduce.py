@@ -114,6 +114,7 @@ def test_zaremba_recipe_follows_the_papers_code():
     lrs = []
     for _ in range(13):
         lrs.append(schedule.optimizer.param_groups[0]["lr"])
+        schedule.optimizer.step()  # an epoch's updates, then its schedule step (torch's order)
         schedule.step()
     assert lrs[:5] == [1.0] * 5 and lrs[5] == 0.5 and lrs[12] == 0.5**8
 

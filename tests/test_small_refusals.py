@@ -113,6 +113,8 @@ def test_random_bytes_are_not_a_torch_file(tmp_path):
     assert refusal(path) == "not a torch file: neither a zip archive nor a pickle"
 
 
+# torch's own note on the hostile file's pickle protocol, which the test makes on purpose
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize("form", ["bare pickle", "torch file", "legacy torch file"])
 def test_a_checkpoint_holding_code_is_refused_as_code(tmp_path, form):
     marker = tmp_path / "code-ran"
