@@ -38,7 +38,6 @@ from rnnbench.sweep import note_stop, stopped_by
 from rnnbench.trial import STUDY_ENV
 
 
-# What Lightning says about choices the harness makes on purpose, on every run that makes them.
 def is_rank_zero() -> bool:
     """False in the extra processes Lightning's DDP launcher starts: they train, never record."""
     return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0

@@ -4,7 +4,6 @@ by its key is record.find_completed.)"""
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
@@ -76,21 +75,6 @@ def descendants(pid: int) -> list[int]:
     except psutil.Error:
         return []
     return [c.pid for c in children if is_alive(c.pid)]
-
-
-def no_sacct_warning(record: logging.LogRecord) -> bool:
-    """A logging filter for submitit's logger. On a SLURM cluster that keeps no accounting (no
-    slurmdbd: `sacct` answers "Slurm accounting storage is disabled") every poll of a sweep's
-    jobs logs "Bypassing sacct error ..., status may be inaccurate" in the submitting shell;
-    submitit then learns that a job ended from its result file, as it does anyway. Dropped."""
-    return "Bypassing sacct error" not in record.getMessage()
-
-
-def quiet_submitit() -> None:
-    """Drop submitit's sacct warning (no_sacct_warning) in this process, once."""
-    submitit = logging.getLogger("submitit")
-    if no_sacct_warning not in submitit.filters:
-        submitit.addFilter(no_sacct_warning)
 
 
 def stop_workers(sweep_dir: str | Path, grace_s: float = 60.0) -> None:
@@ -277,7 +261,6 @@ class SweepSummary(Callback):
                 file=sys.stderr,
             )
             sys.exit(2)
-        quiet_submitit()
         _lost = 0
         _started.clear()
         _started.update(record_stamps(config.hydra.sweep.dir))
