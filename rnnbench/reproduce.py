@@ -224,7 +224,7 @@ class Row:
         if self.kept is not None:
             return float(self.kept["ours"]) if self.kept["ours"] else None
         values = self.values
-        return sum(values) / len(values) if values else None
+        return statistics.fmean(values) if values else None
 
     @property
     def diverged(self) -> bool:
@@ -253,10 +253,7 @@ class Row:
         if self.kept is not None:
             return float(self.kept["std"]) if self.kept.get("std") else None
         values = self.values
-        if len(values) < 2:
-            return None
-        mean = sum(values) / len(values)
-        return (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+        return statistics.stdev(values) if len(values) > 1 else None
 
     @property
     def train_hours(self) -> float | None:
