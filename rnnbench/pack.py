@@ -21,11 +21,8 @@ folder holds pack.json and the checkpoint a relaunch resumes the whole pack from
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
-import os
-import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -41,6 +38,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import Tensor, nn
 from torchmetrics.aggregation import MeanMetric
 
+from rnnbench import claims
 from rnnbench.callbacks import EpochMetricsCSV, StepTrace, Throughput, quiet_lightning
 from rnnbench.checkpoints import (
     AtomicCheckpointIO,
@@ -485,8 +483,8 @@ def hold_pack(members: Sequence[Member], pack_dir: Path) -> tuple[IO[str] | None
     path = Path(root) / ".claims" / f"pack-{pack_key(members)}"
     others: list[Path] = []
     said = False
-    holder = {**this_process(), "pack": str(pack_dir.resolve())}
-    while (lock := hold_lock(path, holder)) is None:
+    holder = {**claims.this_process(), "pack": str(pack_dir.resolve())}
+    while (lock := claims.hold(path, holder)) is None:
         try:
             other = Path(json.loads(path.read_text())["pack"])
             described = json.loads((other / PACK_FILE).read_text())["members"]
@@ -735,15 +733,14 @@ def write_best_checkpoint(run_dir: Path, best: dict[str, Any]) -> None:
 
 
 def describe_pack(pack_dir: Path, members: Sequence[Member], status: str) -> None:
-    """pack.json: who trains the pack (host, pid), its members and how it stands
+    """pack.json: who trains the pack (host, pid, SLURM job), its members and how it stands
     (running, then ended, failed or interrupted)."""
     pack_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(
         pack_dir / PACK_FILE,
         {
             "status": status,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
+            **{k: v for k, v in claims.this_process().items() if k != "since"},
             "updated": now_iso(),
             "members": [
                 {
@@ -812,33 +809,12 @@ def job_packs(jobs: list[list[str]], size: int) -> list[list[int]]:
 WAIT_S = 2.0
 
 
-def hold_lock(path: Path, holder: dict[str, Any]) -> IO[str] | None:
-    """An exclusive lock on the file `path` for this process, with `holder` written in it;
-    None when another process holds it. The lock is flock's: it ends when the returned file
-    is closed or the process ends, however it ends (SIGKILL too), so a claim is never stale."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    f = open(path, "a+")  # noqa: SIM115 - held open for as long as the lock
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:  # BlockingIOError: held elsewhere
-        f.close()
-        return None
-    f.seek(0)
-    f.truncate()
-    f.write(json.dumps(holder))
-    f.flush()
-    return f
-
-
-def this_process() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "since": now_iso()}
-
-
 def run_in_sweep(cfg: DictConfig, hydra_cfg: DictConfig, group: str | None) -> Record:
     """This sweep job's record: trained in its pack by whichever job of the pack takes the
     pack's claim first (a lock on packs/<jobs>/claim), or, for the others, waited for and read
-    back. A claim ends with its process: after a kill, a relaunched job takes it and the pack
-    goes on from its checkpoint."""
+    back. A claim ends with its process, on whichever node it ran (rnnbench.claims): after a
+    kill, another job of the pack, or a relaunched one, takes it and the pack goes on from its
+    checkpoint."""
     sweep_dir = Path(hydra_cfg.sweep.dir).resolve()
     saved = OmegaConf.load(sweep_dir / "multirun.yaml")
     if OmegaConf.to_container(saved.hydra.sweep).get("subdir") != "${hydra.job.num}":
@@ -857,11 +833,16 @@ def run_in_sweep(cfg: DictConfig, hydra_cfg: DictConfig, group: str | None) -> R
         ended = pack_ended(pack_dir, own_dir)
         if ended is not None:
             return ended
-        claim = hold_lock(pack_dir / "claim", this_process())
+        claim = claims.hold(pack_dir / "claim", claims.this_process())
         if claim is not None:
             break
         if not said:
-            print(f"rnnbench: waiting for the pack in {pack_dir}", file=sys.stderr, flush=True)
+            holder = claims.describe(claims.holder_of(pack_dir / "claim"))
+            print(
+                f"rnnbench: waiting for the pack in {pack_dir}, trained by {holder}",
+                file=sys.stderr,
+                flush=True,
+            )
             said = True
         time.sleep(WAIT_S)
     try:

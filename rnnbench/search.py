@@ -20,14 +20,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
 import socket
 import statistics
+import sys
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -46,6 +48,7 @@ from hydra.core.override_parser.types import (
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
+from rnnbench import claims
 from rnnbench.errors import ConfigError
 from rnnbench.studies import best_trial, open_study_storage
 from rnnbench.sweep import is_alive, parallel_jobs
@@ -54,6 +57,7 @@ from rnnbench.trial import PRUNERS, PrunerSpec, env_overrides, study_env
 
 SAMPLERS = ("tpe", "random", "grid")
 UNOWNED_GRACE_S = 120  # a running trial with no owner after this long was left by a dead launch
+WAIT_S = 5.0  # between looks at what other workers of a study are doing
 
 
 @dataclass
@@ -193,13 +197,28 @@ def suggest(trial: Any, dim: Dimension) -> Any:
 
 
 def owner() -> str:
-    """Who runs a trial: host and process, so a relaunch knows which running trials are its
-    own dead ones (to run again) and which another live process is running."""
+    """Who runs a trial, in words for people: host and process (the claim says whether it
+    still runs)."""
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def claims_folder(url: str, sweep_dir: Path, study: str) -> Path:
+    """Where a study's claims are (rnnbench.claims): beside its storage when that is a file
+    (the one thing every worker of the study shares), else in the sweep's folder."""
+    for prefix in ("journal:", "sqlite:///"):
+        if url.startswith(prefix):
+            return Path(url.removeprefix(prefix)).resolve().parent / ".claims" / study
+    return sweep_dir.resolve() / ".claims" / study
+
+
 def is_stale(trial: Any) -> bool:
-    """A RUNNING trial whose process is gone: on this host, its pid is no longer alive."""
+    """A RUNNING trial that no live process runs: neither the worker that asked it nor its job
+    holds its claim any more, wherever they ran (a worker cancelled, killed, or lost with its
+    node). A trial from before claims were kept goes by its owner's pid, on this host only."""
+    claim = trial.user_attrs.get("claim")
+    held = claims.is_held(Path(claim)) if claim else None
+    if held is not None:
+        return not held
     host, _, pid = str(trial.user_attrs.get("owner", ":")).rpartition(":")
     if host == "":
         # No owner yet: just asked by a worker that is about to say it is its own, or left
@@ -241,22 +260,37 @@ def beyond_budget(study: Any, trial: Any, n_trials: int) -> bool:
     return True
 
 
-def requeue_stale(study: Any) -> int:
-    """Give up the running trials of a killed launch and enqueue their values again: a trial
-    with the same values is the same configuration, which resumes from its checkpoint."""
+def requeue_stale(study: Any, folder: Path) -> int:
+    """Give up the running trials no live process runs and enqueue their values again: a trial
+    with the same values is the same configuration, which resumes from its checkpoint. One
+    worker at a time (the study's `requeue` claim), so a dead trial is enqueued once, however
+    many workers find it; 0 while another worker is at it."""
+    hold = claims.hold(folder / "requeue", claims.this_process())
+    if hold is None:
+        return 0
+    with hold:
+        stale = [
+            t
+            for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+            if is_stale(t)
+        ]
+        for t in stale:
+            # A FrozenTrial has no setter: the storage's (Optuna has no public way to mark a
+            # trial of another process; the attribute must be set before it is finished).
+            study._storage.set_trial_user_attr(t._trial_id, "requeued", True)
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+    return len(stale)
 
-    stale = [
+
+def running_elsewhere(study: Any) -> list[Any]:
+    """The study's trials that count and still run: once this worker has told its own, other
+    workers' (a worker's dead trials are requeued first, so these have a live process)."""
+    return [
         t
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-        if is_stale(t)
+        if not (t.user_attrs.get("requeued") or t.user_attrs.get("surplus"))
     ]
-    for t in stale:
-        # A FrozenTrial has no setter: the storage's (Optuna has no public way to mark a
-        # trial of another process; the attribute must be set before it is finished).
-        study._storage.set_trial_user_attr(t._trial_id, "requeued", True)
-        study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
-        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
-    return len(stale)
 
 
 def pruner_spec(sweeper: Any) -> PrunerSpec:
@@ -341,9 +375,31 @@ def run_studies(sweeper: Any, arguments: list[str]) -> list[Any]:
         # What every trial's job reads to report and prune as this study does (rnnbench.trial).
         study.set_user_attr("metric", metric)
         study.set_user_attr("pruner", pruner.as_attr())
-        requeue_stale(study)
-        while (left := sweeper.n_trials - counted(study)) > 0:
-            trials, batch = [], []
+        folder = claims_folder(url, sweep_dir, name)
+        waiting_said = False
+        while True:
+            requeue_stale(study, folder)
+            left = sweeper.n_trials - counted(study)
+            if left <= 0:
+                # The budget is spent, but the best trial is known only once other workers'
+                # trials end; a dead worker's are requeued above, and this one runs them.
+                others = running_elsewhere(study)
+                if not others:
+                    break
+                if not waiting_said:
+                    print(
+                        f"rnnbench: study {name}: waiting for "
+                        + ", ".join(
+                            f"trial {t.number} ({t.user_attrs.get('owner')})" for t in others
+                        )
+                        + " in other workers",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    waiting_said = True
+                time.sleep(WAIT_S)
+                continue
+            trials, batch, held = [], [], []
             for _ in range(min(width, left)):
                 trial = study.ask()
                 if beyond_budget(study, trial, sweeper.n_trials):
@@ -353,6 +409,11 @@ def run_studies(sweeper: Any, arguments: list[str]) -> list[Any]:
                         sweeper.sampler, trial_seed(sweeper.seed, trial.number)
                     )
                 values = [dim.override(suggest(trial, dim)) for dim in space]
+                # Held by this worker until it tells the trial, and by the trial's job while
+                # it runs: either alive, no other worker takes the trial for a dead one.
+                claim = folder / f"trial-{trial.number}"
+                held.append(claims.hold(claim, shared=True))
+                trial.set_user_attr("claim", str(claim))
                 trial.set_user_attr("owner", owner())
                 subdir = f"{name}/{trial.number}" if axis else str(trial.number)
                 batch.append(
@@ -361,18 +422,23 @@ def run_studies(sweeper: Any, arguments: list[str]) -> list[Any]:
                         *axis,
                         *fixed,
                         f"hydra.sweep.subdir={subdir}",
-                        *env_overrides(url, name, trial.number),
+                        *env_overrides(url, name, trial.number, claim),
                     ]
                 )
                 trials.append(trial)
             if not batch:  # another worker took the last places
                 continue
-            sweeper.validate_batch_is_legal(batch)
-            results = sweeper.launcher.launch(batch, initial_job_idx=job)
-            job += len(batch)
-            returns.append(results)
-            for trial, result in zip(trials, results, strict=True):
-                tell(study, trial, result, metric)
+            try:
+                sweeper.validate_batch_is_legal(batch)
+                results = sweeper.launcher.launch(batch, initial_job_idx=job)
+                job += len(batch)
+                returns.append(results)
+                for trial, result in zip(trials, results, strict=True):
+                    tell(study, trial, result, metric)
+            finally:
+                for h in held:
+                    if h is not None:
+                        h.close()
         print(describe_study(study, metric, sweeper.n_trials), flush=True)
         seeds = confirm_seeds(int(composed.get("seed") or 0), sweeper.confirm_seeds)
         best = best_trial(study)
@@ -389,11 +455,28 @@ def run_studies(sweeper: Any, arguments: list[str]) -> list[Any]:
                 for seed in seeds
             ]
             sweeper.validate_batch_is_legal(batch)
-            results = sweeper.launcher.launch(batch, initial_job_idx=job)
+            # One worker runs the confirmation; the others wait, then reuse its records.
+            with wait_to_hold(folder / "confirm", f"study {name}'s confirmation"):
+                results = sweeper.launcher.launch(batch, initial_job_idx=job)
             job += len(batch)
             returns.append(results)
             print(record_confirmation(study, best, seeds, results), flush=True)
     return returns
+
+
+@contextlib.contextmanager
+def wait_to_hold(path: Path, what: str) -> Iterator[None]:
+    """Hold the exclusive claim on `path` for the block, waiting while another process holds
+    it (saying once who, and what for)."""
+    said = False
+    while (hold := claims.hold(path, claims.this_process())) is None:
+        if not said:
+            holder = claims.describe(claims.holder_of(path))
+            print(f"rnnbench: waiting for {what}, run by {holder}", file=sys.stderr, flush=True)
+            said = True
+        time.sleep(WAIT_S)
+    with hold:
+        yield
 
 
 def confirm_seeds(search_seed: int, count: int) -> list[int]:

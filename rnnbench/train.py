@@ -159,6 +159,7 @@ def run(
     # A bad value found while the data, model and trainer are built is refused like one
     # check_config finds: one line, and no record, no W&B run, no folder left by this launch.
     building, refused = True, False
+    trial = None
     try:
         check_device(cfg.trainer)
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -235,6 +236,8 @@ def run(
         raise
     finally:
         record["finished"] = now_iso()
+        if trial is not None:
+            trial.close()
         if refused:
             finish_wandb(loggers, record)
             discard_dashboards(loggers)

@@ -1,28 +1,33 @@
 """A search trial's side of its study: the run reports its validation headline to the trial
 after every epoch, and stops when the study's pruner says the trial is not worth finishing.
 
-The `optuna` sweeper (rnnbench.search) tells a job which trial it is through three variables
-in the job's environment (`hydra.job.env_set`, so every launcher passes them on): the study's
-storage, its name and the trial's number. The pruner and the metric are the study's own user
-attributes, set by the sweeper, so the job prunes exactly as the sweeper's study would. A run
-launched outside a search has none of these and trains as always.
+The `optuna` sweeper (rnnbench.search) tells a job which trial it is through variables in the
+job's environment (`hydra.job.env_set`, so every launcher passes them on): the study's storage,
+its name, the trial's number, and the trial's claim, which the job holds while it runs. The
+pruner and the metric are the study's own user attributes, set by the sweeper, so the job
+prunes exactly as the sweeper's study would. A run launched outside a search has none of these
+and trains as always.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import optuna
 import pytorch_lightning as pl
 
+from rnnbench import claims
 from rnnbench.studies import open_study_storage
 
-STORAGE_ENV, STUDY_ENV, TRIAL_ENV = (
+STORAGE_ENV, STUDY_ENV, TRIAL_ENV, CLAIM_ENV = (
     "RNNBENCH_STUDY_STORAGE",
     "RNNBENCH_STUDY",
     "RNNBENCH_TRIAL",
+    "RNNBENCH_TRIAL_CLAIM",
 )
 PRUNERS = ("median", "halving", "hyperband")
 
@@ -70,12 +75,14 @@ def study_env(study: str) -> str:
     return f"+hydra.job.env_set.{STUDY_ENV}={quoted(study)}"
 
 
-def env_overrides(storage_url: str, study: str, number: int) -> list[str]:
-    """The overrides that tell trial `number`'s job which trial it is."""
+def env_overrides(storage_url: str, study: str, number: int, claim: Path) -> list[str]:
+    """The overrides that tell trial `number`'s job which trial it is, and the claim it holds
+    while it runs (rnnbench.search.is_stale)."""
     return [
         f"+hydra.job.env_set.{STORAGE_ENV}={quoted(storage_url)}",
         study_env(study),
         f"+hydra.job.env_set.{TRIAL_ENV}={number}",
+        f"+hydra.job.env_set.{CLAIM_ENV}={quoted(str(claim))}",
     ]
 
 
@@ -83,10 +90,18 @@ class ReportToTrial(pl.Callback):
     """Reports `metric` after every validation epoch to `trial` and stops training when its
     study's pruner prunes it; `pruned_at` is then the epoch it stopped after."""
 
-    def __init__(self, trial: optuna.trial.Trial, metric: str) -> None:
-        self.trial, self.metric = trial, metric
+    def __init__(
+        self, trial: optuna.trial.Trial, metric: str, claim: IO[str] | None = None
+    ) -> None:
+        self.trial, self.metric, self.claim = trial, metric, claim
         self.pruned_at: int | None = None
         self.last_value: float | None = None
+
+    def close(self) -> None:
+        """Let go of the trial's claim: the run has ended."""
+        if self.claim is not None:
+            self.claim.close()
+            self.claim = None
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or self.metric not in trainer.callback_metrics:
@@ -118,4 +133,13 @@ def trial_callback() -> ReportToTrial | None:
     trial_id = storage.get_trial_id_from_study_id_trial_number(
         storage.get_study_id_from_name(name), int(number)
     )
-    return ReportToTrial(optuna.trial.Trial(study, trial_id), attrs["metric"])
+    claim = None
+    if os.environ.get(CLAIM_ENV):
+        # Held beside the worker's: should the worker die (a login node's sweeper killed while
+        # its SLURM jobs go on), no other worker takes this running trial for a dead one. A
+        # worker testing whether the claim is held holds it for an instant: try again.
+        for _ in range(20):
+            if (claim := claims.hold(Path(os.environ[CLAIM_ENV]), shared=True)) is not None:
+                break
+            time.sleep(0.05)
+    return ReportToTrial(optuna.trial.Trial(study, trial_id), attrs["metric"], claim)

@@ -1,0 +1,116 @@
+"""Claims: which process does a piece of work that several may reach at once — train a pack,
+run a search trial, confirm a study's best — held as `flock` locks on files in the shared runs
+folder.
+
+A lock ends with its process however it ends, on whichever node it ran: the kernel frees it,
+and on a shared filesystem its lock manager does (NFSv4, Lustre mounted with `-o flock`, GPFS,
+BeeGFS). So no claim is ever stale, and no process id is compared, which would only mean
+something on the host that wrote it: a job SLURM cancels, ends at its time limit or loses with
+its node frees its claims, and a job on any node takes the work on. A filesystem without locks
+is refused in one line rather than waited on forever.
+
+The holder (host, pid, SLURM job) is written into an exclusive claim's file, to say who holds
+it; shared claims (a trial's, held both by the search worker and by the trial's job) say nothing.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import socket
+from pathlib import Path
+from typing import IO, Any
+
+from rnnbench.errors import UserError
+from rnnbench.record import now_iso
+
+HELD_ELSEWHERE = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+
+
+def this_process() -> dict[str, Any]:
+    """Who a claim's holder is: host, pid, and its SLURM job when it runs in one."""
+    holder: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid()}
+    job = slurm_job()
+    if job:
+        holder["slurm_job"] = job
+    return holder | {"since": now_iso()}
+
+
+def slurm_job() -> str | None:
+    """This process's SLURM job as squeue and scancel name it (an array's task: 12_3)."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array and task:
+        return f"{array}_{task}"
+    return os.environ.get("SLURM_JOB_ID") or None
+
+
+def describe(holder: dict[str, Any] | None) -> str:
+    """A holder in words: `SLURM job 12_3 (host vm, pid 4242)`."""
+    if not holder:
+        return "another process"
+    where = f"host {holder.get('host')}, pid {holder.get('pid')}"
+    job = holder.get("slurm_job")
+    return (
+        f"SLURM job {job} ({where})"
+        if job
+        else f"process {holder.get('pid')} on host {holder.get('host')}"
+    )
+
+
+def hold(path: Path, holder: dict[str, Any] | None = None, shared: bool = False) -> IO[str] | None:
+    """The claim on `path` for this process, None while another process holds it (or, for a
+    shared claim, holds it exclusively). An exclusive claim writes `holder` into the file. The
+    claim lasts until the returned file is closed or the process ends."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a+")  # noqa: SIM115 - held open for as long as the claim
+    try:
+        fcntl.flock(f, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except OSError as e:
+        f.close()
+        if e.errno in HELD_ELSEWHERE:
+            return None
+        raise no_locks(path, e) from None
+    if not shared and holder is not None:
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps(holder))
+        f.flush()
+    return f
+
+
+def is_held(path: Path) -> bool | None:
+    """Whether a live process holds a claim on `path`; None when there is no such file (the
+    claim was never taken here, or this node does not see the folder it is in)."""
+    try:
+        f = open(path)  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        return None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno in HELD_ELSEWHERE:
+                return True
+            raise no_locks(path, e) from None
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+
+def holder_of(path: Path) -> dict[str, Any] | None:
+    """Who holds (or last held) the exclusive claim on `path`, as it wrote itself there."""
+    try:
+        holder = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def no_locks(path: Path, error: OSError) -> UserError:
+    return UserError(
+        f"{path.parent} is on a filesystem without file locks (flock: {error.strerror}), which "
+        f"packs and shared searches need to tell which job does what: put results_root (and "
+        f"hydra.sweep.dir) on one that has them (a local disk, NFSv4, Lustre mounted with "
+        f"-o flock, GPFS)"
+    )
