@@ -415,6 +415,8 @@ def run_studies(sweeper: Any, arguments: list[str]) -> list[Any]:
                 held.append(claims.hold(claim, shared=True))
                 trial.set_user_attr("claim", str(claim))
                 trial.set_user_attr("owner", owner())
+                if claims.slurm_job():  # which job to watch or cancel (optuna-dashboard shows it)
+                    trial.set_user_attr("slurm_job", claims.slurm_job())
                 subdir = f"{name}/{trial.number}" if axis else str(trial.number)
                 batch.append(
                     [

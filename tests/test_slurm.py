@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
+import shlex
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -26,6 +29,7 @@ from conftest import (
     rnnbench_cli,
     wait_for,
 )
+from rnnbench.slurm import ENDED
 
 SMALL = ["logger=none", "trainer.enable_progress_bar=false", *TINY_REBER_RUN]
 ON_SLURM = ["-m", "hydra/launcher=slurm_cpu"]
@@ -189,3 +193,142 @@ def test_slurm_ending_jobs_ends_the_sweep_and_its_warning_requeues_to_resume_exa
     assert (sweep / "1" / "metrics.csv").read_text() == Path(
         uninterrupted["run_dir"], "metrics.csv"
     ).read_text()
+
+
+def test_a_packed_sweeps_claiming_job_killed_leaves_its_pack_to_another_job_that_trains_it_once(
+    tmp_path,
+):
+    """Two jobs of one pack start on the cluster; whichever claims the pack first is killed
+    outright (SIGKILL: nothing of it runs to tidy up, as when its node is lost). Its claim ends
+    with it, the other job takes the pack on from its last checkpoint and trains it to the end:
+    each member ends with the metrics of the same pack trained without a stop."""
+    sweep = tmp_path / "sweep"
+    packed = [*LONG, "pack=2", "seed=1,2", "trainer.max_epochs=80"]
+    proc = popen([*ON_SLURM, *packed, f"hydra.sweep.dir={sweep}"], tmp_path)
+    described = sweep / "packs" / "0-1" / "pack.json"
+    try:
+
+        def both_started() -> bool:  # one trains the pack, the other waits for it
+            waiting = any("waiting for the pack" in e for e in submitit_logs(sweep, "err").values())
+            return waiting and epochs_done(sweep / "0") >= 3
+
+        wait_for(both_started, proc)
+        claimer = json.loads(described.read_text())
+        assert claimer["status"] == "running" and claimer["slurm_job"], claimer
+        subprocess.run(["scancel", "--full", "--signal=KILL", claimer["slurm_job"]], check=True)
+    except BaseException:
+        proc.kill()
+        with contextlib.suppress(Exception):
+            subprocess.run(["scancel", slurm_array(sweep)])
+        raise
+
+    (tmp_path / "alone").mkdir()  # the same pack, never stopped, outside SLURM
+    alone = rnnbench_cli(["-m", *packed], cwd=tmp_path / "alone")
+    assert alone.returncode == 0, alone.stderr[-3000:]
+
+    out, err = proc.communicate(timeout=300)
+    assert "Traceback" not in out + err
+    taken = json.loads(described.read_text())
+    assert taken["status"] == "ended" and taken["slurm_job"] != claimer["slurm_job"], taken
+    killed = int(claimer["slurm_job"].rsplit("_", 1)[1])
+    lost = [line for line in err.splitlines() if "without a result" in line]
+    assert len(lost) == 1 and lost[0].startswith(f"rnnbench: job {killed} "), err[-3000:]
+    waited = submitit_logs(sweep, "err")[taken["slurm_job"]]
+    assert f"trained by SLURM job {claimer['slurm_job']} (host " in waited, waited[-2000:]
+
+    uninterrupted = {r["config"]["seed"]: r for r in records(tmp_path / "alone" / "runs")}
+    for num in (0, 1):
+        record = json.loads((sweep / str(num) / "result.json").read_text())
+        assert record["status"] == "completed", record.get("error")
+        # Trained once: on from the killed job's last checkpoint, not from the start.
+        assert record["resume"]["exact"] and record["resume"]["epoch"] >= 3, record["resume"]
+        twin = uninterrupted[record["config"]["seed"]]
+        assert record["run_key"] == twin["run_key"]
+        assert record["metrics"] == twin["metrics"]
+        rows = (sweep / str(num) / "metrics.csv").read_text()
+        assert rows == Path(twin["run_dir"], "metrics.csv").read_text()
+
+
+def journal_trials(journal: Path, study: str) -> list:
+    """The trials of `study` in a journal storage, as a worker reads them."""
+    import optuna
+
+    from rnnbench.studies import open_study_storage
+
+    storage = open_study_storage(f"journal:{journal}")
+    return optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
+
+
+def test_two_study_workers_as_a_slurm_array_lose_no_trial_when_one_is_killed(tmp_path):
+    """A search's workers as the tasks of one SLURM array, sharing a journal file: worker 0 is
+    killed outright in the middle of a trial. Worker 1 takes that trial up again (it goes on
+    from the killed run's checkpoint), and the study ends with exactly n_trials completed
+    trials, no configuration trained twice, and the best one confirmed once."""
+    journal, search = tmp_path / "study.journal", tmp_path / "runs" / "searches" / "reber"
+    args = ["-m", "hparams_search=reber", "model=rnn", *SMALL, "threads=1"]
+    args += ["data.train_strings=400", "trainer.max_epochs=60", "hydra.sweeper.n_trials=4"]
+    args += ["hydra.sweeper.confirm_seeds=1", f"hydra.sweeper.storage=journal:{journal}"]
+    script = Path(sys.executable).parent / "rnnbench"
+    command = " ".join(shlex.quote(a) for a in [str(script), *args])
+    submitted = subprocess.run(
+        ["sbatch", "--parsable", "--array=0-1", "--cpus-per-task=1", "--mem=2G",
+         f"--output={tmp_path}/worker-%a.out", f"--error={tmp_path}/worker-%a.err",
+         f"--chdir={tmp_path}", f"--wrap=exec {command}"],
+        capture_output=True, text=True, check=True,
+        env={**os.environ, "WANDB_MODE": "offline"},
+    )  # fmt: skip
+    array = submitted.stdout.strip().split(";")[0]
+
+    def worker_0_mid_trial() -> bool:
+        if not journal.is_file():
+            return False
+        with contextlib.suppress(Exception):  # the study not made yet
+            for t in journal_trials(journal, "reber"):
+                if t.state.name == "RUNNING" and t.user_attrs.get("slurm_job") == f"{array}_0":
+                    return epochs_done(search / str(t.number)) >= 3
+        return False
+
+    def array_ended() -> bool:
+        listed = subprocess.run(
+            ["squeue", "--noheader", "--jobs", array, "--states=all", "--format=%T"],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        return not (set(listed.stdout.split()) - ENDED)
+
+    try:
+        deadline = time.monotonic() + 300
+        while not worker_0_mid_trial():
+            assert time.monotonic() < deadline, (tmp_path / "worker-0.err").read_text()[-2000:]
+            time.sleep(0.2)
+        subprocess.run(["scancel", "--full", "--signal=KILL", f"{array}_0"], check=True)
+        deadline = time.monotonic() + 400
+        while not array_ended():
+            assert time.monotonic() < deadline, (tmp_path / "worker-1.err").read_text()[-2000:]
+            time.sleep(1)
+    finally:
+        subprocess.run(["scancel", array])
+
+    out = (tmp_path / "worker-1.out").read_text()
+    err = (tmp_path / "worker-1.err").read_text()
+    assert "Traceback" not in out + err, err[-3000:]
+    found = journal_trials(journal, "reber")
+    counted = [
+        t for t in found if not (t.user_attrs.get("requeued") or t.user_attrs.get("surplus"))
+    ]
+    assert len(counted) == 4 and all(t.state.name == "COMPLETE" for t in counted), found
+    [dead] = [t for t in found if t.user_attrs.get("requeued")]
+    assert dead.user_attrs["slurm_job"] == f"{array}_0"
+    [retry] = [t for t in counted if t.user_attrs.get("retry_of") == dead.number]
+    assert retry.params == dead.params and retry.user_attrs["slurm_job"] == f"{array}_1"
+    resumed = json.loads((Path(retry.user_attrs["run_dir"]) / "result.json").read_text())
+    assert resumed["status"] == "completed", resumed.get("error")
+    assert resumed["resumed_from"] == str(search / str(dead.number)), resumed.get("resumed_from")
+    assert resumed["resume"]["exact"] and resumed["resume"]["epoch"] >= 3, resumed["resume"]
+
+    made = records(tmp_path / "runs")
+    trained = [r for r in made if not r.get("reused_from") and r["status"] != "interrupted"]
+    assert len({r["run_key"] for r in trained}) == len(trained)  # no configuration twice
+    assert "study reber: 4 trials (4 complete)" in out, out[-2000:]
+    confirmed = [line for line in out.splitlines() if "confirmed with seeds" in line]
+    assert len(confirmed) == 1 and "(1 of 1 completed)" in confirmed[0], out[-2000:]
+    assert len([r for r in made if r["run_dir"].endswith("confirm-1235")]) == 1
