@@ -67,11 +67,11 @@ class OptunaSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> Any:
-        from rnnbench.errors import ConfigError
+        from rnnbench.errors import UserError
         from rnnbench.search import run_studies
 
         try:
             return run_studies(self, arguments)
-        except ConfigError as e:
+        except UserError as e:  # a bad value, or a runs folder without file locks
             print(f"rnnbench: error: {e}", file=sys.stderr)
             sys.exit(2)
