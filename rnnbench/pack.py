@@ -53,7 +53,9 @@ from rnnbench.lifecycle import (
     build_loggers,
     finish_wandb,
     hold_stop_signals,
+    interrupt_on_stop_signals,
     nonfinite_metrics,
+    restore_signals,
     reuse,
     trainer_plugins,
 )
@@ -577,6 +579,7 @@ def train_members(members: list[Member], pack_dir: Path, group: str | None) -> l
         claim_run_folder(m.run_dir, m.record["run_key"])
     status = "failed"
     task = trainer = None
+    previous_handlers = interrupt_on_stop_signals()  # SLURM's USR2 stops a pack as a run
     try:
         datamodule = instantiate(lead.data)
         datamodule.setup("fit")
@@ -638,6 +641,8 @@ def train_members(members: list[Member], pack_dir: Path, group: str | None) -> l
                 m.record["notes"].append(f"the pack in {pack_dir} did not end")
             write_record(m.run_dir, m.record)
         describe_pack(pack_dir, members, status)
+        if status != "interrupted":  # as for a run: the stopping process keeps them held
+            restore_signals(previous_handlers)
     finish_member_loggers(members, group)
     if all(m.record["status"] == "completed" for m in members):
         keep = OmegaConf.select(lead, "checkpoints.keep", default="both")

@@ -8,6 +8,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import popen, records, rnnbench_cli, wait_for
 
 QUIET = ["logger=none", "trainer.enable_progress_bar=false", "threads=1"]
@@ -27,22 +29,29 @@ def rows(path: Path) -> int:
     return len(path.read_text().splitlines()) - 1 if path.is_file() else 0
 
 
-def test_a_packed_sweep_stopped_by_sigterm_keeps_every_step(tmp_path):
-    """SIGTERM after the first epoch, relaunch (a new sweep folder): each member's steps.csv
-    holds every step once, as the uninterrupted sweep's, and its record says resumed_from."""
-    ref = tmp_path / "ref"
-    ref.mkdir()
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    """The folder of the packed sweep run without a stop (its sweep in `sweep`)."""
+    ref = tmp_path_factory.mktemp("ref")
     whole = rnnbench_cli([*PACKED, "hydra.sweep.dir=sweep"], cwd=ref)
     assert whole.returncode == 0, whole.stderr[-3000:]
+    return ref
 
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGUSR2], ids=["SIGTERM", "SIGUSR2"])
+def test_a_stopped_packed_sweep_keeps_every_step(tmp_path, uninterrupted, stop):
+    """SIGTERM, or SLURM's warning USR2, after the first epoch, relaunch (a new sweep folder):
+    each member's steps.csv holds every step once, as the uninterrupted sweep's, and its record
+    says resumed_from."""
+    ref = uninterrupted
     cwd = tmp_path / "work"
     cwd.mkdir()
     proc = popen([*PACKED, "hydra.sweep.dir=runs/first"], cwd=cwd)
     wait_for(lambda: rows(cwd / "runs" / "first" / "1" / "metrics.csv") >= 1, proc)
     time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(stop)
     proc.wait(timeout=120)
-    assert proc.returncode == 143, proc.stderr.read()[-2000:]
+    assert proc.returncode == 128 + stop, proc.stderr.read()[-2000:]
     stopped = [
         json.loads((cwd / "runs" / "first" / str(n) / "result.json").read_text()) for n in (0, 1)
     ]
