@@ -393,14 +393,24 @@ def interrupt_on_stop_signals() -> dict[int, Any]:
 def pass_on_stop_signal() -> None:
     """Once an interrupted run is recorded: when SLURM's USR2 stopped it, call the handler that
     was in place before the run, submitit's in a SLURM job, which requeues the job (unless it
-    timed out more than max_num_timeout times: then it raises UncompletedJobError, and submitit
-    reports the job over). Returns when the job was requeued or there is no such handler."""
+    timed out more than max_num_timeout times: then it raises UncompletedJobError, said here in
+    one line; the job ends interrupted, and the sweep names it). Returns when the job was
+    requeued, was not, or there is no such handler."""
     if stopped_by() != WARNING_SIGNAL or not callable(_outer_warning_handler):
         return
     try:
         _outer_warning_handler(WARNING_SIGNAL, None)
     except SystemExit:  # submitit's way out after a requeue; the caller ends the process
         pass
+    except Exception as e:  # noqa: BLE001 - submitit's UncompletedJobError: no more requeues
+        # Raised on, Hydra would hand it to the submitting shell as the job's result, and
+        # the sweep would end in its traceback instead of its summary.
+        print(
+            f"rnnbench: the job is not requeued ({e}): launch the sweep again to go on from "
+            f"its last.ckpt",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def restore_signals(previous: dict[int, Any]) -> None:

@@ -104,24 +104,48 @@ def test_a_sweep_runs_as_slurm_jobs_and_a_relaunch_reuses_every_one(tmp_path):
     assert_relaunch_reuses_all(sweep, tmp_path, made)
 
 
-def test_a_failing_slurm_job_fails_the_sweep_in_one_line(tmp_path):
-    # A value the command line allows, which the job's model refuses: reading a next-step task
-    # backwards would show the model the answer.
-    result = rnnbench_cli([*ON_SLURM, *SMALL, "model.bidirectional=true"], cwd=tmp_path)
-    assert result.returncode == 1, result.stderr[-3000:]
-    assert "Traceback" not in result.stdout + result.stderr
-    assert "sweep: 1 jobs: 1 failed" in result.stdout
-    [record] = records(tmp_path / "runs")
-    assert record["status"] == "failed"
-    assert "model.bidirectional=true is not allowed" in record["error"]
+def test_a_failing_job_and_one_out_of_requeues_end_the_sweep_in_a_line_each(tmp_path):
+    """Job 0 fails: a value the command line allows, which the job's model refuses (reading a
+    next-step task backwards would show the model the answer). Job 1 is warned of its end (USR2)
+    once more than max_num_timeout allows (0 here): submitit will not requeue it, and it ends
+    interrupted. Each is one line in the submitting shell, and no traceback anywhere."""
+    sweep = tmp_path / "sweep"
+    args = [*ON_SLURM, *LONG, "model.bidirectional=true,false", "trainer.max_epochs=2000"]
+    # Under 10 minutes, submitit takes any USR2 for the time limit's (not a preemption's).
+    args += ["hydra.launcher.timeout_min=5", "hydra.launcher.max_num_timeout=0"]
+    args += [f"hydra.sweep.dir={sweep}"]
+    proc = popen(args, tmp_path)
+    try:
+        wait_for(lambda: epochs_done(sweep / "1") >= 2, proc)
+        subprocess.run(["scancel", "--signal=USR2", f"{slurm_array(sweep)}_1"], check=True)
+        out, err = proc.communicate(timeout=300)
+    except BaseException:
+        proc.kill()
+        with contextlib.suppress(Exception):
+            subprocess.run(["scancel", slurm_array(sweep)])
+        raise
+    assert proc.returncode == 1, err[-3000:]
+    assert "Traceback" not in out + err
+    assert "sweep: 2 jobs: 1 failed, 1 interrupted" in out, out[-2000:]
+    failed = json.loads((sweep / "0" / "result.json").read_text())
+    assert failed["status"] == "failed"
+    assert "model.bidirectional=true is not allowed" in failed["error"]
     # Why, in the submitting shell too, under the summary line.
-    [why] = [line for line in result.stdout.splitlines() if line.startswith("  failed ")]
-    folder = Path(record["run_dir"]).relative_to(tmp_path)  # as the sweep's folder is given
+    [why] = [line for line in out.splitlines() if line.startswith("  failed ")]
+    folder = sweep / "0"  # as the sweep's folder is given
     assert why.startswith(f"  failed {folder}: model.bidirectional=true is not allowed"), why
     # Why, in the job's own stderr in submitit's folder.
-    [err] = submitit_logs(Path(record["run_dir"]).parent, "err").values()
-    failed = [line for line in err.splitlines() if line.startswith("rnnbench: job 0 failed: ")]
-    assert len(failed) == 1 and "model.bidirectional=true is not allowed" in failed[0], err
+    logs = submitit_logs(sweep, "err")
+    array = slurm_array(sweep)
+    lines = logs[f"{array}_0"].splitlines()
+    said = [line for line in lines if line.startswith("rnnbench: job 0 failed: ")]
+    assert len(said) == 1 and "model.bidirectional=true is not allowed" in said[0], lines
+
+    stopped = json.loads((sweep / "1" / "result.json").read_text())
+    assert stopped["status"] == "interrupted" and not stopped.get("requeued"), stopped
+    assert "rnnbench: the job is not requeued (" in logs[f"{array}_1"], logs[f"{array}_1"][-2000:]
+    lost = [line for line in err.splitlines() if "without a result" in line]
+    assert len(lost) == 1 and lost[0].startswith(f"rnnbench: job 1 (SLURM job {array}_1) "), lost
 
 
 def epochs_done(run_dir: Path) -> int:
