@@ -405,8 +405,9 @@ def pass_on_stop_signal() -> None:
     except Exception as e:  # noqa: BLE001 - submitit's UncompletedJobError: no more requeues
         # Raised on, Hydra would hand it to the submitting shell as the job's result, and
         # the sweep would end in its traceback instead of its summary.
+        why = str(e).removeprefix("Job not requeued because: ").rstrip(".")
         print(
-            f"rnnbench: the job is not requeued ({e}): launch the sweep again to go on from "
+            f"rnnbench: the job is not requeued ({why}): launch the sweep again to go on from "
             f"its last.ckpt",
             file=sys.stderr,
             flush=True,
