@@ -1353,7 +1353,3 @@ def main(
 def cli() -> None:
     """Console entry point (`rnnbench-bench`): writes results/bench.md and results/bench.json."""
     sys.exit(main(prog="rnnbench-bench", default_out="results"))
-
-
-if __name__ == "__main__":
-    sys.exit(main(default_out="results"))
