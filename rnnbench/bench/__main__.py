@@ -2,7 +2,7 @@
 
 import sys
 
-from rnnbench.bench import main
+from rnnbench.bench.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(default_out="results"))
