@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import require_data
-from rnnbench import bench
-from rnnbench.bench import forward_flops, train_step_flops
+from rnnbench.bench import cli
+from rnnbench.bench.flops import forward_flops, train_step_flops
 from rnnbench.denormals import flush_denormal_everywhere, flushed_share
 from rnnbench.model import SequenceModel
 
@@ -143,7 +143,7 @@ def test_flushing_reaches_every_thread_of_torchs_team():
 
 
 def test_unknown_workload_is_one_error_line(capsys):
-    assert bench.main(["harness", "--workloads", "ptb_big"]) == 2
+    assert cli.main(["harness", "--workloads", "ptb_big"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("rnnbench-bench: error: --workloads='ptb_big'")
     assert "ptb_small, ptb_char, seq_mnist" in err[-1]
