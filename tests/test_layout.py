@@ -73,14 +73,29 @@ def test_no_module_imports_another_modules_private_names(module):
     assert not private, f"{module} imports {private}"
 
 
+def is_presentation(module: str) -> bool:
+    """matplotlib, a PRESENTATION module, or any module of a PRESENTATION package
+    (rnnbench.reproduce.rows)."""
+    return module.split(".")[0] == "matplotlib" or any(
+        module == p or module.startswith(p + ".") for p in PRESENTATION
+    )
+
+
 @pytest.mark.parametrize("module", [f"rnnbench.{m}" for m in TRAINING])
 def test_training_modules_import_no_presentation_code(module):
     pulled = {
-        m
-        for m, _ in imports(MODULES[module])
-        if m.split(".")[0] == "matplotlib" or m in PRESENTATION
+        target
+        for m, names in imports(MODULES[module])
+        for target in (m, *(f"{m}.{n}" for n in names))  # `from rnnbench import reproduce`
+        if is_presentation(target)
     }
     assert not pulled, f"{module} imports {pulled}"
+
+
+def test_the_presentation_check_reaches_into_packages():
+    assert is_presentation("rnnbench.reproduce.rows") and is_presentation("rnnbench.reproduce")
+    assert is_presentation("matplotlib.pyplot") and not is_presentation("rnnbench.reproducer")
+    assert "rnnbench.reproduce.command" in MODULES  # the rules' module lists hold subpackages'
 
 
 def literal_cell_lists(path: Path) -> list[list[str]]:
@@ -152,6 +167,8 @@ def import_graph() -> dict[str, set[str]]:
             for name in names:  # `from rnnbench import table`
                 if f"{source}.{name}" in MODULES:
                     targets.add(f"{source}.{name}")
+                elif f"{source}.__init__" in MODULES:  # a name a package's __init__.py holds
+                    targets.add(f"{source}.__init__")
         graph[module] = targets - {module}
     return graph
 

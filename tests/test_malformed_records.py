@@ -13,7 +13,8 @@ from fixture_runs import write_run
 
 from conftest import TINY_REBER, rnnbench_cli
 from rnnbench import record as rec
-from rnnbench.reproduce import collect, compose_recipes
+from rnnbench.reproduce.recipes import compose_recipes
+from rnnbench.reproduce.rows import collect
 from rnnbench.table import load_rows
 
 WRONG_SHAPES = {

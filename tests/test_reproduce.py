@@ -16,27 +16,11 @@ from hydra.utils import instantiate
 
 from conftest import require_data, train
 from rnnbench.config import compose
-from rnnbench.reproduce import (
-    BEGIN,
-    END,
-    README_BEGIN,
-    README_END,
-    SOURCES,
-    TUNED,
-    Recipe,
-    Row,
-    collect,
-    compose_recipes,
-    main,
-    portable,
-    read_csv,
-    readme_block,
-    recipe_names,
-    render_page,
-    render_table,
-    trained_text,
-    write_page,
-)
+from rnnbench.reproduce.command import main
+from rnnbench.reproduce.csv_readme import README_BEGIN, README_END, read_csv, readme_block
+from rnnbench.reproduce.pages import BEGIN, END, render_page, render_table, write_page
+from rnnbench.reproduce.recipes import SOURCES, TUNED, Recipe, compose_recipes, recipe_names
+from rnnbench.reproduce.rows import Row, collect, portable, trained_text
 
 RECIPES = recipe_names()
 FEW_STEPS = [
