@@ -368,7 +368,7 @@ def test_a_search_gives_tuned_rows_that_survive_the_search_folder(tmp_path):
     mean, std = sum(tests) / 2, abs(tests[0] - tests[1]) / 2**0.5
 
     out = tmp_path / "out"
-    run = ["runs", "-o", str(out), "--source", "tcn"]
+    run = [str(tmp_path / "runs"), "-o", str(out), "--source", "tcn"]
     assert main([*run, "--searches", str(search)]) == 0
     page = (out / SOURCES["tcn"].page).read_text()
     [row] = [
