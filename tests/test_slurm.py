@@ -78,14 +78,14 @@ def submitit_logs(sweep_dir: Path, suffix: str) -> dict[str, str]:
 
 
 def test_a_sweep_runs_as_slurm_jobs_and_a_relaunch_reuses_every_one(tmp_path):
-    sweep = [*ON_SLURM, *SMALL, "seed=1,2"]
+    sweep = [*ON_SLURM, *SMALL, "seed=1,2,3,4"]
     first = rnnbench_cli(sweep, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "sweep: 2 jobs: 2 completed" in first.stdout  # in the submitting shell
+    assert "sweep: 4 jobs: 4 completed" in first.stdout  # in the submitting shell
     # A cluster without accounting (sacct refuses) costs no warning per status poll.
     assert "Bypassing sacct error" not in first.stdout + first.stderr
     made = records(tmp_path / "runs")
-    assert sorted(r["config"]["seed"] for r in made) == [1, 2]
+    assert sorted(r["config"]["seed"] for r in made) == [1, 2, 3, 4]
     assert all(r["status"] == "completed" for r in made)
     # Each job was given one CPU and bound to it: it sized torch's threads to that.
     assert {r["env"]["threads"] for r in made} == {1}
@@ -94,7 +94,7 @@ def test_a_sweep_runs_as_slurm_jobs_and_a_relaunch_reuses_every_one(tmp_path):
     # task, named by the SLURM job id, and it is the run's own summary.
     sweep_dir = Path(made[0]["run_dir"]).parent
     logs = submitit_logs(sweep_dir, "out")
-    assert len(logs) == 2, sorted(logs)
+    assert len(logs) == 4, sorted(logs)
     assert len({job.split("_")[0] for job in logs}) == 1  # one array
     for record in made:
         [job] = [job for job, log in logs.items() if f"{record['run_dir']}/result.json" in log]
