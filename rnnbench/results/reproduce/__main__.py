@@ -1,6 +1,6 @@
-"""`python -m rnnbench.reproduce`: the `rnnbench-reproduce` command."""
+"""`python -m rnnbench.results.reproduce`: the `rnnbench-reproduce` command."""
 
-from rnnbench.reproduce.command import cli
+from rnnbench.results.reproduce.command import cli
 
 if __name__ == "__main__":
     cli()
