@@ -25,7 +25,7 @@ from fixture_runs import write_run, write_sweep
 from omegaconf import OmegaConf
 
 from conftest import TINY_REBER_RUN, rnnbench_cli, wandb_records
-from rnnbench import bench
+from rnnbench.bench import cli as bench
 from rnnbench.config import CONF_DIR, compose
 from rnnbench.results import table
 from rnnbench.results.record import (
