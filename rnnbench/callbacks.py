@@ -21,7 +21,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ProgressBar, TQDMProgressBar
 
-from rnnbench.record import METRICS_FILE, STEPS_COLUMNS, STEPS_FILE
+from rnnbench.results.record import METRICS_FILE, STEPS_COLUMNS, STEPS_FILE
 
 
 class _DropMessages(logging.Filter):

@@ -39,7 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rnnbench.errors import UserError
 from rnnbench.outputs import write_whole
-from rnnbench.record import CHECKPOINT_DIR, LAST_CKPT, claim_run_folder, find_resumable
+from rnnbench.results.record import CHECKPOINT_DIR, LAST_CKPT, claim_run_folder, find_resumable
 
 # Set in a checkpoint's dict by ResumeCheckpoint: taken where a resume is exact.
 BOUNDARY = "rnnbench_boundary"

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from rnnbench.errors import UserError
-from rnnbench.record import now_iso
+from rnnbench.results.record import now_iso
 
 HELD_ELSEWHERE = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
 

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from rnnbench.cells import RecurrentStack, State, reverse_time
 from rnnbench.model import SequenceModel
 from rnnbench.module import Batch, RecurrentTask
-from rnnbench.record import GRADFLOW_COLUMNS
+from rnnbench.results.record import GRADFLOW_COLUMNS
 
 DIRECTIONS = ("forward", "backward")
 WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")

@@ -9,7 +9,7 @@ Trainer and measures ‖∂L/∂h_t‖ on one fixed batch with the training-time
 callback of rnnbench.gradflow, which says how the measurement works), at initialisation and
 after training; it prints a table per cell and draws the curves. `--explode` compares the
 pre-clip gradient norm and loss traces of finished runs. The figures are drawn here, with the
-shared helpers of rnnbench.plots.
+shared helpers of rnnbench.results.plots.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from rnnbench.gradflow import GradFlow, first_last_ratios
 from rnnbench.model import SequenceModel
 from rnnbench.module import RegressionTask
 from rnnbench.outputs import check_writable, mpl_text, one_line, write_text
-from rnnbench.plots import colour, figure_format, hidden_grad_axes, panels, save_figure
-from rnnbench.record import (
+from rnnbench.results.plots import colour, figure_format, hidden_grad_axes, panels, save_figure
+from rnnbench.results.record import (
     BATCH_LOSS,
     CLIPPED,
     PRE_CLIP_GRAD_NORM,

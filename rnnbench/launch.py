@@ -24,7 +24,7 @@ from rnnbench.denormals import flush_denormal_everywhere
 from rnnbench.errors import find_user_error
 from rnnbench.lifecycle import is_rank_zero, pass_on_stop_signal, sweep_group
 from rnnbench.pack import run_packed
-from rnnbench.summary import format_pack_summary, format_summary, show
+from rnnbench.results.summary import format_pack_summary, format_summary, show
 from rnnbench.sweep import (
     end_interrupted_job,
     parallel_jobs,

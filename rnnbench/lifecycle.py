@@ -24,7 +24,7 @@ from torch import nn
 
 from rnnbench.checkpoints import AtomicCheckpointIO
 from rnnbench.errors import ConfigError, find_user_error
-from rnnbench.record import (
+from rnnbench.results.record import (
     RECORD_FILE,
     Record,
     find_completed,

@@ -20,7 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 from rnnbench.config import CONF_DIR, compose, config_problem
 from rnnbench.errors import UserError
 from rnnbench.outputs import check_writable_folder
-from rnnbench.record import check_run_folder, run_key
+from rnnbench.results.record import check_run_folder, run_key
 from rnnbench.schema import Check, value_checks
 
 # Values of a sweep checked one by one, each composed; beyond this many, the rest are checked

@@ -61,7 +61,7 @@ from rnnbench.lifecycle import (
 )
 from rnnbench.module import SPLITS, TASKS, RecurrentTask
 from rnnbench.packed import PackedSequenceModel
-from rnnbench.record import (
+from rnnbench.results.record import (
     BEST_CKPT,
     LAST_CKPT,
     METRICS_FILE,

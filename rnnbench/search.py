@@ -50,7 +50,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rnnbench import claims
 from rnnbench.errors import ConfigError
-from rnnbench.studies import best_trial, open_study_storage
+from rnnbench.results.studies import best_trial, open_study_storage
 from rnnbench.sweep import is_alive, parallel_jobs
 from rnnbench.tasks import KINDS, direction
 from rnnbench.trial import PRUNERS, PrunerSpec, env_overrides, study_env

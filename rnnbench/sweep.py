@@ -18,7 +18,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from rnnbench.record import iter_records, unrecorded_runs
+from rnnbench.results.record import iter_records, unrecorded_runs
 
 
 def threads_per_job(parallel_jobs: int) -> int:

@@ -43,7 +43,7 @@ from rnnbench.lifecycle import (
     trainer_plugins,
 )
 from rnnbench.module import TASKS
-from rnnbench.record import (
+from rnnbench.results.record import (
     CHECKPOINT_DIR,
     LAST_CKPT,
     check_run_folder,

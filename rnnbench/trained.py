@@ -26,7 +26,7 @@ from torch import nn
 from rnnbench.checkpoints import load_checkpoint
 from rnnbench.decode import decode
 from rnnbench.errors import UserError
-from rnnbench.record import BEST_CKPT, LAST_CKPT, RECORD_FILE, read_record
+from rnnbench.results.record import BEST_CKPT, LAST_CKPT, RECORD_FILE, read_record
 
 __all__ = ["TrainedRun", "load_run", "load_model", "translate"]
 

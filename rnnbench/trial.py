@@ -21,7 +21,7 @@ import optuna
 import pytorch_lightning as pl
 
 from rnnbench import claims
-from rnnbench.studies import open_study_storage
+from rnnbench.results.studies import open_study_storage
 
 STORAGE_ENV, STUDY_ENV, TRIAL_ENV, CLAIM_ENV = (
     "RNNBENCH_STUDY_STORAGE",

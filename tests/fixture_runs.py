@@ -3,9 +3,9 @@
 Tests of what reads records (`rnnbench-table`, `rnnbench-report`, bench's aggregate) need runs
 whose numbers they know, not runs that take minutes to train. `write_run` makes one: the REAL
 configuration `rnnbench OVERRIDES` would run (`rnnbench.config.compose`, checked with
-`check_config`), the record the harness starts from (`rnnbench.record.new_record`: schema,
+`check_config`), the record the harness starts from (`rnnbench.results.record.new_record`: schema,
 run_key, config, overrides, seed, started), filled the way `rnnbench.train.run` fills it for a
-run of that task kind and status, and written through `rnnbench.record`: result.json
+run of that task kind and status, and written through `rnnbench.results.record`: result.json
 (`write_json_atomic`), the epoch rows (METRICS_FILE), the step trace (STEPS_FILE, STEPS_COLUMNS)
 and the run_key file a run that started training leaves (`claim_run_folder`).
 
@@ -45,7 +45,7 @@ from omegaconf import OmegaConf
 from rnnbench.cellspec import CELL_SPECS
 from rnnbench.config import check_config, compose
 from rnnbench.lifecycle import reuse
-from rnnbench.record import (
+from rnnbench.results.record import (
     METRICS_FILE,
     RECORD_FILE,
     STEPS_COLUMNS,

@@ -353,7 +353,12 @@ def test_callback_logs_a_wandb_table(tmp_path):
     assert len(table["data"]) == 2 * 12 and {r[0] for r in table["data"]} == {2}
 
 
-PRESENTATION = ("matplotlib", "rnnbench.report", "rnnbench.plots", "rnnbench.table")
+PRESENTATION = (
+    "matplotlib",
+    "rnnbench.results.report",
+    "rnnbench.results.plots",
+    "rnnbench.results.table",
+)
 IMPORTS_NO_PRESENTATION = f"""
 import json, sys
 import pytorch_lightning

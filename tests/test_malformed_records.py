@@ -12,10 +12,10 @@ import pytest
 from fixture_runs import write_run
 
 from conftest import TINY_REBER, rnnbench_cli
-from rnnbench import record as rec
-from rnnbench.reproduce.recipes import compose_recipes
-from rnnbench.reproduce.rows import collect
-from rnnbench.table import load_rows
+from rnnbench.results import record as rec
+from rnnbench.results.reproduce.recipes import compose_recipes
+from rnnbench.results.reproduce.rows import collect
+from rnnbench.results.table import load_rows
 
 WRONG_SHAPES = {
     "a list": [1, 2],

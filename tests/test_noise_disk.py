@@ -27,8 +27,8 @@ from omegaconf import OmegaConf
 from conftest import TINY_REBER, TINY_REBER_RUN, assert_refused, rnnbench_cli, train
 from rnnbench.checkpoints import drop_checkpoints
 from rnnbench.config import compose
-from rnnbench.record import CHECKPOINT_DIR, LAST_CKPT, find_resumable, identity, run_key
-from rnnbench.summary import format_summary
+from rnnbench.results.record import CHECKPOINT_DIR, LAST_CKPT, find_resumable, identity, run_key
+from rnnbench.results.summary import format_summary
 from rnnbench.train import run
 
 BEST_CKPT = f"{CHECKPOINT_DIR}/best.ckpt"

@@ -32,7 +32,7 @@ from rnnbench.config import compose
 from rnnbench.model import SequenceModel
 from rnnbench.pack import Member, run_pack, seed_members
 from rnnbench.packed import PackedSequenceModel
-from rnnbench.record import read_trace
+from rnnbench.results.record import read_trace
 
 # float64 end to end, so a difference is a difference in what is computed, not rounding.
 EXACT = [

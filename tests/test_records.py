@@ -32,7 +32,7 @@ from conftest import (
     wait_for,
 )
 from rnnbench.errors import ConfigError
-from rnnbench.record import read_trace
+from rnnbench.results.record import read_trace
 from rnnbench.sweep import descendants
 
 QUIET = ["logger=none", "trainer.enable_progress_bar=false"]
@@ -268,7 +268,7 @@ def test_a_corrupt_checkpoint_of_another_run_is_skipped(tmp_path, real_checkpoin
     from omegaconf import OmegaConf
 
     from rnnbench.config import compose
-    from rnnbench.record import KEY_FILE, run_key
+    from rnnbench.results.record import KEY_FILE, run_key
     from rnnbench.train import run
 
     cfg = compose([*TINY, f"results_root={tmp_path / 'runs'}"])
@@ -563,7 +563,7 @@ def test_every_archived_record_keeps_its_run_key():
     from omegaconf import OmegaConf
 
     from rnnbench.config import compose
-    from rnnbench.record import run_key
+    from rnnbench.results.record import run_key
 
     archived = sorted((Path(__file__).parent.parent / "results" / "records").rglob("result.json"))
     assert len(archived) >= 30
@@ -577,7 +577,7 @@ def test_flushing_denormals_is_the_old_identity_and_not_flushing_another():
     from omegaconf import OmegaConf
 
     from rnnbench.config import compose
-    from rnnbench.record import run_key
+    from rnnbench.results.record import run_key
 
     def key(*overrides: str) -> str:
         return run_key(OmegaConf.to_container(compose(list(overrides)), resolve=True))
@@ -590,7 +590,7 @@ def test_where_a_run_ran_is_not_its_identity_but_its_precision_is():
     from omegaconf import OmegaConf
 
     from rnnbench.config import compose
-    from rnnbench.record import run_key
+    from rnnbench.results.record import run_key
 
     def key(*overrides: str) -> str:
         return run_key(OmegaConf.to_container(compose(list(overrides)), resolve=True))

@@ -22,9 +22,9 @@ from fixture_runs import MixedRuns
 from test_table import SEED7_PPL, SWEEP_PPL, Runs, made_runs, parse_cell
 
 from conftest import MISSING_BROWSER, REPO, skip_or_fail, train
-from rnnbench.record import RECORD_FILE, STEPS_FILE
-from rnnbench.report import FIGURE_PX
-from rnnbench.report import main as report_main
+from rnnbench.results.record import RECORD_FILE, STEPS_FILE
+from rnnbench.results.report import FIGURE_PX
+from rnnbench.results.report import main as report_main
 
 ARTIFACTS = REPO / "test-artifacts"
 BROWSERS = ("chromium", "chromium-browser")

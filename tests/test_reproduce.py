@@ -16,11 +16,11 @@ from hydra.utils import instantiate
 
 from conftest import require_data, train
 from rnnbench.config import compose
-from rnnbench.reproduce.command import main
-from rnnbench.reproduce.csv_readme import README_BEGIN, README_END, read_csv, readme_block
-from rnnbench.reproduce.pages import BEGIN, END, render_page, render_table, write_page
-from rnnbench.reproduce.recipes import SOURCES, TUNED, Recipe, compose_recipes, recipe_names
-from rnnbench.reproduce.rows import Row, collect, portable, trained_text
+from rnnbench.results.reproduce.command import main
+from rnnbench.results.reproduce.csv_readme import README_BEGIN, README_END, read_csv, readme_block
+from rnnbench.results.reproduce.pages import BEGIN, END, render_page, render_table, write_page
+from rnnbench.results.reproduce.recipes import SOURCES, TUNED, Recipe, compose_recipes, recipe_names
+from rnnbench.results.reproduce.rows import Row, collect, portable, trained_text
 
 RECIPES = recipe_names()
 FEW_STEPS = [

@@ -24,7 +24,7 @@ from hydra.core.override_parser.types import IntervalSweep
 from omegaconf import DictConfig, OmegaConf
 
 from rnnbench.config import CONF_DIR, compose
-from rnnbench.record import run_key
+from rnnbench.results.record import run_key
 from rnnbench.schema import GROUPS as GROUPS_CHECKED
 from rnnbench.schema import RunSchema, schema_for, schema_problem, value_checks
 

@@ -22,10 +22,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from conftest import popen, records, rnnbench_cli, wait_for
 from rnnbench.errors import ConfigError
-from rnnbench.report import main as report_main
+from rnnbench.results.report import main as report_main
+from rnnbench.results.studies import expected_max
+from rnnbench.results.table import main as table_main
 from rnnbench.search import dimension, objective_metric, trial_seed
-from rnnbench.studies import expected_max
-from rnnbench.table import main as table_main
 
 TINY = [
     "data.train_strings=100",
@@ -356,8 +356,8 @@ def test_studies_confirmed_or_not_share_one_set_of_columns():
     """A search whose first study is confirmed and second still running: one table."""
     from collections import Counter
 
-    from rnnbench.studies import StudyView
-    from rnnbench.table import studies_tables
+    from rnnbench.results.studies import StudyView
+    from rnnbench.results.table import studies_tables
 
     def view(name: str, confirmed: list[float]) -> StudyView:
         return StudyView(

@@ -23,9 +23,9 @@ from rnnbench.data.pairs import (
 from rnnbench.decode import beam_search, greedy
 from rnnbench.encoder_decoder import EncoderDecoder
 from rnnbench.errors import ConfigError, DataError
-from rnnbench.record import EXAMPLES_FILE, RECORD_FILE, read_record
-from rnnbench.report import main as report_main
-from rnnbench.table import main as table_main
+from rnnbench.results.record import EXAMPLES_FILE, RECORD_FILE, read_record
+from rnnbench.results.report import main as report_main
+from rnnbench.results.table import main as table_main
 from rnnbench.tasks import KINDS
 from rnnbench.text_scores import corpus_bleu, corpus_rouge
 

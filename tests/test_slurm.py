@@ -277,7 +277,7 @@ def journal_trials(journal: Path, study: str) -> list:
     """The trials of `study` in a journal storage, as a worker reads them."""
     import optuna
 
-    from rnnbench.studies import open_study_storage
+    from rnnbench.results.studies import open_study_storage
 
     storage = open_study_storage(f"journal:{journal}")
     return optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)

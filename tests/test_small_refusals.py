@@ -30,7 +30,7 @@ KEEP = [*TINY_REBER, "checkpoints.keep=both"]  # a completed run keeps its last.
 
 @pytest.mark.parametrize("value", ["-1", "0", "1.5"])
 def test_reproduce_refuses_threads_below_one_in_one_line(tmp_path, value):
-    from rnnbench.reproduce.command import parse_args
+    from rnnbench.results.reproduce.command import parse_args
 
     out = tmp_path / "out"
     result = subprocess.run(

@@ -25,9 +25,10 @@ from fixture_runs import write_run, write_sweep
 from omegaconf import OmegaConf
 
 from conftest import TINY_REBER_RUN, rnnbench_cli, wandb_records
-from rnnbench import bench, table
+from rnnbench.bench import cli as bench
 from rnnbench.config import CONF_DIR, compose
-from rnnbench.record import (
+from rnnbench.results import table
+from rnnbench.results.record import (
     RECORD_FILE,
     flatten,
     natural_key,

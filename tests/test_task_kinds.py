@@ -12,8 +12,8 @@ import torch
 from torch.nn import functional as F
 
 from rnnbench.module import TASKS
-from rnnbench.summary import format_summary
-from rnnbench.table import metric_direction
+from rnnbench.results.summary import format_summary
+from rnnbench.results.table import metric_direction
 from rnnbench.tasks import KINDS, direction
 
 RECORDS = Path(__file__).resolve().parent.parent / "results" / "records"

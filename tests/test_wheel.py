@@ -85,6 +85,9 @@ def test_wheel_installs_a_command_that_runs_without_the_source_tree(tmp_path: Pa
         assert path.is_relative_to(venv.resolve()), f"{path} is not inside the fresh venv {venv}"
         assert not path.is_relative_to(REPO), f"{path} comes from the checkout"
     assert (Path(where[1]) / "config.yaml").is_file()
+    # The report's module loads its Jinja2 templates (rnnbench/results/templates/) on import.
+    python = str(venv / "bin" / "python")
+    run_checked([python, "-c", "import rnnbench.results.report"], cwd=cwd, env=env)
 
     rnnbench = str(venv / "bin" / "rnnbench")
     help_text = run_checked([rnnbench, "--help"], cwd=cwd, env=env).stdout

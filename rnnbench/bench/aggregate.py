@@ -17,10 +17,10 @@ from typing import Any
 
 import pandas as pd
 
-from rnnbench import table
 from rnnbench.cellspec import BASE_CELLS
 from rnnbench.config import compose
-from rnnbench.record import RECORD_FILE
+from rnnbench.results import table
+from rnnbench.results.record import RECORD_FILE
 from rnnbench.train import run
 
 # (records up to, seconds): the goals for a table at search scale.

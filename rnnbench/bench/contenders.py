@@ -26,7 +26,7 @@ from rnnbench.config import check_config
 from rnnbench.denormals import flush_denormal_everywhere
 from rnnbench.lifecycle import finish_wandb
 from rnnbench.pack import build_pack, seed_members
-from rnnbench.record import new_record
+from rnnbench.results.record import new_record
 from rnnbench.train import build_training
 
 MATMUL_SIZE = 2048

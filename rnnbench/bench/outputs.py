@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
-from rnnbench import table
 from rnnbench.bench.training import WORKLOADS, per_cell, training_rows
 from rnnbench.outputs import make_folder, one_line, write_text
-from rnnbench.record import environment
+from rnnbench.results import table
+from rnnbench.results.record import environment
 
 
 def machine() -> dict[str, Any]:

@@ -30,7 +30,7 @@ from rnnbench.bench.training import (
     rate,
 )
 from rnnbench.config import compose
-from rnnbench.record import iter_records
+from rnnbench.results.record import iter_records
 from rnnbench.sweep import threads_per_job
 
 SWEEP_GOAL = 0.75

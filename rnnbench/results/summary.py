@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from rnnbench.record import RECORD_FILE
+from rnnbench.results.record import RECORD_FILE
 from rnnbench.tasks import KINDS, REFERENCE_SUFFIXES
 
 

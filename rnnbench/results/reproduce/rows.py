@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from rnnbench.outputs import md_text
-from rnnbench.record import iter_records, repeat_key
-from rnnbench.reproduce.recipes import SOURCES, Recipe, differences, published
-from rnnbench.table import load_reference
+from rnnbench.results.record import iter_records, repeat_key
+from rnnbench.results.reproduce.recipes import SOURCES, Recipe, differences, published
+from rnnbench.results.table import load_reference
 from rnnbench.tasks import direction
 
 # OUT/records/<recipe>/<run_key>/: a copy of each run record behind a row (result.json and

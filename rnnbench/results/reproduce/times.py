@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 
 from rnnbench.config import compose
 from rnnbench.outputs import write_text
-from rnnbench.reproduce.recipes import Recipe
+from rnnbench.results.reproduce.recipes import Recipe
 
 TIMES_FILE = "recipe_times.csv"
 

@@ -14,9 +14,9 @@ import torch
 
 from rnnbench.errors import UserError
 from rnnbench.outputs import make_folder, one_line
-from rnnbench.report import positive  # argparse type: a whole number of at least 1
-from rnnbench.reproduce.archive import archive_records, archive_searches, load_searches
-from rnnbench.reproduce.csv_readme import (
+from rnnbench.results.report import positive  # argparse type: a whole number of at least 1
+from rnnbench.results.reproduce.archive import archive_records, archive_searches, load_searches
+from rnnbench.results.reproduce.csv_readme import (
     CSV_FILE,
     carry_over,
     csv_lines,
@@ -25,10 +25,15 @@ from rnnbench.reproduce.csv_readme import (
     write_csv,
     write_readme,
 )
-from rnnbench.reproduce.pages import render_page, write_page
-from rnnbench.reproduce.recipes import SOURCES, ReproduceError, compose_recipes, recipe_names
-from rnnbench.reproduce.rows import RECORDS_DIR, SEARCHES_DIR, collect
-from rnnbench.reproduce.times import TIMES_FILE, measure_time, read_times, write_times
+from rnnbench.results.reproduce.pages import render_page, write_page
+from rnnbench.results.reproduce.recipes import (
+    SOURCES,
+    ReproduceError,
+    compose_recipes,
+    recipe_names,
+)
+from rnnbench.results.reproduce.rows import RECORDS_DIR, SEARCHES_DIR, collect
+from rnnbench.results.reproduce.times import TIMES_FILE, measure_time, read_times, write_times
 
 RESULTS_DIR = Path("results")
 

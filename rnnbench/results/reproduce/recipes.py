@@ -15,8 +15,8 @@ from omegaconf import OmegaConf
 from rnnbench.cellspec import CELLS
 from rnnbench.config import CONF_DIR, compose
 from rnnbench.errors import UserError
-from rnnbench.record import flatten, identity, is_identity_key, repeat_key
-from rnnbench.table import literal, match_keys
+from rnnbench.results.record import flatten, identity, is_identity_key, repeat_key
+from rnnbench.results.table import literal, match_keys
 
 PAPER_CELLS = tuple(reversed(CELLS))  # the papers' order: the best-known cell first
 TUNED = "_tuned"  # recipe name suffix: a row beside the paper's, with settings tuned here

@@ -22,5 +22,5 @@ One module per stage, each importing only those listed above it:
 - `pages`: each source's markdown page, with the tuned rows of the archived searches
 - `csv_readme`: `results/reproduction.csv`, and the README's table made from it
 - `archive`: the records and searches behind the rows, copied under `results/records/`
-- `command`: the command line, `rnnbench-reproduce` (`rnnbench.reproduce.command:cli`)
+- `command`: the command line, `rnnbench-reproduce` (`rnnbench.results.reproduce.command:cli`)
 """

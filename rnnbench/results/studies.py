@@ -22,7 +22,7 @@ import optuna
 
 from rnnbench.cellspec import CELLS
 from rnnbench.errors import UserError
-from rnnbench.record import RECORD_FILE, read_record, warn_skipped
+from rnnbench.results.record import RECORD_FILE, read_record, warn_skipped
 
 STORAGE_FILES = {"optuna.db": "sqlite:///", "journal.log": "journal:"}
 

@@ -10,8 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from rnnbench.outputs import write_text
-from rnnbench.reproduce.recipes import SOURCES, ReproduceError
-from rnnbench.reproduce.rows import Row, duration_text, fmt, is_within, mean_text, percent_change
+from rnnbench.results.reproduce.recipes import SOURCES, ReproduceError
+from rnnbench.results.reproduce.rows import (
+    Row,
+    duration_text,
+    fmt,
+    is_within,
+    mean_text,
+    percent_change,
+)
 
 CSV_FILE = "reproduction.csv"
 # The README's table of the rows run here, made from reproduction.csv (`--readme README.md`).

@@ -35,7 +35,6 @@ from typing import Any
 
 import pandas as pd
 
-from rnnbench import record as record_module
 from rnnbench.cellspec import CELLS
 from rnnbench.config import compose
 from rnnbench.errors import UserError
@@ -47,7 +46,8 @@ from rnnbench.outputs import (
     write_text,
     write_whole,
 )
-from rnnbench.record import (
+from rnnbench.results import record as record_module
+from rnnbench.results.record import (
     RECORD_FILE,
     flatten,
     is_identity_key,
@@ -56,7 +56,7 @@ from rnnbench.record import (
     record_files,
     repeat_key,
 )
-from rnnbench.studies import (
+from rnnbench.results.studies import (
     StudyView,
     expected_max_curve,
     load_studies,
@@ -1029,7 +1029,7 @@ def comparison_table(pairs: pd.DataFrame, view: View) -> Table:
 # bolds the table; Styler.to_latex's escape="latex" passes Δ through, which LaTeX without extra
 # packages refuses; Styler.to_html gives each render a fresh id (two renders of one table
 # differ), so regenerated results/ files would change on every run. The report's page around
-# these tables is a Jinja2 template (rnnbench/templates/).
+# these tables is a Jinja2 template (rnnbench/results/templates/).
 
 
 # Markdown punctuation a cell or note could use to become markup: a cell end, an HTML tag, an

@@ -9,10 +9,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rnnbench.outputs import make_folder
-from rnnbench.record import METRICS_FILE, RECORD_FILE, write_json_atomic
-from rnnbench.reproduce.recipes import ReproduceError
-from rnnbench.reproduce.rows import RECORDS_DIR, SEARCHES_DIR, Row
-from rnnbench.studies import STORAGE_FILES, StudyView, load_studies, storage_url
+from rnnbench.results.record import METRICS_FILE, RECORD_FILE, write_json_atomic
+from rnnbench.results.reproduce.recipes import ReproduceError
+from rnnbench.results.reproduce.rows import RECORDS_DIR, SEARCHES_DIR, Row
+from rnnbench.results.studies import STORAGE_FILES, StudyView, load_studies, storage_url
 
 
 def archive_searches(paths: Sequence[Path], out: Path) -> int:

@@ -11,9 +11,9 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from rnnbench.outputs import md_text, one_line, write_text
-from rnnbench.record import RECORD_FILE, read_record
-from rnnbench.reproduce.recipes import Recipe, Source, differences
-from rnnbench.reproduce.rows import (
+from rnnbench.results.record import RECORD_FILE, read_record
+from rnnbench.results.reproduce.recipes import Recipe, Source, differences
+from rnnbench.results.reproduce.rows import (
     RECORDS_DIR,
     SEARCHES_DIR,
     Row,
@@ -27,8 +27,8 @@ from rnnbench.reproduce.rows import (
     trained_text,
     verdict,
 )
-from rnnbench.reproduce.times import TIMES_FILE
-from rnnbench.studies import StudyView
+from rnnbench.results.reproduce.times import TIMES_FILE
+from rnnbench.results.studies import StudyView
 
 BEGIN, END = "<!-- rnnbench-reproduce:begin -->", "<!-- rnnbench-reproduce:end -->"
 

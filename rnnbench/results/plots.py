@@ -1,4 +1,4 @@
-"""Plotting helpers shared by the HTML report (rnnbench.report) and the gradflow experiment
+"""Plotting helpers shared by the HTML report (rnnbench.results.report) and the gradflow experiment
 (rnnbench.gradflow_experiment): one colour per cell, panels side by side, the log-scale axes of
 ‖∂L/∂h_t‖, and figures rendered in memory then written whole.
 

@@ -44,8 +44,8 @@ from matplotlib.ticker import MaxNLocator
 
 from rnnbench.errors import UserError
 from rnnbench.outputs import check_writable, html_comment, mpl_text, one_line, write_text
-from rnnbench.plots import colour, figure_bytes, hidden_grad_axes, panels
-from rnnbench.record import (
+from rnnbench.results.plots import colour, figure_bytes, hidden_grad_axes, panels
+from rnnbench.results.record import (
     GRADFLOW_COLUMNS,
     GRADFLOW_FILE,
     METRICS_FILE,
@@ -57,8 +57,8 @@ from rnnbench.record import (
     read_record,
     read_trace,
 )
-from rnnbench.studies import expected_max_figure, load_studies
-from rnnbench.table import (
+from rnnbench.results.studies import expected_max_figure, load_studies
+from rnnbench.results.table import (
     REDUCED_MARK,
     SHOWN,
     Result,
@@ -99,10 +99,11 @@ REFERENCE_DASHES = ((0, (6, 3)), (0, (1, 2)), (0, (8, 2, 2, 2)))
 # What the gradient-flow figure draws from a run's gradflow.csv (not the probe's loss).
 FLOW_DRAWN = {c for c in GRADFLOW_COLUMNS if c != "loss"}
 
-# The pages are Jinja2 templates (rnnbench/templates/): a value is escaped where the template
-# writes it, so nothing here escapes by hand; a figure or a table already made passes as Markup.
+# The pages are Jinja2 templates (rnnbench/results/templates/): a value is escaped where the
+# template writes it, so nothing here escapes by hand; a figure or a table already made passes
+# as Markup.
 PAGES = jinja2.Environment(
-    loader=jinja2.PackageLoader("rnnbench", "templates"),
+    loader=jinja2.PackageLoader("rnnbench.results", "templates"),
     autoescape=True,
     trim_blocks=True,
     lstrip_blocks=True,
