@@ -15,11 +15,15 @@ it; shared claims (a trial's, held both by the search worker and by the trial's 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
 import os
 import socket
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -50,13 +54,8 @@ def describe(holder: dict[str, Any] | None) -> str:
     """A holder in words: `SLURM job 12_3 (host vm, pid 4242)`."""
     if not holder:
         return "another process"
-    where = f"host {holder.get('host')}, pid {holder.get('pid')}"
-    job = holder.get("slurm_job")
-    return (
-        f"SLURM job {job} ({where})"
-        if job
-        else f"process {holder.get('pid')} on host {holder.get('host')}"
-    )
+    host, pid, job = holder.get("host"), holder.get("pid"), holder.get("slurm_job")
+    return f"SLURM job {job} (host {host}, pid {pid})" if job else f"process {pid} on host {host}"
 
 
 def hold(path: Path, holder: dict[str, Any] | None = None, shared: bool = False) -> IO[str] | None:
@@ -105,6 +104,21 @@ def holder_of(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return holder if isinstance(holder, dict) else None
+
+
+@contextlib.contextmanager
+def waiting(path: Path, what: str, wait_s: float) -> Iterator[None]:
+    """Hold the exclusive claim on `path` for the block, waiting while another process holds
+    it (saying once who, and `what` for), looking again every `wait_s` seconds."""
+    said = False
+    while (hold_file := hold(path, this_process())) is None:
+        if not said:
+            holder = describe(holder_of(path))
+            print(f"rnnbench: waiting for {what}, run by {holder}", file=sys.stderr, flush=True)
+            said = True
+        time.sleep(wait_s)
+    with hold_file:
+        yield
 
 
 def no_locks(path: Path, error: OSError) -> UserError:

@@ -488,7 +488,7 @@ def hold_pack(members: Sequence[Member], pack_dir: Path) -> tuple[IO[str] | None
     holder = {**claims.this_process(), "pack": str(pack_dir.resolve())}
     while (lock := claims.hold(path, holder)) is None:
         try:
-            other = Path(json.loads(path.read_text())["pack"])
+            other = Path(claims.holder_of(path)["pack"])
             described = json.loads((other / PACK_FILE).read_text())["members"]
             others += [Path(m["run_dir"]) for m in described if Path(m["run_dir"]) not in others]
         except (OSError, ValueError, KeyError, TypeError):

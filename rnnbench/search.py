@@ -20,7 +20,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import random
@@ -29,7 +28,7 @@ import statistics
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -458,27 +457,12 @@ def run_studies(sweeper: Any, arguments: list[str]) -> list[Any]:
             ]
             sweeper.validate_batch_is_legal(batch)
             # One worker runs the confirmation; the others wait, then reuse its records.
-            with wait_to_hold(folder / "confirm", f"study {name}'s confirmation"):
+            with claims.waiting(folder / "confirm", f"study {name}'s confirmation", WAIT_S):
                 results = sweeper.launcher.launch(batch, initial_job_idx=job)
             job += len(batch)
             returns.append(results)
             print(record_confirmation(study, best, seeds, results), flush=True)
     return returns
-
-
-@contextlib.contextmanager
-def wait_to_hold(path: Path, what: str) -> Iterator[None]:
-    """Hold the exclusive claim on `path` for the block, waiting while another process holds
-    it (saying once who, and what for)."""
-    said = False
-    while (hold := claims.hold(path, claims.this_process())) is None:
-        if not said:
-            holder = claims.describe(claims.holder_of(path))
-            print(f"rnnbench: waiting for {what}, run by {holder}", file=sys.stderr, flush=True)
-            said = True
-        time.sleep(WAIT_S)
-    with hold:
-        yield
 
 
 def confirm_seeds(search_seed: int, count: int) -> list[int]:
