@@ -7,6 +7,7 @@ any folder is."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -62,10 +64,21 @@ if PROBLEM and not nothing_may_skip():
     pytest.skip(f"{PROBLEM}: {MISSING_SLURM}", allow_module_level=True)  # one line for all
 
 
+# The cluster has as many CPUs as the machine (2 on CI), and each test needs its jobs to run at
+# once (one trains while another waits, a signal reaches a job mid-training). Two tests on two
+# pytest workers would queue each other's jobs, and a job would finish before its partner starts:
+# the module's tests take the cluster one at a time. The test's jobs keep both cores busy, so the
+# waiting worker costs little.
+CLUSTER_LOCK = Path(os.environ.get("TMPDIR", "/tmp")) / "rnnbench-test-slurm.lock"
+
+
 @pytest.fixture(autouse=True)
-def cluster() -> None:
+def cluster() -> Iterator[None]:
     if PROBLEM:  # under CI: every test fails, and the rest of the suite still runs
         pytest.fail(f"{PROBLEM}: {MISSING_SLURM}")
+    with open(CLUSTER_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # freed when the test ends, or its process does
+        yield
 
 
 def submitit_logs(sweep_dir: Path, suffix: str) -> dict[str, str]:
