@@ -14,13 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from lightning_fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
 from rnnbench.checkpoints import AtomicCheckpointIO
 from rnnbench.errors import ConfigError, find_user_error
@@ -325,27 +323,6 @@ def discard_unused_folder(run_dir: Path) -> None:
     own = [p for p in run_dir.iterdir() if p.name != ".hydra" and p.suffix != ".log"]
     if not own:
         shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def divergence(task: pl.LightningModule, model: nn.Module, metrics: dict[str, Any]) -> str | None:
-    """Why a run that trained to the end is no result, or None: its training loss went
-    non-finite, its weights did, or a validation or test metric is inf or NaN."""
-    if task.diverged:
-        step = getattr(task, "diverged_step", None)
-        return "the training loss became non-finite" + (f" at step {step}" if step else "")
-    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-        return "the weights became non-finite"
-    return nonfinite_metrics(metrics)
-
-
-def nonfinite_metrics(metrics: dict[str, Any]) -> str | None:
-    """Which validation or test metrics are inf or NaN, in words; None when none is."""
-    bad = sorted(
-        k
-        for k, v in metrics.items()
-        if k.startswith(("val/", "test/")) and isinstance(v, float) and not math.isfinite(v)
-    )
-    return f"{', '.join(bad)} not finite" if bad else None
 
 
 # SIGUSR2: SLURM's warning that a job's time limit or a preemption is near (sbatch

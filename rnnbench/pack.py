@@ -48,17 +48,8 @@ from rnnbench.checkpoints import (
 )
 from rnnbench.clipping import clip_global_norm_
 from rnnbench.config import check_config, compose
-from rnnbench.errors import ConfigError, UserError, find_user_error
-from rnnbench.lifecycle import (
-    build_loggers,
-    finish_wandb,
-    hold_stop_signals,
-    interrupt_on_stop_signals,
-    nonfinite_metrics,
-    restore_signals,
-    reuse,
-    trainer_plugins,
-)
+from rnnbench.errors import ConfigError, UserError
+from rnnbench.lifecycle import build_loggers, finish_wandb, reuse, trainer_plugins
 from rnnbench.module import SPLITS, TASKS, RecurrentTask
 from rnnbench.packed import PackedSequenceModel
 from rnnbench.results.record import (
@@ -83,6 +74,7 @@ from rnnbench.results.record import (
     write_json_atomic,
     write_record,
 )
+from rnnbench.runner import conclude_record, measured_timing, record_best, train_and_record
 from rnnbench.sweep import sweep_jobs
 
 # The keys whose values may differ between the members of one pack.
@@ -567,144 +559,102 @@ def build_pack(
 
 
 def train_members(members: list[Member], pack_dir: Path, group: str | None) -> list[Record]:
-    """Fit and test `members` as one PackedSequenceModel; record each."""
-    lead = members[0].cfg
-    pack_dir = pack_dir.resolve()
-    key = pack_key(members)
-    check_run_folder(pack_dir, key)
-    pack_dir.mkdir(parents=True, exist_ok=True)
-    pack_record: dict[str, Any] = {"run_key": key}
-    describe_pack(pack_dir, members, "running")
-    for m in members:
-        claim_run_folder(m.run_dir, m.record["run_key"])
-    status = "failed"
-    task = trainer = None
-    previous_handlers = interrupt_on_stop_signals()  # SLURM's USR2 stops a pack as a run
-    try:
-        datamodule = instantiate(lead.data)
+    """Fit and test `members` as one PackedSequenceModel (`PackRun`); record each."""
+    train_and_record(PackRun(members, pack_dir.resolve(), group))
+    return [m.record for m in members]
+
+
+class PackRun:
+    """The strategy of a pack (`train_and_record`): its members trained at once as one
+    PackedSequenceModel (`build_pack`), resumed together from the pack folder's last.ckpt, each
+    tested with its own best epoch's weights and recorded in its own folder, as its lone run
+    would be (`packed_with` says with whom). pack.json says how the pack stands."""
+
+    refuses_unbuilt = False  # a member refused is recorded failed: its sweep counts it
+
+    def __init__(self, members: list[Member], pack_dir: Path, group: str | None) -> None:
+        self.members, self.pack_dir, self.group = members, pack_dir, group
+        self.records = [m.record for m in members]
+        self.pack_record: dict[str, Any] = {"run_key": pack_key(members)}
+        self.built: PackTraining | None = None
+        check_run_folder(pack_dir, self.pack_record["run_key"])
+        pack_dir.mkdir(parents=True, exist_ok=True)
+        describe_pack(pack_dir, members, "running")
+        for m in members:
+            claim_run_folder(m.run_dir, m.record["run_key"])
+
+    def build(self) -> pl.LightningDataModule:
+        datamodule = instantiate(self.members[0].cfg.data)
         datamodule.setup("fit")
-        built = build_pack(members, datamodule, pack_dir)
-        task, trainer, throughput = built.task, built.trainer, built.throughput
-        last = resume_point(pack_record, pack_dir, lead, packed=True)
-        if "resumed_from" in pack_record:
-            adopt_member_traces(Path(pack_record["resumed_from"]), members)
-        trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if last else None)
-        if trainer.interrupted:
-            raise KeyboardInterrupt
+        self.built = build_pack(self.members, datamodule, self.pack_dir)
+        self.task, self.trainer = self.built.task, self.built.trainer
+        return datamodule
+
+    def resume_point(self) -> Path | None:
+        last = resume_point(self.pack_record, self.pack_dir, self.members[0].cfg, packed=True)
+        if "resumed_from" in self.pack_record:
+            adopt_member_traces(Path(self.pack_record["resumed_from"]), self.members)
+        return last
+
+    def conclude(self, datamodule: pl.LightningDataModule) -> None:
+        task, trainer, lead = self.task, self.trainer, self.members[0].cfg
+        size = len(self.members)
         tested = task.test_with_best()
-        testable = [k for k in range(len(members)) if tested[k] == "best" or task.alive[k]]
+        testable = [k for k in range(size) if tested[k] == "best" or task.alive[k]]
         if testable:
             trainer.test(task, datamodule=datamodule, verbose=False)
         env = environment(str(trainer.strategy.root_device), lead.get("flush_denormal", True))
-        timing = {
-            "train_s": round(throughput.train_s, 3),
-            "steps": trainer.global_step,
-            "items": throughput.items,
-            "items_per_s": round(throughput.items_per_s, 1),
-            "packed": len(members),  # train_s is the pack's: every member's steps in it
-        }
-        for k, m in enumerate(members):
-            fill_member_record(
-                m,
-                k,
-                task,
-                tested[k],
-                k in testable,
-                datamodule,
-                built.params,
-                env,
-                timing,
-                pack_record,
+        timing = measured_timing(self.built.throughput, trainer.global_step)
+        timing["packed"] = size  # train_s is the pack's: every member's steps in it
+        for k, m in enumerate(self.members):
+            record = m.record
+            record["task"], record["headline"] = datamodule.task, datamodule.headline_metric
+            record["params"], record["env"] = self.built.params, env
+            record["timing"] = dict(timing)
+            if "resume" in self.pack_record:
+                record["resume"] = self.pack_record["resume"]
+                record["notes"] += self.pack_record.get("notes", [])
+            best = task.best[k]
+            record_best(record, best["row"] if best else None)
+            record["notes"].append(
+                f"trained in a pack of {size}: the recurrence ran the seed notes' equations "
+                f"(model.impl=scratch's), whatever model.impl says"
             )
-        status = "ended"
-    except (KeyboardInterrupt, SystemExit):
-        for m in members:
-            m.record["status"] = "interrupted"
-        status = "interrupted"
-        hold_stop_signals()
-        raise
-    except BaseException as e:
-        user = find_user_error(e)
-        for m in members:
-            m.record["error"] = str(user) if user else repr(e)
-        raise
-    finally:
+            test = task.member_metrics[k] if k in testable else {}
+            conclude_record(
+                record,
+                tested[k],
+                {key: v for key, v in test.items() if key.startswith("test/")},
+                datamodule.reference_metrics(),
+                None if task.alive[k] else f"(epoch {task.diverged_at[k]})",
+                task.model.member_state_dict(k).values(),
+            )
+            keep = OmegaConf.select(m.cfg, "checkpoints.keep", default="both")
+            if best is not None and keep != "none":
+                write_best_checkpoint(m.run_dir, best)
+
+    def finish(self, refused: bool) -> None:
+        members, pack_dir = self.members, self.pack_dir
+        statuses = {m.record["status"] for m in members}
         for k, m in enumerate(members):
-            m.record["finished"] = now_iso()
             m.record["packed_with"] = {
                 "pack": str(pack_dir),
                 "index": k,
                 "size": len(members),
                 "members": [str(x.run_dir.resolve()) for x in members],
             }
-            if m.record["status"] == "failed" and task is not None and trainer is not None:
+            if m.record["status"] == "failed" and self.built is not None:
                 m.record["notes"].append(f"the pack in {pack_dir} did not end")
             write_record(m.run_dir, m.record)
-        describe_pack(pack_dir, members, status)
-        if status != "interrupted":  # as for a run: the stopping process keeps them held
-            restore_signals(previous_handlers)
-    finish_member_loggers(members, group)
-    if all(m.record["status"] == "completed" for m in members):
-        keep = OmegaConf.select(lead, "checkpoints.keep", default="both")
-        if keep in ("best", "none"):
-            (pack_dir / LAST_CKPT).unlink(missing_ok=True)
-    return [m.record for m in members]
-
-
-def fill_member_record(
-    m: Member,
-    k: int,
-    task: PackedTask,
-    tested: str,
-    was_tested: bool,
-    datamodule,
-    params: int,
-    env: dict[str, Any],
-    timing: dict[str, Any],
-    pack_record: dict[str, Any],
-) -> None:
-    """Member k's record, as its lone run's would be; its best weights as best.ckpt."""
-    record = m.record
-    record["task"], record["headline"] = datamodule.task, datamodule.headline_metric
-    record["params"], record["env"] = params, env
-    record["timing"] = dict(timing)
-    if "resume" in pack_record:
-        record["resume"] = pack_record["resume"]
-        record["notes"] += pack_record.get("notes", [])
-    best = task.best[k]
-    record["best"] = best["row"] if best else None
-    metrics = task.member_metrics[k]
-    record["metrics"] = {
-        key: v for key, v in (best["row"] if best else {}).items() if key.startswith("val/")
-    }
-    record["tested"] = tested
-    record["notes"].append(
-        f"trained in a pack of {timing['packed']}: the recurrence ran the seed notes' equations "
-        f"(model.impl=scratch's), whatever model.impl says"
-    )
-    if best is None:
-        record["notes"].append(
-            "no validation ran (the budget ended before the first validation): the test "
-            "used the last weights"
-        )
-    if was_tested:
-        record["metrics"] |= {key: v for key, v in metrics.items() if key.startswith("test/")}
-    record["metrics"] |= datamodule.reference_metrics()
-    why = None
-    if not task.alive[k]:
-        why = f"the training loss became non-finite (epoch {task.diverged_at[k]})"
-    else:
-        weights = task.model.member_state_dict(k)
-        if not all(bool(torch.isfinite(w).all()) for w in weights.values()):
-            why = "the weights became non-finite"
-        else:
-            why = nonfinite_metrics(record["metrics"])
-    if why:
-        record["notes"].append(f"diverged: {why}")
-    record["status"] = "diverged" if why else "completed"
-    keep = OmegaConf.select(m.cfg, "checkpoints.keep", default="both")
-    if best is not None and keep != "none":
-        write_best_checkpoint(m.run_dir, best)
+        if statuses & {"failed", "interrupted"}:
+            describe_pack(pack_dir, members, max(statuses & {"failed", "interrupted"}))
+            return
+        describe_pack(pack_dir, members, "ended")
+        finish_member_loggers(members, self.group)
+        if statuses == {"completed"}:
+            keep = OmegaConf.select(members[0].cfg, "checkpoints.keep", default="both")
+            if keep in ("best", "none"):
+                (pack_dir / LAST_CKPT).unlink(missing_ok=True)
 
 
 def adopt_member_traces(old_pack: Path, members: Sequence[Member]) -> None:

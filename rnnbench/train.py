@@ -1,12 +1,11 @@
-"""One lone run's lifecycle: build the data, model, task and Trainer from a composed config,
-claim the folder, reuse or resume, train, test the best checkpoint, and record it however it
-ends (`run`). The `rnnbench` command is rnnbench.launch; what lone and packed runs share is
-rnnbench.lifecycle."""
+"""One lone run: reuse a completed one or train it (`run`), as the strategy `LoneRun` of the one
+lifecycle (rnnbench.runner): its data, model, task and Trainer built from a composed config,
+resumed from its last checkpoint, tested with its best, recorded in its folder. The `rnnbench`
+command is rnnbench.launch; a pack of runs is rnnbench.pack."""
 
 from __future__ import annotations
 
 import sys
-import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,19 +25,15 @@ from rnnbench.checkpoints import (
     resume_point,
 )
 from rnnbench.config import check_config
-from rnnbench.errors import UserError, find_user_error
+from rnnbench.errors import UserError
 from rnnbench.lifecycle import (
     build_loggers,
     check_device,
     discard_dashboards,
     discard_unused_folder,
-    divergence,
     finish_dashboards,
     finish_wandb,
-    hold_stop_signals,
-    interrupt_on_stop_signals,
     is_rank_zero,
-    restore_signals,
     reuse,
     trainer_plugins,
 )
@@ -51,14 +46,14 @@ from rnnbench.results.record import (
     forced_folder,
     holds_completed,
     new_record,
-    now_iso,
     take_place,
     write_examples,
     write_record,
 )
+from rnnbench.runner import conclude_record, measured_timing, record_best, train_and_record
 from rnnbench.trial import trial_callback
 
-__all__ = ["run", "build_training", "Training"]
+__all__ = ["run", "LoneRun", "build_training", "Training"]
 
 
 @dataclass
@@ -140,8 +135,7 @@ def run(
     record = new_record(OmegaConf.to_container(cfg, resolve=True), run_dir, overrides or [])
     check_run_folder(run_dir, record["run_key"])
     run_dir.mkdir(parents=True, exist_ok=True)
-    rank_zero = is_rank_zero()
-    if rank_zero and not cfg.get("force"):
+    if is_rank_zero() and not cfg.get("force"):
         reused = reuse(record, run_dir, cfg.get("results_root") or run_dir, search)
         if reused is not None:
             return reused
@@ -153,46 +147,73 @@ def run(
         check_run_folder(run_dir, record["run_key"])
         run_dir.mkdir(exist_ok=True)
         record["run_dir"] = str(run_dir)
-    loggers: list = []
-    best_path: str | None = None  # the checkpoint the test scores, known once training ended
-    previous_handlers = interrupt_on_stop_signals()
-    # A bad value found while the data, model and trainer are built is refused like one
-    # check_config finds: one line, and no record, no W&B run, no folder left by this launch.
-    building, refused = True, False
-    trial = None
-    try:
+    train_and_record(LoneRun(cfg, run_dir, place, record, group, not record_refusals))
+    return record
+
+
+class LoneRun:
+    """The strategy of one run (`train_and_record`): its model, task and Trainer
+    (`build_training`), resumed from its own folder's last.ckpt or an unfinished run's with its
+    run_key, tested with its best checkpoint, recorded in its folder (and moved to `place` once
+    completed, for a forced re-run). Under a search it is a trial: the pruner may end it
+    `pruned`."""
+
+    def __init__(
+        self,
+        cfg: DictConfig,
+        run_dir: Path,
+        place: Path,
+        record: dict[str, Any],
+        group: str | None,
+        refuses_unbuilt: bool,
+    ) -> None:
+        self.cfg, self.run_dir, self.place, self.group = cfg, run_dir, place, group
+        self.record = record
+        self.records = [record]
+        self.refuses_unbuilt = refuses_unbuilt
+        self.rank_zero = is_rank_zero()
+        self.loggers: list = []
+        self.trial = None
+        self.built: Training | None = None
+        self.best_path: str | None = None  # the checkpoint the test scores, once known
+
+    def build(self) -> pl.LightningDataModule:
+        cfg = self.cfg
         check_device(cfg.trainer)
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule = instantiate(cfg.data)
         datamodule.setup("fit")
-        trial = trial_callback()  # None unless a search launched this run as a trial
-        extra = [trial] if trial else []
-        built = build_training(cfg, run_dir, record, datamodule, loggers, group, extra)
-        task, trainer, callbacks = built.task, built.trainer, built.callbacks
-        building = False
+        self.trial = trial_callback()  # None unless a search launched this run as a trial
+        extra = [self.trial] if self.trial else []
+        self.built = build_training(
+            cfg, self.run_dir, self.record, datamodule, self.loggers, self.group, extra
+        )
+        self.task, self.trainer = self.built.task, self.built.trainer
+        return datamodule
+
+    def resume_point(self) -> Path | None:
         # Other DDP ranks start inside fit(), after rank zero has put the checkpoint in place.
-        if rank_zero:
-            last = resume_point(record, run_dir, cfg)
+        if self.rank_zero:
+            last = resume_point(self.record, self.run_dir, self.cfg)
         else:
-            last = run_dir / LAST_CKPT if (run_dir / LAST_CKPT).exists() else None
-        trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if last else None)
-        if trainer.interrupted:
-            raise KeyboardInterrupt
+            last = self.run_dir / LAST_CKPT if (self.run_dir / LAST_CKPT).exists() else None
+        self.resumed = last is not None
+        return last
+
+    def conclude(self, datamodule: pl.LightningDataModule) -> None:
+        record, task, trainer, callbacks = (
+            self.record,
+            self.task,
+            self.trainer,
+            self.built.callbacks,
+        )
         if callbacks.throughput is not None:  # absent when ~callbacks.throughput
-            clock = callbacks.throughput
-            record["timing"] = {
-                "train_s": round(clock.train_s, 3),
-                "steps": trainer.global_step,
-                "items": clock.items,
-                "items_per_s": round(clock.items_per_s, 1),
-            }
-            if last and not clock.restored:
+            record["timing"] = measured_timing(callbacks.throughput, trainer.global_step)
+            if self.resumed and not callbacks.throughput.restored:
                 # A checkpoint from before it carried the timing: the epochs before are untimed.
                 record["timing"]["partial"] = True
-        record["best"] = best_epoch(callbacks.epochs.rows) if callbacks.epochs else None
-        record["metrics"] |= {
-            k: v for k, v in (record["best"] or {}).items() if k.startswith("val/")
-        }
+        record_best(record, best_epoch(callbacks.epochs.rows) if callbacks.epochs else None)
+        trial = self.trial
         if trial is not None and trial.pruned_at is not None:
             # Not tested: a pruned trial is no result, and a relaunch outside the search goes
             # on from its last.ckpt to the whole budget.
@@ -204,66 +225,58 @@ def run(
             )
             if "timing" in record:
                 record["timing"]["partial"] = True
-            return record
-        best_path = (callbacks.best.best_model_path or None) if callbacks.best else None
-        record["tested"] = "best" if best_path else "last"
-        if best_path is None:
-            record["notes"].append(
-                "no validation ran (the budget ended before the first validation): the test "
-                "used the last weights"
+            return
+        self.best_path = (callbacks.best.best_model_path or None) if callbacks.best else None
+        tested: dict[str, float] = {}
+        if self.best_path or not task.diverged:
+            scores = trainer.test(
+                task, datamodule=datamodule, ckpt_path=self.best_path, verbose=False
             )
-        if best_path or not task.diverged:
-            tested = trainer.test(task, datamodule=datamodule, ckpt_path=best_path, verbose=False)
-            record["metrics"] |= {k: float(v) for k, v in tested[0].items()}
+            tested = {k: float(v) for k, v in scores[0].items()}
             record |= task.record_fields()
-            if rank_zero and getattr(task, "decoded", None):
+            if self.rank_zero and getattr(task, "decoded", None):
                 test = datamodule.texts["test"]
-                write_examples(run_dir, test.source, test.target, task.decoded)
-        record["metrics"] |= datamodule.reference_metrics()
-        why = divergence(task, built.model, record["metrics"])
-        if why:
-            record["notes"].append(f"diverged: {why}")
-        record["status"] = "diverged" if why else "completed"
-        return record
-    except (KeyboardInterrupt, SystemExit):
-        record["status"] = "interrupted"
-        hold_stop_signals()
-        raise
-    except BaseException as e:
-        user = find_user_error(e)
-        record["error"] = str(user) if user else "".join(traceback.format_exception(e))
-        refused = building and user is not None and not record_refusals
-        raise
-    finally:
-        record["finished"] = now_iso()
-        if trial is not None:
-            trial.close()
+                write_examples(self.run_dir, test.source, test.target, task.decoded)
+        step = getattr(task, "diverged_step", None)
+        conclude_record(
+            record,
+            "best" if self.best_path else "last",
+            tested,
+            datamodule.reference_metrics(),
+            (f"at step {step}" if step else "") if task.diverged else None,
+            self.built.model.parameters(),
+        )
+
+    def finish(self, refused: bool) -> None:
+        record, run_dir = self.record, self.run_dir
+        if self.trial is not None:
+            self.trial.close()
         if refused:
-            finish_wandb(loggers, record)
-            discard_dashboards(loggers)
-            for folder in {run_dir, place}:
+            # Refused like a value check_config finds: one line, and no record, no W&B run, no
+            # folder left by this launch.
+            finish_wandb(self.loggers, record)
+            discard_dashboards(self.loggers)
+            for folder in {run_dir, self.place}:
                 discard_unused_folder(folder)
-        elif rank_zero:
-            finish_wandb(loggers, record)
-            unwritten = write_record(run_dir, record)
-            finish_dashboards(loggers, record, run_dir)
-            if unwritten and sys.exc_info()[1] is None:
-                raise UserError(unwritten)
-            if record["status"] == "completed":
-                # Only once the record says completed: until then last.ckpt is what a relaunch
-                # resumes from. A config composed without the key keeps both, as runs always did.
-                keep = OmegaConf.select(cfg, "checkpoints.keep", default="both")
-                drop_checkpoints(run_dir, keep, best_path)
-                if keep == "best" and best_path is None and (run_dir / LAST_CKPT).exists():
-                    # No validation ran: the scored weights are last.ckpt's, kept as weights
-                    # (best.ckpt is written weights-only: conf/callbacks/default.yaml).
-                    keep_weights_only(run_dir / LAST_CKPT)
-                if run_dir != place:
-                    take_place(record, run_dir, place)
-        if record["status"] != "interrupted":
-            # An interrupted run's process is ending (a sweep's with it): a repeated stop must
-            # not cut that short either, so the signals stay held.
-            restore_signals(previous_handlers)
+            return
+        if not self.rank_zero:
+            return
+        finish_wandb(self.loggers, record)
+        unwritten = write_record(run_dir, record)
+        finish_dashboards(self.loggers, record, run_dir)
+        if unwritten and sys.exc_info()[1] is None:
+            raise UserError(unwritten)
+        if record["status"] == "completed":
+            # Only once the record says completed: until then last.ckpt is what a relaunch
+            # resumes from. A config composed without the key keeps both, as runs always did.
+            keep = OmegaConf.select(self.cfg, "checkpoints.keep", default="both")
+            drop_checkpoints(run_dir, keep, self.best_path)
+            if keep == "best" and self.best_path is None and (run_dir / LAST_CKPT).exists():
+                # No validation ran: the scored weights are last.ckpt's, kept as weights
+                # (best.ckpt is written weights-only: conf/callbacks/default.yaml).
+                keep_weights_only(run_dir / LAST_CKPT)
+            if run_dir != self.place:
+                take_place(record, run_dir, self.place)
 
 
 @dataclass

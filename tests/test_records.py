@@ -309,20 +309,21 @@ def test_non_finite_weights_or_metrics_are_diverged_not_completed():
     """divergence() on a real model and real metric values."""
     import torch
 
-    from rnnbench.lifecycle import divergence
     from rnnbench.model import SequenceModel
-
-    class Task:
-        diverged = False
+    from rnnbench.runner import divergence
 
     model = SequenceModel(output_size=5, vocab_size=5, cell="lstm", hidden_size=4, num_layers=1)
     finite = {"val/loss": 1.0, "test/loss": 1.2, "test/ppl": 3.3}
-    assert divergence(Task(), model, finite) is None
-    assert "test/ppl" in divergence(Task(), model, {**finite, "test/ppl": float("inf")})
-    assert "val/loss" in divergence(Task(), model, {**finite, "val/loss": float("nan")})
+    assert divergence(None, model.parameters(), finite) is None
+    bad_test = {**finite, "test/ppl": float("inf")}
+    assert "test/ppl" in divergence(None, model.parameters(), bad_test)
+    bad_val = {**finite, "val/loss": float("nan")}
+    assert "val/loss" in divergence(None, model.parameters(), bad_val)
+    said = divergence("at step 7", model.parameters(), finite)
+    assert said == "the training loss became non-finite at step 7"
     with torch.no_grad():
         next(model.parameters())[0] = float("nan")
-    assert "weights" in divergence(Task(), model, finite)
+    assert "weights" in divergence(None, model.parameters(), finite)
 
 
 def test_weights_blown_up_by_the_last_step_make_the_run_diverged(tmp_path):
