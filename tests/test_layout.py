@@ -19,7 +19,7 @@ MODULES = {
 # (`run_key`, the key file's name, is also a record field: not checked.)
 FOLDER_FILES = {"result.json", "metrics.csv", "steps.csv", "gradflow.csv", "last.ckpt", "best.ckpt"}
 TRAINING = ("train", "lifecycle", "launch", "pack", "callbacks", "checkpoints", "module", "model")
-TRAINING += ("cells", "cellspec", "clipping", "gradflow", "tasks")
+TRAINING += ("cells", "cellspec", "clipping", "gradflow", "tasks", "runner")
 PRESENTATION = {
     "rnnbench.results.report",
     "rnnbench.results.plots",
@@ -165,6 +165,47 @@ def test_gradients_are_clipped_in_rnnbench_clipping_alone(module):
 
 def test_the_clipping_check_finds_clipping():
     assert len(clipping_code(MODULES["rnnbench.clipping"])) == 3
+
+
+LIFECYCLE_CALLS = {"fit", "interrupt_on_stop_signals", "hold_stop_signals"}
+# The modules that may make those calls besides rnnbench.runner, and why.
+NOT_A_LIFECYCLE = {
+    "rnnbench.lifecycle": "defines the stop-signal handlers the runner installs",
+    "rnnbench.gradflow_experiment": "fits the figure's models: no run, no record",
+}
+
+
+def lifecycle_calls(path: Path) -> list[str]:
+    """Where `path` fits a Trainer or takes over the stop signals: what a run lifecycle does."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call):
+            name = getattr(node.func, "attr", getattr(node.func, "id", ""))
+            if name in LIFECYCLE_CALLS:
+                found.append(f"line {node.lineno}: {name}")
+    return found
+
+
+@pytest.mark.parametrize(
+    "module",
+    sorted(
+        m
+        for m in MODULES
+        if m != "rnnbench.runner"
+        and not m.startswith("rnnbench.bench")  # times steps: no run, no record
+        and m not in NOT_A_LIFECYCLE
+    ),
+)
+def test_runs_are_trained_by_the_one_lifecycle_alone(module):
+    """Lone runs, packs and trials are strategies of rnnbench.runner.train_and_record: no other
+    module fits a run's Trainer or handles the stop signals its records depend on."""
+    assert not lifecycle_calls(MODULES[module]), (
+        f"{module}: give runner.train_and_record a strategy"
+    )
+
+
+def test_the_lifecycle_check_finds_a_lifecycle():
+    assert len(lifecycle_calls(MODULES["rnnbench.runner"])) == 3
 
 
 def import_graph() -> dict[str, set[str]]:
