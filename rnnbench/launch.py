@@ -9,6 +9,7 @@ rnnbench -m model=rnn,gru,lstm model.num_layers=1,2
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -19,11 +20,12 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, open_dict
 
 from rnnbench.callbacks import quiet_lightning
-from rnnbench.config import CONF_DIR
+from rnnbench.config import CONF_DIR, check_config
 from rnnbench.denormals import flush_denormal_everywhere
 from rnnbench.errors import find_user_error
 from rnnbench.lifecycle import is_rank_zero, pass_on_stop_signal, sweep_group
-from rnnbench.pack import run_packed
+from rnnbench.pack import run_pack, seed_members
+from rnnbench.results.record import Record
 from rnnbench.results.summary import format_pack_summary, format_summary, show
 from rnnbench.sweep import (
     end_interrupted_job,
@@ -31,6 +33,7 @@ from rnnbench.sweep import (
     stop_exit_code,
     threads_per_job,
 )
+from rnnbench.sweep_packs import run_in_sweep
 from rnnbench.train import run
 
 
@@ -41,6 +44,19 @@ def set_threads(cfg: DictConfig, hydra_cfg: DictConfig, multirun: bool) -> None:
     if trainer.get("accelerator") == "cpu" and isinstance(trainer.get("devices"), int):
         jobs *= trainer.devices
     torch.set_num_threads(cfg.get("threads") or threads_per_job(jobs))
+
+
+def run_packed(
+    cfg: DictConfig, hydra_cfg: DictConfig, multirun: bool, group: str | None
+) -> list[Record]:
+    """`rnnbench ... pack=K`: in a single run, K seeds packed in the run folder; in a
+    multirun, this job's record, from its pack (`run_in_sweep`)."""
+    check_config(cfg)  # pack: a whole number >= 1 (schema.RunSchema)
+    if multirun:
+        return [run_in_sweep(cfg, hydra_cfg, group)]
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    members = seed_members(cfg, run_dir, list(hydra_cfg.overrides.task))
+    return run_pack(members, run_dir, group)
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")

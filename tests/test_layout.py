@@ -19,7 +19,8 @@ MODULES = {
 # (`run_key`, the key file's name, is also a record field: not checked.)
 FOLDER_FILES = {"result.json", "metrics.csv", "steps.csv", "gradflow.csv", "last.ckpt", "best.ckpt"}
 TRAINING = ("train", "lifecycle", "launch", "pack", "callbacks", "checkpoints", "module", "model")
-TRAINING += ("cells", "cellspec", "clipping", "gradflow", "tasks", "runner")
+TRAINING += ("cells", "cellspec", "clipping", "gradflow", "tasks", "runner", "packed_task")
+TRAINING += ("sweep_packs",)
 PRESENTATION = {
     "rnnbench.results.report",
     "rnnbench.results.plots",
