@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str):  # noqa: ANN202 - PEP 562: rnnbench.load_model, rnnbench.translate
     if name in ("load_model", "translate", "load_run"):
         # lazy: `import rnnbench` stays free of torch for the commands that read records
-        from rnnbench import trained
+        from rnnbench.run import trained
 
         return getattr(trained, name)
     raise AttributeError(f"module 'rnnbench' has no attribute {name!r}")

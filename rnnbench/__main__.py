@@ -1,3 +1,3 @@
-from rnnbench.overrides import cli
+from rnnbench.run.overrides import cli
 
 cli()

@@ -6,7 +6,7 @@ rnnbench-gradflow --explode RUN_DIR RUN_DIR -o explosion.png   # steps.csv of fi
 
 The default experiment trains each cell on the adding problem with the harness's own task and
 Trainer and measures ‖∂L/∂h_t‖ on one fixed batch with the training-time probe (the GradFlow
-callback of rnnbench.gradflow, which says how the measurement works), at initialisation and
+callback of rnnbench.run.gradflow, which says how the measurement works), at initialisation and
 after training; it prints a table per cell and draws the curves. `--explode` compares the
 pre-clip gradient norm and loss traces of finished runs. The figures are drawn here, with the
 shared helpers of rnnbench.results.plots.
@@ -30,12 +30,10 @@ import pandas as pd
 import pytorch_lightning as pl
 import torch
 
-from rnnbench.cellspec import BASE_CELLS, CELLS
 from rnnbench.data.synthetic import AddingProblem
 from rnnbench.errors import UserError
-from rnnbench.gradflow import GradFlow, first_last_ratios
-from rnnbench.model import SequenceModel
-from rnnbench.module import RegressionTask
+from rnnbench.nn.cellspec import BASE_CELLS, CELLS
+from rnnbench.nn.model import SequenceModel
 from rnnbench.outputs import check_writable, mpl_text, one_line, write_text
 from rnnbench.results.plots import colour, figure_format, hidden_grad_axes, panels, save_figure
 from rnnbench.results.record import (
@@ -50,6 +48,8 @@ from rnnbench.results.record import (
     read_record,
     read_trace,
 )
+from rnnbench.run.gradflow import GradFlow, first_last_ratios
+from rnnbench.run.module import RegressionTask
 
 
 class Progress(pl.Callback):

@@ -32,8 +32,8 @@ from typing import Any, ClassVar
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
-from rnnbench.cellspec import CELLS
 from rnnbench.errors import ConfigError
+from rnnbench.nn.cellspec import CELLS
 
 IMPLS = ("fused", "scratch")
 GRU_RESETS = ("after", "before")
@@ -344,7 +344,7 @@ class PlateauSchema:
 
 @dataclass
 class StepDecaySchema:
-    TARGETS: ClassVar[tuple[str, ...]] = ("rnnbench.optim.step_decay",)
+    TARGETS: ClassVar[tuple[str, ...]] = ("rnnbench.run.optim.step_decay",)
     start_epoch: int = key(low=0)
     factor: float = key(low=1, meaning="the learning rate is divided by it")
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from rnnbench.callbacks import quiet_lightning
 from rnnbench.config import compose
-from rnnbench.train import run
+from rnnbench.run.callbacks import quiet_lightning
+from rnnbench.run.train import run
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,7 @@ Tests of what reads records (`rnnbench-table`, `rnnbench-report`, bench's aggreg
 whose numbers they know, not runs that take minutes to train. `write_run` makes one: the REAL
 configuration `rnnbench OVERRIDES` would run (`rnnbench.config.compose`, checked with
 `check_config`), the record the harness starts from (`rnnbench.results.record.new_record`: schema,
-run_key, config, overrides, seed, started), filled the way `rnnbench.train.run` fills it for a
+run_key, config, overrides, seed, started), filled the way `rnnbench.run.train.run` fills it for a
 run of that task kind and status, and written through `rnnbench.results.record`: result.json
 (`write_json_atomic`), the epoch rows (METRICS_FILE), the step trace (STEPS_FILE, STEPS_COLUMNS)
 and the run_key file a run that started training leaves (`claim_run_folder`).
@@ -42,9 +42,8 @@ from typing import Any
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
-from rnnbench.cellspec import CELL_SPECS
 from rnnbench.config import check_config, compose
-from rnnbench.lifecycle import reuse
+from rnnbench.nn.cellspec import CELL_SPECS
 from rnnbench.results.record import (
     METRICS_FILE,
     RECORD_FILE,
@@ -59,8 +58,9 @@ from rnnbench.results.record import (
     now_iso,
     write_json_atomic,
 )
+from rnnbench.run.lifecycle import reuse
+from rnnbench.run.train import best_epoch
 from rnnbench.tasks import KINDS
-from rnnbench.train import best_epoch
 
 __all__ = ["MixedRuns", "headline_of", "reuse_run", "write_mixed_runs", "write_run", "write_sweep"]
 
@@ -93,7 +93,7 @@ def headline_of(config: Mapping[str, Any]) -> tuple[str, str, str]:
 
 def split_metrics(task: str, unit: str, loss: float) -> dict[str, float]:
     """The metrics one split of a `task` run records for mean loss `loss` (without the split
-    prefix), as rnnbench.module's task modules derive them."""
+    prefix), as rnnbench.run.module's task modules derive them."""
     if task == "lm":
         out = {"loss": loss, "ppl": math.exp(loss)}
         return out | ({"bpc": loss / LN2} if unit == "char" else {})

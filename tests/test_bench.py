@@ -19,8 +19,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from conftest import require_data
 from rnnbench.bench import cli
 from rnnbench.bench.flops import forward_flops, train_step_flops
-from rnnbench.denormals import flush_denormal_everywhere, flushed_share
-from rnnbench.model import SequenceModel
+from rnnbench.nn.model import SequenceModel
+from rnnbench.run.denormals import flush_denormal_everywhere, flushed_share
 
 TRAINING_SECTIONS = ["aggregate", "harness", "peak", "scratch", "loader", "denormal"]
 PTB = ("ptb/ptb.train.txt", "ptb/ptb.valid.txt", "ptb/ptb.test.txt")

@@ -5,7 +5,7 @@ import torch
 
 from conftest import train
 from rnnbench.errors import ConfigError
-from rnnbench.model import SequenceModel
+from rnnbench.nn.model import SequenceModel
 
 T, B, IN = 12, 3, 2
 
@@ -142,7 +142,7 @@ def test_per_chunk_updates_equal_the_textbook_loop():
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader
 
-    from rnnbench.module import StepClassificationTask
+    from rnnbench.run.module import StepClassificationTask
 
     k, classes, clip = 5, 3, 0.3
     torch.manual_seed(1)

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from rnnbench.cells import RecurrentStack
-from rnnbench.clipping import clip_global_norm_
 from rnnbench.errors import ConfigError
+from rnnbench.nn.cells import RecurrentStack
+from rnnbench.nn.clipping import clip_global_norm_
 
 IN, HID, B, T = 5, 7, 3, 6
 
@@ -182,7 +182,7 @@ def test_padded_rows_scratch_masking_equals_fused_packing(cell):
 def test_written_out_backward_passes_gradcheck(cell):
     """LSTMScan / GRUScan's hand-written backward against finite differences, for every input
     (the input projections, both initial states, W_hh, and GRU's b_hh; LSTM's is in gx)."""
-    from rnnbench.cells import GRUScan, LSTMScan
+    from rnnbench.nn.cells import GRUScan, LSTMScan
 
     torch.manual_seed(0)
     steps, batch, hidden, gates = 4, 2, 3, (4 if cell == "lstm" else 3)
@@ -206,7 +206,7 @@ def test_forget_bias_opens_the_gate_that_keeps_the_state(cell, impl):
     """model.forget_bias sets the LSTM's forget gate and the GRU's update gate z, the gates
     that carry the state on. With every weight zero and that bias large, the state passes
     through unchanged; the bias on any other gate would halve it or let the input in."""
-    from rnnbench.model import set_forget_bias
+    from rnnbench.nn.model import set_forget_bias
 
     stack = RecurrentStack(cell, IN, HID, 1, False, impl=impl).double()
     with torch.no_grad():

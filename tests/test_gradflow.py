@@ -24,10 +24,10 @@ from rnnbench.data.music import PolyphonicMusic
 from rnnbench.data.reber import EmbeddedReber
 from rnnbench.data.sst2 import SST2
 from rnnbench.data.synthetic import AddingProblem, CopyMemory
-from rnnbench.gradflow import GradFlow, hidden_grad_norms
 from rnnbench.gradflow_experiment import main, run_labels
-from rnnbench.model import SequenceModel
-from rnnbench.module import TASKS, RegressionTask
+from rnnbench.nn.model import SequenceModel
+from rnnbench.run.gradflow import GradFlow, hidden_grad_norms
+from rnnbench.run.module import TASKS, RegressionTask
 
 B, T, IN, HID = 3, 6, 2, 5
 JSB = ["poly_music/JSB_Chorales.mat"]
@@ -366,7 +366,8 @@ import pytorch_lightning
 # of it as missing, so that an import of matplotlib by rnnbench fails here instead of finding it.
 for name in [n for n in sys.modules if n.partition(".")[0] == "matplotlib"]:
     sys.modules[name] = None
-import rnnbench.gradflow, rnnbench.train, rnnbench.callbacks, rnnbench.launch, rnnbench.lifecycle
+import rnnbench.run.gradflow, rnnbench.run.train, rnnbench.run.callbacks
+import rnnbench.run.launch, rnnbench.run.lifecycle
 print(json.dumps([n for n in {PRESENTATION!r} if sys.modules.get(n) is not None]))
 """
 

@@ -18,9 +18,10 @@ MODULES = {
 }
 # (`run_key`, the key file's name, is also a record field: not checked.)
 FOLDER_FILES = {"result.json", "metrics.csv", "steps.csv", "gradflow.csv", "last.ckpt", "best.ckpt"}
-TRAINING = ("train", "lifecycle", "launch", "pack", "callbacks", "checkpoints", "module", "model")
-TRAINING += ("cells", "cellspec", "clipping", "gradflow", "tasks", "runner", "packed_task")
-TRAINING += ("sweep_packs",)
+# The layers: the networks (nn/) and running them (run/) make the training code.
+NN = sorted(m for m in MODULES if m.startswith("rnnbench.nn."))
+RUN = sorted(m for m in MODULES if m.startswith("rnnbench.run."))
+TRAINING = [*NN, *RUN, "rnnbench.tasks"]
 PRESENTATION = {
     "rnnbench.results.report",
     "rnnbench.results.plots",
@@ -88,7 +89,7 @@ def is_presentation(module: str) -> bool:
     )
 
 
-@pytest.mark.parametrize("module", [f"rnnbench.{m}" for m in TRAINING])
+@pytest.mark.parametrize("module", TRAINING)
 def test_training_modules_import_no_presentation_code(module):
     pulled = {
         target
@@ -112,7 +113,7 @@ def test_the_presentation_check_reaches_into_packages():
 
 def literal_cell_lists(path: Path) -> list[list[str]]:
     """Every tuple, list, set or dict literal of `path` holding two or more cell names."""
-    from rnnbench.cellspec import CELLS
+    from rnnbench.nn.cellspec import CELLS
 
     found = []
     for node in ast.walk(ast.parse(path.read_text())):
@@ -125,10 +126,10 @@ def literal_cell_lists(path: Path) -> list[list[str]]:
     return found
 
 
-@pytest.mark.parametrize("module", sorted(set(MODULES) - {"rnnbench.cellspec"}))
+@pytest.mark.parametrize("module", sorted(set(MODULES) - {"rnnbench.nn.cellspec"}))
 def test_the_cells_are_listed_in_cellspec_alone(module):
-    """One registry of cells (rnnbench.cellspec): no other module writes a list of them."""
-    assert not literal_cell_lists(MODULES[module]), f"{module}: use rnnbench.cellspec"
+    """One registry of cells (rnnbench.nn.cellspec): no other module writes a list of them."""
+    assert not literal_cell_lists(MODULES[module]), f"{module}: use rnnbench.nn.cellspec"
 
 
 def test_the_registry_check_finds_a_list(tmp_path):
@@ -158,20 +159,20 @@ def clipping_code(path: Path) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("module", sorted(set(MODULES) - {"rnnbench.clipping"}))
+@pytest.mark.parametrize("module", sorted(set(MODULES) - {"rnnbench.nn.clipping"}))
 def test_gradients_are_clipped_in_rnnbench_clipping_alone(module):
-    """One implementation of g <- min(1, θ/‖g‖) g: rnnbench.clipping.clip_global_norm_."""
+    """One implementation of g <- min(1, θ/‖g‖) g: rnnbench.nn.clipping.clip_global_norm_."""
     assert not clipping_code(MODULES[module]), f"{module} clips: call clip_global_norm_"
 
 
 def test_the_clipping_check_finds_clipping():
-    assert len(clipping_code(MODULES["rnnbench.clipping"])) == 3
+    assert len(clipping_code(MODULES["rnnbench.nn.clipping"])) == 3
 
 
 LIFECYCLE_CALLS = {"fit", "interrupt_on_stop_signals", "hold_stop_signals"}
-# The modules that may make those calls besides rnnbench.runner, and why.
+# The modules that may make those calls besides rnnbench.run.runner, and why.
 NOT_A_LIFECYCLE = {
-    "rnnbench.lifecycle": "defines the stop-signal handlers the runner installs",
+    "rnnbench.run.lifecycle": "defines the stop-signal handlers the runner installs",
     "rnnbench.gradflow_experiment": "fits the figure's models: no run, no record",
 }
 
@@ -192,13 +193,13 @@ def lifecycle_calls(path: Path) -> list[str]:
     sorted(
         m
         for m in MODULES
-        if m != "rnnbench.runner"
+        if m != "rnnbench.run.runner"
         and not m.startswith("rnnbench.bench")  # times steps: no run, no record
         and m not in NOT_A_LIFECYCLE
     ),
 )
 def test_runs_are_trained_by_the_one_lifecycle_alone(module):
-    """Lone runs, packs and trials are strategies of rnnbench.runner.train_and_record: no other
+    """Lone runs, packs and trials are strategies of rnnbench.run.runner.train_and_record: no other
     module fits a run's Trainer or handles the stop signals its records depend on."""
     assert not lifecycle_calls(MODULES[module]), (
         f"{module}: give runner.train_and_record a strategy"
@@ -206,7 +207,33 @@ def test_runs_are_trained_by_the_one_lifecycle_alone(module):
 
 
 def test_the_lifecycle_check_finds_a_lifecycle():
-    assert len(lifecycle_calls(MODULES["rnnbench.runner"])) == 3
+    assert len(lifecycle_calls(MODULES["rnnbench.run.runner"])) == 3
+
+
+def rnnbench_imports(module: str) -> set[str]:
+    """The rnnbench modules and packages `module` imports, at any depth of its code."""
+    return {
+        target
+        for m, names in imports(MODULES[module])
+        for target in (m, *(f"{m}.{n}" for n in names))
+        if target.startswith("rnnbench.")
+    }
+
+
+@pytest.mark.parametrize("module", NN)
+def test_the_networks_import_nothing_of_running_or_results(module):
+    """nn/ is plain torch over the shared contracts (errors, schema, tasks): a model can be
+    read, built and tested without the run lifecycle, its callbacks or the records."""
+    above = {
+        t for t in rnnbench_imports(module) if t.startswith(("rnnbench.run", "rnnbench.results"))
+    }
+    assert not above, f"{module} imports {above}"
+
+
+def test_the_layer_check_sees_imports():
+    assert "rnnbench.nn.cells" in rnnbench_imports("rnnbench.nn.model")
+    assert "rnnbench.run.runner" in rnnbench_imports("rnnbench.run.train")
+    assert len(NN) >= 7 and len(RUN) >= 20
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -296,14 +323,14 @@ def test_the_lazy_import_check_finds_one(tmp_path):
 
 # The results layer and the command line's front: they read records, never train.
 TORCH_FREE = (
-    "rnnbench.overrides",
+    "rnnbench.run.overrides",
     "rnnbench.config",
     "rnnbench.results.record",
     "rnnbench.results.table",
     "rnnbench.results.report",
     "rnnbench.results.summary",
-    "rnnbench.sweep",
-    "rnnbench.cellspec",
+    "rnnbench.run.sweep",
+    "rnnbench.nn.cellspec",
     "rnnbench.results.studies",
 )
 

@@ -25,11 +25,11 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import TINY_REBER, TINY_REBER_RUN, assert_refused, rnnbench_cli, train
-from rnnbench.checkpoints import drop_checkpoints
 from rnnbench.config import compose
 from rnnbench.results.record import CHECKPOINT_DIR, LAST_CKPT, find_resumable, identity, run_key
 from rnnbench.results.summary import format_summary
-from rnnbench.train import run
+from rnnbench.run.checkpoints import drop_checkpoints
+from rnnbench.run.train import run
 
 BEST_CKPT = f"{CHECKPOINT_DIR}/best.ckpt"
 # The Lightning notes our defaults set off before (their texts as Lightning 2.6 prints them):
@@ -291,7 +291,7 @@ def test_a_completed_run_keeps_weights_only_and_loads_for_use(tmp_path):
     """best.ckpt carries the weights alone (the optimizer state was last.ckpt's, gone once the
     run completed), and rnnbench.load_model rebuilds the model with exactly those weights."""
     import rnnbench
-    from rnnbench.checkpoints import load_checkpoint
+    from rnnbench.run.checkpoints import load_checkpoint
 
     record = train([*TINY_REBER, "trainer.max_epochs=2", "optim=adam"], tmp_path)
     assert record["status"] == "completed"

@@ -29,10 +29,10 @@ from conftest import (
     wandb_records,
 )
 from rnnbench.config import compose
-from rnnbench.model import SequenceModel
-from rnnbench.pack import Member, run_pack, seed_members
-from rnnbench.packed import PackedSequenceModel
+from rnnbench.nn.model import SequenceModel
+from rnnbench.nn.packed import PackedSequenceModel
 from rnnbench.results.record import read_trace
+from rnnbench.run.pack import Member, run_pack, seed_members
 
 # float64 end to end, so a difference is a difference in what is computed, not rounding.
 EXACT = [

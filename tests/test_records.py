@@ -33,7 +33,7 @@ from conftest import (
 )
 from rnnbench.errors import ConfigError
 from rnnbench.results.record import read_trace
-from rnnbench.sweep import descendants
+from rnnbench.run.sweep import descendants
 
 QUIET = ["logger=none", "trainer.enable_progress_bar=false"]
 TINY = TINY_REBER
@@ -74,7 +74,7 @@ def test_another_config_is_refused_from_a_run_folder(completed_folder, change):
 def test_another_config_is_refused_by_run_itself(completed_folder):
     """The same guarantee for a run started in-process (a sweep job, the Python API)."""
     from rnnbench.config import compose
-    from rnnbench.train import run
+    from rnnbench.run.train import run
 
     cwd, run_dir, files = completed_folder
     with pytest.raises(ConfigError, match="holds another configuration's run"):
@@ -269,7 +269,7 @@ def test_a_corrupt_checkpoint_of_another_run_is_skipped(tmp_path, real_checkpoin
 
     from rnnbench.config import compose
     from rnnbench.results.record import KEY_FILE, run_key
-    from rnnbench.train import run
+    from rnnbench.run.train import run
 
     cfg = compose([*TINY, f"results_root={tmp_path / 'runs'}"])
     first = tmp_path / "runs" / "first"
@@ -309,8 +309,8 @@ def test_non_finite_weights_or_metrics_are_diverged_not_completed():
     """divergence() on a real model and real metric values."""
     import torch
 
-    from rnnbench.model import SequenceModel
-    from rnnbench.runner import divergence
+    from rnnbench.nn.model import SequenceModel
+    from rnnbench.run.runner import divergence
 
     model = SequenceModel(output_size=5, vocab_size=5, cell="lstm", hidden_size=4, num_layers=1)
     finite = {"val/loss": 1.0, "test/loss": 1.2, "test/ppl": 3.3}
@@ -519,7 +519,7 @@ def test_every_bad_value_is_one_line_before_any_run_folder(name, tmp_path):
 def test_a_bad_value_is_refused_before_torch_is_imported(tmp_path):
     code = (
         "import sys\n"
-        "from rnnbench.overrides import cli\n"
+        "from rnnbench.run.overrides import cli\n"
         "sys.argv = ['rnnbench', 'optim.lr=-1']\n"
         "try:\n    cli()\nexcept SystemExit as e:\n    print('exit', e.code)\n"
         "print('torch' in sys.modules, 'pytorch_lightning' in sys.modules)\n"

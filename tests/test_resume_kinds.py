@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from conftest import popen, rnnbench_cli, wait_for
-from rnnbench.checkpoints import EXACT_RESUMES, PROVEN_OPTIMIZERS, PROVEN_SCHEDULERS
 from rnnbench.config import compose
+from rnnbench.run.checkpoints import EXACT_RESUMES, PROVEN_OPTIMIZERS, PROVEN_SCHEDULERS
 
 QUIET = ["logger=none", "trainer.enable_progress_bar=false", "threads=1"]
 # lr 0.03 with a schedule that cuts it when validation stalls (patience 0): on this data the
@@ -33,7 +33,7 @@ ARGS = [
 OPTIMS = {"adam": "torch.optim.Adam", "sgd": "torch.optim.SGD", "rmsprop": "torch.optim.RMSprop"}
 SCHEDULERS = {
     "none": None,
-    "step": "rnnbench.optim.step_decay",
+    "step": "rnnbench.run.optim.step_decay",
     "plateau": "torch.optim.lr_scheduler.ReduceLROnPlateau",
 }
 LONE_SWEEP = [f"optim={','.join(OPTIMS)}", f"scheduler={','.join(SCHEDULERS)}"]

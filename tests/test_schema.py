@@ -129,6 +129,32 @@ def test_every_recipe_option_and_readme_command_keeps_its_run_key(kind):
     assert not new, f"not in {FIXTURE.name} yet (python tests/test_schema.py --add): {new}"
 
 
+def test_a_record_from_before_the_nn_and_run_packages_builds_and_keeps_its_run_key():
+    """An archived record names `_target_`s as they were before the modules moved into nn/ and
+    run/: its config still instantiates (`current_targets`), and the moved names hash as the
+    recorded ones (`recorded_target`)."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from rnnbench.nn.model import SequenceModel
+    from rnnbench.results.record import current_targets, recorded_target, run_key
+
+    path = REPO / "results" / "records" / "tcn" / "nottingham_gru" / "36ec6b65678550b2-1234"
+    old = json.loads((path / "result.json").read_text())["config"]
+    assert old["model"]["_target_"] == "rnnbench.model.SequenceModel"  # as recorded then
+    now = current_targets(old)
+    assert now["model"]["_target_"] == "rnnbench.nn.model.SequenceModel"
+    assert run_key(now) == run_key(old)
+    model = instantiate(OmegaConf.create(now["model"]), input_size=88, output_size=88)
+    assert isinstance(model, SequenceModel)
+    assert recorded_target("rnnbench.run.optim.step_decay") == "rnnbench.optim.step_decay"
+    assert recorded_target("rnnbench.run.results.x") == "rnnbench.run.results.x"  # not moved
+    assert (
+        recorded_target("rnnbench.data.music.PolyphonicMusic")
+        == "rnnbench.data.music.PolyphonicMusic"
+    )
+
+
 def write_fixture(add: bool) -> None:
     """Write the fixture from this commit's keys; with `add`, only add the configurations it
     lacks (a new recipe, option or README command), every key already in it kept as it is."""

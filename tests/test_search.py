@@ -25,7 +25,7 @@ from rnnbench.errors import ConfigError
 from rnnbench.results.report import main as report_main
 from rnnbench.results.studies import expected_max
 from rnnbench.results.table import main as table_main
-from rnnbench.search import dimension, objective_metric, trial_seed
+from rnnbench.run.search import dimension, objective_metric, trial_seed
 
 TINY = [
     "data.train_strings=100",

@@ -20,9 +20,9 @@ from rnnbench.data.pairs import (
     collate_pairs,
     tokenize,
 )
-from rnnbench.decode import beam_search, greedy
-from rnnbench.encoder_decoder import EncoderDecoder
 from rnnbench.errors import ConfigError, DataError
+from rnnbench.nn.decode import beam_search, greedy
+from rnnbench.nn.encoder_decoder import EncoderDecoder
 from rnnbench.results.record import EXAMPLES_FILE, RECORD_FILE, read_record
 from rnnbench.results.report import main as report_main
 from rnnbench.results.table import main as table_main

@@ -31,7 +31,7 @@ from conftest import (
     rnnbench_cli,
     wait_for,
 )
-from rnnbench.slurm import ENDED
+from rnnbench.run.slurm import ENDED
 
 SMALL = ["logger=none", "trainer.enable_progress_bar=false", *TINY_REBER_RUN]
 ON_SLURM = ["-m", "hydra/launcher=slurm_cpu"]

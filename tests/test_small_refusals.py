@@ -19,7 +19,7 @@ import torch
 from test_records import RunsCode
 
 from conftest import REPO, TINY_REBER, assert_refused, rnnbench_cli
-from rnnbench.checkpoints import CheckpointError, load_checkpoint
+from rnnbench.run.checkpoints import CheckpointError, load_checkpoint
 
 REPRODUCE = Path(sys.executable).parent / "rnnbench-reproduce"  # [project.scripts]
 KEEP = [*TINY_REBER, "checkpoints.keep=both"]  # a completed run keeps its last.ckpt
@@ -163,7 +163,7 @@ def test_an_unreadable_checkpoint_is_named_unreadable(tiny_run, tmp_path):
         pytest.skip("running as root, and no setpriv to drop the right to read any file")
     code = (
         "import sys\n"
-        "from rnnbench.checkpoints import CheckpointError, load_checkpoint\n"
+        "from rnnbench.run.checkpoints import CheckpointError, load_checkpoint\n"
         "try:\n    load_checkpoint(sys.argv[1])\n"
         "except CheckpointError as e:\n    print(e)\n"
     )

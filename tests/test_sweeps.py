@@ -18,8 +18,8 @@ from conftest import (
     rnnbench_cli,
     wait_for,
 )
-from rnnbench import slurm
-from rnnbench.sweep import summarize, threads_per_job
+from rnnbench.run import slurm
+from rnnbench.run.sweep import summarize, threads_per_job
 
 SMALL = ["logger=none", "trainer.enable_progress_bar=false", *TINY_REBER_RUN]
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from rnnbench.module import TASKS
 from rnnbench.results.summary import format_summary
 from rnnbench.results.table import metric_direction
+from rnnbench.run.module import TASKS
 from rnnbench.tasks import KINDS, direction
 
 RECORDS = Path(__file__).resolve().parent.parent / "results" / "records"

@@ -21,8 +21,8 @@ from omegaconf import OmegaConf
 
 from conftest import REPO, TINY_REBER_RUN, records, rnnbench_cli, wandb_records
 from rnnbench.config import compose
-from rnnbench.lifecycle import WANDB_GROUP_MAX, sweep_group, wandb_identity
-from rnnbench.sweep import print_summary
+from rnnbench.run.lifecycle import WANDB_GROUP_MAX, sweep_group, wandb_identity
+from rnnbench.run.sweep import print_summary
 
 ARGS = [*TINY_REBER_RUN, "logger=wandb", "trainer.enable_progress_bar=false"]
 # What the sweep's group keeps of ARGS: logger=wandb and the progress bar change no result.

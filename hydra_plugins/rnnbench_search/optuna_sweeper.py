@@ -3,7 +3,7 @@
 Each trial is an ordinary rnnbench job, launched by the configured launcher (basic, joblib,
 submitit), with the proposed values as overrides: it trains, reuses or resumes exactly as any
 run does and returns its record, whose validation headline the sweeper tells the study. See
-rnnbench.search for the search space, the studies, the storage and the objective.
+rnnbench.run.search for the search space, the studies, the storage and the objective.
 """
 
 # No `from __future__ import annotations`: Hydra's plugin scan loads this file outside
@@ -68,7 +68,7 @@ class OptunaSweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> Any:
         from rnnbench.errors import UserError
-        from rnnbench.search import run_studies
+        from rnnbench.run.search import run_studies
 
         try:
             return run_studies(self, arguments)

@@ -17,11 +17,11 @@ from typing import Any
 
 import pandas as pd
 
-from rnnbench.cellspec import BASE_CELLS
 from rnnbench.config import compose
+from rnnbench.nn.cellspec import BASE_CELLS
 from rnnbench.results import table
 from rnnbench.results.record import RECORD_FILE
-from rnnbench.train import run
+from rnnbench.run.train import run
 
 # (records up to, seconds): the goals for a table at search scale.
 AGGREGATE_GOALS = ((10_000, 3.0), (100_000, 20.0))

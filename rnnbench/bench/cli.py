@@ -35,7 +35,7 @@ from rnnbench.bench.training import (
 )
 from rnnbench.errors import UserError, find_user_error
 from rnnbench.outputs import check_writable_folder, one_line
-from rnnbench.sweep import threads_per_job
+from rnnbench.run.sweep import threads_per_job
 
 # Name -> (run, add its options). Every section returns its figures, "ok" and one "line".
 SECTIONS: dict[str, tuple[Callable[[argparse.Namespace], dict], Callable]] = {

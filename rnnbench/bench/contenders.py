@@ -20,14 +20,14 @@ from torch import Tensor, nn
 
 from rnnbench.bench.errors import BenchError
 from rnnbench.bench.flops import step_work
-from rnnbench.cells import detach_state
-from rnnbench.clipping import clip_global_norm_
 from rnnbench.config import check_config
-from rnnbench.denormals import flush_denormal_everywhere
-from rnnbench.lifecycle import finish_wandb
-from rnnbench.pack import build_pack, seed_members
+from rnnbench.nn.cells import detach_state
+from rnnbench.nn.clipping import clip_global_norm_
 from rnnbench.results.record import new_record
-from rnnbench.train import build_training
+from rnnbench.run.denormals import flush_denormal_everywhere
+from rnnbench.run.lifecycle import finish_wandb
+from rnnbench.run.pack import build_pack, seed_members
+from rnnbench.run.train import build_training
 
 MATMUL_SIZE = 2048
 
@@ -68,7 +68,7 @@ class LightningHarness:
 
     def __init__(self, cfg, datamodule, run_dir: Path) -> None:
 
-        # As rnnbench.train.run() builds a run, with run()'s own callbacks and loggers.
+        # As rnnbench.run.train.run() builds a run, with run()'s own callbacks and loggers.
         run_dir.mkdir(parents=True, exist_ok=True)
         check_config(cfg)
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -102,7 +102,7 @@ class LightningHarness:
 
 
 class PackHarness(LightningHarness):
-    """K seeds of the same run as one packed run (`pack=K`, rnnbench.pack) in the Trainer:
+    """K seeds of the same run as one packed run (`pack=K`, rnnbench.run.pack) in the Trainer:
     every member's step is in each timed step."""
 
     def __init__(self, cfg, datamodule, run_dir: Path, size: int) -> None:

@@ -24,7 +24,7 @@ from rnnbench.bench.training import (
     rate,
 )
 from rnnbench.config import compose
-from rnnbench.denormals import flush_denormal_everywhere
+from rnnbench.run.denormals import flush_denormal_everywhere
 
 # The PTB-small LSTM, two ways: lr 20 and clip 0.25 are the Zaremba small recipe's (for its
 # per-token mean loss: their lr 1, clip 5); without the clipping the cells saturate and the

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from rnnbench.encoder_decoder import EncoderDecoder
+from rnnbench.nn.encoder_decoder import EncoderDecoder
 
 
 def forward_flops(model: nn.Module, batch: int, steps: int) -> int:

@@ -31,7 +31,7 @@ from rnnbench.bench.training import (
 )
 from rnnbench.config import compose
 from rnnbench.results.record import iter_records
-from rnnbench.sweep import threads_per_job
+from rnnbench.run.sweep import threads_per_job
 
 SWEEP_GOAL = 0.75
 SWEEP_LAUNCHERS = {"basic": (), "joblib": ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2")}

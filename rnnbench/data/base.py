@@ -139,7 +139,7 @@ class SequenceDataModule(pl.LightningDataModule):
         raise NotImplementedError
 
     def model_io(self) -> dict[str, Any]:
-        """Keyword arguments for rnnbench.model.SequenceModel: vocab_size or input_size,
+        """Keyword arguments for rnnbench.nn.model.SequenceModel: vocab_size or input_size,
         output_size, readout ("all" | "last") and causal."""
         raise NotImplementedError
 

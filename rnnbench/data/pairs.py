@@ -293,7 +293,7 @@ class PairDataModule(SequenceDataModule):
 
     def model_io(self) -> dict:
         return {
-            "_target_": "rnnbench.encoder_decoder.EncoderDecoder",
+            "_target_": "rnnbench.nn.encoder_decoder.EncoderDecoder",
             "src_vocab_size": len(self.src_vocab),
             "tgt_vocab_size": len(self.tgt_vocab),
             "bos_id": BOS_ID,

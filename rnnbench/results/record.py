@@ -37,7 +37,7 @@ CHECKPOINT_DIR = "checkpoints"
 LAST_CKPT = f"{CHECKPOINT_DIR}/last.ckpt"  # what a resume goes on from
 BEST_CKPT = f"{CHECKPOINT_DIR}/best.ckpt"  # the lowest val/loss: what the test scored
 EXAMPLES_FILE = "decoded.jsonl"  # seq2seq: some test pairs' source, reference and decoded text
-PACK_FILE = "pack.json"  # a pack's folder (rnnbench.pack): its members, its trainer, its status
+PACK_FILE = "pack.json"  # a pack's folder (rnnbench.run.pack): its members, its trainer, its status
 # checkpoints/best.ckpt (the lowest val/loss, what the test scores) is the `best` entry of
 # conf/callbacks/default.yaml: a ModelCheckpoint whose folder train.place_in sets.
 
@@ -340,6 +340,49 @@ KEY_DEFAULTS = {
 KEY_FIXED = {"trainer.accelerator": "cpu"}
 
 
+# The modules that moved into the nn/ and run/ packages (issue 34) after runs were recorded
+# naming them in `_target_`s: a run's identity keeps the name they had then (`recorded_target`),
+# so its run_key stands, and a record's config is instantiated by the name they have now
+# (`current_targets`).
+MOVED_MODULES = {
+    **dict.fromkeys(
+        ("cellspec", "cells", "clipping", "model", "encoder_decoder", "packed", "decode"), "nn"
+    ),
+    **dict.fromkeys(
+        ("overrides", "launch", "lifecycle", "train", "pack", "sweep", "search", "trial", "claims")
+        + ("slurm", "module", "callbacks", "checkpoints", "optim", "denormals", "gradflow")
+        + ("trained",),
+        "run",
+    ),
+}
+_MOVED = re.compile(r"rnnbench\.(nn|run)\.(\w+)\.")
+
+
+def recorded_target(target: str) -> str:
+    """A `_target_` as runs recorded it before the move into nn/ and run/: what run_key hashes."""
+    moved = _MOVED.match(target)
+    if moved and MOVED_MODULES.get(moved.group(2)) == moved.group(1):
+        return "rnnbench." + target[len("rnnbench.") + len(moved.group(1)) + 1 :]
+    return target
+
+
+def current_targets(config: Any) -> Any:
+    """`config` (a record's, a plain dict) with every `_target_` recorded before the move into
+    nn/ and run/ named as it is now, so it can be instantiated."""
+    if isinstance(config, list):
+        return [current_targets(v) for v in config]
+    if not isinstance(config, dict):
+        return config
+    renamed = {}
+    for key, value in config.items():
+        if key == "_target_" and isinstance(value, str):
+            parts = value.split(".")
+            if len(parts) > 2 and parts[0] == "rnnbench" and parts[1] in MOVED_MODULES:
+                value = f"rnnbench.{MOVED_MODULES[parts[1]]}.{'.'.join(parts[1:])}"
+        renamed[key] = current_targets(value)
+    return renamed
+
+
 def is_seed_key(key: str) -> bool:
     """`seed`, `data.seed`, ...: keys that differ between repeats of one configuration."""
     return key == "seed" or key.endswith(".seed")
@@ -368,6 +411,8 @@ def identity(config: dict[str, Any], seeds: bool = True) -> dict[str, Any]:
             if dotted in KEY_DEFAULTS and value == KEY_DEFAULTS[dotted]:
                 continue
             value = KEY_FIXED.get(dotted, value)
+            if key == "_target_" and isinstance(value, str):
+                value = recorded_target(value)
             kept[key] = walk(value, dotted + ".")
             if isinstance(value, dict) and value and not kept[key]:
                 del kept[key]  # held only excluded keys: as if it were not there

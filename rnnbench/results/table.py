@@ -35,9 +35,9 @@ from typing import Any
 
 import pandas as pd
 
-from rnnbench.cellspec import CELLS
 from rnnbench.config import compose
 from rnnbench.errors import UserError
+from rnnbench.nn.cellspec import CELLS
 from rnnbench.outputs import (
     check_writable,
     html_comment,
@@ -103,7 +103,8 @@ WANDB_STATES = {
     "killed": "interrupted",
     "preempted": "interrupted",
 }
-# Logged into a W&B run's config beside the configuration itself (rnnbench.lifecycle.build_loggers).
+# Logged into a W&B run's config beside the configuration itself
+# (rnnbench.run.lifecycle.build_loggers).
 WANDB_EXTRAS = ("overrides", "run_key")
 REFERENCE_DIR = "references"
 MISSING = "-"

@@ -32,7 +32,7 @@ def measure_time(recipe: Recipe, steps: int) -> dict[str, Any]:
     """Train `recipe` for `steps` real steps here (the first one's start-up included) and scale
     the time per step by the steps of one epoch and the recipe's epochs."""
 
-    from rnnbench.train import run  # lazy: torch loads only to train a recipe
+    from rnnbench.run.train import run  # lazy: torch loads only to train a recipe
 
     overrides = [
         f"experiment={recipe.name}",

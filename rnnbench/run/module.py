@@ -16,9 +16,9 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.aggregation import MeanMetric
 
-from rnnbench.cells import State, detach_state
-from rnnbench.clipping import clip_global_norm_
-from rnnbench.decode import decode
+from rnnbench.nn.cells import State, detach_state
+from rnnbench.nn.clipping import clip_global_norm_
+from rnnbench.nn.decode import decode
 from rnnbench.tasks import KINDS, TaskKind
 from rnnbench.text_scores import ROUGE_KEYS
 
@@ -42,7 +42,7 @@ class RecurrentTask(pl.LightningModule):
     """The shared loop. A task module has its kind (rnnbench.tasks: loss, items, metrics), names
     its accumulated quantities (`means`), measures them on a model's output for a batch
     (`measure`: the loss first), and turns their split means into the kind's metrics
-    (`derive`). A packed run (rnnbench.pack) measures each member's output the same way."""
+    (`derive`). A packed run (rnnbench.run.pack) measures each member's output the same way."""
 
     kind: TaskKind
     means: tuple[str, ...] = ("loss",)

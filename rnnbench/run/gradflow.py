@@ -37,10 +37,10 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from rnnbench.cells import RecurrentStack, State, reverse_time
-from rnnbench.model import SequenceModel
-from rnnbench.module import Batch, RecurrentTask
+from rnnbench.nn.cells import RecurrentStack, State, reverse_time
+from rnnbench.nn.model import SequenceModel
 from rnnbench.results.record import GRADFLOW_COLUMNS
+from rnnbench.run.module import Batch, RecurrentTask
 
 DIRECTIONS = ("forward", "backward")
 WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")

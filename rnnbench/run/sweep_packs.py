@@ -15,10 +15,8 @@ from pathlib import Path
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from rnnbench import claims
 from rnnbench.config import compose
 from rnnbench.errors import ConfigError, UserError
-from rnnbench.pack import MEMBER_KEYS, WAIT_S, Member, describe_pack, run_pack
 from rnnbench.results.record import (
     PACK_FILE,
     RECORD_FILE,
@@ -26,7 +24,9 @@ from rnnbench.results.record import (
     is_identity_key,
     read_record,
 )
-from rnnbench.sweep import sweep_jobs
+from rnnbench.run import claims
+from rnnbench.run.pack import MEMBER_KEYS, WAIT_S, Member, describe_pack, run_pack
+from rnnbench.run.sweep import sweep_jobs
 
 
 def family(job: list[str]) -> tuple[str, ...]:
@@ -52,7 +52,7 @@ def job_packs(jobs: list[list[str]], size: int) -> list[list[int]]:
 def run_in_sweep(cfg: DictConfig, hydra_cfg: DictConfig, group: str | None) -> Record:
     """This sweep job's record: trained in its pack by whichever job of the pack takes the
     pack's claim first (a lock on packs/<jobs>/claim), or, for the others, waited for and read
-    back. A claim ends with its process, on whichever node it ran (rnnbench.claims): after a
+    back. A claim ends with its process, on whichever node it ran (rnnbench.run.claims): after a
     kill, another job of the pack, or a relaunched one, takes it and the pack goes on from its
     checkpoint."""
     sweep_dir = Path(hydra_cfg.sweep.dir).resolve()

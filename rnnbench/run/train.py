@@ -1,7 +1,7 @@
 """One lone run: reuse a completed one or train it (`run`), as the strategy `LoneRun` of the one
-lifecycle (rnnbench.runner): its data, model, task and Trainer built from a composed config,
+lifecycle (rnnbench.run.runner): its data, model, task and Trainer built from a composed config,
 resumed from its last checkpoint, tested with its best, recorded in its folder. The `rnnbench`
-command is rnnbench.launch; a pack of runs is rnnbench.pack."""
+command is rnnbench.run.launch; a pack of runs is rnnbench.run.pack."""
 
 from __future__ import annotations
 
@@ -17,27 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
 from torch import nn
 
-from rnnbench.callbacks import EpochMetricsCSV, Throughput, quiet_lightning
-from rnnbench.checkpoints import (
-    ResumeCheckpoint,
-    drop_checkpoints,
-    keep_weights_only,
-    resume_point,
-)
 from rnnbench.config import check_config
 from rnnbench.errors import UserError
-from rnnbench.lifecycle import (
-    build_loggers,
-    check_device,
-    discard_dashboards,
-    discard_unused_folder,
-    finish_dashboards,
-    finish_wandb,
-    is_rank_zero,
-    reuse,
-    trainer_plugins,
-)
-from rnnbench.module import TASKS
 from rnnbench.results.record import (
     CHECKPOINT_DIR,
     LAST_CKPT,
@@ -50,8 +31,27 @@ from rnnbench.results.record import (
     write_examples,
     write_record,
 )
-from rnnbench.runner import conclude_record, measured_timing, record_best, train_and_record
-from rnnbench.trial import trial_callback
+from rnnbench.run.callbacks import EpochMetricsCSV, Throughput, quiet_lightning
+from rnnbench.run.checkpoints import (
+    ResumeCheckpoint,
+    drop_checkpoints,
+    keep_weights_only,
+    resume_point,
+)
+from rnnbench.run.lifecycle import (
+    build_loggers,
+    check_device,
+    discard_dashboards,
+    discard_unused_folder,
+    finish_dashboards,
+    finish_wandb,
+    is_rank_zero,
+    reuse,
+    trainer_plugins,
+)
+from rnnbench.run.module import TASKS
+from rnnbench.run.runner import conclude_record, measured_timing, record_best, train_and_record
+from rnnbench.run.trial import trial_callback
 
 __all__ = ["run", "LoneRun", "build_training", "Training"]
 
@@ -99,7 +99,7 @@ def build_training(
         callbacks=[*extra_callbacks, *callbacks.all],
         default_root_dir=str(run_dir),
         plugins=trainer_plugins(),
-        gradient_clip_val=None,  # the task clips (rnnbench.clipping), with the config's θ
+        gradient_clip_val=None,  # the task clips (rnnbench.nn.clipping), with the config's θ
     )
     record["env"] = environment(str(trainer.strategy.root_device), cfg.get("flush_denormal", True))
     record["env"]["world_size"] = trainer.world_size  # processes training it (DDP: devices)

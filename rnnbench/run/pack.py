@@ -18,9 +18,9 @@ its best epoch (lowest val/loss), whose weights it is tested with; metrics.csv, 
 result.json (with `packed_with`) and checkpoints/best.ckpt in its own folder. The pack's own
 folder holds pack.json and the checkpoint a relaunch resumes the whole pack from.
 
-A pack is a strategy of the one run lifecycle (`PackRun`, trained by rnnbench.runner); its task
-module is rnnbench.packed_task's, and a sweep's packs are claimed by its jobs in
-rnnbench.sweep_packs.
+A pack is a strategy of the one run lifecycle (`PackRun`, trained by rnnbench.run.runner); its task
+module is rnnbench.run.packed_task's, and a sweep's packs are claimed by its jobs in
+rnnbench.run.sweep_packs.
 """
 
 from __future__ import annotations
@@ -37,19 +37,8 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from rnnbench import claims
-from rnnbench.callbacks import Throughput, quiet_lightning
-from rnnbench.checkpoints import (
-    AtomicCheckpointIO,
-    ResumeCheckpoint,
-    copy_traces,
-    resume_point,
-)
 from rnnbench.errors import ConfigError
-from rnnbench.lifecycle import build_loggers, finish_wandb, reuse, trainer_plugins
-from rnnbench.module import TASKS
-from rnnbench.packed import PackedSequenceModel
-from rnnbench.packed_task import PackedTask, packed_task
+from rnnbench.nn.packed import PackedSequenceModel
 from rnnbench.results.record import (
     BEST_CKPT,
     LAST_CKPT,
@@ -70,7 +59,18 @@ from rnnbench.results.record import (
     write_json_atomic,
     write_record,
 )
-from rnnbench.runner import conclude_record, measured_timing, record_best, train_and_record
+from rnnbench.run import claims
+from rnnbench.run.callbacks import Throughput, quiet_lightning
+from rnnbench.run.checkpoints import (
+    AtomicCheckpointIO,
+    ResumeCheckpoint,
+    copy_traces,
+    resume_point,
+)
+from rnnbench.run.lifecycle import build_loggers, finish_wandb, reuse, trainer_plugins
+from rnnbench.run.module import TASKS
+from rnnbench.run.packed_task import PackedTask, packed_task
+from rnnbench.run.runner import conclude_record, measured_timing, record_best, train_and_record
 
 # The keys whose values may differ between the members of one pack.
 MEMBER_KEYS = ("seed", "optim.lr", "trainer.gradient_clip_val")

@@ -19,22 +19,22 @@ from hydra.types import RunMode
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, open_dict
 
-from rnnbench.callbacks import quiet_lightning
 from rnnbench.config import CONF_DIR, check_config
-from rnnbench.denormals import flush_denormal_everywhere
 from rnnbench.errors import find_user_error
-from rnnbench.lifecycle import is_rank_zero, pass_on_stop_signal, sweep_group
-from rnnbench.pack import run_pack, seed_members
 from rnnbench.results.record import Record
 from rnnbench.results.summary import format_pack_summary, format_summary, show
-from rnnbench.sweep import (
+from rnnbench.run.callbacks import quiet_lightning
+from rnnbench.run.denormals import flush_denormal_everywhere
+from rnnbench.run.lifecycle import is_rank_zero, pass_on_stop_signal, sweep_group
+from rnnbench.run.pack import run_pack, seed_members
+from rnnbench.run.sweep import (
     end_interrupted_job,
     parallel_jobs,
     stop_exit_code,
     threads_per_job,
 )
-from rnnbench.sweep_packs import run_in_sweep
-from rnnbench.train import run
+from rnnbench.run.sweep_packs import run_in_sweep
+from rnnbench.run.train import run
 
 
 def set_threads(cfg: DictConfig, hydra_cfg: DictConfig, multirun: bool) -> None:

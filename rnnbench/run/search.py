@@ -47,12 +47,12 @@ from hydra.core.override_parser.types import (
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-from rnnbench import claims
 from rnnbench.errors import ConfigError
 from rnnbench.results.studies import best_trial, open_study_storage
-from rnnbench.sweep import is_alive, parallel_jobs
+from rnnbench.run import claims
+from rnnbench.run.sweep import is_alive, parallel_jobs
+from rnnbench.run.trial import PRUNERS, PrunerSpec, env_overrides, study_env
 from rnnbench.tasks import KINDS, direction
-from rnnbench.trial import PRUNERS, PrunerSpec, env_overrides, study_env
 
 SAMPLERS = ("tpe", "random", "grid")
 UNOWNED_GRACE_S = 120  # a running trial with no owner after this long was left by a dead launch
@@ -202,7 +202,7 @@ def owner() -> str:
 
 
 def claims_folder(url: str, sweep_dir: Path, study: str) -> Path:
-    """Where a study's claims are (rnnbench.claims): beside its storage when that is a file
+    """Where a study's claims are (rnnbench.run.claims): beside its storage when that is a file
     (the one thing every worker of the study shares), else in the sweep's folder."""
     for prefix in ("journal:", "sqlite:///"):
         if url.startswith(prefix):
@@ -371,7 +371,7 @@ def run_studies(sweeper: Any, arguments: list[str]) -> list[Any]:
                 f"study {name} in {url} was made to {study.direction.name.lower()}, this "
                 f"search would {goal} {metric}: give it another hydra.sweeper.study_name"
             )
-        # What every trial's job reads to report and prune as this study does (rnnbench.trial).
+        # What every trial's job reads to report and prune as this study does (rnnbench.run.trial).
         study.set_user_attr("metric", metric)
         study.set_user_attr("pruner", pruner.as_attr())
         folder = claims_folder(url, sweep_dir, name)

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnbench.cellspec import CELL_SPECS
 from rnnbench.errors import ConfigError
+from rnnbench.nn.cellspec import CELL_SPECS
 from rnnbench.schema import ModelSchema, check_arguments
 
 State = Tensor | tuple[Tensor, Tensor]
@@ -31,7 +31,7 @@ def detach_state(state: State | None) -> State | None:
     return state.detach()
 
 
-# A packed model (rnnbench.packed) trains K members of one shape at once: its weights carry a
+# A packed model (rnnbench.nn.packed) trains K members of one shape at once: its weights carry a
 # leading member axis, (K, G, H) for W_hh, and its states one too, (K, B, H). Every function
 # below takes either layout; only the matrix products differ (addmm for one run, baddbmm for K).
 

@@ -278,7 +278,7 @@ def resume_point(
 PROVEN_OPTIMIZERS = ("torch.optim.Adam", "torch.optim.SGD", "torch.optim.RMSprop")
 PROVEN_SCHEDULERS = (
     None,
-    "rnnbench.optim.step_decay",
+    "rnnbench.run.optim.step_decay",
     "torch.optim.lr_scheduler.ReduceLROnPlateau",
 )
 EXACT_RESUMES = frozenset(

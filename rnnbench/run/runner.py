@@ -1,7 +1,7 @@
 """The one lifecycle every training goes through (`train_and_record`): build, resume, fit,
 test, conclude each record, and write it however the training ends. What is trained is a
-strategy's: a lone run (rnnbench.train.LoneRun, also what a search's trial is) or a pack of
-runs trained at once (rnnbench.pack.PackRun). The strategy says how to build its task and
+strategy's: a lone run (rnnbench.run.train.LoneRun, also what a search's trial is) or a pack of
+runs trained at once (rnnbench.run.pack.PackRun). The strategy says how to build its task and
 Trainer, where it resumes from, how its runs are tested and what each record holds; the
 lifecycle owns the order, the stop signals, and the rules every record follows (how it ends:
 `completed`, `diverged`, `pruned`, `interrupted` or `failed`, and why)."""
@@ -18,10 +18,10 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from rnnbench.callbacks import Throughput
 from rnnbench.errors import find_user_error
-from rnnbench.lifecycle import hold_stop_signals, interrupt_on_stop_signals, restore_signals
 from rnnbench.results.record import Record, now_iso
+from rnnbench.run.callbacks import Throughput
+from rnnbench.run.lifecycle import hold_stop_signals, interrupt_on_stop_signals, restore_signals
 
 
 class RunStrategy(Protocol):

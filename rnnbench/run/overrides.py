@@ -159,7 +159,7 @@ def folder_problem(cfg: DictConfig, multirun: bool) -> str | None:
     problem = check_writable_folder(folder, option=f"results_root or {option}")
     if problem or multirun:
         return problem
-    if cfg.get("pack") is not None:  # the folder is a pack's: rnnbench.pack checks its owner
+    if cfg.get("pack") is not None:  # the folder is a pack's: rnnbench.run.pack checks its owner
         return None
     plain = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     try:
@@ -180,6 +180,6 @@ def cli() -> None:
     """Console entry point (`rnnbench`, also `python -m rnnbench`): the command line is
     checked first, then handed to Hydra; torch and Lightning are imported only after that."""
     exit_on_bad_command_line()
-    from rnnbench.launch import main  # lazy: torch loads once the command line is checked
+    from rnnbench.run.launch import main  # lazy: torch loads once the command line is checked
 
     main()

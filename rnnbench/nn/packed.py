@@ -16,9 +16,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from rnnbench.cells import ScratchRecurrence, State
 from rnnbench.errors import ConfigError
-from rnnbench.model import SequenceModel
+from rnnbench.nn.cells import ScratchRecurrence, State
+from rnnbench.nn.model import SequenceModel
 
 
 class StackedEmbedding(nn.Module):

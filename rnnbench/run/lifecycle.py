@@ -1,4 +1,4 @@
-"""What every run goes through, lone (rnnbench.train) or packed (rnnbench.pack): reuse of a
+"""What every run goes through, lone (rnnbench.run.train) or packed (rnnbench.run.pack): reuse of a
 completed run, its loggers and W&B identity, the stop signals that interrupt it, the checks that
 make it `diverged`, and leaving nothing behind when it is refused while being built."""
 
@@ -20,7 +20,6 @@ from hydra.utils import instantiate
 from lightning_fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
-from rnnbench.checkpoints import AtomicCheckpointIO
 from rnnbench.errors import ConfigError, find_user_error
 from rnnbench.results.record import (
     RECORD_FILE,
@@ -32,8 +31,9 @@ from rnnbench.results.record import (
     read_record,
     write_json_atomic,
 )
-from rnnbench.sweep import note_stop, stopped_by
-from rnnbench.trial import STUDY_ENV
+from rnnbench.run.checkpoints import AtomicCheckpointIO
+from rnnbench.run.sweep import note_stop, stopped_by
+from rnnbench.run.trial import STUDY_ENV
 
 
 def is_rank_zero() -> bool:

@@ -1,6 +1,6 @@
 """The recurrent cells the harness knows, in one registry. Every module that lists, orders,
 sizes or colours cells reads it here (config checks, the recurrent stack, tables, plots,
-reproduce, the bench); the equations themselves are rnnbench.cells' step functions, one per
+reproduce, the bench); the equations themselves are rnnbench.nn.cells' step functions, one per
 CellSpec.step. No torch here: the results layer reads this without loading it."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ class CellSpec:
 
     name: str
     gates: int  # weight blocks per layer: W_ih and W_hh have gates x hidden rows
-    step: str  # its time step in rnnbench.cells (rnn_step, gru_step, lstm_step)
+    step: str  # its time step in rnnbench.nn.cells (rnn_step, gru_step, lstm_step)
     fused: str  # the torch.nn module impl=fused runs
     nonlinearity: str | None  # torch.nn.RNN's `nonlinearity` for the vanilla cells
     colour: str  # in plots

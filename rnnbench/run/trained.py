@@ -23,10 +23,16 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
-from rnnbench.checkpoints import load_checkpoint
-from rnnbench.decode import decode
 from rnnbench.errors import UserError
-from rnnbench.results.record import BEST_CKPT, LAST_CKPT, RECORD_FILE, read_record
+from rnnbench.nn.decode import decode
+from rnnbench.results.record import (
+    BEST_CKPT,
+    LAST_CKPT,
+    RECORD_FILE,
+    current_targets,
+    read_record,
+)
+from rnnbench.run.checkpoints import load_checkpoint
 
 __all__ = ["TrainedRun", "load_run", "load_model", "translate"]
 
@@ -57,7 +63,7 @@ def load_run(run_dir: str | Path) -> TrainedRun:
     if not (run_dir / RECORD_FILE).is_file():
         raise UserError(f"{run_dir} has no {RECORD_FILE}: give a run's folder")
     record = dict(read_record(run_dir / RECORD_FILE))
-    config = OmegaConf.create(record["config"])
+    config = OmegaConf.create(current_targets(record["config"]))  # recorded before nn/, run/?
     data = instantiate(config.data)
     data.setup("fit")
     model = instantiate(config.model, **data.model_io())

@@ -27,8 +27,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from rnnbench.cells import RecurrentStack, State
-from rnnbench.model import set_forget_bias
+from rnnbench.nn.cells import RecurrentStack, State
+from rnnbench.nn.model import set_forget_bias
 from rnnbench.schema import ModelSchema, check_arguments
 from rnnbench.tasks import PAD_ID
 

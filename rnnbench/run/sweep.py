@@ -107,7 +107,7 @@ def stop_workers(sweep_dir: str | Path, grace_s: float = 60.0) -> None:
 _sweep_parent: int | None = None  # the pid of the process that launched this sweep, there
 _stopped_by: int | None = None  # the first signal that stopped this process: exit 128 + it
 _started: dict[Path, int] = {}  # record_stamps as the sweep started, in the sweep's process
-_lost = 0  # jobs of this sweep that ended without a result (rnnbench.slurm), in its process
+_lost = 0  # jobs of this sweep that ended without a result (rnnbench.run.slurm), in its process
 
 
 def note_lost_jobs(count: int) -> None:

@@ -1,7 +1,7 @@
 """A search trial's side of its study: the run reports its validation headline to the trial
 after every epoch, and stops when the study's pruner says the trial is not worth finishing.
 
-The `optuna` sweeper (rnnbench.search) tells a job which trial it is through variables in the
+The `optuna` sweeper (rnnbench.run.search) tells a job which trial it is through variables in the
 job's environment (`hydra.job.env_set`, so every launcher passes them on): the study's storage,
 its name, the trial's number, and the trial's claim, which the job holds while it runs. The
 pruner and the metric are the study's own user attributes, set by the sweeper, so the job
@@ -20,8 +20,8 @@ from typing import IO, Any
 import optuna
 import pytorch_lightning as pl
 
-from rnnbench import claims
 from rnnbench.results.studies import open_study_storage
+from rnnbench.run import claims
 
 STORAGE_ENV, STUDY_ENV, TRIAL_ENV, CLAIM_ENV = (
     "RNNBENCH_STUDY_STORAGE",
@@ -77,7 +77,7 @@ def study_env(study: str) -> str:
 
 def env_overrides(storage_url: str, study: str, number: int, claim: Path) -> list[str]:
     """The overrides that tell trial `number`'s job which trial it is, and the claim it holds
-    while it runs (rnnbench.search.is_stale)."""
+    while it runs (rnnbench.run.search.is_stale)."""
     return [
         f"+hydra.job.env_set.{STORAGE_ENV}={quoted(storage_url)}",
         study_env(study),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rnnbench.encoder_decoder import EncoderDecoder, select_state
+from rnnbench.nn.encoder_decoder import EncoderDecoder, select_state
 from rnnbench.tasks import PAD_ID
 
 

@@ -1,7 +1,7 @@
 """The task module of a pack (`packed_task`): a lone task class's loop applied to each member of
 a PackedSequenceModel, with each member's own metrics, clipping threshold, learning rate and
-schedule, best epoch and divergence, as its lone run would have them (rnnbench.pack trains it
-through the one lifecycle, rnnbench.runner)."""
+schedule, best epoch and divergence, as its lone run would have them (rnnbench.run.pack trains it
+through the one lifecycle, rnnbench.run.runner)."""
 
 from __future__ import annotations
 
@@ -14,15 +14,15 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.aggregation import MeanMetric
 
-from rnnbench.callbacks import EpochMetricsCSV, StepTrace
-from rnnbench.clipping import clip_global_norm_
 from rnnbench.errors import ConfigError
-from rnnbench.module import SPLITS, RecurrentTask
-from rnnbench.packed import PackedSequenceModel
+from rnnbench.nn.clipping import clip_global_norm_
+from rnnbench.nn.packed import PackedSequenceModel
 from rnnbench.results.record import (
     METRICS_FILE,
     STEPS_FILE,
 )
+from rnnbench.run.callbacks import EpochMetricsCSV, StepTrace
+from rnnbench.run.module import SPLITS, RecurrentTask
 
 
 class PackedTask:

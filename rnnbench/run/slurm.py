@@ -4,7 +4,7 @@ no accounting, and a job SLURM ended without a result (cancelled, past its time 
 memory) is counted and named in one line instead of being waited on forever.
 
 A job warned of its end (SLURM's USR2 before a time limit or a preemption) records itself
-interrupted and is requeued by submitit (rnnbench.lifecycle.pass_on_stop_signal); the requeued
+interrupted and is requeued by submitit (rnnbench.run.lifecycle.pass_on_stop_signal); the requeued
 job goes on from its run folder's last.ckpt."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from submitit.core.utils import UncompletedJobError
 from submitit.slurm import slurm
 
-from rnnbench.sweep import note_lost_jobs
+from rnnbench.run.sweep import note_lost_jobs
 
 # The states of a job that is over (squeue's and sacct's names); any other may still run.
 # GONE: squeue no longer knows the job, which ended more than MinJobAge (300 s) ago.
