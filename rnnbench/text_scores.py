@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from importlib.metadata import version
 
-from rouge_score import rouge_scorer
 from sacrebleu.metrics import BLEU
 
 
@@ -37,6 +36,10 @@ def corpus_rouge(
 
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses for {len(references)} references")
+    # lazy: rouge-score loads nltk, and nltk scikit-learn and pandas (~1 s), which every run
+    # that imports the task modules would pay; only a summary run's test scores ROUGE.
+    from rouge_score import rouge_scorer
+
     scorer = rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=True)
     totals = dict.fromkeys(ROUGE_KEYS, 0.0)
     for hyp, ref in zip(hypotheses, references, strict=True):
