@@ -22,8 +22,8 @@ from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from rnnbench.cellspec import GATED_CELLS
 from rnnbench.errors import ConfigError
-from rnnbench.nn.cellspec import GATED_CELLS
 from rnnbench.schema import schema_problem
 
 # One conf tree in git, at the repo top. A wheel carries a copy inside the package (setup.py puts

@@ -30,9 +30,9 @@ import pandas as pd
 import pytorch_lightning as pl
 import torch
 
+from rnnbench.cellspec import BASE_CELLS, CELLS
 from rnnbench.data.synthetic import AddingProblem
 from rnnbench.errors import UserError
-from rnnbench.nn.cellspec import BASE_CELLS, CELLS
 from rnnbench.nn.model import SequenceModel
 from rnnbench.outputs import check_writable, mpl_text, one_line, write_text
 from rnnbench.results.plots import colour, figure_format, hidden_grad_axes, panels, save_figure

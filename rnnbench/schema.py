@@ -32,8 +32,8 @@ from typing import Any, ClassVar
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+from rnnbench.cellspec import CELLS
 from rnnbench.errors import ConfigError
-from rnnbench.nn.cellspec import CELLS
 
 IMPLS = ("fused", "scratch")
 GRU_RESETS = ("after", "before")

@@ -42,8 +42,8 @@ from typing import Any
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
+from rnnbench.cellspec import CELL_SPECS
 from rnnbench.config import check_config, compose
-from rnnbench.nn.cellspec import CELL_SPECS
 from rnnbench.results.record import (
     METRICS_FILE,
     RECORD_FILE,

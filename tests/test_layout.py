@@ -113,7 +113,7 @@ def test_the_presentation_check_reaches_into_packages():
 
 def literal_cell_lists(path: Path) -> list[list[str]]:
     """Every tuple, list, set or dict literal of `path` holding two or more cell names."""
-    from rnnbench.nn.cellspec import CELLS
+    from rnnbench.cellspec import CELLS
 
     found = []
     for node in ast.walk(ast.parse(path.read_text())):
@@ -126,10 +126,10 @@ def literal_cell_lists(path: Path) -> list[list[str]]:
     return found
 
 
-@pytest.mark.parametrize("module", sorted(set(MODULES) - {"rnnbench.nn.cellspec"}))
+@pytest.mark.parametrize("module", sorted(set(MODULES) - {"rnnbench.cellspec"}))
 def test_the_cells_are_listed_in_cellspec_alone(module):
-    """One registry of cells (rnnbench.nn.cellspec): no other module writes a list of them."""
-    assert not literal_cell_lists(MODULES[module]), f"{module}: use rnnbench.nn.cellspec"
+    """One registry of cells (rnnbench.cellspec): no other module writes a list of them."""
+    assert not literal_cell_lists(MODULES[module]), f"{module}: use rnnbench.cellspec"
 
 
 def test_the_registry_check_finds_a_list(tmp_path):
@@ -330,7 +330,7 @@ TORCH_FREE = (
     "rnnbench.results.report",
     "rnnbench.results.summary",
     "rnnbench.run.sweep",
-    "rnnbench.nn.cellspec",
+    "rnnbench.cellspec",
     "rnnbench.results.studies",
 )
 

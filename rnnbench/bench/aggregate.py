@@ -17,8 +17,8 @@ from typing import Any
 
 import pandas as pd
 
+from rnnbench.cellspec import BASE_CELLS
 from rnnbench.config import compose
-from rnnbench.nn.cellspec import BASE_CELLS
 from rnnbench.results import table
 from rnnbench.results.record import RECORD_FILE
 from rnnbench.run.train import run

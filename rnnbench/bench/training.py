@@ -27,8 +27,8 @@ from rnnbench.bench.contenders import (
     Sample,
 )
 from rnnbench.bench.errors import BenchError
+from rnnbench.cellspec import BASE_CELLS, GATED_CELLS
 from rnnbench.config import compose
-from rnnbench.nn.cellspec import BASE_CELLS, GATED_CELLS
 
 HARNESS_GOAL = 0.97
 PEAK_GOAL = 0.75

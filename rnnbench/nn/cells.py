@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rnnbench.cellspec import CELL_SPECS
 from rnnbench.errors import ConfigError
-from rnnbench.nn.cellspec import CELL_SPECS
 from rnnbench.schema import ModelSchema, check_arguments
 
 State = Tensor | tuple[Tensor, Tensor]

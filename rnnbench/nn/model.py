@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from rnnbench.cellspec import GATED_CELLS
 from rnnbench.errors import ConfigError, check_choice
 from rnnbench.nn.cells import RecurrentStack, State, detach_state
-from rnnbench.nn.cellspec import GATED_CELLS
 from rnnbench.schema import ModelSchema, check_arguments
 
 READOUTS = ("all", "last")

@@ -21,7 +21,7 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.backend_bases import FigureCanvasBase  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from rnnbench.nn.cellspec import CELL_SPECS  # noqa: E402
+from rnnbench.cellspec import CELL_SPECS  # noqa: E402
 from rnnbench.outputs import write_bytes  # noqa: E402
 
 # One colour per cell, the same in every figure.

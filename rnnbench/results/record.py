@@ -345,9 +345,7 @@ KEY_FIXED = {"trainer.accelerator": "cpu"}
 # so its run_key stands, and a record's config is instantiated by the name they have now
 # (`current_targets`).
 MOVED_MODULES = {
-    **dict.fromkeys(
-        ("cellspec", "cells", "clipping", "model", "encoder_decoder", "packed", "decode"), "nn"
-    ),
+    **dict.fromkeys(("cells", "clipping", "model", "encoder_decoder", "packed", "decode"), "nn"),
     **dict.fromkeys(
         ("overrides", "launch", "lifecycle", "train", "pack", "sweep", "search", "trial", "claims")
         + ("slurm", "module", "callbacks", "checkpoints", "optim", "denormals", "gradflow")

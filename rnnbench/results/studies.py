@@ -20,8 +20,8 @@ from typing import Any
 
 import optuna
 
+from rnnbench.cellspec import CELLS
 from rnnbench.errors import UserError
-from rnnbench.nn.cellspec import CELLS
 from rnnbench.results.record import RECORD_FILE, read_record, warn_skipped
 
 STORAGE_FILES = {"optuna.db": "sqlite:///", "journal.log": "journal:"}

@@ -35,9 +35,9 @@ from typing import Any
 
 import pandas as pd
 
+from rnnbench.cellspec import CELLS
 from rnnbench.config import compose
 from rnnbench.errors import UserError
-from rnnbench.nn.cellspec import CELLS
 from rnnbench.outputs import (
     check_writable,
     html_comment,

@@ -12,9 +12,9 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from rnnbench.cellspec import CELLS
 from rnnbench.config import CONF_DIR, compose
 from rnnbench.errors import UserError
-from rnnbench.nn.cellspec import CELLS
 from rnnbench.results.record import flatten, identity, is_identity_key, repeat_key
 from rnnbench.results.table import literal, match_keys
 
