@@ -36,8 +36,8 @@ def corpus_rouge(
 
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses for {len(references)} references")
-    # lazy: rouge-score loads nltk, and nltk scikit-learn and pandas (~1 s), which every run
-    # that imports the task modules would pay; only a summary run's test scores ROUGE.
+    # rouge-score loads nltk, and nltk scikit-learn and pandas: ~1 s of every run's start-up.
+    # lazy: only a summary run's test scores ROUGE.
     from rouge_score import rouge_scorer
 
     scorer = rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=True)
