@@ -348,6 +348,7 @@ MOVED_MODULES = {
     **dict.fromkeys(("cells", "clipping", "model", "encoder_decoder", "packed", "decode"), "nn"),
     **dict.fromkeys(
         ("overrides", "launch", "lifecycle", "train", "pack", "sweep", "search", "trial", "claims")
+        + ("runner", "packed_task", "sweep_packs")
         + ("slurm", "module", "callbacks", "checkpoints", "optim", "denormals", "gradflow")
         + ("trained",),
         "run",

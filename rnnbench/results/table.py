@@ -94,7 +94,6 @@ AXIS_ORDER = (
     "model.dropout",
     "optim.lr",
 )
-# The README's order, so tables read rnn, gru, lstm rather than alphabetically.
 # W&B run states for runs whose summary lacks the harness's own `status`.
 WANDB_STATES = {
     "finished": "completed",

@@ -1,6 +1,8 @@
-"""What every run goes through, lone (rnnbench.run.train) or packed (rnnbench.run.pack): reuse of a
-completed run, its loggers and W&B identity, the stop signals that interrupt it, the checks that
-make it `diverged`, and leaving nothing behind when it is refused while being built."""
+"""The parts the run lifecycle (rnnbench.run.runner, whose order every run follows) and its
+strategies (rnnbench.run.train, rnnbench.run.pack) are built from: reuse of a completed run,
+the loggers and W&B identity, the stop signals that interrupt a run (and SLURM's, passed on),
+the device check, and leaving nothing behind when a run is refused while being built. Whether a
+run `diverged` is decided in rnnbench.run.runner."""
 
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ class RecurrentTask(pl.LightningModule):
     """The shared loop. A task module has its kind (rnnbench.tasks: loss, items, metrics), names
     its accumulated quantities (`means`), measures them on a model's output for a batch
     (`measure`: the loss first), and turns their split means into the kind's metrics
-    (`derive`). A packed run (rnnbench.run.pack) measures each member's output the same way."""
+    (`derive`). A pack (rnnbench.run.packed_task) measures each member's output the same way."""
 
     kind: TaskKind
     means: tuple[str, ...] = ("loss",)

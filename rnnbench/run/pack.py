@@ -131,7 +131,7 @@ def run_pack(
 ) -> list[Record]:
     """Train `members` (one configuration up to MEMBER_KEYS) as one pack in `pack_dir`; write
     each member's record into its own folder. A member whose run_key already completed (in its
-    folder, under `search` or results_root: train.reuse) is reused and left out of the pack.
+    folder, under `search` or results_root: lifecycle.reuse) is reused and left out of the pack.
     Returns the members' records, in order."""
     check_members(members)
     quiet_lightning(banners=True)
