@@ -1,3 +1,3 @@
-from rnnbench.run.overrides import cli
+from rnnbench.run.cli import cli
 
 cli()

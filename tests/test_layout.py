@@ -323,7 +323,7 @@ def test_the_lazy_import_check_finds_one(tmp_path):
 
 # The results layer and the command line's front: they read records, never train.
 TORCH_FREE = (
-    "rnnbench.run.overrides",
+    "rnnbench.run.cli",
     "rnnbench.config",
     "rnnbench.results.record",
     "rnnbench.results.table",

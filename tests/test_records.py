@@ -519,7 +519,7 @@ def test_every_bad_value_is_one_line_before_any_run_folder(name, tmp_path):
 def test_a_bad_value_is_refused_before_torch_is_imported(tmp_path):
     code = (
         "import sys\n"
-        "from rnnbench.run.overrides import cli\n"
+        "from rnnbench.run.cli import cli\n"
         "sys.argv = ['rnnbench', 'optim.lr=-1']\n"
         "try:\n    cli()\nexcept SystemExit as e:\n    print('exit', e.code)\n"
         "print('torch' in sys.modules, 'pytorch_lightning' in sys.modules)\n"

@@ -1,8 +1,9 @@
-"""Check a command line before Hydra launches anything: a bad key, an unknown config option or
-launcher, a sweep preset naming a key that does not exist, a value outside what its key allows
-(every value of every sweep), a run folder that cannot be written or that holds another
-configuration's run. Each is one clear line and exit 2 instead of Hydra's multi-line report or a
-run that starts and lies; torch is not imported until the line has passed."""
+"""The `rnnbench` command (`cli`; was rnnbench.overrides): its command line checked before
+Hydra launches anything: a bad key, an unknown config option or launcher, a sweep preset naming
+a key that does not exist, a value outside what its key allows (every value of every sweep), a
+run folder that cannot be written or that holds another configuration's run. Each is one clear
+line and exit 2 instead of Hydra's multi-line report or a run that starts and lies; torch is not
+imported until the line has passed. Then rnnbench.run.launch runs the job."""
 
 from __future__ import annotations
 
