@@ -79,6 +79,19 @@ def cluster() -> Iterator[None]:
     with open(CLUSTER_LOCK, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # freed when the test ends, or its process does
         yield
+        # A cancelled job holds its CPU while SLURM completes it: the next test's jobs would
+        # start one after the other instead of at once.
+        deadline = time.monotonic() + 60
+        while our_jobs() and time.monotonic() < deadline:
+            time.sleep(0.5)
+
+
+def our_jobs() -> list[str]:
+    """This user's jobs the cluster still holds (pending, running or completing)."""
+    listed = subprocess.run(
+        ["squeue", "--me", "--noheader", "--format=%i"], capture_output=True, text=True
+    )
+    return listed.stdout.split()
 
 
 def submitit_logs(sweep_dir: Path, suffix: str) -> dict[str, str]:
