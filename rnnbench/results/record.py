@@ -354,14 +354,13 @@ MOVED_MODULES = {
         "run",
     ),
 }
-_MOVED = re.compile(r"rnnbench\.(nn|run)\.(\w+)\.")
 
 
 def recorded_target(target: str) -> str:
     """A `_target_` as runs recorded it before the move into nn/ and run/: what run_key hashes."""
-    moved = _MOVED.match(target)
-    if moved and MOVED_MODULES.get(moved.group(2)) == moved.group(1):
-        return "rnnbench." + target[len("rnnbench.") + len(moved.group(1)) + 1 :]
+    parts = target.split(".")
+    if len(parts) > 3 and parts[0] == "rnnbench" and MOVED_MODULES.get(parts[2]) == parts[1]:
+        return ".".join(["rnnbench", *parts[2:]])
     return target
 
 

@@ -347,7 +347,8 @@ class PackRun:
                 m.record["notes"].append(f"the pack in {pack_dir} did not end")
             write_record(m.run_dir, m.record)
         if statuses & {"failed", "interrupted"}:
-            describe_pack(pack_dir, members, max(statuses & {"failed", "interrupted"}))
+            ended = "interrupted" if "interrupted" in statuses else "failed"
+            describe_pack(pack_dir, members, ended)
             return
         describe_pack(pack_dir, members, "ended")
         finish_member_loggers(members, self.group)

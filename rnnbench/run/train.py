@@ -176,6 +176,7 @@ class LoneRun:
         self.trial = None
         self.built: Training | None = None
         self.best_path: str | None = None  # the checkpoint the test scores, once known
+        self.resumed = False  # whether the fit went on from a checkpoint
 
     def build(self) -> pl.LightningDataModule:
         cfg = self.cfg
