@@ -31,6 +31,7 @@ from conftest import (
     rnnbench_cli,
     wait_for,
 )
+from rnnbench.run import claims
 from rnnbench.run.slurm import ENDED
 
 SMALL = ["logger=none", "trainer.enable_progress_bar=false", *TINY_REBER_RUN]
@@ -253,20 +254,31 @@ def test_a_packed_sweeps_claiming_job_killed_leaves_its_pack_to_another_job_that
     with it, the other job takes the pack on from its last checkpoint and trains it to the end:
     each member ends with the metrics of the same pack trained without a stop."""
     sweep = tmp_path / "sweep"
-    packed = [*LONG, "pack=2", "seed=1,2", "trainer.max_epochs=80"]
-    proc = popen([*ON_SLURM, *packed, f"hydra.sweep.dir={sweep}"], tmp_path)
+    packed = [*LONG, "pack=2", "seed=1,2", "trainer.max_epochs=120"]
     described = sweep / "packs" / "0-1" / "pack.json"
+    # The test holds the pack's claim until both jobs wait for it: however late SLURM or the
+    # imports start one of them, neither trains the pack before the other is there to wait.
+    gate = claims.hold(described.parent / "claim", claims.this_process())
+    proc = popen([*ON_SLURM, *packed, f"hydra.sweep.dir={sweep}"], tmp_path)
     try:
 
-        def both_started() -> bool:  # one trains the pack, the other waits for it
-            waiting = any("waiting for the pack" in e for e in submitit_logs(sweep, "err").values())
-            return waiting and epochs_done(sweep / "0") >= 3
+        def waiting_for(holder: str) -> list[str]:
+            """The jobs whose stderr says they wait for the pack held by `holder`."""
+            said = f"waiting for the pack in {described.parent}, trained by {holder}"
+            return [job for job, e in submitit_logs(sweep, "err").items() if said in e]
 
-        wait_for(both_started, proc)
+        wait_for(lambda: len(waiting_for(f"process {os.getpid()} on host")) == 2, proc)
+        gate.close()
+
+        def one_trains_one_waits() -> bool:
+            return bool(waiting_for("SLURM job")) and epochs_done(sweep / "0") >= 3
+
+        wait_for(one_trains_one_waits, proc)
         claimer = json.loads(described.read_text())
         assert claimer["status"] == "running" and claimer["slurm_job"], claimer
         subprocess.run(["scancel", "--full", "--signal=KILL", claimer["slurm_job"]], check=True)
     except BaseException:
+        gate.close()
         proc.kill()
         with contextlib.suppress(Exception):
             subprocess.run(["scancel", slurm_array(sweep)])

@@ -106,16 +106,31 @@ def holder_of(path: Path) -> dict[str, Any] | None:
     return holder if isinstance(holder, dict) else None
 
 
+class WaitNotice:
+    """What a process waiting for a claim says on stderr: who holds it, at first and again
+    each time the claim changes hands (a killed holder's work taken on by another), so a job's
+    log names whoever did the work it waited for."""
+
+    def __init__(self, path: Path, saying: str) -> None:
+        self.path, self.saying, self.said = path, saying, None
+
+    def look(self) -> None:
+        holder = holder_of(self.path)
+        if holder is None and self.said is not None:
+            return  # the file is being rewritten by a new holder: say it on the next look
+        words = describe(holder)
+        if words != self.said:
+            print(f"rnnbench: {self.saying} {words}", file=sys.stderr, flush=True)
+            self.said = words
+
+
 @contextlib.contextmanager
 def waiting(path: Path, what: str, wait_s: float) -> Iterator[None]:
     """Hold the exclusive claim on `path` for the block, waiting while another process holds
-    it (saying once who, and `what` for), looking again every `wait_s` seconds."""
-    said = False
+    it (saying who, and `what` for), looking again every `wait_s` seconds."""
+    notice = WaitNotice(path, f"waiting for {what}, run by")
     while (hold_file := hold(path, this_process())) is None:
-        if not said:
-            holder = describe(holder_of(path))
-            print(f"rnnbench: waiting for {what}, run by {holder}", file=sys.stderr, flush=True)
-            said = True
+        notice.look()
         time.sleep(wait_s)
     with hold_file:
         yield

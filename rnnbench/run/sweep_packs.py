@@ -8,7 +8,6 @@ wait for its records.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -68,7 +67,8 @@ def run_in_sweep(cfg: DictConfig, hydra_cfg: DictConfig, group: str | None) -> R
     pack = next(p for p in job_packs(jobs, size) if num in p)
     own_dir = sweep_dir / str(num)
     pack_dir = sweep_dir / "packs" / "-".join(str(n) for n in pack)
-    said = False
+    saying = f"waiting for the pack in {pack_dir}, trained by"
+    notice = claims.WaitNotice(pack_dir / "claim", saying)
     while True:
         ended = pack_ended(pack_dir, own_dir)
         if ended is not None:
@@ -76,14 +76,7 @@ def run_in_sweep(cfg: DictConfig, hydra_cfg: DictConfig, group: str | None) -> R
         claim = claims.hold(pack_dir / "claim", claims.this_process())
         if claim is not None:
             break
-        if not said:
-            holder = claims.describe(claims.holder_of(pack_dir / "claim"))
-            print(
-                f"rnnbench: waiting for the pack in {pack_dir}, trained by {holder}",
-                file=sys.stderr,
-                flush=True,
-            )
-            said = True
+        notice.look()
         time.sleep(WAIT_S)
     try:
         members = []
