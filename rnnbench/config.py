@@ -12,6 +12,8 @@ second, whatever the run will later import.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +26,12 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from rnnbench.cellspec import GATED_CELLS
 from rnnbench.errors import ConfigError
-from rnnbench.schema import schema_problem
+from rnnbench.schema import (
+    EncoderDecoderSchema,
+    SequenceModelSchema,
+    foreign_model_keys,
+    schema_problem,
+)
 
 # One conf tree in git, at the repo top. A wheel carries a copy inside the package (setup.py puts
 # it there); a source or editable checkout has no rnnbench/conf and reads the repo-top one.
@@ -50,9 +57,21 @@ def config_problem(cfg: DictConfig) -> str | None:
     return schema_problem(cfg) or cross_problem(cfg)
 
 
-# The datasets whose model is an encoder-decoder, and the model keys only they read.
+# The datasets whose model is an encoder-decoder (their model_io names it).
 SEQ2SEQ_DATA = "rnnbench.data.pairs."
-SEQ2SEQ_MODEL_KEYS = {"attention": "none", "teacher_forcing": 1.0, "feed_context": False}
+
+
+@functools.cache
+def model_defaults() -> dict[str, Any]:
+    """The values conf/model/rnn.yaml gives every model key (the YAML holds the values)."""
+    node = OmegaConf.load(CONF_DIR / "model" / "rnn.yaml")
+    return {k: v for k, v in node.items() if k not in ("defaults", "_target_")}
+
+
+def encoder_decoder_keys() -> list[str]:
+    """The model keys only the encoder-decoder reads, in the schema's order."""
+    foreign = foreign_model_keys(SequenceModelSchema.TARGETS[0])
+    return [f.name for f in dataclasses.fields(EncoderDecoderSchema) if f.name in foreign]
 
 
 def cross_problem(cfg: DictConfig) -> str | None:
@@ -96,8 +115,9 @@ def cross_problem(cfg: DictConfig) -> str | None:
             f"leave it at 'after' for model.cell={cell}"
         )
     seq2seq = str((cfg.get("data") or {}).get("_target_", "")).startswith(SEQ2SEQ_DATA)
-    for key, default in SEQ2SEQ_MODEL_KEYS.items():
-        if not seq2seq and model.get(key, default) != default:
+    for key in [] if seq2seq else encoder_decoder_keys():
+        default = model_defaults()[key]
+        if model.get(key, default) != default:
             return (
                 f"model.{key}={model.get(key)} is for sequence-to-sequence data (data=multi30k, "
                 f"data=summarize): data={OmegaConf.select(cfg, 'data.name')} has no decoder; "

@@ -271,10 +271,10 @@ class Multi30kSchema(PairsSchema):
 
 
 @dataclass
-class ModelSchema:
-    """A recurrent model (conf/model/rnn.yaml); the last three keys are read by the
-    encoder-decoder that sequence-to-sequence data builds instead."""
+class RecurrentSchema:
+    """The keys of conf/model/*.yaml that every architecture reads: the cell and its stack."""
 
+    TARGETS: ClassVar[tuple[str, ...]] = ()
     cell: str = key(choices=CELLS)
     impl: str = key(choices=IMPLS)
     hidden_size: int = count()
@@ -286,11 +286,49 @@ class ModelSchema:
     gru_reset: str = key(choices=GRU_RESETS)
     init_range: float | None = rate()
     forget_bias: float | None = key()
+
+
+@dataclass
+class SequenceModelSchema(RecurrentSchema):
+    """A recurrent model over one sequence (every dataset but sentence pairs)."""
+
+    TARGETS: ClassVar[tuple[str, ...]] = ("rnnbench.nn.model.SequenceModel",)
     tbptt: int | None = count(meaning="null = full backpropagation")
     tbptt_update: str = key(choices=TBPTT_UPDATES)
+
+
+@dataclass
+class EncoderDecoderSchema(RecurrentSchema):
+    """The encoder-decoder that sequence-to-sequence data builds (data.model_io names it)."""
+
+    TARGETS: ClassVar[tuple[str, ...]] = ("rnnbench.nn.encoder_decoder.EncoderDecoder",)
     attention: str = key(choices=ATTENTIONS)
     teacher_forcing: float = key(low=0, high=1, meaning="1 = always the reference")
     feed_context: bool = key()
+
+
+@dataclass
+class ModelSchema(SequenceModelSchema, EncoderDecoderSchema):
+    """What conf/model/*.yaml holds: the keys of both architectures, as one `model` group
+    (`model=gru` picks the cell). The dataset decides which architecture is built, and that one
+    is given its own keys alone (`foreign_model_keys`); a value other than the default for a key
+    the data's architecture does not read is refused (config.cross_problem)."""
+
+    TARGETS: ClassVar[tuple[str, ...]] = ()
+
+
+ARCHITECTURES = (SequenceModelSchema, EncoderDecoderSchema)
+
+
+def foreign_model_keys(target: str) -> frozenset[str]:
+    """The keys of conf/model/ that the model class `target` does not read (the other
+    architecture's); none for a class not listed in ARCHITECTURES (a user's own model is given
+    every key, and its constructor says what it takes)."""
+    own = next((s for s in ARCHITECTURES if target in s.TARGETS), None)
+    if own is None:
+        return frozenset()
+    every = {f.name for f in dataclasses.fields(ModelSchema)}
+    return frozenset(every - {f.name for f in dataclasses.fields(own)})
 
 
 # ---------------------------------------------------------------------------------------------

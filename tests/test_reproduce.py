@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 
 from conftest import require_data, train
 from rnnbench.config import compose
+from rnnbench.nn.build import build_model
 from rnnbench.results.reproduce.command import main
 from rnnbench.results.reproduce.csv_readme import README_BEGIN, README_END, read_csv, readme_block
 from rnnbench.results.reproduce.pages import BEGIN, END, render_page, render_table, write_page
@@ -69,7 +70,7 @@ def params(name: str) -> int:
     if cfg.data.name in DATA_FILES:
         require_data(DATA_FILES[cfg.data.name])
     datamodule.setup("fit")
-    model = instantiate(cfg.model, **datamodule.model_io())
+    model = build_model(cfg.model, datamodule.model_io())
     return sum(p.numel() for p in model.parameters())
 
 

@@ -133,9 +133,7 @@ def test_a_record_from_before_the_nn_and_run_packages_builds_and_keeps_its_run_k
     """An archived record names `_target_`s as they were before the modules moved into nn/ and
     run/: its config still instantiates (`current_targets`), and the moved names hash as the
     recorded ones (`recorded_target`)."""
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
+    from rnnbench.nn.build import build_model
     from rnnbench.nn.model import SequenceModel
     from rnnbench.results.record import current_targets, recorded_target, run_key
 
@@ -145,7 +143,10 @@ def test_a_record_from_before_the_nn_and_run_packages_builds_and_keeps_its_run_k
     now = current_targets(old)
     assert now["model"]["_target_"] == "rnnbench.nn.model.SequenceModel"
     assert run_key(now) == run_key(old)
-    model = instantiate(OmegaConf.create(now["model"]), input_size=88, output_size=88)
+    # It holds the encoder-decoder's keys too, as every record then did: the model is given
+    # its own alone.
+    assert old["model"]["attention"] == "none"
+    model = build_model(now["model"], {"input_size": 88, "output_size": 88})
     assert isinstance(model, SequenceModel)
     assert recorded_target("rnnbench.run.optim.step_decay") == "rnnbench.optim.step_decay"
     assert recorded_target("rnnbench.run.results.x") == "rnnbench.run.results.x"  # not moved
@@ -230,3 +231,47 @@ def test_the_schemas_are_in_hydras_config_store():
     groups = ConfigStore.instance().list("schema")
     assert "run.yaml" in groups and set(GROUPS_CHECKED) <= set(groups)
     assert "textcorpus.yaml" in ConfigStore.instance().list("schema/data")
+
+
+def test_each_architecture_is_given_its_own_keys_alone():
+    """conf/model/ is one group for both architectures (`model=gru` picks the cell); the schema
+    says which keys each reads, each constructor takes exactly those (and the dataset's part),
+    and build_model gives it no other: neither takes the other's keys to drop them."""
+    import inspect
+
+    from rnnbench.config import encoder_decoder_keys, model_defaults
+    from rnnbench.nn.build import build_model
+    from rnnbench.nn.encoder_decoder import EncoderDecoder
+    from rnnbench.nn.model import SequenceModel
+    from rnnbench.schema import (
+        EncoderDecoderSchema,
+        ModelSchema,
+        RecurrentSchema,
+        SequenceModelSchema,
+        foreign_model_keys,
+    )
+
+    def names(schema: type) -> set[str]:
+        return {f.name for f in dataclasses.fields(schema)}
+
+    assert set(model_defaults()) == names(ModelSchema)  # the YAML holds every key, no other
+    io = {"input_size", "output_size", "vocab_size", "readout", "causal"}
+    io_pairs = {"src_vocab_size", "tgt_vocab_size", "bos_id", "eos_id"}
+    for cls, schema, given in (
+        (SequenceModel, SequenceModelSchema, io),
+        (EncoderDecoder, EncoderDecoderSchema, io_pairs),
+    ):
+        taken = set(inspect.signature(cls).parameters)
+        assert taken - given == names(schema), cls
+        assert foreign_model_keys(schema.TARGETS[0]) == names(ModelSchema) - names(schema)
+        assert names(RecurrentSchema) < names(schema)
+    assert encoder_decoder_keys() == ["attention", "teacher_forcing", "feed_context"]
+    assert foreign_model_keys("my.own.Model") == frozenset()  # a user's class: every key
+
+    every_key = {**model_defaults(), "_target_": SequenceModelSchema.TARGETS[0]}
+    every_key |= {"hidden_size": 8, "num_layers": 1}
+    model = build_model(every_key, {"input_size": 3, "output_size": 2, "readout": "last"})
+    assert isinstance(model, SequenceModel)
+    pairs = {"_target_": EncoderDecoderSchema.TARGETS[0], "src_vocab_size": 9}
+    pairs |= {"tgt_vocab_size": 7, "bos_id": 2, "eos_id": 3}
+    assert isinstance(build_model(every_key, pairs), EncoderDecoder)

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from rnnbench.bench.errors import BenchError
 from rnnbench.bench.flops import step_work
 from rnnbench.config import check_config
+from rnnbench.nn.build import build_model
 from rnnbench.nn.cells import detach_state
 from rnnbench.nn.clipping import clip_global_norm_
 from rnnbench.results.record import new_record
@@ -133,7 +134,7 @@ class PlainLoop:
 
         self.name = name
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
-        self.model = instantiate(cfg.model, **datamodule.model_io()).train()
+        self.model = build_model(cfg.model, datamodule.model_io()).train()
         self.params = list(self.model.parameters())
         self.optimizer = instantiate(cfg.optim)(self.params)
         self.clip = cfg.trainer.get("gradient_clip_val")

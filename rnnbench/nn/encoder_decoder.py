@@ -123,16 +123,12 @@ class EncoderDecoder(nn.Module):
         gru_reset: str = "after",
         init_range: float | None = None,
         forget_bias: float | None = None,
-        tbptt: int | None = None,
-        tbptt_update: str = "sequence",
         attention: str = "none",
         teacher_forcing: float = 1.0,
         feed_context: bool = False,
     ) -> None:
         super().__init__()
-        # model.tbptt (the source cannot be cut: the decoder starts from its final state) and
-        # a teacher_forcing outside [0, 1] are refused with one line by config.check_config.
-        del tbptt, tbptt_update
+        # A teacher_forcing outside [0, 1] is refused with one line by config.check_config.
         check_arguments(ModelSchema, "model", attention=attention)
         emb_size = emb_size or hidden_size
         self.bos_id, self.eos_id = bos_id, eos_id

@@ -66,14 +66,8 @@ class SequenceModel(nn.Module):
         forget_bias: float | None = None,
         tbptt: int | None = None,
         tbptt_update: str = "sequence",
-        attention: str = "none",
-        teacher_forcing: float = 1.0,
-        feed_context: bool = False,
     ) -> None:
         super().__init__()
-        # The encoder-decoder's keys (conf/model/rnn.yaml) reach every model; a value other
-        # than its default is refused for other data by config.cross_problem.
-        del attention, teacher_forcing, feed_context
         if causal and bidirectional:
             raise ConfigError(
                 "model.bidirectional=true is not allowed for next-step prediction: reading the "

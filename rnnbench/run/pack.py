@@ -38,6 +38,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from rnnbench.errors import ConfigError
+from rnnbench.nn.build import build_model
 from rnnbench.nn.packed import PackedSequenceModel
 from rnnbench.results.record import (
     BEST_CKPT,
@@ -220,7 +221,7 @@ def build_pack(
     for m in members:
         # Each member's weights as its own seed gives a lone run (seeded, then built).
         pl.seed_everything(int(m.cfg.seed), workers=True, verbose=False)
-        models.append(instantiate(m.cfg.model, **datamodule.model_io()))
+        models.append(build_model(m.cfg.model, datamodule.model_io()))
     params = sum(p.numel() for p in models[0].parameters())
     model = PackedSequenceModel(models)
     del models

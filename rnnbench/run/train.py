@@ -19,6 +19,7 @@ from torch import nn
 
 from rnnbench.config import check_config
 from rnnbench.errors import UserError
+from rnnbench.nn.build import build_model
 from rnnbench.results.record import (
     CHECKPOINT_DIR,
     LAST_CKPT,
@@ -81,7 +82,7 @@ def build_training(
     parameter count and environment. The loggers are appended to `loggers` as soon as they
     exist (rank zero only), so the caller can finish them however the build ends."""
     record["task"], record["headline"] = datamodule.task, datamodule.headline_metric
-    model = instantiate(cfg.model, **datamodule.model_io())
+    model = build_model(cfg.model, datamodule.model_io())
     record["params"] = sum(p.numel() for p in model.parameters())
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     # A decoder's kinds (translation, summaries) also take how the test decodes (`decode`).

@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from rnnbench.errors import UserError
+from rnnbench.nn.build import build_model
 from rnnbench.nn.decode import decode
 from rnnbench.results.record import (
     BEST_CKPT,
@@ -66,7 +67,7 @@ def load_run(run_dir: str | Path) -> TrainedRun:
     config = OmegaConf.create(current_targets(record["config"]))  # recorded before nn/, run/?
     data = instantiate(config.data)
     data.setup("fit")
-    model = instantiate(config.model, **data.model_io())
+    model = build_model(config.model, data.model_io())
     weights = load_checkpoint(trained_checkpoint(run_dir))["state_dict"]
     # The task module holds the model as `model`: its weights are named model.<name>.
     model.load_state_dict({k.removeprefix("model."): w for k, w in weights.items()})
