@@ -21,6 +21,10 @@ CASES = {
     "bidirectional language model": (["model.bidirectional=true"], "model.bidirectional=true"),
     "negative string count": (["data.train_strings=-3"], "data.train_strings=-3"),
     "a GPU this machine lacks": (["trainer=gpu"], "trainer.accelerator=gpu needs a CUDA GPU"),
+    "a task that is not the data's": (
+        ["task@data.task=regress"],
+        "task=regress does not fit data=reber, whose batches are for task=lm",
+    ),
 }
 
 

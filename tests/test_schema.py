@@ -275,3 +275,21 @@ def test_each_architecture_is_given_its_own_keys_alone():
     pairs = {"_target_": EncoderDecoderSchema.TARGETS[0], "src_vocab_size": 9}
     pairs |= {"tgt_vocab_size": 7, "bos_id": 2, "eos_id": 3}
     assert isinstance(build_model(every_key, pairs), EncoderDecoder)
+
+
+def test_every_dataset_config_chooses_the_task_its_module_declares():
+    """conf/task/ mirrors rnnbench/run/module.py's task modules, one option per task kind, and
+    each dataset's config chooses (its defaults list) the kind its data module declares."""
+    from hydra.utils import get_class
+
+    from rnnbench.run.module import TASKS
+
+    options = sorted(p.stem for p in (CONF_DIR / "task").glob("*.yaml"))
+    assert options == sorted(TASKS)
+    for name in options:
+        chosen = compose([f"task@data.task={name}"]).task._target_  # the default data, reber
+        assert get_class(chosen) is TASKS[name], name
+    for path in sorted((CONF_DIR / "data").glob("*.yaml")):
+        cfg = compose([f"data={path.stem}"])
+        declared = get_class(cfg.data._target_).task
+        assert get_class(cfg.task._target_) is TASKS[declared], path.stem

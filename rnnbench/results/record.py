@@ -296,7 +296,8 @@ def write_record(run_dir: Path, record: Record) -> str | None:
 # ---------------------------------------------------------------------------------------------
 # Identity: which configuration a run is
 
-# Keys that say where or how a run is watched, not what it computes: left out of run_key.
+# Keys that say where or how a run is watched, not what it computes, or what other keys of the
+# identity decide: left out of run_key.
 KEY_EXCLUDED = (
     "logger",
     "data.root",
@@ -310,6 +311,9 @@ KEY_EXCLUDED = (
     "checkpoints.keep",  # what is deleted after the run, not what it computes
     "trainer.enable_progress_bar",
     "trainer.log_every_n_steps",
+    # The task module (conf/task/): the dataset's config chooses it, and a run whose task is
+    # not its dataset's is refused; data._target_, in the identity, says it.
+    "task",
     # The always-on callbacks (conf/callbacks/default.yaml) watch a run; they compute nothing.
     *(
         f"callbacks.{name}"

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from hydra.utils import get_class
+from omegaconf import OmegaConf
 from torch import Tensor, nn
 from torchmetrics.aggregation import MeanMetric
 
+from rnnbench.errors import ConfigError
 from rnnbench.nn.cells import State, detach_state
 from rnnbench.nn.clipping import clip_global_norm_
 from rnnbench.nn.decode import decode
@@ -432,3 +436,23 @@ TASKS: dict[str, type[RecurrentTask]] = {
         SummarizationTask,
     )
 }
+
+
+def task_class(cfg: Any, datamodule: Any) -> type[RecurrentTask]:
+    """The task module that trains `cfg` (a run's config): the one its `task` names
+    (conf/task/, chosen by the dataset's config), which must be the kind the dataset declares,
+    for its batches hold that task's targets; another is refused in one line. A dataset config
+    of a user's own that chooses no task gets its module's declared one."""
+    declared = TASKS[datamodule.task]
+    target = OmegaConf.select(cfg, "task._target_")
+    if target is None:
+        return declared
+    chosen = get_class(target)
+    if chosen is not declared:
+        name = getattr(getattr(chosen, "kind", None), "name", target)
+        data = OmegaConf.select(cfg, "data.name")
+        raise ConfigError(
+            f"task={name} does not fit data={data}, whose batches are for task="
+            f"{datamodule.task}: leave the task to the data config (conf/task/ is chosen there)"
+        )
+    return chosen

@@ -69,7 +69,7 @@ from rnnbench.run.checkpoints import (
     resume_point,
 )
 from rnnbench.run.lifecycle import build_loggers, finish_wandb, reuse, trainer_plugins
-from rnnbench.run.module import TASKS
+from rnnbench.run.module import task_class
 from rnnbench.run.packed_task import PackedTask, packed_task
 from rnnbench.run.runner import conclude_record, measured_timing, record_best, train_and_record
 
@@ -225,7 +225,7 @@ def build_pack(
     params = sum(p.numel() for p in models[0].parameters())
     model = PackedSequenceModel(models)
     del models
-    task_cls = packed_task(TASKS[datamodule.task])
+    task_cls = packed_task(task_class(lead, datamodule))
     scheduler = instantiate(lead.scheduler) if lead.get("scheduler") else None
     task = task_cls(
         model,

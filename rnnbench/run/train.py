@@ -50,7 +50,7 @@ from rnnbench.run.lifecycle import (
     reuse,
     trainer_plugins,
 )
-from rnnbench.run.module import TASKS
+from rnnbench.run.module import task_class
 from rnnbench.run.runner import conclude_record, measured_timing, record_best, train_and_record
 from rnnbench.run.trial import trial_callback
 
@@ -88,7 +88,7 @@ def build_training(
     # A decoder's kinds (translation, summaries) also take how the test decodes (`decode`).
     options = dict(cfg.get("decode") or {}) if datamodule.kind.readout == "decoder" else {}
     clip = cfg.trainer.get("gradient_clip_val")
-    task = TASKS[datamodule.task](
+    task = task_class(cfg, datamodule)(
         model, instantiate(cfg.optim), scheduler, datamodule.unit, clip, **options
     )
     if is_rank_zero():
