@@ -332,6 +332,7 @@ TORCH_FREE = (
     "rnnbench.run.sweep",
     "rnnbench.cellspec",
     "rnnbench.results.studies",
+    "rnnbench.results.reproduce.command",
 )
 
 
@@ -347,15 +348,6 @@ def test_results_modules_load_without_torch():
 
 
 TORCH_PACKAGES = {"torch", "pytorch_lightning", "lightning", "torchmetrics"}
-# Known exceptions, left as they were when the results layer moved (issue 34): the timing of
-# `rnnbench-reproduce --time` imports torch at the top of times.py (torch.get_num_threads) and
-# command.py (torch.set_num_threads); pages.py imports times.TIMES_FILE, __main__ the command.
-RESULTS_WITH_TORCH = {
-    "rnnbench.results.reproduce.times",
-    "rnnbench.results.reproduce.command",
-    "rnnbench.results.reproduce.pages",
-    "rnnbench.results.reproduce.__main__",
-}
 
 
 def top_level_imports(path: Path) -> list[str]:
@@ -405,10 +397,7 @@ def test_results_modules_import_torch_only_inside_functions(module):
     """The results layer reads records: torch loads inside the functions that need it (a `#
     lazy:` import), never when a results module is imported, so tables and pages start fast."""
     chain = torch_at_import(module)
-    if module in RESULTS_WITH_TORCH:
-        assert chain, f"{module} no longer imports torch at the top: drop it from the exceptions"
-    else:
-        assert not chain, f"{module} imports torch when imported: {' -> '.join(chain)}"
+    assert not chain, f"{module} imports torch when imported: {' -> '.join(chain)}"
 
 
 def test_the_torch_check_finds_torch(tmp_path):
@@ -419,7 +408,7 @@ def test_the_torch_check_finds_torch(tmp_path):
     assert top_level_imports(probe) == ["os"]
     probe.write_text("try:\n    from torch import nn\nexcept ImportError:\n    pass\n")
     assert "torch" in top_level_imports(probe)
-    assert torch_at_import("rnnbench.results.reproduce.__main__")[-1] == "torch"
+    assert torch_at_import("rnnbench.run.train")[-1] == "torch"  # a module that trains
     assert "rnnbench.results.record" in MODULES and "rnnbench.record" not in MODULES
 
 

@@ -388,3 +388,24 @@ def test_a_search_gives_tuned_rows_that_survive_the_search_folder(tmp_path):
     (tmp_path / "runs").mkdir()
     assert main(run) == 0
     assert row in (out / SOURCES["tcn"].page).read_text().splitlines()
+
+
+def test_time_measures_a_recipe_here_and_scales_it_to_its_epochs(tmp_path):
+    """`rnnbench-reproduce --time` trains a recipe for a few real steps (torch and the run
+    layer loaded for that alone) and writes the estimate for its whole budget."""
+    script = Path(sys.executable).parent / "rnnbench-reproduce"
+    args = ["--time", "tcn/adding_gru", "--steps", "2", "--threads", "1", "-o", str(tmp_path)]
+    done = subprocess.run([str(script), *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with (tmp_path / "recipe_times.csv").open() as f:
+        [row] = list(csv.DictReader(f))
+    cfg = compose(["experiment=tcn/adding_gru"])
+    assert row["recipe"] == "tcn/adding_gru" and row["threads"] == "1"
+    assert int(row["epochs"]) == cfg.trainer.max_epochs
+    assert int(row["steps_per_epoch"]) == -(-cfg.data.train_size // cfg.data.batch_size)
+    s_per_step = float(row["s_per_step"])
+    assert s_per_step > 0
+    hours = s_per_step * int(row["steps_per_epoch"]) * int(row["epochs"]) / 3600
+    assert float(row["hours"]) == pytest.approx(hours, abs=0.01)
+    assert row["command"] == "rnnbench-reproduce --time tcn/adding_gru --steps 2 --threads 1"
+    assert f"tcn/adding_gru: {row['s_per_step']} s/step" in done.stdout

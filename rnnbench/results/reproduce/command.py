@@ -10,8 +10,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from rnnbench.errors import UserError
 from rnnbench.outputs import make_folder, one_line
 from rnnbench.results.report import positive  # argparse type: a whole number of at least 1
@@ -128,12 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         make_folder(args.out, "-o")  # before any timing or reading: refused in one line
         if args.time:
             names = expand(args.time)
-            if args.threads is not None:
-                torch.set_num_threads(args.threads)
             measured = []
             for i, recipe in enumerate(compose_recipes(names), 1):
                 print(f"[{i}/{len(names)}] timing {recipe.name} ...", file=sys.stderr, flush=True)
-                measured.append(measure_time(recipe, args.steps))
+                measured.append(measure_time(recipe, args.steps, args.threads))
                 m = measured[-1]
                 print(
                     f"{m['recipe']}: {m['s_per_step']} s/step x {m['steps_per_epoch']} steps x "

@@ -10,9 +10,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-from hydra.utils import instantiate
-
 from rnnbench.config import compose
 from rnnbench.outputs import write_text
 from rnnbench.results.reproduce.recipes import Recipe
@@ -28,11 +25,19 @@ def read_times(path: Path) -> dict[str, dict[str, str]]:
         return {row["recipe"]: row for row in csv.DictReader(f)}
 
 
-def measure_time(recipe: Recipe, steps: int) -> dict[str, Any]:
-    """Train `recipe` for `steps` real steps here (the first one's start-up included) and scale
-    the time per step by the steps of one epoch and the recipe's epochs."""
+def measure_time(recipe: Recipe, steps: int, threads: int | None = None) -> dict[str, Any]:
+    """Train `recipe` for `steps` real steps here (the first one's start-up included), on
+    `threads` torch threads (None: torch's choice), and scale the time per step by the steps of
+    one epoch and the recipe's epochs."""
+    # torch and the run layer load only to train a recipe, not for the tables and pages the
+    # rest of rnnbench-reproduce makes from records.
+    import torch  # lazy: only --time trains
+    from hydra.utils import instantiate  # lazy: only --time builds a datamodule
 
-    from rnnbench.run.train import run  # lazy: torch loads only to train a recipe
+    from rnnbench.run.train import run  # lazy: only --time trains
+
+    if threads is not None:
+        torch.set_num_threads(threads)
 
     overrides = [
         f"experiment={recipe.name}",
