@@ -173,6 +173,12 @@ def test_a_pruned_search_records_pruned_trials_and_prunes_a_bad_one(tmp_path, ca
             assert r["status"] == "completed"
             for group in ("optim", "model", "trainer", "scheduler"):
                 assert r["config"][group] == best["config"][group]
+        # Trained at once as one pack (its members share the first seed's batches, as every
+        # pack's do): one job, not three.
+        pack = search / f"reber-model-{cell}" / "confirm-1235-1237"
+        assert json.loads((pack / "pack.json").read_text())["status"] == "ended"
+        assert {r["config"]["data"]["seed"] for r in runs} == {1235}
+        assert sorted(Path(r["run_dir"]).parent for r in runs) == [pack] * 3
         tests = [r["metrics"]["test/ppl"] for r in runs]
         mean = sum(tests) / 3
         line = f"study reber-model-{cell}: trial {confirmed['trial']} confirmed with seeds"
@@ -182,7 +188,7 @@ def test_a_pruned_search_records_pruned_trials_and_prunes_a_bad_one(tmp_path, ca
     study = optuna.load_study(study_name="reber-model-lstm", storage=f"sqlite:///{db}")
     bad = {"optim.lr": 1e-4, "trainer.gradient_clip_val": 0.25, "model.dropout": 0.5}
     study.enqueue_trial(bad)
-    confirming = {p: p.stat().st_mtime_ns for p in search.glob("*/confirm-*/result.json")}
+    confirming = {p: p.stat().st_mtime_ns for p in search.glob("*/confirm-*/*/result.json")}
     assert len(confirming) == 6
     # model=choice(lstm): the lstm study alone, by its name from the first launch
     lstm_only = [a.replace("model=rnn,lstm", "model=choice(lstm)") for a in args[:-1]]
@@ -369,3 +375,22 @@ def test_studies_confirmed_or_not_share_one_set_of_columns():
     assert summary.header[5:7] == ["best val/nll", "confirmed test/nll"]
     assert [row[6].text for row in summary.body] == ["8.3 ± 0 (1 seeds)", "not confirmed"]
     assert len(curve.body) == 2  # n = 1, 2 completed trials
+
+
+def test_a_confirmation_is_packed_only_where_pack_allows_its_configuration():
+    """The confirming seeds train as one pack where `pack=K` may train the best configuration
+    (Hydra's own config loader composes it, as the sweeper does); one seed, truncated BPTT or
+    sequence-to-sequence data confirm one job per seed."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from rnnbench.config import CONF_DIR, compose
+    from rnnbench.run.search import packable
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        master = compose(["hparams_search=reber"], return_hydra_config=True)
+        assert packable(loader, master, ["model=gru", "optim.lr=0.01"], 3)
+        assert not packable(loader, master, ["model=gru"], 1)
+        assert not packable(loader, master, ["model.tbptt=5"], 3)
+        assert not packable(loader, master, ["data=multi30k"], 3)

@@ -32,6 +32,9 @@ class OptunaSweeperConf:
     # After the trials: the best trial's config run again with the seeds after `seed`'s, its
     # test figure their mean ± std (0: none).
     confirm_seeds: int = 3
+    # The confirming seeds train at once as one pack (one job) where pack allows the
+    # configuration (README, "Packed runs"); false: one job per seed.
+    confirm_pack: bool = True
     params: Dict[str, str] = field(default_factory=dict)  # noqa: UP006
 
 
@@ -51,10 +54,12 @@ class OptunaSweeper(Sweeper):
         pruner_startup_trials: int = 5,
         pruner_min_epochs: int = 1,
         confirm_seeds: int = 3,
+        confirm_pack: bool = True,
     ) -> None:
         self.study_name, self.n_trials, self.sampler = study_name, n_trials, sampler
         self.pruner, self.pruner_startup_trials = pruner, pruner_startup_trials
         self.pruner_min_epochs, self.confirm_seeds = pruner_min_epochs, confirm_seeds
+        self.confirm_pack = confirm_pack
         self.seed, self.storage, self.params = seed, storage, dict(params or {})
         self.config: DictConfig | None = None
 

@@ -35,6 +35,7 @@ from rnnbench.run.sweep import (
 )
 from rnnbench.run.sweep_packs import run_in_sweep
 from rnnbench.run.train import run
+from rnnbench.run.trial import is_confirmation
 
 
 def set_threads(cfg: DictConfig, hydra_cfg: DictConfig, multirun: bool) -> None:
@@ -50,13 +51,14 @@ def run_packed(
     cfg: DictConfig, hydra_cfg: DictConfig, multirun: bool, group: str | None
 ) -> list[Record]:
     """`rnnbench ... pack=K`: in a single run, K seeds packed in the run folder; in a
-    multirun, this job's record, from its pack (`run_in_sweep`)."""
+    multirun, this job's record, from its pack (`run_in_sweep`), except for a job that confirms
+    a study's best trial, which packs its own K seeds as a single run does."""
     check_config(cfg)  # pack: a whole number >= 1 (schema.RunSchema)
-    if multirun:
+    if multirun and not is_confirmation():
         return [run_in_sweep(cfg, hydra_cfg, group)]
     run_dir = Path(hydra_cfg.runtime.output_dir)
     members = seed_members(cfg, run_dir, list(hydra_cfg.overrides.task))
-    return run_pack(members, run_dir, group)
+    return run_pack(members, run_dir, group, [hydra_cfg.sweep.dir] if multirun else [])
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
@@ -110,9 +112,9 @@ def main(cfg: DictConfig) -> dict[str, Any] | None:
         sys.exit(2)
     if not is_rank_zero():
         return None
-    if len(records) > 1:  # a pack's members (pack=K in a single run)
+    if len(records) > 1:  # a pack's members (pack=K in a single run, or a confirmation)
         show(format_pack_summary(records))
-        return None
+        return records if multirun else None  # the study reads its confirming runs
     for record in records:
         if record.get("reused_from"):
             show(

@@ -47,11 +47,12 @@ from hydra.core.override_parser.types import (
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
+from rnnbench.config import config_problem
 from rnnbench.errors import ConfigError
 from rnnbench.results.studies import best_trial, open_study_storage
 from rnnbench.run import claims
 from rnnbench.run.sweep import is_alive, parallel_jobs
-from rnnbench.run.trial import PRUNERS, PrunerSpec, env_overrides, study_env
+from rnnbench.run.trial import PRUNERS, PrunerSpec, confirmation_env, env_overrides
 from rnnbench.tasks import KINDS, direction
 
 SAMPLERS = ("tpe", "random", "grid")
@@ -444,17 +445,21 @@ def run_studies(sweeper: Any, arguments: list[str]) -> list[Any]:
         seeds = confirm_seeds(int(composed.get("seed") or 0), sweeper.confirm_seeds)
         best = best_trial(study)
         if seeds and best is not None:
-            batch = [
-                [
-                    *[f"{k}={v}" for k, v in best.params.items()],
-                    *axis,
-                    *fixed,
-                    f"seed={seed}",
-                    f"hydra.sweep.subdir={name + '/' if axis else ''}confirm-{seed}",
-                    study_env(name),
+            confirm = [f"{k}={v}" for k, v in best.params.items()] + axis + fixed
+            confirm = [o for o in confirm if o.split("=", 1)[0].lstrip("+~") != "pack"]
+            where = f"hydra.sweep.subdir={name + '/' if axis else ''}confirm-"
+            if sweeper.confirm_pack and packable(loader, config, confirm, len(seeds)):
+                # One job trains the seeds at once as one pack (each member computes what its
+                # lone run would): consecutive seeds, as pack=K takes them.
+                batch = [
+                    [*confirm, f"pack={len(seeds)}", f"seed={seeds[0]}",
+                     f"{where}{seeds[0]}-{seeds[-1]}", *confirmation_env(name)]
+                ]  # fmt: skip
+            else:
+                batch = [
+                    [*confirm, f"seed={seed}", f"{where}{seed}", *confirmation_env(name)]
+                    for seed in seeds
                 ]
-                for seed in seeds
-            ]
             sweeper.validate_batch_is_legal(batch)
             # One worker runs the confirmation; the others wait, then reuse its records.
             with claims.waiting(folder / "confirm", f"study {name}'s confirmation", WAIT_S):
@@ -463,6 +468,14 @@ def run_studies(sweeper: Any, arguments: list[str]) -> list[Any]:
             returns.append(results)
             print(record_confirmation(study, best, seeds, results), flush=True)
     return returns
+
+
+def packable(loader: Any, config: DictConfig, overrides: list[str], size: int) -> bool:
+    """Whether the configuration `overrides` give may train its seeds as one pack of `size`
+    (config.cross_problem says which may not: truncated BPTT, sequence-to-sequence data)."""
+    if size < 2:
+        return False
+    return config_problem(loader.load_sweep_config(config, [*overrides, f"pack={size}"])) is None
 
 
 def confirm_seeds(search_seed: int, count: int) -> list[int]:
@@ -480,11 +493,7 @@ def record_confirmation(study: Any, best: Any, seeds: list[int], results: list[A
     """Keep in the study which runs confirm its best trial (the views read them), and say in
     one line what their test headline gives."""
     runs, values = [], []
-    for result in results:
-        try:
-            record = result.return_value
-        except BaseException:  # noqa: BLE001 - the job raised: no confirmation from it
-            continue
+    for record in job_records(results):
         if isinstance(record, Mapping) and record.get("run_dir"):
             runs.append(str(record["run_dir"]))
             value = trial_value(record, str(record.get("headline")))
@@ -498,6 +507,19 @@ def record_confirmation(study: Any, best: Any, seeds: list[int], results: list[A
     mean = statistics.fmean(values)
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
     return head + f": test {mean:.6g} ± {spread:.2g} ({len(values)} of {len(seeds)} completed)"
+
+
+def job_records(results: list[Any]) -> list[Any]:
+    """The records the jobs of `results` (JobReturns) returned, in order: one per job, or a
+    pack's members; none from a job that raised."""
+    records = []
+    for result in results:
+        try:
+            value = result.return_value
+        except BaseException:  # noqa: BLE001 - the job raised: no record from it
+            continue
+        records += value if isinstance(value, list) else [value]
+    return records
 
 
 def tell(study: Any, trial: Any, result: Any, metric: str) -> None:

@@ -23,11 +23,12 @@ import pytorch_lightning as pl
 from rnnbench.results.studies import open_study_storage
 from rnnbench.run import claims
 
-STORAGE_ENV, STUDY_ENV, TRIAL_ENV, CLAIM_ENV = (
+STORAGE_ENV, STUDY_ENV, TRIAL_ENV, CLAIM_ENV, CONFIRM_ENV = (
     "RNNBENCH_STUDY_STORAGE",
     "RNNBENCH_STUDY",
     "RNNBENCH_TRIAL",
     "RNNBENCH_TRIAL_CLAIM",
+    "RNNBENCH_CONFIRMATION",
 )
 PRUNERS = ("median", "halving", "hyperband")
 
@@ -73,6 +74,18 @@ def quoted(text: str) -> str:
 def study_env(study: str) -> str:
     """The override that tells a job which study it runs for (its W&B group)."""
     return f"+hydra.job.env_set.{STUDY_ENV}={quoted(study)}"
+
+
+def confirmation_env(study: str) -> list[str]:
+    """The overrides of a job that confirms `study`'s best trial: its study (the W&B group),
+    and that it confirms, so that its `pack=K` trains its own K seeds as one pack
+    (`is_confirmation`) rather than packing K jobs of a sweep."""
+    return [study_env(study), f"+hydra.job.env_set.{CONFIRM_ENV}=1"]
+
+
+def is_confirmation() -> bool:
+    """Whether this job confirms a study's best trial (`confirmation_env`)."""
+    return os.environ.get(CONFIRM_ENV) == "1"
 
 
 def env_overrides(storage_url: str, study: str, number: int, claim: Path) -> list[str]:
