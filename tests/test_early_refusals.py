@@ -21,10 +21,6 @@ CASES = {
     "bidirectional language model": (["model.bidirectional=true"], "model.bidirectional=true"),
     "negative string count": (["data.train_strings=-3"], "data.train_strings=-3"),
     "a GPU this machine lacks": (["trainer=gpu"], "trainer.accelerator=gpu needs a CUDA GPU"),
-    "a task that is not the data's": (
-        ["task@data.task=regress"],
-        "task=regress does not fit data=reber, whose batches are for task=lm",
-    ),
 }
 
 
@@ -85,3 +81,25 @@ def test_in_a_sweep_a_refused_job_is_recorded_failed(tmp_path):
     assert "sweep: 2 jobs: 1 completed, 1 failed" in result.stdout, result.stdout[-2000:]
     failed = [r for r in records(tmp_path / "runs") if r["status"] == "failed"]
     assert len(failed) == 1 and "model.bidirectional=true" in failed[0]["error"]
+
+
+def test_a_task_that_is_not_the_datas_is_refused_even_where_the_datas_own_run_completed(
+    tmp_path,
+):
+    """The task is the data config's choice and left out of run_key; a task given on the
+    command line that is not the data's is refused in one line before anything runs, in a
+    sweep too, and a run composed with one is refused before it could reuse the completed run
+    of the data's own task (same run_key) as its result."""
+    from conftest import train
+    from rnnbench.errors import ConfigError
+
+    says = "task=regress does not fit data=reber, whose batches are for task=lm"
+    for sweep in (["task@data.task=regress"], ["-m", "task@data.task=lm,regress"]):
+        result = rnnbench_cli([*sweep, *ARGS, "logger=none"], cwd=tmp_path)
+        assert_refused_leaving_nothing(result, tmp_path, says)
+    same = [*ARGS, "logger=none", "task@data.task=lm", f"results_root={tmp_path / 'runs'}"]
+    assert train(same, tmp_path / "runs" / "own")["status"] == "completed"  # the data's own
+    wrong = [*same[:-2], "task@data.task=regress", same[-1]]
+    with pytest.raises(ConfigError, match=says):
+        train(wrong, tmp_path / "runs" / "other")
+    assert not (tmp_path / "runs" / "other").exists()

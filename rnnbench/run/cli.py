@@ -92,6 +92,9 @@ def leaf_sweep_problem(overrides: list[str], checks: dict[str, Check]) -> str | 
     return None
 
 
+TASK_CHOICE = "task@data.task"  # the task group, as the data config's defaults place it
+
+
 def first_values(overrides: list[str]) -> list[str]:
     """Each override with a sweep (a,b,c, range(...), or a search's interval(a, b))
     narrowed to its first value (an interval's low end)."""
@@ -137,7 +140,11 @@ def check_command_line(argv: list[str], config_dir: str) -> str | None:
                             f"to search (a typo? a new key takes a leading +)"
                         )
                 cfg = compose([*preset, *overrides], return_hydra_config=True)
-            problem = config_problem(cfg) or (n == 0 and folder_problem(cfg, args.multirun))
+            problem = (
+                config_problem(cfg)
+                or chosen_task_problem(overrides, cfg)
+                or (n == 0 and folder_problem(cfg, args.multirun))
+            )
             if problem:
                 return problem
     except (HydraException, OmegaConfBaseException, ValueError) as e:
@@ -150,6 +157,25 @@ def check_command_line(argv: list[str], config_dir: str) -> str | None:
             problem += f"; recipes: {', '.join(recipes)}"
         return problem
     return None
+
+
+def chosen_task_problem(overrides: list[str], cfg: DictConfig) -> str | None:
+    """A task given on the command line (`task@data.task=...`) that is not the one the data
+    config chooses (its batches hold that task's targets), in one line; None when none is
+    given or it is the data's own. Composed without torch, as the data config chooses."""
+    parser = OverridesParser.create()
+    parsed = parser.parse_overrides(overrides)
+    rest = [o.input_line for o in parsed if not o.get_key_element().lstrip("+~").startswith("task")]
+    if len(rest) == len(parsed):
+        return None
+    own = compose(rest, return_hydra_config=True)
+    chosen, data_own = (c.hydra.runtime.choices.get(TASK_CHOICE) for c in (cfg, own))
+    if chosen == data_own:
+        return None
+    return (
+        f"task={chosen} does not fit data={OmegaConf.select(cfg, 'data.name')}, whose batches "
+        f"are for task={data_own}: leave the task to the data config (conf/task/ is chosen there)"
+    )
 
 
 def folder_problem(cfg: DictConfig, multirun: bool) -> str | None:

@@ -438,12 +438,20 @@ TASKS: dict[str, type[RecurrentTask]] = {
 }
 
 
-def task_class(cfg: Any, datamodule: Any) -> type[RecurrentTask]:
+def task_class(cfg: Any) -> type[RecurrentTask]:
     """The task module that trains `cfg` (a run's config): the one its `task` names
-    (conf/task/, chosen by the dataset's config), which must be the kind the dataset declares,
-    for its batches hold that task's targets; another is refused in one line. A dataset config
-    of a user's own that chooses no task gets its module's declared one."""
-    declared = TASKS[datamodule.task]
+    (conf/task/, chosen by the dataset's config), which must be the kind the data module
+    declares, for its batches hold that task's targets; another is refused in one line (before
+    any reuse: a run of the data's own task is no result for another). A dataset config of a
+    user's own that chooses no task gets its module's declared one."""
+    data_target = OmegaConf.select(cfg, "data._target_")
+    kind = getattr(get_class(data_target), "task", "")
+    if kind not in TASKS:
+        raise ConfigError(
+            f"data._target_={data_target} declares no task kind: give its class an attribute "
+            f"task, one of {', '.join(TASKS)}"
+        )
+    declared = TASKS[kind]
     target = OmegaConf.select(cfg, "task._target_")
     if target is None:
         return declared
@@ -452,7 +460,7 @@ def task_class(cfg: Any, datamodule: Any) -> type[RecurrentTask]:
         name = getattr(getattr(chosen, "kind", None), "name", target)
         data = OmegaConf.select(cfg, "data.name")
         raise ConfigError(
-            f"task={name} does not fit data={data}, whose batches are for task="
-            f"{datamodule.task}: leave the task to the data config (conf/task/ is chosen there)"
+            f"task={name} does not fit data={data}, whose batches are for task={kind}: leave "
+            f"the task to the data config (conf/task/ is chosen there)"
         )
     return chosen

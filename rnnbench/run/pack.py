@@ -135,6 +135,7 @@ def run_pack(
     folder, under `search` or results_root: lifecycle.reuse) is reused and left out of the pack.
     Returns the members' records, in order."""
     check_members(members)
+    task_class(members[0].cfg)  # a task that is not the data's: refused before any reuse
     quiet_lightning(banners=True)
     for m in members:
         config = OmegaConf.to_container(m.cfg, resolve=True)
@@ -225,7 +226,7 @@ def build_pack(
     params = sum(p.numel() for p in models[0].parameters())
     model = PackedSequenceModel(models)
     del models
-    task_cls = packed_task(task_class(lead, datamodule))
+    task_cls = packed_task(task_class(lead))
     scheduler = instantiate(lead.scheduler) if lead.get("scheduler") else None
     task = task_cls(
         model,

@@ -88,7 +88,7 @@ def build_training(
     # A decoder's kinds (translation, summaries) also take how the test decodes (`decode`).
     options = dict(cfg.get("decode") or {}) if datamodule.kind.readout == "decoder" else {}
     clip = cfg.trainer.get("gradient_clip_val")
-    task = task_class(cfg, datamodule)(
+    task = task_class(cfg)(
         model, instantiate(cfg.optim), scheduler, datamodule.unit, clip, **options
     )
     if is_rank_zero():
@@ -132,6 +132,7 @@ def run(
     """
     run_dir = Path(run_dir).resolve()
     check_config(cfg)
+    task_class(cfg)  # a task that is not the data's: refused before any reuse
     quiet_lightning(banners=True)
     record = new_record(OmegaConf.to_container(cfg, resolve=True), run_dir, overrides or [])
     check_run_folder(run_dir, record["run_key"])
