@@ -93,6 +93,11 @@ def test_a_task_that_is_not_the_datas_is_refused_even_where_the_datas_own_run_co
     from conftest import train
     from rnnbench.errors import ConfigError
 
+    from rnnbench.run.cli import chooses_task
+
+    assert [chooses_task(k) for k in ("task@data.task", "+task", "data.task", "tasks")] == [
+        True, True, False, False
+    ]  # fmt: skip
     says = "task=regress does not fit data=reber, whose batches are for task=lm"
     for sweep in (["task@data.task=regress"], ["-m", "task@data.task=lm,regress"]):
         result = rnnbench_cli([*sweep, *ARGS, "logger=none"], cwd=tmp_path)

@@ -159,13 +159,19 @@ def check_command_line(argv: list[str], config_dir: str) -> str | None:
     return None
 
 
+def chooses_task(key: str) -> bool:
+    """Whether an override's key (`task@data.task`, `+task`, `task.x`) sets the task group."""
+    key = key.lstrip("+~")
+    return key.split("@", 1)[0] == "task" or key.startswith("task.")
+
+
 def chosen_task_problem(overrides: list[str], cfg: DictConfig) -> str | None:
     """A task given on the command line (`task@data.task=...`) that is not the one the data
     config chooses (its batches hold that task's targets), in one line; None when none is
     given or it is the data's own. Composed without torch, as the data config chooses."""
     parser = OverridesParser.create()
     parsed = parser.parse_overrides(overrides)
-    rest = [o.input_line for o in parsed if not o.get_key_element().lstrip("+~").startswith("task")]
+    rest = [o.input_line for o in parsed if not chooses_task(o.get_key_element())]
     if len(rest) == len(parsed):
         return None
     own = compose(rest, return_hydra_config=True)
