@@ -92,7 +92,6 @@ def test_a_task_that_is_not_the_datas_is_refused_even_where_the_datas_own_run_co
     of the data's own task (same run_key) as its result."""
     from conftest import train
     from rnnbench.errors import ConfigError
-
     from rnnbench.run.cli import chooses_task
 
     assert [chooses_task(k) for k in ("task@data.task", "+task", "data.task", "tasks")] == [
