@@ -26,12 +26,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from rnnbench.cellspec import GATED_CELLS
 from rnnbench.errors import ConfigError
-from rnnbench.schema import (
-    EncoderDecoderSchema,
-    SequenceModelSchema,
-    foreign_model_keys,
-    schema_problem,
-)
+from rnnbench.schema import EncoderDecoderSchema, RecurrentSchema, schema_problem
 
 # One conf tree in git, at the repo top. A wheel carries a copy inside the package (setup.py puts
 # it there); a source or editable checkout has no rnnbench/conf and reads the repo-top one.
@@ -70,8 +65,8 @@ def model_defaults() -> dict[str, Any]:
 
 def encoder_decoder_keys() -> list[str]:
     """The model keys only the encoder-decoder reads, in the schema's order."""
-    foreign = foreign_model_keys(SequenceModelSchema.TARGETS[0])
-    return [f.name for f in dataclasses.fields(EncoderDecoderSchema) if f.name in foreign]
+    shared = {f.name for f in dataclasses.fields(RecurrentSchema)}
+    return [f.name for f in dataclasses.fields(EncoderDecoderSchema) if f.name not in shared]
 
 
 def cross_problem(cfg: DictConfig) -> str | None:

@@ -224,3 +224,12 @@ def kind_of(name: str) -> TaskKind:
         return KINDS[name]
     except KeyError:
         raise KeyError(f"unknown task kind {name!r}: one of {', '.join(KINDS)}") from None
+
+
+def task_mismatch(chosen: str, data: str, declared: str) -> str:
+    """The one line refusing task=`chosen` for data=`data`, whose batches are for `declared`
+    (the command line's early check and the run's own say it alike)."""
+    return (
+        f"task={chosen} does not fit data={data}, whose batches are for task={declared}: leave "
+        f"the task to the data config (conf/task/ is chosen there)"
+    )

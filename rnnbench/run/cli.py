@@ -23,6 +23,7 @@ from rnnbench.errors import UserError
 from rnnbench.outputs import check_writable_folder
 from rnnbench.results.record import check_run_folder, run_key
 from rnnbench.schema import Check, value_checks
+from rnnbench.tasks import task_mismatch
 
 # Values of a sweep checked one by one, each composed; beyond this many, the rest are checked
 # by type and range alone (a seed sweep of range(1000) need not compose a thousand times).
@@ -178,10 +179,7 @@ def chosen_task_problem(overrides: list[str], cfg: DictConfig) -> str | None:
     chosen, data_own = (c.hydra.runtime.choices.get(TASK_CHOICE) for c in (cfg, own))
     if chosen == data_own:
         return None
-    return (
-        f"task={chosen} does not fit data={OmegaConf.select(cfg, 'data.name')}, whose batches "
-        f"are for task={data_own}: leave the task to the data config (conf/task/ is chosen there)"
-    )
+    return task_mismatch(chosen, OmegaConf.select(cfg, "data.name"), data_own)
 
 
 def folder_problem(cfg: DictConfig, multirun: bool) -> str | None:

@@ -23,7 +23,7 @@ from rnnbench.errors import ConfigError
 from rnnbench.nn.cells import State, detach_state
 from rnnbench.nn.clipping import clip_global_norm_
 from rnnbench.nn.decode import decode
-from rnnbench.tasks import KINDS, TaskKind
+from rnnbench.tasks import KINDS, TaskKind, task_mismatch
 from rnnbench.text_scores import ROUGE_KEYS
 
 LN2 = math.log(2.0)
@@ -458,9 +458,5 @@ def task_class(cfg: Any) -> type[RecurrentTask]:
     chosen = get_class(target)
     if chosen is not declared:
         name = getattr(getattr(chosen, "kind", None), "name", target)
-        data = OmegaConf.select(cfg, "data.name")
-        raise ConfigError(
-            f"task={name} does not fit data={data}, whose batches are for task={kind}: leave "
-            f"the task to the data config (conf/task/ is chosen there)"
-        )
+        raise ConfigError(task_mismatch(name, OmegaConf.select(cfg, "data.name"), kind))
     return chosen
