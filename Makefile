@@ -40,9 +40,10 @@ slurm: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m rnnbench.bench $(ARGS)
 
-# Most of the suite's time is real rnnbench processes starting (torch + Lightning: ~9 s each on
-# the CI machine), one core at a time: pytest-xdist runs tests on every core (PARALLEL= for one
-# process). pytest exits 5 when it collected no test: that is a failure here, never a pass.
+# Most of the suite's time is real rnnbench processes: each worker forks them from a server that
+# imported torch and Lightning once (tests/forkserver.py; RNNBENCH_TEST_FORK=0 starts each fresh),
+# and pytest-xdist runs tests on every core (PARALLEL= for one process). pytest exits 5 when it
+# collected no test: that is a failure here, never a pass.
 PARALLEL ?= -n auto --dist worksteal
 test: $(STAMP)
 	@$(PY) -m pytest -m "not slow" $(PARALLEL) $(PYTEST_ARGS); rc=$$?; \

@@ -14,8 +14,10 @@ import time
 import zlib
 from pathlib import Path
 
+import forkserver
 import pytest
 import torch
+from forkserver import ForkedProcess, ForkServer
 
 from rnnbench.config import compose
 from rnnbench.run.callbacks import quiet_lightning
@@ -144,11 +146,31 @@ def train(overrides: list[str], run_dir: Path) -> dict:
     return run(compose([*QUIET, *overrides]), run_dir, overrides)
 
 
-def rnnbench_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 300):
-    """Run the real `rnnbench` console script in a subprocess."""
-    script = Path(sys.executable).parent / "rnnbench"
+# Commands are forked from a server that has imported torch and Lightning once (forkserver.py);
+# RNNBENCH_TEST_FORK=0 starts every one as a fresh process instead.
+FORK = os.environ.get("RNNBENCH_TEST_FORK", "1") != "0"
+
+
+@functools.cache
+def fork_server() -> ForkServer:
+    return ForkServer()
+
+
+def rnnbench_cli(
+    args: list[str],
+    cwd: Path,
+    env: dict | None = None,
+    timeout: int = 300,
+    fresh: bool = False,
+    script: Path = SCRIPT,
+) -> subprocess.CompletedProcess:
+    """Run the real `rnnbench` console script (or `script`, another of the package's) in its own
+    process, W&B offline. `fresh`: start it from scratch, not forked, for a test of what the
+    process does while it imports."""
     full_env = {**os.environ, "WANDB_MODE": "offline", **(env or {})}
     full_env.pop("RNNBENCH_RUNS_DIR", None)
+    if FORK and not fresh:
+        return forkserver.run(fork_server(), script, args, cwd, full_env, timeout)
     return subprocess.run(
         [str(script), *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
     )
@@ -181,20 +203,25 @@ def assert_refused(result, message: str, cwd: Path) -> None:
     assert all(message in r["error"] for r in records(cwd / "runs"))
 
 
-def popen(args: list[str], cwd: Path, **kw) -> subprocess.Popen:
-    """The real `rnnbench` started in the background, W&B offline."""
+def popen(
+    args: list[str], cwd: Path, fresh: bool = False, start_new_session: bool = False
+) -> subprocess.Popen | ForkedProcess:
+    """The real `rnnbench` started in the background, W&B offline (forked unless `fresh`)."""
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    if FORK and not fresh:
+        return ForkedProcess(fork_server(), SCRIPT, args, cwd, env, start_new_session)
     return subprocess.Popen(
         [str(SCRIPT), *args],
         cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "WANDB_MODE": "offline"},
-        **kw,
+        env=env,
+        start_new_session=start_new_session,
     )
 
 
-def wait_for(condition, proc: subprocess.Popen, timeout: float = 240) -> None:
+def wait_for(condition, proc: subprocess.Popen | ForkedProcess, timeout: float = 240) -> None:
     """Poll `condition` while `proc` runs; fail with its stderr if it ends or times out."""
     deadline = time.monotonic() + timeout
     while not condition():

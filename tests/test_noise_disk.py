@@ -271,7 +271,7 @@ def test_a_default_run_prints_its_summary_and_little_else(how, tmp_path):
     if how == "make run":
         done = make_run(args, tmp_path)
     else:
-        done = rnnbench_cli(args, cwd=tmp_path)
+        done = rnnbench_cli(args, cwd=tmp_path, fresh=True)  # its import-time lines too
     assert done.returncode == 0, done.stderr[-3000:]
     printed = (done.stdout + done.stderr).splitlines()
     besides_progress = [line for line in printed if not line.startswith("epoch ")]
