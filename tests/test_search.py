@@ -216,6 +216,13 @@ def test_a_pruned_search_records_pruned_trials_and_prunes_a_bad_one(tmp_path, ca
         assert cells[1:5] == [cell, str(n), str(pruned), "0"], row
         assert cells[5] == f"{study.best_value:.4g}"
         assert cells[6].endswith("(3 seeds)")
+        # Its cost in steps: every run it trained, trials and confirmations, a reused one not.
+        spent = {t.user_attrs["run_dir"] for t in done} | set(
+            study.user_attrs["confirmed"]["run_dirs"]
+        )
+        spent = [json.loads((Path(d) / "result.json").read_text()) for d in spent]
+        steps = sum(r["timing"]["steps"] for r in spent if not r.get("reused_from"))
+        assert steps > 0 and cells[8] == f"{steps:,}", (row, steps)
         completed[cell] = [t.value for t in done if t.state.name == "COMPLETE"]
     # The curve: one row per number of trials; one trial's expected best is their mean.
     curve = shown.split("| trials | reber-model-rnn | reber-model-lstm |")[1].splitlines()[2:]

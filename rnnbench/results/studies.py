@@ -48,6 +48,7 @@ class StudyView:
     confirmed: list[float]  # the confirming runs' test headline values
     confirm_seeds: list[int]
     train_hours: float  # the trials' and confirming runs' training time
+    train_steps: int = 0  # their optimizer steps: the cost, free of how loaded the machine was
     importance: dict[str, float] = field(default_factory=dict)
     recipe: str | None = None  # the conf/experiment recipe the study searched around, if any
     confirm_dirs: list[Path] = field(default_factory=list)  # the confirming runs' folders
@@ -109,11 +110,13 @@ def read(run_dir: Path | None) -> dict[str, Any] | None:
         return None
 
 
-def train_seconds(record: dict[str, Any] | None) -> float:
-    """What a run's training cost: nothing for a copy of another run's record."""
+def training_cost(record: dict[str, Any] | None) -> tuple[float, int]:
+    """What a run's training cost, in seconds and optimizer steps: nothing for a copy of another
+    run's record."""
     if not record or record.get("reused_from"):
-        return 0.0
-    return float((record.get("timing") or {}).get("train_s") or 0.0)
+        return 0.0, 0
+    timing = record.get("timing") or {}
+    return float(timing.get("train_s") or 0.0), int(timing.get("steps") or 0)
 
 
 def importance(study: Any) -> dict[str, float]:
@@ -134,13 +137,14 @@ def view_study(study: Any, folder: Path | None) -> StudyView:
     states = Counter(t.state.name.lower() for t in trials if not t.user_attrs.get("requeued"))
     values = [t.value for t in trials if t.state.name == "COMPLETE" and t.value is not None]
     seen: set[Path] = set()
-    seconds, cell, recipe = 0.0, None, None
+    seconds, steps, cell, recipe = 0.0, 0, None, None
     for t in trials:
         run_dir = locate(t.user_attrs.get("run_dir"), folder)
         record = read(run_dir)
         if record and run_dir not in seen:
             seen.add(run_dir)
-            seconds += train_seconds(record)
+            cost = training_cost(record)
+            seconds, steps = seconds + cost[0], steps + cost[1]
             config = record.get("config") or {}
             cell = cell or config.get("model", {}).get("cell")
             recipe = recipe or config.get("recipe")
@@ -155,7 +159,8 @@ def view_study(study: Any, folder: Path | None) -> StudyView:
                 continue
             seen.add(where)
             confirm_dirs.append(where)
-            seconds += train_seconds(record)
+            cost = training_cost(record)
+            seconds, steps = seconds + cost[0], steps + cost[1]
             headline = headline or record.get("headline")
             value = (record.get("metrics") or {}).get(headline)
             if record.get("status") == "completed" and isinstance(value, int | float):
@@ -174,6 +179,7 @@ def view_study(study: Any, folder: Path | None) -> StudyView:
         confirmed=confirmed,
         confirm_seeds=list(confirmed_attr.get("seeds", [])) if confirmed else [],
         train_hours=seconds / 3600,
+        train_steps=steps,
         importance=importance(study),
         recipe=recipe,
         confirm_dirs=confirm_dirs,
@@ -270,6 +276,7 @@ def summary_rows(views: Sequence[StudyView]) -> list[dict[str, str]]:
                 best: fmt(v.best_value),
                 confirmed: confirmed_text(v),
                 "train hours": f"{v.train_hours:.2f}",
+                "train steps": f"{v.train_steps:,}",
                 "best config": params_text(v.best_params) or "-",
                 "importance (fANOVA)": importance_text(v),
             }

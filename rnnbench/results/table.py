@@ -1430,7 +1430,8 @@ def studies_tables(views: Sequence[StudyView]) -> list[Table]:
         [
             "best: the best completed trial's validation value; confirmed: its configuration "
             "run again with other seeds, test mean ± std (never the trial's own test score)",
-            "train hours: the trials' and confirming runs' training time (reused runs count 0)",
+            "train hours: the trials' and confirming runs' training time (reused runs count 0); "
+            "train steps: their optimizer steps, a cost that does not depend on the machine's load",
         ],
         index_columns=2,
         text_columns=2,
