@@ -30,10 +30,6 @@ from pathlib import Path
 MESSAGE = 1 << 20  # the largest request: argv and environment, as JSON
 
 
-def _exit_code(status: int) -> int:
-    return os.waitstatus_to_exitcode(status)
-
-
 # --- the server side: runs in the server process and, after the fork, in each command --------
 
 
@@ -83,7 +79,7 @@ def _reap(sock: socket.socket) -> None:
             return
         if pid == 0:
             return
-        sock.send(json.dumps({"pid": pid, "exit": _exit_code(status)}).encode())
+        sock.send(json.dumps({"pid": pid, "exit": os.waitstatus_to_exitcode(status)}).encode())
 
 
 def _become(request: dict, fds: list[int]) -> None:
@@ -260,17 +256,6 @@ class ForkedProcess:
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
-
-    def terminate(self) -> None:
-        self.send_signal(signal.SIGTERM)
-
-    def __enter__(self) -> ForkedProcess:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stdout.close()
-        self.stderr.close()
-        self.wait()
 
 
 def run(

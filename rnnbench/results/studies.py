@@ -137,14 +137,14 @@ def view_study(study: Any, folder: Path | None) -> StudyView:
     states = Counter(t.state.name.lower() for t in trials if not t.user_attrs.get("requeued"))
     values = [t.value for t in trials if t.state.name == "COMPLETE" and t.value is not None]
     seen: set[Path] = set()
-    seconds, steps, cell, recipe = 0.0, 0, None, None
+    trained: list[dict[str, Any]] = []  # each run the study trained once, for its cost
+    cell, recipe = None, None
     for t in trials:
         run_dir = locate(t.user_attrs.get("run_dir"), folder)
         record = read(run_dir)
         if record and run_dir not in seen:
             seen.add(run_dir)
-            cost = training_cost(record)
-            seconds, steps = seconds + cost[0], steps + cost[1]
+            trained.append(record)
             config = record.get("config") or {}
             cell = cell or config.get("model", {}).get("cell")
             recipe = recipe or config.get("recipe")
@@ -159,12 +159,12 @@ def view_study(study: Any, folder: Path | None) -> StudyView:
                 continue
             seen.add(where)
             confirm_dirs.append(where)
-            cost = training_cost(record)
-            seconds, steps = seconds + cost[0], steps + cost[1]
+            trained.append(record)
             headline = headline or record.get("headline")
             value = (record.get("metrics") or {}).get(headline)
             if record.get("status") == "completed" and isinstance(value, int | float):
                 confirmed.append(float(value))
+    costs = [training_cost(record) for record in trained]
     return StudyView(
         name=study.study_name,
         cell=str(cell or "?"),
@@ -178,8 +178,8 @@ def view_study(study: Any, folder: Path | None) -> StudyView:
         headline=headline,
         confirmed=confirmed,
         confirm_seeds=list(confirmed_attr.get("seeds", [])) if confirmed else [],
-        train_hours=seconds / 3600,
-        train_steps=steps,
+        train_hours=sum(seconds for seconds, _ in costs) / 3600,
+        train_steps=sum(steps for _, steps in costs),
         importance=importance(study),
         recipe=recipe,
         confirm_dirs=confirm_dirs,
