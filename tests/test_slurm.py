@@ -202,12 +202,15 @@ def test_slurm_ending_jobs_ends_the_sweep_and_its_warning_requeues_to_resume_exa
         [*ON_SLURM, *LONG, "trainer.max_epochs=2000,100", f"hydra.sweep.dir={sweep}"], tmp_path
     )
     try:
-        wait_for(lambda: epochs_done(sweep / "0") >= 2 and epochs_done(sweep / "1") >= 5, proc)
+        # Each job is signalled as soon as it has trained enough: job 1 (100 epochs, ~10 s) first,
+        # as it could end before job 0 started on a loaded machine (CI, stop 42).
+        wait_for(lambda: epochs_done(sweep / "1") >= 5, proc)
         array = slurm_array(sweep)
-        subprocess.run(["scancel", f"{array}_0"], check=True)
         # To the job's steps (the python process srun runs), not its batch shell, as --signal
         # does.
         subprocess.run(["scancel", "--signal=USR2", f"{array}_1"], check=True)
+        wait_for(lambda: epochs_done(sweep / "0") >= 2, proc)
+        subprocess.run(["scancel", f"{array}_0"], check=True)
         signalled = time.monotonic()
     except BaseException:
         proc.kill()
