@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 import signal
 import socket
 import sqlite3
@@ -107,9 +108,13 @@ def test_a_killed_search_relaunched_trains_no_finished_trial_again(tmp_path):
     assert len(requeued) == 1 and states.count("COMPLETE") == 3, states
     retry = next(t for t in found if t.user_attrs.get("retry_of") == requeued[0].number)
     assert retry.params == requeued[0].params
+    # In the killed trial's own folder, from the checkpoint it left there: no folder of the
+    # search is left half done.
+    assert Path(retry.user_attrs["run_dir"]) == search / str(requeued[0].number)
+    assert search / str(requeued[0].number) not in finished
     record = json.loads((Path(retry.user_attrs["run_dir"]) / "result.json").read_text())
-    assert record["status"] == "completed" and record.get("resumed_from")
-    assert Path(record["resumed_from"]) not in finished
+    assert record["status"] == "completed" and record["resume"]["exact"], record.get("resume")
+    assert {r["status"] for r in records(search)} == {"completed"}
 
 
 def dashboard_studies(storage: Path) -> list[str]:
@@ -269,6 +274,30 @@ BAD = {
         ["hydra.sweeper.storage=nosuchdb://x"],
         "hydra.sweeper.storage=nosuchdb://x cannot be opened",
     ),
+    "an in-memory storage, which the trials' jobs cannot share": (
+        ["hydra.sweeper.storage=sqlite://"],
+        "hydra.sweeper.storage=sqlite:// is not allowed",
+    ),
+    # Each value of the space is held to its key's checks before any trial, as a plain
+    # sweep's are: the high end of an interval, every value of a range.
+    "an interval running past what its key allows": (
+        ['hydra.sweeper.params={model.dropout:"interval(0.4,1.6)"}'],
+        "hydra.sweeper.params: model.dropout=1.6 is not allowed: use a number >= 0 and < 1",
+    ),
+    "a range of fractions for an integer key": (
+        ["hparams_search=halves", "hydra.searchpath=[file://{conf}]"],
+        "hydra.sweeper.params: model.num_layers=0.5 is not allowed: use an integer",
+    ),
+    "an empty range": (
+        ['hydra.sweeper.params={model.dropout:"range(8,8)"}'],
+        "model.dropout=range(8,8) holds no value",
+    ),
+    "a sampler seed out of range": (["hydra.sweeper.seed=-1"], "hydra.sweeper.seed=-1"),
+    "a negative number of confirming seeds, said before any trial trains": (
+        ["hydra.sweeper.confirm_seeds=-1"],
+        "hydra.sweeper.confirm_seeds=-1 is not allowed",
+    ),
+    "a search without -m": (["-m"], "hparams_search=reber is a search, which runs as a multirun"),
 }
 
 
@@ -282,16 +311,79 @@ def test_bad_search_input_is_one_line(tmp_path, case):
         "# @package _global_\ndefaults:\n  - override /hydra/sweeper: optuna\n"
         "hydra:\n  sweeper:\n    params:\n      optim.lrr: interval(0.1, 0.2)\n"
     )
+    (conf / "halves.yaml").write_text(
+        (conf / "typo.yaml").read_text().replace("optim.lrr: interval(0.1, 0.2)",
+                                                 "model.num_layers: range(0.5, 2.5)")
+    )  # fmt: skip
     extra = [e.replace("{conf}", str(conf.parent)) for e in extra]
     base = [a for a in SEARCH if not a.startswith("hparams_search=")]
     if case != "unknown search space":
         base.insert(1, "hparams_search=reber")
+    if extra == ["-m"]:  # the case is the -m left out
+        base, extra = base[1:], []
     result = rnnbench_cli([*base, "hydra.sweeper.n_trials=1", *extra], cwd=tmp_path)
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     errors = [x for x in result.stderr.splitlines() if "error" in x.lower()]
     assert len(errors) == 1 and says in errors[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert not records(tmp_path / "runs") if (tmp_path / "runs").exists() else True
+
+
+def test_a_relaunch_goes_on_only_with_the_study_it_began_and_a_refused_trial_fails_it(tmp_path):
+    """A study's trials must be comparable: a relaunch with other fixed overrides or another
+    space is refused in one line, leaving the search as it was. A trial refused before it
+    trains (its folder holds another run) writes no record, yet fails the search: its summary
+    and exit status say so."""
+    args = [*SEARCH[:2], *TINY, "hydra.sweeper.confirm_seeds=0"]
+    first = rnnbench_cli([*args, "hydra.sweeper.n_trials=1"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    search = tmp_path / "runs" / "searches" / "reber"
+    kept = {p: p.read_bytes() for p in (search / "multirun.yaml", search / "optuna.db")}
+    for other, says in [
+        (["model=gru"], "study reber in sqlite:///{} was made for another configuration"),
+        (
+            ['hydra.sweeper.params={model.dropout:"interval(0.0,0.3)"}'],
+            "study reber in sqlite:///{} was made over another search space (model.dropout",
+        ),
+    ]:
+        refused = rnnbench_cli([*args, "hydra.sweeper.n_trials=2", *other], cwd=tmp_path)
+        assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-2000:]
+        assert refused.stderr.strip().splitlines() == [
+            "rnnbench: error: " + refused.stderr.split("rnnbench: error: ", 1)[1].strip()
+        ]
+        assert says.format(search / "optuna.db") in refused.stderr, refused.stderr[-2000:]
+        assert {p: p.read_bytes() for p in kept} == kept
+    assert len(trials(search / "optuna.db", "reber")) == 1
+
+    shutil.copytree(search / "0", search / "1")  # trial 1's folder holds trial 0's run
+    failing = rnnbench_cli([*args, "hydra.sweeper.n_trials=2"], cwd=tmp_path)
+    assert failing.returncode == 1, failing.stderr[-3000:]
+    assert "study reber: 2 trials (1 complete, 1 fail)" in failing.stdout
+    assert "1 failed" in failing.stdout.splitlines()[-1], failing.stdout[-2000:]
+    assert "holds another configuration's run" in failing.stderr
+
+
+def test_a_null_choice_is_searched_and_confirmed_as_null(tmp_path):
+    """`trainer.gradient_clip_val: null,0.25` searches clipping off against on: null reaches
+    the trial (and the confirmation) as None, not as the string 'None'."""
+    conf = tmp_path / "conf" / "hparams_search"
+    conf.mkdir(parents=True)
+    (conf / "clip.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /hydra/sweeper: optuna\n"
+        "hydra:\n  sweep:\n    dir: ${results_root}/searches/clip\n  sweeper:\n"
+        "    sampler: grid\n    params:\n      trainer.gradient_clip_val: null,0.25\n"
+    )
+    args = ["-m", "hparams_search=clip", f"hydra.searchpath=[file://{conf.parent}]", *TINY]
+    result = rnnbench_cli([*args, "hydra.sweeper.n_trials=2", "hydra.sweeper.confirm_seeds=1"],
+                          cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "study search: 2 trials (2 complete)" in result.stdout, result.stdout[-2000:]
+    clips = sorted(
+        str(r["config"]["trainer"]["gradient_clip_val"])
+        for r in records(tmp_path / "runs" / "searches" / "clip")
+    )
+    assert clips in (["0.25", "0.25", "None"], ["0.25", "None", "None"]), clips
+    assert "1 of 1 completed" in result.stdout
 
 
 def test_the_search_space_syntax_maps_to_optuna():
@@ -311,6 +403,14 @@ def test_the_search_space_syntax_maps_to_optuna():
     assert dimension(drop).distribution == d.FloatDistribution(0.0, 0.5)
     with pytest.raises(ConfigError, match="empty"):
         dimension(parse(["model.num_layers=range(3, 3)"])[0])
+    # Hydra's own values: a range stepping down, a range of fractions.
+    [down, halves] = parse(["model.hidden_size=range(16, 4, -4)", "x=range(0.5, 2.5)"])
+    assert dimension(down).distribution == d.IntDistribution(8, 16, step=4)
+    assert dimension(halves).distribution == d.CategoricalDistribution([0.5, 1.5])
+    # A proposed value, as an override Hydra reads back as that value.
+    for value in [None, True, 0.25, "rnn", "tcn/jsb_lstm", "a b", "x,y", "it's"]:
+        line = dimension(parse(["k=choice(1, 2)"])[0]).override(value)
+        assert parse([line])[0].value() == value, line
 
 
 def test_each_trial_number_has_its_own_seed_and_the_objective_its_direction():

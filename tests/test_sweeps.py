@@ -134,6 +134,11 @@ def test_a_job_slurm_ended_without_a_result_is_counted_and_its_end_seen(monkeypa
         summarize(found, jobs=3, lost=1)[0] == "sweep: 3 jobs: 1 completed, 1 failed, 1 interrupted"
     )
     assert summarize(found, jobs=3)[0] == "sweep: 3 jobs: 1 completed, 1 interrupted, 1 not started"
+    # A search's trial refused before it trained: no record, no job count, yet failed.
+    assert (
+        summarize(found, unrecorded_failures=1)[0]
+        == "sweep: 3 jobs: 1 completed, 1 failed, 1 interrupted"
+    )
 
     monkeypatch.setattr(slurm, "accounting_enabled", lambda: False)
     watcher = slurm.QueueWatcher()

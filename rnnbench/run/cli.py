@@ -107,7 +107,12 @@ def first_values(overrides: list[str]) -> list[str]:
             if isinstance(sweep, IntervalSweep):
                 value = sweep.start
             else:
-                value = next(iter(override.sweep_string_iterator()))
+                value = next(iter(override.sweep_string_iterator()), None)
+                if value is None:
+                    raise ValueError(
+                        f"{override.input_line} holds no value: range(a, b) proposes a, "
+                        f"a+1, ..., b-1"
+                    )
             narrowed.append(f"{override.get_key_element()}={value}")
         else:
             narrowed.append(override.input_line)
@@ -129,6 +134,17 @@ def check_command_line(argv: list[str], config_dir: str) -> str | None:
         for n, overrides in enumerate(sweep_variants(args.overrides, checks)):
             cfg = first if n == 0 else compose(overrides, return_hydra_config=True)
             params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
+            searcher = "rnnbench_search" in str(OmegaConf.select(cfg, "hydra.sweeper._target_"))
+            given = {o.split("=", 1)[0].lstrip("+~") for o in args.overrides}
+            unset = [k for k in params if not k.startswith("hydra.") and k not in given]
+            if params and searcher and not args.multirun and unset:
+                # A trial's own overrides (its record's) set every searched key: one run.
+                return (
+                    f"{' '.join(a for a in args.overrides if a.startswith('hparams_search='))} "
+                    f"is a search, which runs as a multirun: add -m (rnnbench -m "
+                    f"hparams_search=NAME ...), or give {', '.join(unset)} a value to run one "
+                    f"configuration of it"
+                ).lstrip()
             if params and args.multirun:
                 preset = first_values([f"{k}={v}" for k, v in params.items()])
                 absent = object()
@@ -140,6 +156,13 @@ def check_command_line(argv: list[str], config_dir: str) -> str | None:
                             f"hydra.sweeper.params.{key}: the configuration has no key {key} "
                             f"to search (a typo? a new key takes a leading +)"
                         )
+                # Both ends of every interval and every value of a choice or range, as a
+                # plain sweep's values are: a value no trial could run is said now, not as
+                # one failed trial after another.
+                space = [f"{k}={v}" for k, v in params.items() if not k.startswith("hydra.")]
+                problem = leaf_sweep_problem(space, value_checks(cfg))
+                if problem:
+                    return f"hydra.sweeper.params: {problem}"
                 cfg = compose([*preset, *overrides], return_hydra_config=True)
             problem = (
                 config_problem(cfg)

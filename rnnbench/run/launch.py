@@ -100,9 +100,10 @@ def main(cfg: DictConfig) -> dict[str, Any] | None:
             # One job's failure is a finding of the sweep: recorded, reported, and the sweep
             # goes on; its summary line and exit code count it.
             reason = str(user) if user else f"{type(e).__name__}: {e}"
+            where = Path(hydra_cfg.runtime.output_dir)
+            said = "record in" if (where / "result.json").is_file() else "nothing recorded in"
             print(
-                f"rnnbench: job {hydra_cfg.job.num} failed: {reason} "
-                f"(record in {hydra_cfg.runtime.output_dir})",
+                f"rnnbench: job {hydra_cfg.job.num} failed: {reason} ({said} {where})",
                 file=sys.stderr,
             )
             return None

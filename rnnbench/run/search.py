@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import re
 import socket
 import statistics
 import sys
@@ -49,9 +50,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from rnnbench.config import config_problem
 from rnnbench.errors import ConfigError
+from rnnbench.results.record import run_key
 from rnnbench.results.studies import best_trial, open_study_storage
 from rnnbench.run import claims
-from rnnbench.run.sweep import is_alive, parallel_jobs
+from rnnbench.run.sweep import is_alive, note_unrecorded_failures, parallel_jobs
 from rnnbench.run.trial import PRUNERS, PrunerSpec, confirmation_env, env_overrides
 from rnnbench.tasks import KINDS, direction
 
@@ -68,7 +70,21 @@ class Dimension:
     distribution: Any  # optuna.distributions.BaseDistribution
 
     def override(self, value: Any) -> str:
-        return f"{self.key}={value}"
+        return override_line(self.key, value)
+
+
+def override_line(key: str, value: Any) -> str:
+    """`key=value` as Hydra reads it back as `value`: None as null, booleans as true/false, a
+    string with characters the override grammar would read otherwise quoted."""
+    if value is None:
+        text = "null"
+    elif isinstance(value, bool):
+        text = str(value).lower()
+    elif isinstance(value, str) and not re.fullmatch(r"[\w./@:+-]+", value):
+        text = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    else:
+        text = str(value)
+    return f"{key}={text}"
 
 
 def dimension(override: Override) -> Dimension:
@@ -92,13 +108,21 @@ def dimension(override: Override) -> Dimension:
             return Dimension(key, d.IntDistribution(low, high, log=log))
         return Dimension(key, d.FloatDistribution(float(low), float(high), log=log))
     if isinstance(sweep, RangeSweep):
-        values = list(range(int(sweep.start), int(sweep.stop), int(sweep.step or 1)))
+        if sweep.step == 0:
+            raise ConfigError(
+                f"hydra.sweeper.params.{key}: range({sweep.start}, {sweep.stop}, 0) has a step "
+                f"of 0: give a step other than 0"
+            )
+        values = sorted(override.sweep_iterator())  # Hydra's values: floats, steps down
         if not values:
             raise ConfigError(
                 f"hydra.sweeper.params.{key}=range({sweep.start}, {sweep.stop}) is empty: "
                 f"range(a, b) proposes a, a+1, ..., b-1"
             )
-        return Dimension(key, d.IntDistribution(values[0], values[-1], step=int(sweep.step or 1)))
+        if all(isinstance(v, int) for v in values):
+            step = abs(int(sweep.step or 1))
+            return Dimension(key, d.IntDistribution(values[0], values[-1], step=step))
+        return Dimension(key, d.CategoricalDistribution(values))
     if isinstance(sweep, ChoiceSweep):
         choices = [str(v) if isinstance(v, str) else v for v in sweep.list]
         return Dimension(key, d.CategoricalDistribution(choices))
@@ -279,7 +303,10 @@ def requeue_stale(study: Any, folder: Path) -> int:
             # trial of another process; the attribute must be set before it is finished).
             study._storage.set_trial_user_attr(t._trial_id, "requeued", True)
             study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+            # The retry trains in the given-up trial's folder, so it resumes from the
+            # checkpoint there and its record replaces the interrupted one.
+            attrs = {"retry_of": t.number, "folder": t.user_attrs.get("folder", t.number)}
+            study.enqueue_trial(t.params, user_attrs=attrs, skip_if_exists=False)
     return len(stale)
 
 
@@ -327,6 +354,12 @@ def run_studies(sweeper: Any, arguments: list[str]) -> list[Any]:
             f"hydra.sweeper.n_trials={sweeper.n_trials} is not allowed: a search needs at least "
             f"one trial"
         )
+    if not 0 <= sweeper.seed < 2**32:
+        raise ConfigError(
+            f"hydra.sweeper.seed={sweeper.seed} is not allowed: give a whole number from 0 to "
+            f"{2**32 - 1}"
+        )
+    confirm_seeds(0, sweeper.confirm_seeds)  # a bad count is said before hours of trials
     config = sweeper.config
     parser = OverridesParser.create(config_loader=sweeper.hydra_context.config_loader)
     given = parser.parse_overrides([f"{k}={v}" for k, v in sweeper.params.items()])
@@ -344,16 +377,22 @@ def run_studies(sweeper: Any, arguments: list[str]) -> list[Any]:
     fixed = [f for f in fixed if f.split("=", 1)[0].lstrip("+~") not in searched]
     axes = BasicSweeper.split_arguments(axes_overrides, None)[0] if axes_overrides else [[]]
     sweep_dir = Path(config.hydra.sweep.dir)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(config, sweep_dir / "multirun.yaml")
     url = sweeper.storage or f"sqlite:///{(sweep_dir / 'optuna.db').resolve()}"
     if url.startswith("journal:"):  # the jobs may run elsewhere: an absolute path
         url = "journal:" + str(Path(url.removeprefix("journal:")).resolve())
+    if url.startswith("sqlite://") and url.removeprefix("sqlite://") in ("", "/:memory:"):
+        raise ConfigError(
+            f"hydra.sweeper.storage={url} is not allowed: an in-memory study is not shared "
+            f"with the trials' jobs; give sqlite:///PATH or journal:PATH"
+        )
     pruner = pruner_spec(sweeper)
     storage = open_storage(url)
     width = parallel_jobs(config.hydra.get("launcher"))
     returns, job = [], 0
     loader = sweeper.hydra_context.config_loader
+    # Every study is opened and held to what it was made for before anything runs: a refused
+    # relaunch leaves the search as it was.
+    opened = []
     for axis in axes:
         name = study_name(sweeper.study_name, axis)
         # The metric is this study's data's (a sweep over recipes may change the data).
@@ -367,14 +406,16 @@ def run_studies(sweeper: Any, arguments: list[str]) -> list[Any]:
             sampler=make_sampler(sweeper.sampler, sweeper.seed, space),
             pruner=pruner.make(),
         )
-        if study.direction.name.lower() != goal:
-            raise ConfigError(
-                f"study {name} in {url} was made to {study.direction.name.lower()}, this "
-                f"search would {goal} {metric}: give it another hydra.sweeper.study_name"
-            )
+        check_same_study(study, url, goal, metric, study_identity(composed, space))
+        opened.append((axis, name, composed, metric, study))
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(config, sweep_dir / "multirun.yaml")
+    for axis, name, composed, metric, study in opened:
         # What every trial's job reads to report and prune as this study does (rnnbench.run.trial).
         study.set_user_attr("metric", metric)
         study.set_user_attr("pruner", pruner.as_attr())
+        for key, value in study_identity(composed, space).items():
+            study.set_user_attr(key, value)
         folder = claims_folder(url, sweep_dir, name)
         waiting_said = False
         while True:
@@ -399,7 +440,7 @@ def run_studies(sweeper: Any, arguments: list[str]) -> list[Any]:
                     waiting_said = True
                 time.sleep(WAIT_S)
                 continue
-            trials, batch, held = [], [], []
+            trials, batch, held, run_dirs = [], [], [], []
             for _ in range(min(width, left)):
                 trial = study.ask()
                 if beyond_budget(study, trial, sweeper.n_trials):
@@ -417,7 +458,8 @@ def run_studies(sweeper: Any, arguments: list[str]) -> list[Any]:
                 trial.set_user_attr("owner", owner())
                 if claims.slurm_job():  # which job to watch or cancel (optuna-dashboard shows it)
                     trial.set_user_attr("slurm_job", claims.slurm_job())
-                subdir = f"{name}/{trial.number}" if axis else str(trial.number)
+                home = trial.user_attrs.get("folder", trial.number)
+                subdir = f"{name}/{home}" if axis else str(home)
                 batch.append(
                     [
                         *values,
@@ -428,15 +470,19 @@ def run_studies(sweeper: Any, arguments: list[str]) -> list[Any]:
                     ]
                 )
                 trials.append(trial)
+                run_dirs.append(sweep_dir / subdir)
             if not batch:  # another worker took the last places
                 continue
             try:
                 sweeper.validate_batch_is_legal(batch)
+                launched = time.time()
                 results = sweeper.launcher.launch(batch, initial_job_idx=job)
                 job += len(batch)
                 returns.append(results)
-                for trial, result in zip(trials, results, strict=True):
+                for trial, result, run_dir in zip(trials, results, run_dirs, strict=True):
                     tell(study, trial, result, metric)
+                    if failed_unrecorded(result, run_dir, launched):
+                        note_unrecorded_failures(1)
             finally:
                 for h in held:
                     if h is not None:
@@ -445,7 +491,7 @@ def run_studies(sweeper: Any, arguments: list[str]) -> list[Any]:
         seeds = confirm_seeds(int(composed.get("seed") or 0), sweeper.confirm_seeds)
         best = best_trial(study)
         if seeds and best is not None:
-            confirm = [f"{k}={v}" for k, v in best.params.items()] + axis + fixed
+            confirm = [override_line(k, v) for k, v in best.params.items()] + axis + fixed
             confirm = [o for o in confirm if o.split("=", 1)[0].lstrip("+~") != "pack"]
             where = f"hydra.sweep.subdir={name + '/' if axis else ''}confirm-"
             if sweeper.confirm_pack and packable(loader, config, confirm, len(seeds)):
@@ -468,6 +514,49 @@ def run_studies(sweeper: Any, arguments: list[str]) -> list[Any]:
             returns.append(results)
             print(record_confirmation(study, best, seeds, results), flush=True)
     return returns
+
+
+def study_identity(composed: DictConfig, space: list[Dimension]) -> dict[str, Any]:
+    """What a study was made for, kept in it: the run_key of the configuration its trials
+    vary (the command line's fixed overrides and sweep values, the searched keys at their
+    defaults) and its search space. A relaunch that differs would mix two searches in one."""
+    plain = OmegaConf.masked_copy(composed, [k for k in composed if k != "hydra"])
+    try:
+        container = OmegaConf.to_container(plain, resolve=True)
+    except Exception:  # noqa: BLE001 - an interpolation only a job resolves: the text then
+        container = OmegaConf.to_container(plain, resolve=False)
+    return {
+        "config_key": run_key(container),
+        "space": {
+            dim.key: optuna.distributions.distribution_to_json(dim.distribution) for dim in space
+        },
+    }
+
+
+def check_same_study(study: Any, url: str, goal: str, metric: str, made: dict[str, Any]) -> None:
+    """ConfigError when the study `study` (just loaded) was made for another direction,
+    configuration or search space than this launch's (`made`: study_identity): a study's
+    trials must be comparable, so a relaunch may only go on with what it began."""
+    name, attrs = study.study_name, study.user_attrs
+    again = "give it another hydra.sweeper.study_name"
+    if study.direction.name.lower() != goal:
+        raise ConfigError(
+            f"study {name} in {url} was made to {study.direction.name.lower()}, this "
+            f"search would {goal} {metric}: {again}"
+        )
+    if attrs.get("config_key", made["config_key"]) != made["config_key"]:
+        raise ConfigError(
+            f"study {name} in {url} was made for another configuration (run_key "
+            f"{attrs['config_key']}, this launch's {made['config_key']}): relaunch it with the "
+            f"overrides it was made with, or {again}"
+        )
+    before = attrs.get("space", made["space"])
+    changed = sorted(k for k in {*before, *made["space"]} if before.get(k) != made["space"].get(k))
+    if changed:
+        raise ConfigError(
+            f"study {name} in {url} was made over another search space ({', '.join(changed)} "
+            f"differ): relaunch it with the space it was made with, or {again}"
+        )
 
 
 def packable(loader: Any, config: DictConfig, overrides: list[str], size: int) -> bool:
@@ -520,6 +609,21 @@ def job_records(results: list[Any]) -> list[Any]:
             continue
         records += value if isinstance(value, list) else [value]
     return records
+
+
+def failed_unrecorded(result: Any, run_dir: Path, launched: float) -> bool:
+    """Whether a trial's job (its JobReturn `result`, launched at `launched`) failed without
+    writing a record in `run_dir`: refused before it trained (a value its key does not allow,
+    a folder holding another run). Its record would count it; this must, or the search's exit
+    status would say all went well."""
+    try:
+        record = result.return_value
+    except BaseException:  # noqa: BLE001 - the job raised
+        record = None
+    if record is not None:
+        return False
+    path = run_dir / "result.json"
+    return not path.is_file() or path.stat().st_mtime < launched
 
 
 def tell(study: Any, trial: Any, result: Any, metric: str) -> None:

@@ -37,22 +37,28 @@ def parallel_jobs(launcher_cfg: DictConfig | None, cores: int | None = None) -> 
 
 
 def summarize(
-    records: list[dict[str, Any]], jobs: int | None = None, found: int = 0, lost: int = 0
+    records: list[dict[str, Any]],
+    jobs: int | None = None,
+    found: int = 0,
+    lost: int = 0,
+    unrecorded_failures: int = 0,
 ) -> tuple[str, Counter]:
     """One line: how many of the sweep's `jobs` completed, were reused (a copy of another
     run's record, or, `found` of them, already completed in their own folder before this
     launch), were pruned by a search, diverged, failed, were interrupted, or never started.
     `lost`: jobs the launcher saw end without a result (SLURM killed them); those that left no
-    record either count as failed."""
+    record either count as failed. `unrecorded_failures`: jobs a search saw fail without
+    writing a record (refused before training): failed, beyond the records."""
     counts = Counter(
         "reused" if r.get("reused_from") else r.get("status", "unknown") for r in records
     )
     counts["completed"] -= found
     counts["reused"] += found
-    total = max(jobs or 0, len(records))
+    total = max(jobs or 0, len(records) + unrecorded_failures)
     unrecorded = total - len(records)
-    counts["failed"] += min(lost, unrecorded)
-    counts["not started"] = unrecorded - min(lost, unrecorded)
+    gone = min(max(lost, unrecorded_failures), unrecorded)
+    counts["failed"] += gone
+    counts["not started"] = unrecorded - gone
     order = ["completed", "reused", "pruned", "diverged", "failed", "interrupted", "not started"]
     parts = [f"{counts[k]} {k}" for k in order if counts[k]] or ["no runs"]
     return f"sweep: {total} jobs: " + ", ".join(parts), +counts
@@ -108,6 +114,7 @@ _sweep_parent: int | None = None  # the pid of the process that launched this sw
 _stopped_by: int | None = None  # the first signal that stopped this process: exit 128 + it
 _started: dict[Path, int] = {}  # record_stamps as the sweep started, in the sweep's process
 _lost = 0  # jobs of this sweep that ended without a result (rnnbench.run.slurm), in its process
+_unrecorded_failures = 0  # a search's jobs that failed and wrote no record, in its process
 
 
 def note_lost_jobs(count: int) -> None:
@@ -115,6 +122,13 @@ def note_lost_jobs(count: int) -> None:
     killed them) for its summary."""
     global _lost
     _lost += count
+
+
+def note_unrecorded_failures(count: int) -> None:
+    """Count `count` more jobs of a search that failed without writing a record (a trial
+    refused before it trained) for the sweep's summary and exit status."""
+    global _unrecorded_failures
+    _unrecorded_failures += count
 
 
 def reused_lines(found: list[tuple[Path, dict[str, Any]]]) -> list[str]:
@@ -155,8 +169,11 @@ def record_stamps(sweep_dir: str | Path) -> dict[Path, int]:
 
 def job_count(sweep_dir: str | Path) -> int | None:
     """How many jobs the sweep has (its multirun.yaml expanded), None when that cannot be told
-    (a sweeper other than the basic one)."""
+    (a search: its trials, not the space's values, are its jobs)."""
     try:
+        saved = OmegaConf.load(Path(sweep_dir) / "multirun.yaml")
+        if "rnnbench_search" in str(saved.hydra.sweeper.get("_target_", "")):
+            return None
         return len(sweep_jobs(Path(sweep_dir)))
     except Exception:  # noqa: BLE001 - the count is a courtesy; records are the truth
         return None
@@ -173,7 +190,9 @@ def print_summary(sweep_dir: str | Path, before: dict[Path, int] | None = None) 
         stamp = (before or {}).get(path.resolve())
         if stamp is not None and not record.get("reused_from"):
             kept += stamp == path.stat().st_mtime_ns
-    line, counts = summarize([r for _, r in found], job_count(sweep_dir), kept, _lost)
+    line, counts = summarize(
+        [r for _, r in found], job_count(sweep_dir), kept, _lost, _unrecorded_failures
+    )
     print("\n".join([line, *reused_lines(found), *failed_lines(found)]), flush=True)
     return counts
 
@@ -251,7 +270,7 @@ class SweepSummary(Callback):
     failed or was interrupted."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        global _lost
+        global _lost, _unrecorded_failures
         launcher = config.hydra.get("launcher") or {}
         n_jobs = launcher.get("n_jobs")
         if n_jobs is not None and n_jobs == 0:
@@ -261,7 +280,7 @@ class SweepSummary(Callback):
                 file=sys.stderr,
             )
             sys.exit(2)
-        _lost = 0
+        _lost = _unrecorded_failures = 0
         _started.clear()
         _started.update(record_stamps(config.hydra.sweep.dir))
         stop_sweep_on_signal(config.hydra.sweep.dir)
