@@ -208,7 +208,15 @@ def test_a_pruned_search_records_pruned_trials_and_prunes_a_bad_one(tmp_path, ca
     record = json.loads((run_dir / "result.json").read_text())
     assert record["status"] == "pruned" and record["pruned"]["epoch"] == 1
 
-    # The studies' view: per cell its trials, pruned, best, confirmed test and curve.
+    # The studies' view: per cell its trials, pruned, best, confirmed test and curve; a plot
+    # that could not be written is said before anything is read.
+    for plot, says in [
+        ("curve.txt", "--plot {} is not allowed: give a file ending in .png, .pdf, .svg"),
+        ("none/curve.png", "cannot write {}: folder"),
+    ]:
+        assert table_main(["--studies", str(search), "--plot", str(tmp_path / plot)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says.format(tmp_path / plot) in err[0], err
     assert table_main(["--studies", str(search), "--plot", str(tmp_path / "curve.png")]) == 0
     shown = capsys.readouterr().out
     completed = {}
@@ -361,6 +369,36 @@ def test_a_relaunch_goes_on_only_with_the_study_it_began_and_a_refused_trial_fai
     assert "study reber: 2 trials (1 complete, 1 fail)" in failing.stdout
     assert "1 failed" in failing.stdout.splitlines()[-1], failing.stdout[-2000:]
     assert "holds another configuration's run" in failing.stderr
+
+
+def test_a_journal_with_a_torn_last_line_is_refused_untouched_and_goes_on_without_it(tmp_path):
+    """A worker stopped mid-write leaves the journal's last line torn. Optuna would append
+    after it and never read the study again: the relaunch is refused in one line and writes
+    nothing; without that line, the study goes on."""
+    args = [
+        *SEARCH[:2],
+        *TINY,
+        "hydra.sweeper.confirm_seeds=0",
+        "hydra.sweeper.storage=journal:j.log",
+    ]
+    first = rnnbench_cli([*args, "hydra.sweeper.n_trials=1"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    journal = tmp_path / "j.log"
+    lines = journal.read_bytes().splitlines(keepends=True)
+    journal.write_bytes(b"".join(lines[:-1]) + lines[-1][:-20])
+    torn = journal.read_bytes()
+    refused = rnnbench_cli([*args, "hydra.sweeper.n_trials=2"], cwd=tmp_path)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert refused.stderr.strip().splitlines() == [
+        f"rnnbench: error: hydra.sweeper.storage=journal:{journal} ends in a torn line (a worker "
+        "stopped while writing it?): nothing was written; remove its last line to go on from the "
+        "entries before it"
+    ]
+    assert journal.read_bytes() == torn
+    journal.write_bytes(b"".join(lines[:-1]))
+    again = rnnbench_cli([*args, "hydra.sweeper.n_trials=2"], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "study reber: 2 trials (2 complete)" in again.stdout
 
 
 def test_a_null_choice_is_searched_and_confirmed_as_null(tmp_path):

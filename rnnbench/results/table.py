@@ -1372,12 +1372,22 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `rnnbench-table` with `argv`; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
     try:
         problem = args.output is not None and check_writable(args.output)
+        if args.plot is not None and not problem:
+            problem = check_writable(args.plot, "--plot")
+            if not problem and Path(args.plot).suffix.lower() not in PLOT_SUFFIXES:
+                problem = (
+                    f"--plot {args.plot} is not allowed: give a file ending in "
+                    f"{', '.join(PLOT_SUFFIXES)}"
+                )
         if problem:  # before reading thousands of records
             raise TableError(problem)
         if args.studies or args.plot:

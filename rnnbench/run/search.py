@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import re
@@ -167,6 +168,8 @@ def open_storage(url: str) -> Any:
     anything else an RDB URL (sqlite:///PATH by default); ConfigError naming it when it cannot
     be opened."""
 
+    if url.startswith("journal:"):
+        check_journal_end(Path(url.removeprefix("journal:")))
     try:
         for prefix in ("journal:", "sqlite:///"):
             if url.startswith(prefix):
@@ -186,6 +189,35 @@ def open_storage(url: str) -> Any:
             f"hydra.sweeper.storage={url} cannot be opened ({reason[:200]}): give "
             f"sqlite:///PATH, journal:PATH or a database URL"
         ) from None
+
+
+def torn_end(path: Path) -> bool:
+    """Whether a journal file's last line is unfinished or not an entry."""
+    with open(path, "rb") as f:
+        f.seek(max(0, path.stat().st_size - (1 << 20)))
+        tail = f.read()
+    if not tail or not tail.endswith(b"\n"):
+        return bool(tail)
+    try:
+        json.loads(tail.rstrip(b"\n").rsplit(b"\n", 1)[-1])
+    except ValueError:
+        return True
+    return False
+
+
+def check_journal_end(path: Path) -> None:
+    """ConfigError when the journal's last line is torn (a worker stopped mid-write, a disk
+    that filled): Optuna would append after it and leave the study unreadable for good. A
+    line another worker is writing right now ends in a moment: looked at again first."""
+    if not path.is_file() or not torn_end(path):
+        return
+    time.sleep(1.0)
+    if torn_end(path):
+        raise ConfigError(
+            f"hydra.sweeper.storage=journal:{path} ends in a torn line (a worker stopped "
+            f"while writing it?): nothing was written; remove its last line to go on from the "
+            f"entries before it"
+        )
 
 
 def objective_metric(config: DictConfig) -> tuple[str, str]:
