@@ -539,3 +539,33 @@ def test_a_confirmation_is_packed_only_where_pack_allows_its_configuration():
         assert not packable(loader, master, ["model=gru"], 1)
         assert not packable(loader, master, ["model.tbptt=5"], 3)
         assert not packable(loader, master, ["data=multi30k"], 3)
+
+
+def test_the_studies_view_reads_a_study_file_and_never_makes_one(tmp_path, capsys):
+    """`rnnbench-table --studies` takes a search's folder, its study file (as optuna-dashboard
+    does) or a URL, lists a storage given twice once, and refuses in one line a file that is
+    missing or empty, without creating or filling it: it only reads."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    search = tmp_path / "search"
+    search.mkdir()
+    study = optuna.create_study(storage=f"sqlite:///{search / 'optuna.db'}", study_name="s")
+    study.set_user_attr("metric", "val/ppl")
+    trial = study.ask()
+    trial.suggest_float("optim.lr", 1e-4, 1e-2)
+    study.tell(trial, 5.0)
+    assert table_main(["--studies", str(search), str(search / "optuna.db")]) == 0
+    assert capsys.readouterr().out.count("\n| s |") == 1
+
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "optuna.db").touch()  # a search that wrote nothing yet
+    for path, says in [
+        (tmp_path / "half", "half/optuna.db holds no study: it is empty"),
+        (f"sqlite:///{tmp_path / 'typo.db'}", "typo.db holds no study: there is no such file"),
+        (f"journal:{tmp_path / 'typo.log'}", "typo.log holds no study: there is no such file"),
+        (tmp_path / "nothing", "is neither a search's folder, a study file nor a storage URL"),
+    ]:
+        assert table_main(["--studies", str(path)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0], err
+    assert (tmp_path / "half" / "optuna.db").stat().st_size == 0
+    assert not list(tmp_path.glob("typo*"))

@@ -56,18 +56,38 @@ class StudyView:
 
 
 def storage_url(path: str | Path) -> tuple[str, Path | None]:
-    """The storage URL of a search folder (and the folder), or `path` itself as a URL."""
+    """The storage URL of a search folder (and the folder), of a study file (`optuna.db`, a
+    `.db` or `.sqlite` file, a journal `.log`, as optuna-dashboard takes them), or `path`
+    itself as a URL. A file that is missing or empty is a StudyError: reading never creates or
+    fills one."""
+    text = str(path)
     folder = Path(path)
     if folder.is_dir():
         for name, scheme in STORAGE_FILES.items():
             if (folder / name).is_file():
-                return scheme + str((folder / name).resolve()), folder
+                return scheme + str(written(folder / name).resolve()), folder
         raise StudyError(
             f"{path} holds no study: a search's folder has {' or '.join(STORAGE_FILES)}"
         )
-    if "://" in str(path) or str(path).startswith("journal:"):
-        return str(path), None
-    raise StudyError(f"{path} is neither a search's folder nor a storage URL")
+    if folder.is_file() and folder.suffix in (".db", ".sqlite", ".sqlite3", ".log"):
+        scheme = "journal:" if folder.suffix == ".log" else "sqlite:///"
+        return scheme + str(written(folder).resolve()), folder.parent
+    for scheme in ("journal:", "sqlite:///"):
+        if text.startswith(scheme):
+            written(Path(text.removeprefix(scheme)))
+            return text, None
+    if "://" in text:
+        return text, None
+    raise StudyError(f"{path} is neither a search's folder, a study file nor a storage URL")
+
+
+def written(file: Path) -> Path:
+    """`file`, once it is known to hold something (a StudyError otherwise)."""
+    if not file.is_file():
+        raise StudyError(f"{file} holds no study: there is no such file")
+    if file.stat().st_size == 0:
+        raise StudyError(f"{file} holds no study: it is empty (a search that wrote nothing yet)")
+    return file
 
 
 def open_study_storage(url: str) -> Any:
@@ -190,13 +210,17 @@ def view_study(study: Any, folder: Path | None) -> StudyView:
 def load_studies(paths: Iterable[str | Path]) -> list[StudyView]:
     """Every study in the storages of `paths`, in the cells' display order."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    views = []
+    views, opened = [], set()
     for path in paths:
         url, folder = storage_url(path)
+        if url in opened:  # one storage given twice: its studies once
+            continue
+        opened.add(url)
         try:
             storage = open_study_storage(url)
         except Exception as e:  # noqa: BLE001 - a bad URL, a missing driver, a locked file
-            raise StudyError(f"{url} does not open as an Optuna storage: {e}") from None
+            said = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise StudyError(f"{url} does not open as an Optuna storage: {said}") from None
         for name in optuna.study.get_all_study_names(storage):
             views.append(view_study(optuna.load_study(study_name=name, storage=storage), folder))
     if not views:

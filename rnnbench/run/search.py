@@ -392,6 +392,11 @@ def run_studies(sweeper: Any, arguments: list[str]) -> list[Any]:
             f"{2**32 - 1}"
         )
     confirm_seeds(0, sweeper.confirm_seeds)  # a bad count is said before hours of trials
+    if not re.fullmatch(r"[\w.@+-]+", str(sweeper.study_name)):
+        raise ConfigError(
+            f"hydra.sweeper.study_name={sweeper.study_name!r} is not allowed: give a name of "
+            f"letters, digits and . _ - (it names the study and its folders)"
+        )
     config = sweeper.config
     parser = OverridesParser.create(config_loader=sweeper.hydra_context.config_loader)
     given = parser.parse_overrides([f"{k}={v}" for k, v in sweeper.params.items()])
@@ -695,4 +700,5 @@ def describe_study(study: Any, metric: str, n_trials: int) -> str:
         if best is not None
         else "; no completed trial"
     )
-    return f"study {study.study_name}: {n_trials} trials ({parts}){tail}"
+    held = max(n_trials, sum(states.values()))  # a relaunch with fewer keeps those it has
+    return f"study {study.study_name}: {held} trials ({parts}){tail}"
