@@ -422,6 +422,13 @@ def test_a_null_choice_is_searched_and_confirmed_as_null(tmp_path):
     )
     assert clips in (["0.25", "0.25", "None"], ["0.25", "None", "None"]), clips
     assert "1 of 1 completed" in result.stdout
+    # A grid runs each point once: more trials than points is said, not run twice.
+    more = rnnbench_cli([*args, "hydra.sweeper.n_trials=3"], cwd=tmp_path)
+    assert more.returncode == 2, more.stderr[-2000:]
+    assert more.stderr.strip().splitlines() == [
+        "rnnbench: error: hydra.sweeper.n_trials=3 is more than the grid's 2 points "
+        "(sampler=grid runs each once): give n_trials <= 2"
+    ]
 
 
 def test_the_search_space_syntax_maps_to_optuna():

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -140,8 +141,10 @@ def trial_seed(seed: int, number: int) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
-def make_sampler(name: str, seed: int, space: list[Dimension] | None = None) -> Any:
-
+def make_sampler(
+    name: str, seed: int, space: list[Dimension] | None = None, n_trials: int | None = None
+) -> Any:
+    """Optuna's sampler `name`, seeded; a grid over `space`, which must hold `n_trials`."""
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
     if name == "random":
@@ -159,6 +162,12 @@ def make_sampler(name: str, seed: int, space: list[Dimension] | None = None) -> 
                     f"sampler=grid cannot enumerate hydra.sweeper.params.{dim.key} (a "
                     f"continuous interval): use choice(...) or range(...), or sampler=tpe"
                 )
+        points = math.prod(len(values) for values in grid.values())
+        if n_trials is not None and n_trials > points:
+            raise ConfigError(
+                f"hydra.sweeper.n_trials={n_trials} is more than the grid's {points} points "
+                f"(sampler=grid runs each once): give n_trials <= {points}"
+            )
         return optuna.samplers.GridSampler(grid, seed=seed)
     raise ConfigError(f"hydra.sweeper.sampler={name} is not allowed: use one of {SAMPLERS}")
 
@@ -440,7 +449,7 @@ def run_studies(sweeper: Any, arguments: list[str]) -> list[Any]:
             study_name=name,
             load_if_exists=True,
             direction=goal,
-            sampler=make_sampler(sweeper.sampler, sweeper.seed, space),
+            sampler=make_sampler(sweeper.sampler, sweeper.seed, space, sweeper.n_trials),
             pruner=pruner.make(),
         )
         check_same_study(study, url, goal, metric, study_identity(composed, space))
