@@ -21,7 +21,7 @@ from omegaconf import DictConfig, open_dict
 
 from rnnbench.config import CONF_DIR, check_config
 from rnnbench.errors import find_user_error
-from rnnbench.results.record import Record
+from rnnbench.results.record import RECORD_FILE, Record
 from rnnbench.results.summary import format_pack_summary, format_summary, show
 from rnnbench.run.callbacks import quiet_lightning
 from rnnbench.run.denormals import flush_denormal_everywhere
@@ -101,7 +101,7 @@ def main(cfg: DictConfig) -> dict[str, Any] | None:
             # goes on; its summary line and exit code count it.
             reason = str(user) if user else f"{type(e).__name__}: {e}"
             where = Path(hydra_cfg.runtime.output_dir)
-            said = "record in" if (where / "result.json").is_file() else "nothing recorded in"
+            said = "record in" if (where / RECORD_FILE).is_file() else "nothing recorded in"
             print(
                 f"rnnbench: job {hydra_cfg.job.num} failed: {reason} ({said} {where})",
                 file=sys.stderr,

@@ -52,7 +52,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rnnbench.config import config_problem
 from rnnbench.errors import ConfigError
-from rnnbench.results.record import run_key
+from rnnbench.results.record import RECORD_FILE, run_key
 from rnnbench.results.studies import best_trial, open_study_storage
 from rnnbench.run import claims
 from rnnbench.run.sweep import is_alive, note_unrecorded_failures, parallel_jobs
@@ -668,7 +668,7 @@ def failed_unrecorded(result: Any, run_dir: Path, launched: float) -> bool:
         record = None
     if record is not None:
         return False
-    path = run_dir / "result.json"
+    path = run_dir / RECORD_FILE
     return not path.is_file() or path.stat().st_mtime < launched
 
 
