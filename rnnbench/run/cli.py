@@ -22,6 +22,7 @@ from rnnbench.config import CONF_DIR, compose, config_problem
 from rnnbench.errors import UserError
 from rnnbench.outputs import check_writable_folder
 from rnnbench.results.record import check_run_folder, run_key
+from rnnbench.run.sweep import is_search
 from rnnbench.schema import Check, value_checks
 from rnnbench.tasks import task_mismatch
 
@@ -131,13 +132,12 @@ def check_command_line(argv: list[str], config_dir: str) -> str | None:
         problem = leaf_sweep_problem(args.overrides, checks)
         if problem:
             return problem
+        given = {o.split("=", 1)[0].lstrip("+~") for o in args.overrides}
         for n, overrides in enumerate(sweep_variants(args.overrides, checks)):
             cfg = first if n == 0 else compose(overrides, return_hydra_config=True)
             params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
-            searcher = "rnnbench_search" in str(OmegaConf.select(cfg, "hydra.sweeper._target_"))
-            given = {o.split("=", 1)[0].lstrip("+~") for o in args.overrides}
             unset = [k for k in params if not k.startswith("hydra.") and k not in given]
-            if params and searcher and not args.multirun and unset:
+            if params and is_search(cfg.hydra.sweeper) and not args.multirun and unset:
                 # A trial's own overrides (its record's) set every searched key: one run.
                 return (
                     f"{' '.join(a for a in args.overrides if a.startswith('hparams_search='))} "

@@ -452,15 +452,16 @@ def run_studies(sweeper: Any, arguments: list[str]) -> list[Any]:
             sampler=make_sampler(sweeper.sampler, sweeper.seed, space, sweeper.n_trials),
             pruner=pruner.make(),
         )
-        check_same_study(study, url, goal, metric, study_identity(composed, space))
-        opened.append((axis, name, composed, metric, study))
+        identity = study_identity(composed, space)
+        check_same_study(study, url, goal, metric, identity)
+        opened.append((axis, name, composed, metric, study, identity))
     sweep_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(config, sweep_dir / "multirun.yaml")
-    for axis, name, composed, metric, study in opened:
+    for axis, name, composed, metric, study, identity in opened:
         # What every trial's job reads to report and prune as this study does (rnnbench.run.trial).
         study.set_user_attr("metric", metric)
         study.set_user_attr("pruner", pruner.as_attr())
-        for key, value in study_identity(composed, space).items():
+        for key, value in identity.items():
             study.set_user_attr(key, value)
         folder = claims_folder(url, sweep_dir, name)
         waiting_said = False
@@ -644,16 +645,23 @@ def record_confirmation(study: Any, best: Any, seeds: list[int], results: list[A
     return head + f": test {mean:.6g} ± {spread:.2g} ({len(values)} of {len(seeds)} completed)"
 
 
+def returned(result: Any) -> Any:
+    """What a job (its JobReturn `result`) returned: its record (or a pack's records), None
+    from a job that failed or raised."""
+    try:
+        return result.return_value
+    except BaseException:  # noqa: BLE001 - the job raised: no record from it
+        return None
+
+
 def job_records(results: list[Any]) -> list[Any]:
     """The records the jobs of `results` (JobReturns) returned, in order: one per job, or a
-    pack's members; none from a job that raised."""
+    pack's members; none from a job that failed or raised."""
     records = []
     for result in results:
-        try:
-            value = result.return_value
-        except BaseException:  # noqa: BLE001 - the job raised: no record from it
-            continue
-        records += value if isinstance(value, list) else [value]
+        value = returned(result)
+        if value is not None:
+            records += value if isinstance(value, list) else [value]
     return records
 
 
@@ -662,11 +670,7 @@ def failed_unrecorded(result: Any, run_dir: Path, launched: float) -> bool:
     writing a record in `run_dir`: refused before it trained (a value its key does not allow,
     a folder holding another run). Its record would count it; this must, or the search's exit
     status would say all went well."""
-    try:
-        record = result.return_value
-    except BaseException:  # noqa: BLE001 - the job raised
-        record = None
-    if record is not None:
+    if returned(result) is not None:
         return False
     path = run_dir / RECORD_FILE
     return not path.is_file() or path.stat().st_mtime < launched
@@ -675,11 +679,7 @@ def failed_unrecorded(result: Any, run_dir: Path, launched: float) -> bool:
 def tell(study: Any, trial: Any, result: Any, metric: str) -> None:
     """Tell the study what trial `trial`'s job (its JobReturn `result`) gave: its record's
     value, else a failed trial (the run failed, diverged or was interrupted)."""
-
-    try:
-        record = result.return_value
-    except BaseException:  # noqa: BLE001 - the job raised: the trial failed
-        record = None
+    record = returned(result)
     value = trial_value(record, metric)
     if isinstance(record, Mapping) and record.get("run_dir"):
         trial.set_user_attr("run_dir", str(record["run_dir"]))

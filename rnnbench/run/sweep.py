@@ -167,12 +167,17 @@ def record_stamps(sweep_dir: str | Path) -> dict[Path, int]:
     return stamps
 
 
+def is_search(sweeper: Any) -> bool:
+    """Whether a sweep's `hydra.sweeper` node is the search's (hydra/sweeper=optuna,
+    hydra_plugins/rnnbench_search), not Hydra's basic sweeper."""
+    return "rnnbench_search" in str(OmegaConf.select(sweeper, "_target_") if sweeper else "")
+
+
 def job_count(sweep_dir: str | Path) -> int | None:
     """How many jobs the sweep has (its multirun.yaml expanded), None when that cannot be told
     (a search: its trials, not the space's values, are its jobs)."""
     try:
-        saved = OmegaConf.load(Path(sweep_dir) / "multirun.yaml")
-        if "rnnbench_search" in str(saved.hydra.sweeper.get("_target_", "")):
+        if is_search(OmegaConf.load(Path(sweep_dir) / "multirun.yaml").hydra.sweeper):
             return None
         return len(sweep_jobs(Path(sweep_dir)))
     except Exception:  # noqa: BLE001 - the count is a courtesy; records are the truth
