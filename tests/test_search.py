@@ -5,6 +5,7 @@ bad input is one line. Real processes, real Optuna studies in SQLite."""
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import shutil
@@ -18,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -219,7 +221,7 @@ def test_a_pruned_search_records_pruned_trials_and_prunes_a_bad_one(tmp_path, ca
         assert len(err) == 1 and says.format(tmp_path / plot) in err[0], err
     assert table_main(["--studies", str(search), "--plot", str(tmp_path / "curve.png")]) == 0
     shown = capsys.readouterr().out
-    completed = {}
+    completed, spent_steps = {}, {}
     for cell, n in (("rnn", 6), ("lstm", 7)):
         study = optuna.load_study(study_name=f"reber-model-{cell}", storage=f"sqlite:///{db}")
         done = study.get_trials(deepcopy=False)
@@ -237,6 +239,15 @@ def test_a_pruned_search_records_pruned_trials_and_prunes_a_bad_one(tmp_path, ca
         steps = sum(r["timing"]["steps"] for r in spent if not r.get("reused_from"))
         assert steps > 0 and cells[8] == f"{steps:,}", (row, steps)
         completed[cell] = [t.value for t in done if t.state.name == "COMPLETE"]
+        spent_steps[cell] = steps
+    # The same summary as CSV holds numbers, not the text shown: pandas reads them as such.
+    assert table_main(["--studies", str(search), "--format", "csv"]) == 0
+    data = pd.read_csv(io.StringIO(capsys.readouterr().out)).set_index("cell")
+    assert data.loc["lstm", "trials"] == 7 and data.loc["rnn", "train steps"] == spent_steps["rnn"]
+    assert data["confirmed seeds"].tolist() == [3, 3]
+    for cell in ("rnn", "lstm"):
+        study = optuna.load_study(study_name=f"reber-model-{cell}", storage=f"sqlite:///{db}")
+        assert data.loc[cell, "best val/ppl"] == pytest.approx(study.best_value, rel=1e-12)
     # The curve: one row per number of trials; one trial's expected best is their mean.
     curve = shown.split("| trials | reber-model-rnn | reber-model-lstm |")[1].splitlines()[2:]
     curve = [line for line in curve if line.startswith("| ")]
@@ -300,6 +311,14 @@ BAD = {
         ['hydra.sweeper.params={model.dropout:"range(8,8)"}'],
         "model.dropout=range(8,8) holds no value",
     ),
+    "a number of trials that is no whole number": (
+        ["hydra.sweeper.n_trials=1.5"],
+        "hydra.sweeper.n_trials=1.5: Value '1.5' of type 'float' could not be converted to Integer",
+    ),
+    "a study file that is no study": (
+        ["hydra.sweeper.storage=sqlite:///{conf}/notes.db"],
+        "file is not a database): {conf}/notes.db is not an Optuna study; move it aside",
+    ),
     "a sampler seed out of range": (["hydra.sweeper.seed=-1"], "hydra.sweeper.seed=-1"),
     "a negative number of confirming seeds, said before any trial trains": (
         ["hydra.sweeper.confirm_seeds=-1"],
@@ -323,7 +342,10 @@ def test_bad_search_input_is_one_line(tmp_path, case):
         (conf / "typo.yaml").read_text().replace("optim.lrr: interval(0.1, 0.2)",
                                                  "model.num_layers: range(0.5, 2.5)")
     )  # fmt: skip
+    notes = conf.parent / "notes.db"  # a file of the user's, not a study
+    notes.write_text("lr 1e-3 looked best\n")
     extra = [e.replace("{conf}", str(conf.parent)) for e in extra]
+    says = says.replace("{conf}", str(conf.parent))
     base = [a for a in SEARCH if not a.startswith("hparams_search=")]
     if case != "unknown search space":
         base.insert(1, "hparams_search=reber")
@@ -335,6 +357,7 @@ def test_bad_search_input_is_one_line(tmp_path, case):
     assert len(errors) == 1 and says in errors[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert not records(tmp_path / "runs") if (tmp_path / "runs").exists() else True
+    assert notes.read_text() == "lr 1e-3 looked best\n"
 
 
 def test_a_relaunch_goes_on_only_with_the_study_it_began_and_a_refused_trial_fails_it(tmp_path):

@@ -262,11 +262,19 @@ def fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.4g}"
 
 
-def confirmed_text(view: StudyView) -> str:
+def confirmed_stats(view: StudyView) -> tuple[float, float] | None:
+    """The confirming runs' test mean and standard deviation (0 for one run); None if none."""
     if not view.confirmed:
-        return "not confirmed"
+        return None
     spread = statistics.stdev(view.confirmed) if len(view.confirmed) > 1 else 0.0
-    return f"{fmt(statistics.fmean(view.confirmed))} ± {spread:.2g} ({len(view.confirmed)} seeds)"
+    return statistics.fmean(view.confirmed), spread
+
+
+def confirmed_text(view: StudyView) -> str:
+    stats = confirmed_stats(view)
+    if stats is None:
+        return "not confirmed"
+    return f"{fmt(stats[0])} ± {stats[1]:.2g} ({len(view.confirmed)} seeds)"
 
 
 def params_text(params: dict[str, Any]) -> str:
@@ -280,31 +288,62 @@ def importance_text(view: StudyView) -> str:
     return ", ".join(f"{k} {v:.2f}" for k, v in ranked) or "-"
 
 
-def summary_rows(views: Sequence[StudyView]) -> list[dict[str, str]]:
-    """One row per study: what `rnnbench-table --studies` prints. The columns name the metrics
-    when every study has the same (a study not yet confirmed has no test metric)."""
+def summary_headers(views: Sequence[StudyView]) -> tuple[str, str]:
+    """The best and confirmed columns' names: they name the metrics when every study has the
+    same (a study not yet confirmed has no test metric)."""
     metrics = {v.metric for v in views}
     heads = {v.headline for v in views if v.headline}
     best = f"best {metrics.pop()}" if len(metrics) == 1 else "best validation value"
     confirmed = f"confirmed {heads.pop()}" if len(heads) == 1 else "confirmed test value"
+    return best, confirmed
+
+
+def summary_data(views: Sequence[StudyView]) -> list[dict[str, Any]]:
+    """One row per study with its values as numbers (what `--format csv` writes): counts as
+    ints, values and hours as floats, None where a study has none yet."""
+    best, confirmed = summary_headers(views)
     rows = []
     for v in views:
-        trials = sum(v.states.values())
+        stats = confirmed_stats(v)
         rows.append(
             {
                 "study": v.name,
                 "cell": v.cell,
-                "trials": str(trials),
-                "pruned": str(v.states.get("pruned", 0)),
-                "failed": str(v.states.get("fail", 0)),
-                best: fmt(v.best_value),
-                confirmed: confirmed_text(v),
-                "train hours": f"{v.train_hours:.2f}",
-                "train steps": f"{v.train_steps:,}",
-                "best config": params_text(v.best_params) or "-",
+                "trials": sum(v.states.values()),
+                "pruned": v.states.get("pruned", 0),
+                "failed": v.states.get("fail", 0),
+                best: v.best_value,
+                confirmed: stats and stats[0],
+                "confirmed std": stats and stats[1],
+                "confirmed seeds": len(v.confirmed),
+                "train hours": v.train_hours,
+                "train steps": v.train_steps,
+                "best config": params_text(v.best_params),
                 "importance (fANOVA)": importance_text(v),
             }
         )
+    return rows
+
+
+def summary_rows(views: Sequence[StudyView]) -> list[dict[str, str]]:
+    """One row per study as text: what `rnnbench-table --studies` prints (summary_data's
+    numbers, rounded for reading; the confirmed test as mean ± std (seeds))."""
+    best, confirmed = summary_headers(views)
+    text = {
+        best: fmt,
+        "train hours": lambda hours: f"{hours:.2f}",
+        "train steps": lambda steps: f"{steps:,}",
+        "best config": lambda config: config or "-",
+    }
+    rows = []
+    for v, data in zip(views, summary_data(views), strict=True):
+        row = {}
+        for key, value in data.items():
+            if key == confirmed:
+                row[key] = confirmed_text(v)
+            elif key not in ("confirmed std", "confirmed seeds"):
+                row[key] = text.get(key, str)(value)
+        rows.append(row)
     return rows
 
 

@@ -61,6 +61,7 @@ from rnnbench.results.studies import (
     expected_max_curve,
     load_studies,
     plot_expected_max,
+    summary_data,
     summary_rows,
 )
 from rnnbench.tasks import direction
@@ -1478,7 +1479,7 @@ def studies_main(args: argparse.Namespace, argv: Sequence[str]) -> int:
     tables = studies_tables(views)
     command = shlex.join(["rnnbench-table", *argv])
     if args.format == "csv":
-        text = to_csv(pd.DataFrame(summary_rows(views)))
+        text = to_csv(pd.DataFrame(summary_data(views)))
     else:
         renderer = {"md": render_md, "latex": render_latex, "html": render_html}[args.format]
         text = "\n\n".join(renderer(t) for t in tables) + "\n"

@@ -173,6 +173,10 @@ def check_command_line(argv: list[str], config_dir: str) -> str | None:
                 return problem
     except (HydraException, OmegaConfBaseException, ValueError) as e:
         problem = one_line(e)
+        if problem.startswith("Error merging override") and e.__cause__ is not None:
+            # Hydra says which override; its cause says what the value should have been
+            # ("could not be converted to Integer").
+            problem += f": {one_line(e.__cause__)}"
         if "Could not find 'experiment/" in problem:  # recipes sit one folder deeper
             recipes = sorted(
                 p.relative_to(Path(config_dir) / "experiment").with_suffix("").as_posix()

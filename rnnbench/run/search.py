@@ -194,9 +194,17 @@ def open_storage(url: str) -> Any:
                 time.sleep(0.5 + random.random())
     except Exception as e:  # noqa: BLE001 - a bad URL, a missing driver, no permission, ...
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        held = Path(url.removeprefix("sqlite:///"))
+        if url.startswith("sqlite:///") and held.is_file() and held.stat().st_size:
+            # The URL is right; the file it names is not a study (damaged, or another file).
+            advice = (
+                f"{held} is not an Optuna study; move it aside to start the study afresh, or "
+                f"give hydra.sweeper.storage another file"
+            )
+        else:
+            advice = "give sqlite:///PATH, journal:PATH or a database URL"
         raise ConfigError(
-            f"hydra.sweeper.storage={url} cannot be opened ({reason[:200]}): give "
-            f"sqlite:///PATH, journal:PATH or a database URL"
+            f"hydra.sweeper.storage={url} cannot be opened ({reason[:200]}): {advice}"
         ) from None
 
 
