@@ -63,6 +63,7 @@ def test_python_dash_m_and_help(tmp_path):
     # It names the command a user types, with examples, not Hydra's job ("train is ...").
     assert out.stdout.startswith("rnnbench: train and test a recurrent network"), out.stdout[:300]
     assert "rnnbench -m hparams_search=reber" in out.stdout and "train is powered" not in out.stdout
+    assert "rnnbench-table --studies runs/searches/reber" in out.stdout
     assert not any(tmp_path.iterdir())
 
 

@@ -269,6 +269,22 @@ def test_a_pruned_search_records_pruned_trials_and_prunes_a_bad_one(tmp_path, ca
     # optuna-dashboard opens the search's study file as the README says.
     assert dashboard_studies(db) == ["reber-model-lstm", "reber-model-rnn"]
 
+    # A finished trial's record deleted: its cost is unknown, and the view says so in one line
+    # rather than show a smaller cost as if it were whole.
+    study = optuna.load_study(study_name="reber-model-rnn", storage=f"sqlite:///{db}")
+    gone = Path(study.best_trial.user_attrs["run_dir"]) / "result.json"
+    lost = json.loads(gone.read_text())["timing"]["steps"]
+    gone.unlink()
+    assert table_main(["--studies", str(search), "--format", "csv"]) == 0
+    shown = capsys.readouterr()
+    data = pd.read_csv(io.StringIO(shown.out)).set_index("cell")
+    assert data.loc["rnn", "train steps"] == spent_steps["rnn"] - lost
+    warned = [line for line in shown.err.splitlines() if "warning" in line]
+    assert warned == [
+        f"rnnbench: warning: study reber-model-rnn: 1 finished run(s) have no record (first: "
+        f"{gone}): their training time and steps are not counted"
+    ]
+
     # A pruned run is never reused as a finished one: run alone, it goes on to its budget.
     alone = rnnbench_cli([*record["overrides"], "hydra.run.dir=alone"], cwd=tmp_path)
     assert alone.returncode == 0, alone.stderr[-3000:]
@@ -391,7 +407,10 @@ def test_a_relaunch_goes_on_only_with_the_study_it_began_and_a_refused_trial_fai
     assert failing.returncode == 1, failing.stderr[-3000:]
     assert "study reber: 2 trials (1 complete, 1 fail)" in failing.stdout
     assert "1 failed" in failing.stdout.splitlines()[-1], failing.stdout[-2000:]
-    assert "holds another configuration's run" in failing.stderr
+    # Named by its trial, which keeps its number from launch to launch (the job's restarts at 0).
+    failed = [x for x in failing.stderr.splitlines() if x.startswith("rnnbench: trial 1 of study")]
+    assert len(failed) == 1 and failed[0].startswith("rnnbench: trial 1 of study reber (job 0) ")
+    assert "holds another configuration's run" in failed[0]
 
 
 def test_a_journal_with_a_torn_last_line_is_refused_untouched_and_goes_on_without_it(tmp_path):

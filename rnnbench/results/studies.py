@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import sys
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -158,10 +159,13 @@ def view_study(study: Any, folder: Path | None) -> StudyView:
     values = [t.value for t in trials if t.state.name == "COMPLETE" and t.value is not None]
     seen: set[Path] = set()
     trained: list[dict[str, Any]] = []  # each run the study trained once, for its cost
+    missing: list[Path] = []  # finished runs whose record is gone: their cost is unknown
     cell, recipe = None, None
     for t in trials:
         run_dir = locate(t.user_attrs.get("run_dir"), folder)
         record = read(run_dir)
+        if run_dir and record is None and t.state.name in ("COMPLETE", "PRUNED"):
+            missing.append(run_dir / RECORD_FILE)
         if record and run_dir not in seen:
             seen.add(run_dir)
             trained.append(record)
@@ -175,6 +179,8 @@ def view_study(study: Any, folder: Path | None) -> StudyView:
         for run_dir in confirmed_attr.get("run_dirs", []):
             where = locate(run_dir, folder)
             record = read(where)
+            if record is None:
+                missing.append(where / RECORD_FILE)
             if record is None or where in seen:
                 continue
             seen.add(where)
@@ -184,6 +190,12 @@ def view_study(study: Any, folder: Path | None) -> StudyView:
             value = (record.get("metrics") or {}).get(headline)
             if record.get("status") == "completed" and isinstance(value, int | float):
                 confirmed.append(float(value))
+    if missing:
+        print(
+            f"rnnbench: warning: study {study.study_name}: {len(missing)} finished run(s) have "
+            f"no record (first: {missing[0]}): their training time and steps are not counted",
+            file=sys.stderr,
+        )
     costs = [training_cost(record) for record in trained]
     return StudyView(
         name=study.study_name,

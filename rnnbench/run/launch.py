@@ -35,7 +35,7 @@ from rnnbench.run.sweep import (
 )
 from rnnbench.run.sweep_packs import run_in_sweep
 from rnnbench.run.train import run
-from rnnbench.run.trial import is_confirmation
+from rnnbench.run.trial import is_confirmation, job_label
 
 
 def set_threads(cfg: DictConfig, hydra_cfg: DictConfig, multirun: bool) -> None:
@@ -87,7 +87,7 @@ def main(cfg: DictConfig) -> dict[str, Any] | None:
         if isinstance(e, SystemExit) and e.code in (0, None):
             raise
         where = hydra_cfg.runtime.output_dir
-        label = f"job {hydra_cfg.job.num}" if multirun else "run"
+        label = job_label(hydra_cfg.job.num) if multirun else "run"
         print(f"rnnbench: {label} interrupted (record in {where})", file=sys.stderr)
         if multirun:
             # A SLURM job warned of its end (USR2) is requeued, to go on from its last.ckpt.
@@ -103,7 +103,7 @@ def main(cfg: DictConfig) -> dict[str, Any] | None:
             where = Path(hydra_cfg.runtime.output_dir)
             said = "record in" if (where / RECORD_FILE).is_file() else "nothing recorded in"
             print(
-                f"rnnbench: job {hydra_cfg.job.num} failed: {reason} ({said} {where})",
+                f"rnnbench: {job_label(hydra_cfg.job.num)} failed: {reason} ({said} {where})",
                 file=sys.stderr,
             )
             return None

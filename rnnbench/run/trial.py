@@ -66,6 +66,16 @@ class PrunerSpec:
         }
 
 
+def job_label(number: int) -> str:
+    """How a job's lines name it: a search's trial by its study and trial number, which stay
+    the same from launch to launch (job numbers start at 0 each launch); any other job by its
+    number in this launch."""
+    trial, study = os.environ.get(TRIAL_ENV), os.environ.get(STUDY_ENV)
+    if trial is not None and study:
+        return f"trial {trial} of study {study} (job {number})"
+    return f"job {number}"
+
+
 def quoted(text: str) -> str:
     """`text` as a quoted value on Hydra's command line."""
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
