@@ -100,7 +100,7 @@ def is_confirmation() -> bool:
 
 def env_overrides(storage_url: str, study: str, number: int, claim: Path) -> list[str]:
     """The overrides that tell trial `number`'s job which trial it is, and the claim it holds
-    while it runs (rnnbench.run.search.is_stale)."""
+    while it runs (rnnbench.run.shared_study.is_stale)."""
     return [
         f"+hydra.job.env_set.{STORAGE_ENV}={quoted(storage_url)}",
         study_env(study),
