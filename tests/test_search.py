@@ -618,3 +618,19 @@ def test_the_studies_view_reads_a_study_file_and_never_makes_one(tmp_path, capsy
         assert len(err) == 1 and says in err[0], err
     assert (tmp_path / "half" / "optuna.db").stat().st_size == 0
     assert not list(tmp_path.glob("typo*"))
+    # A folder of searches (a results root) shows every search beneath it that has a study;
+    # one that wrote nothing yet (half) is passed over, not refused.
+    nested = tmp_path / "runs" / "searches"
+    nested.mkdir(parents=True)
+    shutil.copytree(search, nested / "mine")
+    assert table_main(["--studies", str(tmp_path)]) == 0
+    shown = capsys.readouterr().out
+    assert shown.count("\n| s |") == 2, shown  # search/ and runs/searches/mine/, the same study
+    assert table_main(["--studies", str(tmp_path / "runs")]) == 0
+    assert capsys.readouterr().out.count("\n| s |") == 1
+    assert table_main(["--studies", str(tmp_path / "runs" / "searches" / "mine" / "nothing")]) == 2
+    capsys.readouterr()
+    (tmp_path / "runs" / "searches" / "mine" / "optuna.db").unlink()
+    assert table_main(["--studies", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "none with a study lies beneath it" in err[0], err

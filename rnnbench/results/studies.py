@@ -11,6 +11,7 @@ leaves it) or a storage URL. Reads the studies and the trials' records; never wr
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import sys
 from collections import Counter
@@ -23,9 +24,11 @@ import optuna
 
 from rnnbench.cellspec import CELLS
 from rnnbench.errors import UserError
-from rnnbench.results.record import RECORD_FILE, read_record, warn_skipped
+from rnnbench.results.record import CHECKPOINT_DIR, RECORD_FILE, read_record, warn_skipped
 
 STORAGE_FILES = {"optuna.db": "sqlite:///", "journal.log": "journal:"}
+# Folders a run writes that hold no search, passed over when looking for searches beneath a folder.
+SKIPPED_FOLDERS = {CHECKPOINT_DIR, "wandb", "mlruns", "tensorboard", "__pycache__"}
 
 
 class StudyError(UserError):
@@ -80,6 +83,27 @@ def storage_url(path: str | Path) -> tuple[str, Path | None]:
     if "://" in text:
         return text, None
     raise StudyError(f"{path} is neither a search's folder, a study file nor a storage URL")
+
+
+def storage_urls(path: str | Path) -> list[tuple[str, Path | None]]:
+    """storage_url of `path`; for a folder that is no search's but holds searches (a results
+    root: `runs`, `runs/searches`), that of every search beneath it that has written its study."""
+    folder = Path(path)
+    if not folder.is_dir() or any((folder / name).is_file() for name in STORAGE_FILES):
+        return [storage_url(path)]
+    found = []
+    for root, dirs, files in os.walk(folder):
+        if any(name in files for name in STORAGE_FILES):
+            dirs.clear()  # a search's own folders are its trials', not other searches
+            if any((Path(root) / name).stat().st_size for name in STORAGE_FILES if name in files):
+                found.append(storage_url(root))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in SKIPPED_FOLDERS)
+    if not found:
+        raise StudyError(
+            f"{path} holds no study: a search's folder has {' or '.join(STORAGE_FILES)}, and "
+            f"none with a study lies beneath it"
+        )
+    return found
 
 
 def written(file: Path) -> Path:
@@ -223,8 +247,7 @@ def load_studies(paths: Iterable[str | Path]) -> list[StudyView]:
     """Every study in the storages of `paths`, in the cells' display order."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     views, opened = [], set()
-    for path in paths:
-        url, folder = storage_url(path)
+    for url, folder in (found for path in paths for found in storage_urls(path)):
         if url in opened:  # one storage given twice: its studies once
             continue
         opened.add(url)

@@ -1353,7 +1353,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--studies",
         action="store_true",
-        help="PATHs are searches (a folder holding optuna.db or journal.log, or a storage URL): "
+        help="PATHs are searches (a folder holding optuna.db or journal.log, a folder of such "
+        "folders such as runs/, a study file, or a storage URL): "
         "one row per study with its best validation value and config, the confirmed test mean "
         "± std, trials run and pruned, training hours and fANOVA importance; then the expected "
         "best validation value against the number of trials (Dodge et al. 2019)",
