@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import os
 import shutil
 import signal
 import socket
@@ -28,6 +29,7 @@ from rnnbench.errors import ConfigError
 from rnnbench.results.report import main as report_main
 from rnnbench.results.studies import expected_max
 from rnnbench.results.table import main as table_main
+from rnnbench.run import claims
 from rnnbench.run.search import dimension, objective_metric, trial_seed
 
 TINY = [
@@ -550,6 +552,42 @@ def test_two_workers_share_one_study_and_run_n_trials_between_them(tmp_path):
     trained = [r for r in records(tmp_path / "runs") if not r.get("reused_from")]
     assert len(trained) == 6
     assert len({r["run_key"] for r in trained}) == 6  # no configuration trained twice
+
+
+def test_workers_share_a_confirmation_seed_by_seed(tmp_path):
+    """The confirming seeds are shared by the study's workers, each seed run by the worker that
+    claims it first: while another worker holds seed 1235, this one runs 1236 and 1237, then
+    waits for 1235, and, its holder gone without a record, runs it too."""
+    args = [*SEARCH[:2], "model=rnn", *TINY[:-2], "trainer.enable_progress_bar=false"]
+    args += ["logger=none", "hydra.sweeper.n_trials=1"]
+    first = rnnbench_cli([*args, "hydra.sweeper.confirm_seeds=0"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    search = tmp_path / "runs" / "searches" / "reber"
+    other = claims.hold(search / ".claims" / "reber" / "confirm-1235", claims.this_process())
+    assert other is not None
+    confirming = [*args, "hydra.sweeper.confirm_seeds=3", "hydra.sweeper.confirm_pack=false"]
+    worker = popen(confirming, cwd=tmp_path)
+
+    def done(seed: int) -> bool:
+        path = search / f"confirm-{seed}" / "result.json"
+        return path.is_file() and json.loads(path.read_text())["status"] == "completed"
+
+    wait_for(lambda: done(1236) and done(1237), worker)
+    time.sleep(1.0)
+    assert worker.poll() is None and not (search / "confirm-1235" / "result.json").exists()
+    other.close()  # the other worker ends without a record: this one runs its seed
+    out, err = worker.communicate(timeout=240)
+    assert worker.returncode == 0, err[-3000:]
+    runs = {seed: json.loads((search / f"confirm-{seed}" / "result.json").read_text())
+            for seed in (1235, 1236, 1237)}  # fmt: skip
+    assert all(r["status"] == "completed" and not r.get("reused_from") for r in runs.values())
+    assert runs[1235]["started"] >= max(runs[s]["finished"] for s in (1236, 1237))
+    waited = [line for line in err.splitlines() if "waiting for" in line]
+    assert waited == [
+        f"rnnbench: waiting for study reber's confirming run confirm-1235, run by process "
+        f"{os.getpid()} on host {socket.gethostname()}"
+    ], err[-2000:]
+    assert "study reber: trial 0 confirmed with seeds 1235,1236,1237: test" in out
 
 
 def test_studies_confirmed_or_not_share_one_set_of_columns():

@@ -385,27 +385,62 @@ def run_studies(sweeper: Any, arguments: list[str]) -> list[Any]:
         if seeds and best is not None:
             confirm = [override_line(k, v) for k, v in best.params.items()] + axis + fixed
             confirm = [o for o in confirm if o.split("=", 1)[0].lstrip("+~") != "pack"]
-            where = f"hydra.sweep.subdir={name + '/' if axis else ''}confirm-"
+            where = f"hydra.sweep.subdir={name + '/' if axis else ''}"
             if sweeper.confirm_pack and packable(loader, config, confirm, len(seeds)):
                 # One job trains the seeds at once as one pack (each member computes what its
                 # lone run would): consecutive seeds, as pack=K takes them.
-                batch = [
-                    [*confirm, f"pack={len(seeds)}", f"seed={seeds[0]}",
-                     f"{where}{seeds[0]}-{seeds[-1]}", *confirmation_env(name)]
-                ]  # fmt: skip
+                jobs = {
+                    f"confirm-{seeds[0]}-{seeds[-1]}": [
+                        *confirm, f"pack={len(seeds)}", f"seed={seeds[0]}"
+                    ]
+                }  # fmt: skip
             else:
-                batch = [
-                    [*confirm, f"seed={seed}", f"{where}{seed}", *confirmation_env(name)]
-                    for seed in seeds
-                ]
+                jobs = {f"confirm-{seed}": [*confirm, f"seed={seed}"] for seed in seeds}
+            batch = [[*o, f"{where}{sub}", *confirmation_env(name)] for sub, o in jobs.items()]
             sweeper.validate_batch_is_legal(batch)
-            # One worker runs the confirmation; the others wait, then reuse its records.
-            with claims.waiting(folder / "confirm", f"study {name}'s confirmation", WAIT_S):
-                results = sweeper.launcher.launch(batch, initial_job_idx=job)
+            results = launch_shared(
+                sweeper.launcher,
+                batch,
+                [folder / sub for sub in jobs],
+                width,
+                f"study {name}'s confirming run",
+                job,
+            )
             job += len(batch)
             returns.append(results)
             print(record_confirmation(study, best, seeds, results), flush=True)
     return returns
+
+
+def launch_shared(
+    launcher: Any, batch: list[list[str]], claim: list[Path], width: int, what: str, job: int
+) -> list[Any]:
+    """Launch `batch`'s jobs so that the workers of a study share them: each job is run by the
+    worker that takes its `claim` first (up to `width` at once, as many as the launcher runs),
+    so several workers confirm side by side rather than one while the others wait. A worker
+    left with jobs others run waits for each, then launches it too: that reuses its record, or
+    resumes it from its checkpoint if its worker died. The JobReturns, in `batch`'s order."""
+    results: dict[int, Any] = {}
+    while len(results) < len(batch):
+        left = [i for i in range(len(batch)) if i not in results]
+        taken: dict[int, Any] = {}
+        for i in left:
+            if len(taken) < width and (held := claims.hold(claim[i], claims.this_process())):
+                taken[i] = held
+        if not taken:  # every job left runs elsewhere: wait for the first, then take it
+            with claims.waiting(claim[left[0]], f"{what} {claim[left[0]].name}", WAIT_S):
+                results[left[0]] = launcher.launch([batch[left[0]]], initial_job_idx=job + left[0])[
+                    0
+                ]
+            continue
+        try:
+            mine = sorted(taken)
+            launched = launcher.launch([batch[i] for i in mine], initial_job_idx=job + mine[0])
+            results.update(zip(mine, launched, strict=True))
+        finally:
+            for held in taken.values():
+                held.close()
+    return [results[i] for i in range(len(batch))]
 
 
 def study_identity(composed: DictConfig, space: list[Dimension]) -> dict[str, Any]:
