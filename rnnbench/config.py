@@ -69,6 +69,13 @@ def encoder_decoder_keys() -> list[str]:
     return [f.name for f in dataclasses.fields(EncoderDecoderSchema) if f.name not in shared]
 
 
+# The callbacks that make what a run's record says (the others only watch it, and may be dropped).
+KEPT_CALLBACKS = {
+    "epochs": "its metrics.csv gives the record its validation values and best epoch",
+    "best": "its best.ckpt is the weights the test scores (checkpoints.keep=last drops it after)",
+}
+
+
 def cross_problem(cfg: DictConfig) -> str | None:
     """Rules between keys: a budget of at least one step, dataset names that stay inside
     the runs folder, options that apply only to some cells."""
@@ -78,6 +85,13 @@ def cross_problem(cfg: DictConfig) -> str | None:
             f"data.name={name!r} is not allowed: use a plain name (letters, digits, '_', '-', "
             f"'.'), it becomes part of the run folder's name"
         )
+    callbacks = cfg.get("callbacks")
+    for name, gives in KEPT_CALLBACKS.items():
+        if isinstance(callbacks, DictConfig) and name not in callbacks:
+            return (
+                f"~callbacks.{name} is not allowed: {gives}, so a run without it would record "
+                f"other figures under the same run_key; keep it"
+            )
     trainer = cfg.get("trainer") or {}
     if trainer.get("max_epochs") == -1 and trainer.get("max_steps", -1) == -1:
         return (

@@ -22,6 +22,7 @@ loads.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import math
 import types
@@ -493,10 +494,43 @@ def check_arguments(schema: type, prefix: str, **values: Any) -> None:
 _ABSENT = object()
 
 
+# The groups whose schema names every key their class takes: a key beyond it (`+model.hiden_size`)
+# is a typo, refused here rather than as a TypeError from the class after the run folder is made.
+# (The trainer, optimizers and schedules take any argument of Lightning's or torch's class, and
+# the data schemas check the shared keys only.)
+CLOSED_GROUPS = ("model",)
+HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
+
+
+def unknown_key_problem(cfg: DictConfig, checks: dict[str, Check]) -> str | None:
+    """A key of a closed group that its schema does not know, as one line naming the keys it
+    does (and the nearest, for a typo); None when there is none."""
+    for group in CLOSED_GROUPS:
+        node = cfg.get(group)
+        if not isinstance(node, DictConfig) or node.get("_target_") is None:
+            continue
+        known = [k.removeprefix(f"{group}.") for k in checks if k.startswith(f"{group}.")]
+        for key in node:
+            if key in HYDRA_KEYS or key in known:
+                continue
+            near = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"did you mean {group}.{near[0]}? " if near else ""
+            return (
+                f"{group}.{key} is not a key of {group} ({str(node._target_).rsplit('.', 1)[-1]}): "
+                f"{hint}its keys are {', '.join(known)}"
+            )
+    return None
+
+
 def schema_problem(cfg: DictConfig) -> str | None:
-    """The first value of `cfg` outside what its schema allows, as one line; None when all
-    fit. A key the configuration does not hold is not checked."""
-    for dotted, check in value_checks(cfg).items():
+    """The first value of `cfg` outside what its schema allows, or a key of a closed group it
+    does not know, as one line; None when all fit. A key the configuration does not hold is
+    not checked."""
+    checks = value_checks(cfg)
+    problem = unknown_key_problem(cfg, checks)
+    if problem:
+        return problem
+    for dotted, check in checks.items():
         value = OmegaConf.select(cfg, dotted, default=_ABSENT)
         if value is _ABSENT:
             continue

@@ -158,8 +158,8 @@ def write_run(
         trainer.gradient_clip_val as the trace callback's does.
     metrics: merged into the record's metrics last (a dataset's reference numbers, a value to
         set exactly); Reber runs get Reber's optimal perplexities unless given.
-    epochs_file, steps_file: write metrics.csv, steps.csv (a run made with ~callbacks.epochs or
-        ~callbacks.trace has none).
+    epochs_file, steps_file: write metrics.csv, steps.csv (a run made with ~callbacks.trace,
+        or before ~callbacks.epochs was refused, has none).
 
     Refused, as the harness refuses them, before anything is written: a config check_config
     rejects, and a `run_dir` holding another configuration's run.

@@ -21,6 +21,23 @@ CASES = {
     "bidirectional language model": (["model.bidirectional=true"], "model.bidirectional=true"),
     "negative string count": (["data.train_strings=-3"], "data.train_strings=-3"),
     "a GPU this machine lacks": (["trainer=gpu"], "trainer.accelerator=gpu needs a CUDA GPU"),
+    # Refused by the command line's checks, before Hydra makes any folder:
+    "a mistyped key": (
+        ["model.hiden_size=10"],
+        "model.hiden_size is not a key of the configuration: did you mean model.hidden_size?",
+    ),
+    "a mistyped key added as new": (
+        ["+model.hiden_size=10"],
+        "model.hiden_size is not a key of model (SequenceModel): did you mean model.hidden_size?",
+    ),
+    "the callback whose checkpoint the test scores, dropped": (
+        ["~callbacks.best"],
+        "~callbacks.best is not allowed: its best.ckpt is the weights the test scores",
+    ),
+    "the callback that records validation, dropped": (
+        ["~callbacks.epochs"],
+        "~callbacks.epochs is not allowed: its metrics.csv gives the record its validation",
+    ),
 }
 
 
@@ -32,7 +49,7 @@ def assert_refused_leaving_nothing(result: subprocess.CompletedProcess, cwd: Pat
     assert says in errors[0], errors[0]
     runs = cwd / "runs"
     left = [p for p in runs.rglob("*")] if runs.exists() else []
-    assert not [p for p in left if p.is_file()], left  # no folder, no record, no wandb run
+    assert not left, left  # no folder (not even the day's), no record, no wandb run
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -7,6 +7,7 @@ imported until the line has passed. Then rnnbench.run.launch runs the job."""
 
 from __future__ import annotations
 
+import difflib
 import re
 import sys
 from pathlib import Path
@@ -177,6 +178,8 @@ def check_command_line(argv: list[str], config_dir: str) -> str | None:
             # Hydra says which override; its cause says what the value should have been
             # ("could not be converted to Integer").
             problem += f": {one_line(e.__cause__)}"
+        if problem.startswith("Could not override '"):
+            problem = missing_key_problem(problem, args.overrides)
         if "Could not find 'experiment/" in problem:  # recipes sit one folder deeper
             recipes = sorted(
                 p.relative_to(Path(config_dir) / "experiment").with_suffix("").as_posix()
@@ -225,6 +228,27 @@ def folder_problem(cfg: DictConfig, multirun: bool) -> str | None:
     except UserError as e:
         return str(e)
     return None
+
+
+def missing_key_problem(problem: str, overrides: list[str]) -> str:
+    """Hydra's "Could not override 'KEY'. To append to your config use +KEY=V", said for a key
+    the configuration lacks, with the key it holds nearest to KEY (a typo's likely meaning):
+    Hydra's advice alone sends a typo on to be added as a new key."""
+    key = problem.split("'", 2)[1]
+    rest = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
+    try:
+        cfg = compose(first_values(rest))
+    except (HydraException, OmegaConfBaseException, ValueError):
+        return problem
+    group, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, group) if group else cfg
+    if not isinstance(node, DictConfig):
+        return problem
+    near = difflib.get_close_matches(leaf, [str(k) for k in node], n=1)
+    said = f"{key} is not a key of the configuration"
+    if near:
+        said += f": did you mean {group + '.' if group else ''}{near[0]}?"
+    return f"{said} (a key to add takes a leading +: +{key}=...)"
 
 
 def exit_on_bad_command_line(config_dir: str = str(CONF_DIR)) -> None:

@@ -317,14 +317,25 @@ def trainer_plugins() -> list:
     return plugins
 
 
-def discard_unused_folder(run_dir: Path) -> None:
+def discard_unused_folder(run_dir: Path, results_root: Path | None = None) -> None:
     """Remove `run_dir` when it holds nothing but what Hydra wrote at launch (.hydra/, the
-    job's log): a refused run leaves no folder behind. A folder with anything else stays."""
+    job's log): a refused run leaves no folder behind. A folder with anything else stays. So do
+    the folders Hydra made above it inside `results_root` (the day's `runs/2026-12-07/`), once
+    empty: removed only while empty, so another run's folder in them keeps them."""
     if not run_dir.is_dir():
         return
     own = [p for p in run_dir.iterdir() if p.name != ".hydra" and p.suffix != ".log"]
-    if not own:
-        shutil.rmtree(run_dir, ignore_errors=True)
+    if own:
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    root = results_root.resolve() if results_root is not None else None
+    parent = run_dir.resolve().parent
+    while root is not None and parent != root and parent.is_relative_to(root):
+        try:
+            parent.rmdir()
+        except OSError:  # not empty (another run's folder), or not ours to remove
+            return
+        parent = parent.parent
 
 
 # SIGUSR2: SLURM's warning that a job's time limit or a preemption is near (sbatch

@@ -259,8 +259,9 @@ class LoneRun:
             # folder left by this launch.
             finish_wandb(self.loggers, record)
             discard_dashboards(self.loggers)
+            root = self.cfg.get("results_root")
             for folder in {run_dir, self.place}:
-                discard_unused_folder(folder)
+                discard_unused_folder(folder, Path(root) if root else None)
             return
         if not self.rank_zero:
             return
@@ -286,8 +287,9 @@ class LoneRun:
 class RunCallbacks:
     """The callbacks a run trains with: the `callbacks` group's entries
     (conf/callbacks/default.yaml, plus `+callbacks=NAME`), placed in the run folder. `run` reads
-    its record's figures from the always-on ones; each may be dropped (`~callbacks.NAME`), and
-    the record then goes without what it gave (timing, best epoch, steps.csv, resume)."""
+    its record's figures from the always-on ones; those that only watch may be dropped
+    (`~callbacks.NAME`; not epochs or best, config.KEPT_CALLBACKS), and the record then goes
+    without what they gave (timing, steps.csv, resume)."""
 
     throughput: Throughput | None
     epochs: EpochMetricsCSV | None
