@@ -319,7 +319,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--forget-bias",
         type=float,
-        help="initial forget-gate bias of the LSTM (default: PyTorch's init, about 0)",
+        help="initial forget-gate bias of the LSTM (default: PyTorch's init, about 0); the "
+        "GRU and RNN keep PyTorch's init here (model.forget_bias in a run also sets a GRU's "
+        "update gate)",
     )
     p.add_argument(
         "--init-range",

@@ -14,6 +14,8 @@ import pytest
 import torch
 
 from conftest import SCRIPT, TINY_REBER_RUN, records, require_data, rnnbench_cli
+from rnnbench.config import CONF_DIR
+from rnnbench.run.cli import check_command_line
 
 ARGS = [*TINY_REBER_RUN, "trainer.enable_progress_bar=false"]  # logger=wandb (offline): default
 
@@ -124,3 +126,15 @@ def test_a_task_that_is_not_the_datas_is_refused_even_where_the_datas_own_run_co
     with pytest.raises(ConfigError, match=says):
         train(wrong, tmp_path / "runs" / "other")
     assert not (tmp_path / "runs" / "other").exists()
+
+
+def test_a_key_only_the_swept_options_hold_is_said_with_its_spelling(tmp_path):
+    """Hydra composes a multirun first without its sweeps, where the default data (reber) has
+    no `download`: one line giving `++`, which the command line then takes."""
+    args = ["-m", "data=ptb_word,ptb_char", "data.download=false", "trainer=debug", "logger=none"]
+    result = rnnbench_cli(args, cwd=tmp_path)
+    says = "data.download=false: data.download is a key of some swept options only"
+    assert_refused_leaving_nothing(result, tmp_path, says)
+    assert "write ++data.download=false to set it where it exists" in result.stderr
+    fixed = [a.replace("data.download", "++data.download") for a in args]
+    assert check_command_line(fixed, str(CONF_DIR)) is None

@@ -9,6 +9,7 @@ import ast
 import json
 import os
 import pickle
+import re
 import shutil
 import signal
 import stat
@@ -144,6 +145,10 @@ def test_killed_run_resumes_exactly(tmp_path, budget, relaunch_dir, uninterrupte
     b = json.loads((again / "result.json").read_text())
     assert b["status"] == "completed" and b["resume"]["exact"] is True
     assert b["resume"]["step"] > 0
+    # The summary says it went on from a checkpoint: from which epoch and step, and whose.
+    whose = f" of {killed.resolve()}" if relaunch_dir == "new" else ""
+    line = f"from epoch {b['resume']['epoch']}, step {b['resume']['step']}{whose} (exact)"
+    assert re.search(rf"^resumed +{re.escape(line)}$", resumed.stdout, re.M), resumed.stdout
     assert b["metrics"] == a["metrics"]
     assert b["timing"]["steps"] == a["timing"]["steps"]
     assert b["timing"]["items"] == a["timing"]["items"]

@@ -4,7 +4,7 @@ machinery is, one named section each, the contenders of a comparison measured si
 rnnbench-bench                                   # every section, every workload (~10 min, 2 cores)
 rnnbench-bench harness peak --workloads ptb_small --cells lstm
 rnnbench-bench --quick                           # every section, a few steps each: for tests
-rnnbench-bench aggregate -n 10000 --records runs/multirun/2026-11-25/20-35-48
+rnnbench-bench aggregate -n 10000 --records runs/multirun/2026-12-07/06-43-03-475068
 
 Sections (goals are reported, not enforced: the exit status is 0 unless --strict):
   aggregate  read N result.json records into the DataFrame and print the pivot (rnnbench-table's

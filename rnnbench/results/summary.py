@@ -63,6 +63,13 @@ def format_summary(record: dict[str, Any]) -> str:
                 ),
             )
         )
+    resume = record.get("resume")
+    if resume:
+        where = f" of {record['resumed_from']}" if record.get("resumed_from") else ""
+        exact = "exact" if resume.get("exact") else "not exact: see the note"
+        lines.append(
+            ("resumed", f"from epoch {resume['epoch']}, step {resume['step']}{where} ({exact})")
+        )
     packed = record.get("packed_with")
     if packed:
         lines.append(

@@ -1326,7 +1326,8 @@ def parser() -> argparse.ArgumentParser:
             "trainer.gradient_clip_val, data.name) or record fields (status, seed). Metrics are "
             "the record's (test/ppl, val/loss, test/bpc, ...), timing.train_s, "
             "timing.items_per_s or params. With -o, the file's first line is a comment giving "
-            "the command (md/html: <!-- -->, latex: %, csv: #). "
+            "the command (md/html: <!-- -->, latex: %); a CSV file stays plain CSV, with the "
+            "command and the notes in FILE.notes.txt beside it. "
             f"Shipped references: {', '.join(reference_names())}."
         ),
     )
@@ -1347,7 +1348,7 @@ def parser() -> argparse.ArgumentParser:
         "--reference",
         metavar="NAME[,NAME]",
         help="add a table of published numbers matched to these cells, with the delta: a "
-        "shipped set (zaremba2014, bai2018) or a CSV path in the same layout",
+        f"shipped set ({', '.join(reference_names())}) or a CSV path in the same layout",
     )
     p.add_argument("--long", action="store_true", help="list the runs, one per line")
     p.add_argument(

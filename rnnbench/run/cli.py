@@ -129,6 +129,10 @@ def check_command_line(argv: list[str], config_dir: str) -> str | None:
         return None
     try:
         first = compose(first_values(args.overrides), return_hydra_config=True)
+        if args.multirun:
+            problem = unswept_problem(args.overrides)
+            if problem:
+                return problem
         checks = value_checks(first)
         problem = leaf_sweep_problem(args.overrides, checks)
         if problem:
@@ -227,6 +231,31 @@ def folder_problem(cfg: DictConfig, multirun: bool) -> str | None:
         check_run_folder(Path(folder), run_key(OmegaConf.to_container(plain, resolve=True)))
     except UserError as e:
         return str(e)
+    return None
+
+
+def unswept_problem(overrides: list[str]) -> str | None:
+    """Hydra composes a multirun's configuration first without its sweeps (the default group
+    options in their place), then each job's. A key that only the swept options hold
+    (`-m data=ptb_word,ptb_char data.download=false`: the default data, reber, has no
+    download) fails that first composition with a multi-line error: said here in one line,
+    with the spelling that sets it whether the options hold it or not (`++`)."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    if not any(o.is_sweep_override() for o in parsed):
+        return None
+    try:
+        compose([o.input_line for o in parsed if not o.is_sweep_override()])
+    except (HydraException, OmegaConfBaseException) as e:
+        problem = one_line(e)
+        if not problem.startswith("Could not override '"):
+            return None  # the first values' composition says it, as for a single run
+        key = problem.split("'", 2)[1]
+        line = next(o.input_line for o in parsed if o.get_key_element().lstrip("+~") == key)
+        return (
+            f"{line}: {key} is a key of some swept options only, and a multirun's "
+            f"configuration is composed first without its sweeps (the default options): "
+            f"write ++{line.lstrip('+')} to set it where it exists"
+        )
     return None
 
 

@@ -319,8 +319,8 @@ class PackRun:
             best = task.best[k]
             record_best(record, best["row"] if best else None)
             record["notes"].append(
-                f"trained in a pack of {size}: the recurrence ran the seed notes' equations "
-                f"(model.impl=scratch's), whatever model.impl says"
+                f"trained in a pack of {size}: the recurrence ran the equations written out in "
+                f"rnnbench/nn/cells.py (model.impl=scratch's), whatever model.impl says"
             )
             test = task.member_metrics[k] if k in testable else {}
             conclude_record(
