@@ -348,6 +348,22 @@ def test_one_source_keeps_the_other_sources_rows(tmp_path):
     assert others and all(after[k] == before[k] for k in others)
 
 
+def test_a_fresh_clone_rebuilds_the_committed_pages_from_the_kept_records(tmp_path, monkeypatch):
+    """No runs/ in a fresh clone: rnnbench-reproduce says so and rebuilds every source's page
+    and the CSV from the records kept in results/records, as committed (tuned rows included,
+    one per study, each search's command with its sweeper settings)."""
+    clone = tmp_path / "results"
+    shutil.copytree(REPO / "results", clone)
+    monkeypatch.chdir(tmp_path)
+    assert main(["-o", str(clone)]) == 0
+    for page in [*(SOURCES[name].page for name in SOURCES), "reproduction.csv"]:
+        assert (clone / page).read_text() == (REPO / "results" / page).read_text(), page
+    tuned = [line for line in (clone / SOURCES["tcn"].page).read_text().splitlines()
+             if line.startswith("| jsb | LSTM | jsb")]  # fmt: skip
+    studies = [line.split(" | ")[2] for line in tuned]
+    assert studies == ["jsb-experiment-tcn_jsb_lstm", "jsb-halving", "jsb-unpruned"]
+
+
 def test_a_search_gives_tuned_rows_that_survive_the_search_folder(tmp_path):
     """A real (tiny) equal-budget search around a recipe: rnnbench-reproduce --searches archives
     its study and records and adds a tuned row, the confirming runs' test mean ± std beside the
@@ -380,9 +396,9 @@ def test_a_search_gives_tuned_rows_that_survive_the_search_folder(tmp_path):
         line for line in page.splitlines() if line.startswith("| jsb | LSTM") and "(0)" in line
     ]
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[:4] == ["jsb", "LSTM", "test/nll", "8.45"]
-    assert cells[5] == f"{mean:.2f} ± {std:.2g} (2 seeds)"
-    assert cells[7] == "2 (0)"  # trials (pruned)
+    assert cells[:5] == ["jsb", "LSTM", "jsb", "test/nll", "8.45"]  # its study: jsb
+    assert cells[6] == f"{mean:.2f} ± {std:.2g} (2 seeds)"
+    assert cells[8] == "2 (0)"  # trials (pruned)
     assert cells[-1].startswith("reduced budget: trainer.limit_test_batches=2")
     recipe_row = next(line for line in page.splitlines() if line.startswith("| jsb | LSTM"))
     assert "| not run" in recipe_row  # the trials and confirming runs are not the recipe's runs

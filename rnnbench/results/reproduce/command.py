@@ -123,6 +123,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.steps < 1:
             raise ReproduceError(f"--steps must be a positive number of steps, got {args.steps}")
+        roots = args.paths or [Path(os.environ.get("RNNBENCH_RUNS_DIR") or "runs")]
+        missing = [str(p) for p in roots if not p.is_dir()]
+        if missing and args.paths and not args.time:
+            raise ReproduceError(f"no such folder: {', '.join(missing)} (give the runs folder)")
+        if missing and not args.time:
+            # A fresh clone has no runs/: its rows come from the records kept with the pages.
+            print(
+                f"rnnbench-reproduce: no {missing[0]}/ here: the rows come from the records "
+                f"kept in {args.out / RECORDS_DIR}",
+                file=sys.stderr,
+            )
+            roots = []
         make_folder(args.out, "-o")  # before any timing or reading: refused in one line
         if args.time:
             names = expand(args.time)
@@ -137,10 +149,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             write_times(args.out / TIMES_FILE, measured)
             return 0
-        roots = args.paths or [Path(os.environ.get("RNNBENCH_RUNS_DIR") or "runs")]
-        missing = [str(p) for p in roots if not p.is_dir()]
-        if missing:
-            raise ReproduceError(f"no such folder: {', '.join(missing)} (give the runs folder)")
         sources = args.source or list(SOURCES)
         if args.readme:
             readme_text(args.readme)  # refused before any table is written

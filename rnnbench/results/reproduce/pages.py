@@ -83,10 +83,13 @@ def search_commands(views: Sequence[StudyView]) -> list[str]:
     commands = []
     for folder in dict.fromkeys(v.folder for v in views if v.folder is not None):
         try:
-            task = OmegaConf.load(folder / "multirun.yaml").hydra.overrides.task
+            overrides = OmegaConf.load(folder / "multirun.yaml").hydra.overrides
+            # The sweeper's own settings (a pruner, a study name) make a search what it is.
+            given = [*overrides.hydra, *overrides.task]
         except (OSError, ValueError, AttributeError):
             continue
-        commands.append(portable("rnnbench -m " + " ".join(task)))
+        given = [o for o in given if not str(o).startswith("hydra.mode=")]
+        commands.append(portable("rnnbench -m " + " ".join(map(str, given))))
     return commands
 
 
@@ -96,7 +99,8 @@ def searched_lines(rows: Sequence[Row], views: Sequence[StudyView]) -> list[str]
     recipe as published; none when no study searched around these recipes."""
     heads = {row.recipe.name: row for row in rows if row.metric == row.recipe.headline}
     mine = sorted(
-        ((heads[v.recipe], v) for v in views if v.recipe in heads), key=lambda p: p[0].recipe.order
+        ((heads[v.recipe], v) for v in views if v.recipe in heads),
+        key=lambda p: (p[0].recipe.order, p[1].name),
     )
     if not mine:
         return []
@@ -114,9 +118,9 @@ def searched_lines(rows: Sequence[Row], views: Sequence[StudyView]) -> list[str]
         "never the best trial's own test score. *recipe*: the row above, the paper's settings. "
         "*trained here*: the whole study, trials and confirming runs.",
         "",
-        "| task | cell | metric | paper | recipe | searched | Δ | trials (pruned) | best val "
-        "| trained here | verdict |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| task | cell | study | metric | paper | recipe | searched | Δ | trials (pruned) "
+        "| best val | trained here | verdict |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row, view in mine:
         mean = statistics.fmean(view.confirmed) if view.confirmed else None
@@ -124,7 +128,8 @@ def searched_lines(rows: Sequence[Row], views: Sequence[StudyView]) -> list[str]
         cut = searched_budget(row.recipe, view)
         trials = f"{sum(view.states.values())} ({view.states.get('pruned', 0)})"
         out.append(
-            f"| {row.recipe.task} | {row.recipe.label(str.upper)} | {row.metric} "
+            f"| {row.recipe.task} | {row.recipe.label(str.upper)} | {md_text(view.name)} "
+            f"| {row.metric} "
             f"| {fmt(row.paper)} | {ours_text(row)} | {mean_text(mean, std, len(view.confirmed))} "
             f"| {percent_change(mean, row.paper)} | {trials} | {fmt(view.best_value)} "
             f"| {duration_text(view.train_hours)} "
