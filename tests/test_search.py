@@ -203,6 +203,11 @@ def test_a_pruned_search_records_pruned_trials_and_prunes_a_bad_one(tmp_path, ca
     lstm_only = [a.replace("model=rnn,lstm", "model=choice(lstm)") for a in args[:-1]]
     again = rnnbench_cli([*lstm_only, "hydra.sweeper.n_trials=7"], cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
+    # Its summary is the lstm study's: its 7 trials (the new one pruned) and its confirming
+    # pack's 3 members, not the rnn study's records beside them in the search's folder.
+    pruned = sum(t.state.name == "PRUNED" for t in trials(db, "reber-model-lstm"))
+    said = f"sweep: 10 jobs: {10 - pruned} reused, {pruned} pruned"
+    assert again.stdout.splitlines()[-1] == said, again.stdout[-300:]
     for path, stamp in confirming.items():  # best unchanged: its confirming runs reused
         assert path.stat().st_mtime_ns == stamp, path
     assert len(trials(db, "reber-model-rnn")) == 6
@@ -389,7 +394,11 @@ def test_a_relaunch_goes_on_only_with_the_study_it_began_and_a_refused_trial_fai
     search = tmp_path / "runs" / "searches" / "reber"
     kept = {p: p.read_bytes() for p in (search / "multirun.yaml", search / "optuna.db")}
     for other, says in [
-        (["model=gru"], "study reber in sqlite:///{} was made for another configuration"),
+        (
+            ["model=gru"],
+            "study reber in sqlite:///{} was made for another configuration (it was made with "
+            "nothing more, this launch gives model=gru)",
+        ),
         (
             ['hydra.sweeper.params={model.dropout:"interval(0.0,0.3)"}'],
             "study reber in sqlite:///{} was made over another search space (model.dropout",

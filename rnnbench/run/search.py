@@ -58,7 +58,7 @@ from rnnbench.run.shared_study import (
     requeue_stale,
     running_elsewhere,
 )
-from rnnbench.run.sweep import note_unrecorded_failures, parallel_jobs
+from rnnbench.run.sweep import note_launched_folders, note_unrecorded_failures, parallel_jobs
 from rnnbench.run.trial import PRUNERS, PrunerSpec, confirmation_env, env_overrides
 from rnnbench.tasks import KINDS, direction
 
@@ -297,7 +297,7 @@ def run_studies(sweeper: Any, arguments: list[str]) -> list[Any]:
             sampler=make_sampler(sweeper.sampler, sweeper.seed, space, sweeper.n_trials),
             pruner=pruner.make(),
         )
-        identity = study_identity(composed, space)
+        identity = study_identity(composed, space) | {"overrides": [*axis, *fixed]}
         check_same_study(study, url, goal, metric, identity)
         opened.append((axis, name, composed, metric, study, identity))
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -380,6 +380,12 @@ def run_studies(sweeper: Any, arguments: list[str]) -> list[Any]:
                     if h is not None:
                         h.close()
         print(describe_study(study, metric, sweeper.n_trials), flush=True)
+        # The summary counts this study's trials, from every launch, and its confirmation:
+        # not another study's that shares the search's folder.
+        study_dir = sweep_dir / name if axis else sweep_dir
+        note_launched_folders(
+            [study_dir / str(t.user_attrs.get("folder", t.number)) for t in study.get_trials()]
+        )
         seeds = confirm_seeds(int(composed.get("seed") or 0), sweeper.confirm_seeds)
         best = best_trial(study)
         if seeds and best is not None:
@@ -398,6 +404,7 @@ def run_studies(sweeper: Any, arguments: list[str]) -> list[Any]:
                 jobs = {f"confirm-{seed}": [*confirm, f"seed={seed}"] for seed in seeds}
             batch = [[*o, f"{where}{sub}", *confirmation_env(name)] for sub, o in jobs.items()]
             sweeper.validate_batch_is_legal(batch)
+            note_launched_folders([study_dir / sub for sub in jobs])
             results = launch_shared(
                 sweeper.launcher,
                 batch,
@@ -472,10 +479,17 @@ def check_same_study(study: Any, url: str, goal: str, metric: str, made: dict[st
             f"search would {goal} {metric}: {again}"
         )
     if attrs.get("config_key", made["config_key"]) != made["config_key"]:
+        # The overrides that differ, where the study kept its own (the run_keys otherwise).
+        before, now = attrs.get("overrides"), made.get("overrides", [])
+        if before is not None:
+            gone = " ".join(o for o in before if o not in now) or "nothing more"
+            added = " ".join(o for o in now if o not in before) or "nothing more"
+            differ = f"it was made with {gone}, this launch gives {added}"
+        else:
+            differ = f"run_key {attrs['config_key']}, this launch's {made['config_key']}"
         raise ConfigError(
-            f"study {name} in {url} was made for another configuration (run_key "
-            f"{attrs['config_key']}, this launch's {made['config_key']}): relaunch it with the "
-            f"overrides it was made with, or {again}"
+            f"study {name} in {url} was made for another configuration ({differ}): relaunch "
+            f"it with the overrides it was made with, or {again}"
         )
     before = attrs.get("space", made["space"])
     changed = sorted(k for k in {*before, *made["space"]} if before.get(k) != made["space"].get(k))

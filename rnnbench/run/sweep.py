@@ -115,6 +115,9 @@ _stopped_by: int | None = None  # the first signal that stopped this process: ex
 _started: dict[Path, int] = {}  # record_stamps as the sweep started, in the sweep's process
 _lost = 0  # jobs of this sweep that ended without a result (rnnbench.run.slurm), in its process
 _unrecorded_failures = 0  # a search's jobs that failed and wrote no record, in its process
+# A search's jobs' folders, as it launched them: the summary counts their records only, as a
+# search folder may hold other studies of the same search (a launch with other sweep values).
+_launched: set[Path] = set()
 
 
 def note_lost_jobs(count: int) -> None:
@@ -129,6 +132,11 @@ def note_unrecorded_failures(count: int) -> None:
     refused before it trained) for the sweep's summary and exit status."""
     global _unrecorded_failures
     _unrecorded_failures += count
+
+
+def note_launched_folders(folders: list[Path]) -> None:
+    """The folders of jobs a search launched: its summary is theirs (print_summary)."""
+    _launched.update(Path(f).resolve() for f in folders)
 
 
 def reused_lines(found: list[tuple[Path, dict[str, Any]]]) -> list[str]:
@@ -190,6 +198,8 @@ def print_summary(sweep_dir: str | Path, before: dict[Path, int] | None = None) 
     this launch (`before`, record_stamps) counts as reused; a job without a record as not
     started."""
     found = list(iter_records(sweep_dir))
+    if _launched:  # a search: its own jobs', not other studies' in the same folder
+        found = [(p, r) for p, r in found if any(p.resolve().is_relative_to(f) for f in _launched)]
     kept = 0
     for path, record in found:
         stamp = (before or {}).get(path.resolve())
@@ -286,6 +296,7 @@ class SweepSummary(Callback):
             )
             sys.exit(2)
         _lost = _unrecorded_failures = 0
+        _launched.clear()
         _started.clear()
         _started.update(record_stamps(config.hydra.sweep.dir))
         stop_sweep_on_signal(config.hydra.sweep.dir)
