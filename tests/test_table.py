@@ -375,12 +375,13 @@ def test_truncated_and_foreign_records_are_skipped_with_a_warning(runs, tmp_path
 def test_unknown_metric_or_key_lists_what_exists(runs):
     done = rnnbench_table(runs.sweep, "--metric", "test/acc")
     [line] = done.stderr.splitlines()
-    assert done.returncode != 0 and "'test/acc'" in line
+    assert done.returncode != 0 and "'test/acc'" in line and "did you mean test/" in line
     assert "test/ppl" in line and "val/loss" in line
 
     done = rnnbench_table(runs.sweep, "--rows", "model.cel")
     [line] = done.stderr.splitlines()
     assert done.returncode != 0 and "'model.cel'" in line and "--rows" in line
+    assert "(did you mean model.cell?)" in line
     assert "model.cell" in line and "model.num_layers" in line
 
     done = rnnbench_table(runs.sweep, "--reference", "nobody2099")

@@ -43,6 +43,18 @@ def test_the_speed_line_never_calls_two_different_things_steps():
     assert all(kind.item != "steps" for kind in KINDS.values())
 
 
+def test_the_model_line_tells_the_two_gru_forms_apart():
+    """A GRU whose reset gate acts before the recurrent product says so; the default does not."""
+    record = json.loads(next(RECORDS.glob("tcn/copy_memory_gru/*/result.json")).read_text())
+    model = record["config"]["model"]
+    lines = {}
+    for reset in ("after", "before"):
+        record["config"]["model"] = {**model, "gru_reset": reset, "impl": "scratch"}
+        lines[reset] = next(x for x in format_summary(record).splitlines() if x.startswith("model"))
+    assert lines["before"].split()[1:4] == ["gru", "(scratch,", "reset"], lines
+    assert "reset" not in lines["after"], lines
+
+
 def test_kind_losses_are_the_textbook_ones():
     torch.manual_seed(0)
     logits, y = torch.randn(3, 5, 7), torch.randint(0, 7, (3, 5))

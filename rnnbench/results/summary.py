@@ -17,6 +17,12 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def reset_form(model: dict[str, Any]) -> str:
+    """ ", reset before" for a GRU whose reset gate acts before the recurrent product (Cho et
+    al. 2014's form), which would otherwise read as the default GRU; "" for any other model."""
+    return ", reset before" if model["cell"] == "gru" and model.get("gru_reset") == "before" else ""
+
+
 def format_summary(record: dict[str, Any]) -> str:
     """A few aligned lines: what ran, how well, how fast, and where its files are."""
     config, metrics = record["config"], record["metrics"]
@@ -27,7 +33,7 @@ def format_summary(record: dict[str, Any]) -> str:
         ("dataset", config["data"]["name"]),
         (
             "model",
-            f"{model['cell']} ({model['impl']}), {model['num_layers']} x "
+            f"{model['cell']} ({model['impl']}{reset_form(model)}), {model['num_layers']} x "
             f"{model['hidden_size']}, {direction}",
         ),
         ("parameters", f"{record['params']:,}" if record["params"] else "?"),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import functools
 import gc
 import hashlib
@@ -593,19 +594,28 @@ def default_metric(df: pd.DataFrame) -> str:
     return str(named.value_counts().index[0])
 
 
+def nearest(name: str, names: Sequence[str]) -> str:
+    """ " (did you mean X?)" for the name nearest `name` (a typo's likely meaning), or ""."""
+    near = difflib.get_close_matches(name, list(names), n=1)
+    return f" (did you mean {near[0]}?)" if near else ""
+
+
 def check_keys(df: pd.DataFrame, keys: Sequence[str], option: str) -> None:
     unknown = [k for k in keys if k not in df.columns]
     if unknown:
         available = [c for c in df.columns if c not in metric_columns(df)]
         raise TableError(
-            f"unknown key {', '.join(map(repr, unknown))} in {option}; available: "
-            f"{', '.join(available)}"
+            f"unknown key {', '.join(map(repr, unknown))} in {option}"
+            f"{nearest(unknown[0], available)}; available: {', '.join(available)}"
         )
 
 
 def check_metric(df: pd.DataFrame, metric: str) -> None:
     if metric not in metric_columns(df):
-        raise TableError(f"unknown metric {metric!r}; available: {', '.join(metric_columns(df))}")
+        metrics = metric_columns(df)
+        raise TableError(
+            f"unknown metric {metric!r}{nearest(metric, metrics)}; available: {', '.join(metrics)}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
