@@ -507,8 +507,10 @@ def unknown_key_problem(cfg: DictConfig, checks: dict[str, Check]) -> str | None
     does (and the nearest, for a typo); None when there is none."""
     for group in CLOSED_GROUPS:
         node = cfg.get(group)
-        if not isinstance(node, DictConfig) or node.get("_target_") is None:
-            continue
+        if not isinstance(node, DictConfig) or not str(node.get("_target_")).startswith(
+            "rnnbench."
+        ):
+            continue  # a class of the user's own takes what it takes
         known = [k.removeprefix(f"{group}.") for k in checks if k.startswith(f"{group}.")]
         for key in node:
             if key in HYDRA_KEYS or key in known:
