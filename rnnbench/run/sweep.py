@@ -115,8 +115,8 @@ _stopped_by: int | None = None  # the first signal that stopped this process: ex
 _started: dict[Path, int] = {}  # record_stamps as the sweep started, in the sweep's process
 _lost = 0  # jobs of this sweep that ended without a result (rnnbench.run.slurm), in its process
 _unrecorded_failures = 0  # a search's jobs that failed and wrote no record, in its process
-# A search's jobs' folders, as it launched them: the summary counts their records only, as a
-# search folder may hold other studies of the same search (a launch with other sweep values).
+# A search's studies' folders (their trials' and confirming runs'): the summary counts their
+# records only, as a search's folder may hold other studies (a launch with other sweep values).
 _launched: set[Path] = set()
 
 
@@ -135,7 +135,8 @@ def note_unrecorded_failures(count: int) -> None:
 
 
 def note_launched_folders(folders: list[Path]) -> None:
-    """The folders of jobs a search launched: its summary is theirs (print_summary)."""
+    """The folders of the jobs of the studies a search ran: its summary is theirs
+    (print_summary)."""
     _launched.update(Path(f).resolve() for f in folders)
 
 
