@@ -297,12 +297,16 @@ def fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.4g}"
 
 
+def mean_spread(values: Sequence[float]) -> tuple[float, float]:
+    """The mean of `values` and their sample standard deviation (0 for one value): how a
+    confirmation's seeds are summed up, wherever it is shown."""
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return statistics.fmean(values), spread
+
+
 def confirmed_stats(view: StudyView) -> tuple[float, float] | None:
     """The confirming runs' test mean and standard deviation (0 for one run); None if none."""
-    if not view.confirmed:
-        return None
-    spread = statistics.stdev(view.confirmed) if len(view.confirmed) > 1 else 0.0
-    return statistics.fmean(view.confirmed), spread
+    return mean_spread(view.confirmed) if view.confirmed else None
 
 
 def confirmed_text(view: StudyView) -> str:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-import statistics
 import sys
 import time
 from collections import Counter
@@ -47,7 +46,7 @@ from omegaconf import DictConfig, OmegaConf
 from rnnbench.config import config_problem
 from rnnbench.errors import ConfigError
 from rnnbench.results.record import RECORD_FILE, run_key
-from rnnbench.results.studies import best_trial
+from rnnbench.results.studies import best_trial, mean_spread
 from rnnbench.run import claims
 from rnnbench.run.shared_study import (
     beyond_budget,
@@ -309,6 +308,16 @@ def run_studies(sweeper: Any, arguments: list[str]) -> list[Any]:
         for key, value in identity.items():
             study.set_user_attr(key, value)
         folder = claims_folder(url, sweep_dir, name)
+        # Where this study's jobs run inside the search's folder: a sweep's value gets a folder
+        # of its own. The summary counts this study's jobs there, the trials of every launch
+        # and its confirmation, not another study's beside them; noted before any launches,
+        # so an interrupted launch counts its own.
+        study_sub = f"{name}/" if axis else ""
+        note_launched_folders(
+            [sweep_dir / name]
+            if axis
+            else [sweep_dir / str(t.user_attrs.get("folder", t.number)) for t in study.get_trials()]
+        )
         waiting_said = False
         while True:
             requeue_stale(study, folder)
@@ -351,7 +360,7 @@ def run_studies(sweeper: Any, arguments: list[str]) -> list[Any]:
                 if claims.slurm_job():  # which job to watch or cancel (optuna-dashboard shows it)
                     trial.set_user_attr("slurm_job", claims.slurm_job())
                 home = trial.user_attrs.get("folder", trial.number)
-                subdir = f"{name}/{home}" if axis else str(home)
+                subdir = f"{study_sub}{home}"
                 batch.append(
                     [
                         *values,
@@ -367,6 +376,7 @@ def run_studies(sweeper: Any, arguments: list[str]) -> list[Any]:
                 continue
             try:
                 sweeper.validate_batch_is_legal(batch)
+                note_launched_folders(run_dirs)
                 launched = time.time()
                 results = sweeper.launcher.launch(batch, initial_job_idx=job)
                 job += len(batch)
@@ -380,18 +390,11 @@ def run_studies(sweeper: Any, arguments: list[str]) -> list[Any]:
                     if h is not None:
                         h.close()
         print(describe_study(study, metric, sweeper.n_trials), flush=True)
-        # The summary counts this study's trials, from every launch, and its confirmation:
-        # not another study's that shares the search's folder.
-        study_dir = sweep_dir / name if axis else sweep_dir
-        note_launched_folders(
-            [study_dir / str(t.user_attrs.get("folder", t.number)) for t in study.get_trials()]
-        )
         seeds = confirm_seeds(int(composed.get("seed") or 0), sweeper.confirm_seeds)
         best = best_trial(study)
         if seeds and best is not None:
             confirm = [override_line(k, v) for k, v in best.params.items()] + axis + fixed
             confirm = [o for o in confirm if o.split("=", 1)[0].lstrip("+~") != "pack"]
-            where = f"hydra.sweep.subdir={name + '/' if axis else ''}"
             if sweeper.confirm_pack and packable(loader, config, confirm, len(seeds)):
                 # One job trains the seeds at once as one pack (each member computes what its
                 # lone run would): consecutive seeds, as pack=K takes them.
@@ -402,9 +405,12 @@ def run_studies(sweeper: Any, arguments: list[str]) -> list[Any]:
                 }  # fmt: skip
             else:
                 jobs = {f"confirm-{seed}": [*confirm, f"seed={seed}"] for seed in seeds}
-            batch = [[*o, f"{where}{sub}", *confirmation_env(name)] for sub, o in jobs.items()]
+            batch = [
+                [*o, f"hydra.sweep.subdir={study_sub}{sub}", *confirmation_env(name)]
+                for sub, o in jobs.items()
+            ]
             sweeper.validate_batch_is_legal(batch)
-            note_launched_folders([study_dir / sub for sub in jobs])
+            note_launched_folders([sweep_dir / f"{study_sub}{sub}" for sub in jobs])
             results = launch_shared(
                 sweeper.launcher,
                 batch,
@@ -435,10 +441,9 @@ def launch_shared(
             if len(taken) < width and (held := claims.hold(claim[i], claims.this_process())):
                 taken[i] = held
         if not taken:  # every job left runs elsewhere: wait for the first, then take it
-            with claims.waiting(claim[left[0]], f"{what} {claim[left[0]].name}", WAIT_S):
-                results[left[0]] = launcher.launch([batch[left[0]]], initial_job_idx=job + left[0])[
-                    0
-                ]
+            first = left[0]
+            with claims.waiting(claim[first], f"{what} {claim[first].name}", WAIT_S):
+                [results[first]] = launcher.launch([batch[first]], initial_job_idx=job + first)
             continue
         try:
             mine = sorted(taken)
@@ -534,8 +539,7 @@ def record_confirmation(study: Any, best: Any, seeds: list[int], results: list[A
     head += ",".join(map(str, seeds))
     if not values:
         return head + ": no confirming run completed"
-    mean = statistics.fmean(values)
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    mean, spread = mean_spread(values)
     return head + f": test {mean:.6g} ± {spread:.2g} ({len(values)} of {len(seeds)} completed)"
 
 

@@ -4,7 +4,6 @@ whatever is written around the block is kept."""
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from rnnbench.results.reproduce.rows import (
     verdict,
 )
 from rnnbench.results.reproduce.times import TIMES_FILE
-from rnnbench.results.studies import StudyView
+from rnnbench.results.studies import StudyView, confirmed_stats
 
 BEGIN, END = "<!-- rnnbench-reproduce:begin -->", "<!-- rnnbench-reproduce:end -->"
 
@@ -123,8 +122,7 @@ def searched_lines(rows: Sequence[Row], views: Sequence[StudyView]) -> list[str]
         "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row, view in mine:
-        mean = statistics.fmean(view.confirmed) if view.confirmed else None
-        std = statistics.stdev(view.confirmed) if len(view.confirmed) > 1 else None
+        mean, std = confirmed_stats(view) or (None, None)
         cut = searched_budget(row.recipe, view)
         trials = f"{sum(view.states.values())} ({view.states.get('pruned', 0)})"
         out.append(
