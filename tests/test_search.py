@@ -90,18 +90,28 @@ def test_a_search_gives_each_cell_the_same_budget_and_a_relaunch_goes_on(tmp_pat
 
 
 def test_a_killed_search_relaunched_trains_no_finished_trial_again(tmp_path):
+    """Relaunched on another machine, too: the search's folder is copied without its claims
+    (they stay with the machine that held them) and its running trial's owner is another host."""
     args = [*SEARCH[:2], "model=lstm", *TINY, "trainer.max_epochs=30"]
     args += ["hydra.sweeper.n_trials=3", "data.train_strings=400"]
-    proc = popen(args, cwd=tmp_path)
-    search = tmp_path / "runs" / "searches" / "reber"
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    proc = popen(args, cwd=killed)
+    search = killed / "runs" / "searches" / "reber"
     wait_for(lambda: len(list(search.rglob("result.json"))) >= 1, proc, timeout=300)
     wait_for(lambda: len(list(search.rglob("metrics.csv"))) >= 2, proc, timeout=300)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
+    shutil.copytree(killed, tmp_path / "moved", ignore=shutil.ignore_patterns(".claims"))
+    shutil.rmtree(killed)  # the machine it ran on is gone
+    search = tmp_path / "moved" / "runs" / "searches" / "reber"
+    study = optuna.load_study(study_name="reber", storage=f"sqlite:///{search / 'optuna.db'}")
+    [running] = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    study._storage.set_trial_user_attr(running._trial_id, "owner", "node17:4242")
     finished = {p.parent for p in search.rglob("result.json")}
     stamps = {p: p.stat().st_mtime_ns for p in search.rglob("result.json")}
     time.sleep(0.1)
-    again = rnnbench_cli(args, cwd=tmp_path)
+    again = rnnbench_cli(args, cwd=tmp_path / "moved")
     assert again.returncode == 0, again.stderr[-3000:]
     for path, stamp in stamps.items():  # a finished trial's record is not rewritten
         assert path.stat().st_mtime_ns == stamp, path

@@ -107,14 +107,15 @@ def claims_folder(url: str, sweep_dir: Path, study: str) -> Path:
     return sweep_dir.resolve() / ".claims" / study
 
 
-def is_stale(trial: Any) -> bool:
+def is_stale(trial: Any, folder: Path) -> bool:
     """A RUNNING trial that no live process runs: neither the worker that asked it nor its job
     holds its claim any more, wherever they ran (a worker cancelled, killed, or lost with its
-    node). A trial from before claims were kept goes by its owner's pid, on this host only."""
-    claim = trial.user_attrs.get("claim")
-    held = claims.is_held(Path(claim)) if claim else None
-    if held is not None:
-        return not held
+    node). The claim is looked for in the study's claims `folder` as this worker sees it, not
+    at the path the trial noted: a study copied or moved to another machine or mount without
+    its claims has no live holder there. A trial from before claims were kept goes by its
+    owner's pid, on this host only."""
+    if trial.user_attrs.get("claim"):
+        return not claims.is_held(folder / f"trial-{trial.number}")
     host, _, pid = str(trial.user_attrs.get("owner", ":")).rpartition(":")
     if host == "":
         # No owner yet: just asked by a worker that is about to say it is its own, or left
@@ -168,7 +169,7 @@ def requeue_stale(study: Any, folder: Path) -> int:
         stale = [
             t
             for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-            if is_stale(t)
+            if is_stale(t, folder)
         ]
         for t in stale:
             # A FrozenTrial has no setter: the storage's (Optuna has no public way to mark a
