@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import math
 import os
 import shutil
 import signal
@@ -691,3 +692,27 @@ def test_the_studies_view_reads_a_study_file_and_never_makes_one(tmp_path, capsy
     assert table_main(["--studies", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "none with a study lies beneath it" in err[0], err
+
+
+def test_importance_ranks_the_key_that_decides_and_says_when_trials_are_too_few(tmp_path, capsys):
+    """fANOVA's importances come with the number of completed trials they rest on; no more
+    trials than keys searched cannot rank the keys, and the studies view says so."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    for name, n in (("many", 16), ("few", 2)):
+        sampler = optuna.samplers.RandomSampler(seed=0)
+        study = optuna.create_study(storage=storage, study_name=name, sampler=sampler)
+        study.set_user_attr("metric", "val/ppl")
+        for _ in range(n):
+            trial = study.ask()
+            lr = trial.suggest_float("optim.lr", 1e-4, 1e-2, log=True)
+            trial.suggest_float("model.dropout", 0.0, 0.5)
+            study.tell(trial, abs(math.log10(lr) + 3))  # the learning rate alone decides
+    assert table_main(["--studies", str(tmp_path / "optuna.db")]) == 0
+    shown = capsys.readouterr().out
+    [many] = [line for line in shown.splitlines() if line.startswith("| many |")]
+    [few] = [line for line in shown.splitlines() if line.startswith("| few |")]
+    lr, dropout = (float(many.split(f"{k} ")[1][:4]) for k in ("optim.lr", "model.dropout"))
+    assert lr > 0.8 > dropout and many.index("optim.lr") < many.index("model.dropout"), many
+    assert "(16 completed trials)" in many, many
+    assert "(2 completed trials: too few to rank them)" in few, few

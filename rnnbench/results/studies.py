@@ -323,8 +323,14 @@ def params_text(params: dict[str, Any]) -> str:
 
 
 def importance_text(view: StudyView) -> str:
+    """The importances, largest first, with the number of completed trials they rest on: no
+    more trials than keys searched cannot tell the keys' effects apart, and it says so."""
+    if not view.importance:
+        return "-"
     ranked = sorted(view.importance.items(), key=lambda kv: -kv[1])
-    return ", ".join(f"{k} {v:.2f}" for k, v in ranked) or "-"
+    n = len(view.values)
+    few = ": too few to rank them" if n <= len(ranked) else ""
+    return ", ".join(f"{k} {v:.2f}" for k, v in ranked) + f" ({n} completed trials{few})"
 
 
 def summary_headers(views: Sequence[StudyView]) -> tuple[str, str]:

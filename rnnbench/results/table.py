@@ -1455,6 +1455,8 @@ def studies_tables(views: Sequence[StudyView]) -> list[Table]:
             "run again with other seeds, test mean ± std (never the trial's own test score)",
             "train hours: the trials' and confirming runs' training time (reused runs count 0); "
             "train steps: their optimizer steps, a cost that does not depend on the machine's load",
+            "importance: each searched key's share of the variance of the completed trials' "
+            "values (Optuna's fANOVA); it cannot rank more keys than there are such trials",
         ],
         index_columns=2,
         text_columns=2,
