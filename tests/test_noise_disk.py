@@ -316,3 +316,24 @@ def test_a_completed_run_keeps_weights_only_and_loads_for_use(tmp_path):
     assert re.search(r"^val +not run$", format_summary(record), re.M), format_summary(record)
     assert "optimizer_states" not in load_checkpoint(other / LAST_CKPT)
     assert rnnbench.load_model(other) is not None
+
+
+def test_the_readme_scores_a_sentence_with_a_trained_language_model(tmp_path, capsys):
+    """The README's use of `rnnbench.load_run`, run as written on a real PTB run: it encodes a
+    sentence with the run's vocabulary and gives its perplexity and the next word."""
+    from conftest import require_data
+
+    root = require_data("ptb/ptb.train.txt")
+    run_dir = tmp_path / "ptb_word_lstm"
+    tiny = ["model.hidden_size=16", "data.batch_size=8", "data.bptt=10", "trainer.max_epochs=1"]
+    tiny += [f"trainer.limit_{split}_batches=3" for split in ("train", "val", "test")]
+    assert train(["data=ptb_word", "model=lstm", *tiny], run_dir)["status"] == "completed"
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    [block] = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "load_run(" in b]
+    example = re.search(r'load_run\("([^"]+)"\)', block).group(1)
+    exec(block.replace(example, str(run_dir)), {})  # noqa: S102 - the README's own code
+    said = re.fullmatch(r"perplexity ([\d.]+), next word (\S+)\n", capsys.readouterr().out)
+    assert said, said
+    vocab = set((root / "ptb" / "ptb.train.txt").read_text().split()) | {"<eos>"}
+    # Three steps of training: a perplexity (finite, above 1), and a word of the vocabulary.
+    assert 1 < float(said[1]) < float("inf") and said[2] in vocab, said.groups()
