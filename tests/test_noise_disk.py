@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -337,3 +338,29 @@ def test_the_readme_scores_a_sentence_with_a_trained_language_model(tmp_path, ca
     vocab = set((root / "ptb" / "ptb.train.txt").read_text().split()) | {"<eos>"}
     # Three steps of training: a perplexity (finite, above 1), and a word of the vocabulary.
     assert 1 < float(said[1]) < float("inf") and said[2] in vocab, said.groups()
+
+
+def test_a_stop_signal_once_the_run_has_ended_waits_for_its_record(tmp_path, monkeypatch):
+    """Ctrl-C (or SIGTERM, SLURM's warning) that comes as a completed run starts writing its
+    record does not cut short the writing, the loggers' finish or the dropping of the optimizer
+    state: it waits, then reaches the handler from before the run, and the command says the
+    run had ended."""
+    from rnnbench.run import train as lone
+    from rnnbench.run.launch import stopped_how
+
+    class StoppedAsItEnds(lone.LoneRun):
+        def finish(self, refused: bool) -> None:
+            os.kill(os.getpid(), signal.SIGINT)
+            super().finish(refused)
+
+    monkeypatch.setattr(lone, "LoneRun", StoppedAsItEnds)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # a terminal's Ctrl-C
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train([*TINY_REBER, "trainer.max_epochs=2", "optim=adam"], tmp_path)
+    finally:
+        signal.signal(signal.SIGINT, before)
+    record = json.loads((tmp_path / "result.json").read_text())
+    assert record["status"] == "completed" and record["finished"] is not None
+    assert not (tmp_path / LAST_CKPT).exists() and (tmp_path / BEST_CKPT).exists()
+    assert stopped_how(tmp_path) == "stopped after it ended completed"

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, open_dict
 
 from rnnbench.config import CONF_DIR, check_config
 from rnnbench.errors import find_user_error
-from rnnbench.results.record import RECORD_FILE, Record
+from rnnbench.results.record import RECORD_FILE, Record, read_record
 from rnnbench.results.summary import format_pack_summary, format_summary, show
 from rnnbench.run.callbacks import quiet_lightning
 from rnnbench.run.denormals import flush_denormal_everywhere
@@ -61,6 +61,17 @@ def run_packed(
     return run_pack(members, run_dir, group, [hydra_cfg.sweep.dir] if multirun else [])
 
 
+def stopped_how(where: Path) -> str:
+    """How a run stopped by a signal had got on: `interrupted`, or, when the signal came once
+    it had ended (rnnbench.run.runner: it waited while the record was written), `stopped
+    after it ended completed` (or diverged, pruned, failed) as its record says."""
+    try:
+        status = read_record(where / RECORD_FILE)["status"]
+    except (OSError, ValueError):
+        return "interrupted"
+    return "interrupted" if status == "interrupted" else f"stopped after it ended {status}"
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> dict[str, Any] | None:
     hydra_cfg = HydraConfig.get()
@@ -88,7 +99,7 @@ def main(cfg: DictConfig) -> dict[str, Any] | None:
             raise
         where = hydra_cfg.runtime.output_dir
         label = job_label(hydra_cfg.job.num) if multirun else "run"
-        print(f"rnnbench: {label} interrupted (record in {where})", file=sys.stderr)
+        print(f"rnnbench: {label} {stopped_how(Path(where))} (record in {where})", file=sys.stderr)
         if multirun:
             # A SLURM job warned of its end (USR2) is requeued, to go on from its last.ckpt.
             pass_on_stop_signal()

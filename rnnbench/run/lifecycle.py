@@ -364,6 +364,37 @@ def hold_stop_signals() -> None:
         pass
 
 
+_deferred: int | None = None  # a stop signal that came while a run that had ended was written
+
+
+def _defer(signum, frame) -> None:
+    global _deferred
+    if _deferred is None:
+        _deferred = signum
+
+
+def defer_stop_signals() -> None:
+    """While a run that has ended (completed, diverged, pruned or failed) writes its records,
+    finishes its loggers and tidies its folder: a stop signal waits, so that none of it is cut
+    short (a record lost, a W&B run left open, a folder half moved); `pass_on_deferred_stop`
+    then acts on it. Main thread only."""
+    try:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, _defer)
+    except ValueError:  # signal handlers can only be set from the main thread
+        pass
+
+
+def pass_on_deferred_stop() -> None:
+    """Once the handlers from before the run are back: the stop signal that waited, if one
+    did, goes to them as if it had come just after the run (a sweep stops, a SLURM job's
+    warning goes to submitit, a lone run ends with 128 + the signal)."""
+    global _deferred
+    if _deferred is not None:
+        signum, _deferred = _deferred, None
+        signal.raise_signal(signum)
+
+
 def interrupt_on_stop_signals() -> dict[int, Any]:
     """Make SIGTERM (a scheduler's or `kill`'s polite stop) and SIGUSR2 (SLURM's warning) end
     the run like Ctrl-C, so it is recorded as interrupted, and Ctrl-C do so even where the

@@ -21,7 +21,13 @@ from torch import Tensor
 from rnnbench.errors import find_user_error
 from rnnbench.results.record import Record, now_iso
 from rnnbench.run.callbacks import Throughput
-from rnnbench.run.lifecycle import hold_stop_signals, interrupt_on_stop_signals, restore_signals
+from rnnbench.run.lifecycle import (
+    defer_stop_signals,
+    hold_stop_signals,
+    interrupt_on_stop_signals,
+    pass_on_deferred_stop,
+    restore_signals,
+)
 
 
 class RunStrategy(Protocol):
@@ -56,7 +62,9 @@ def train_and_record(strategy: RunStrategy) -> None:
     """Train `strategy`'s runs and record them however the training ends: completed (or
     diverged, pruned) through `strategy.conclude`; `interrupted` by a stop signal or Ctrl-C
     (the signals then stay held while the process ends: a second one must not cut the writing
-    short); `failed` with the error. Raises what the training raised, once recorded."""
+    short); `failed` with the error. A stop signal that comes once the run has ended waits
+    until its records are written, then goes to the handlers from before the run. Raises what
+    the training raised, once recorded."""
     previous_handlers = interrupt_on_stop_signals()
     building, refused = True, False
     try:
@@ -84,9 +92,13 @@ def train_and_record(strategy: RunStrategy) -> None:
     finally:
         for record in strategy.records:
             record["finished"] = now_iso()
+        interrupted = any(r["status"] == "interrupted" for r in strategy.records)
+        if not interrupted:
+            defer_stop_signals()
         strategy.finish(refused)
-        if not any(r["status"] == "interrupted" for r in strategy.records):
+        if not interrupted:
             restore_signals(previous_handlers)
+            pass_on_deferred_stop()
 
 
 def measured_timing(clock: Throughput, steps: int) -> dict[str, Any]:
