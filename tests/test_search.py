@@ -246,16 +246,16 @@ def test_a_pruned_search_records_pruned_trials_and_prunes_a_bad_one(tmp_path, ca
         pruned = sum(t.state.name == "PRUNED" for t in done)
         row = next(line for line in shown.splitlines() if f"| reber-model-{cell} |" in line)
         cells = [c.strip() for c in row.strip("|").split("|")]
-        assert cells[1:5] == [cell, str(n), str(pruned), "0"], row
-        assert cells[5] == f"{study.best_value:.4g}"
-        assert cells[6].endswith("(3 seeds)")
+        assert cells[1:6] == [cell, str(n), str(pruned), "0", "0"], row  # none failed, running
+        assert cells[6] == f"{study.best_value:.4g}"
+        assert cells[7].endswith("(3 seeds)")
         # Its cost in steps: every run it trained, trials and confirmations, a reused one not.
         spent = {t.user_attrs["run_dir"] for t in done} | set(
             study.user_attrs["confirmed"]["run_dirs"]
         )
         spent = [json.loads((Path(d) / "result.json").read_text()) for d in spent]
         steps = sum(r["timing"]["steps"] for r in spent if not r.get("reused_from"))
-        assert steps > 0 and cells[8] == f"{steps:,}", (row, steps)
+        assert steps > 0 and cells[9] == f"{steps:,}", (row, steps)
         completed[cell] = [t.value for t in done if t.state.name == "COMPLETE"]
         spent_steps[cell] = steps
     # The same summary as CSV holds numbers, not the text shown: pandas reads them as such.
@@ -624,8 +624,8 @@ def test_studies_confirmed_or_not_share_one_set_of_columns():
         )  # fmt: skip
 
     summary, curve = studies_tables([view("lstm", [8.3]), view("rnn", [])])
-    assert summary.header[5:7] == ["best val/nll", "confirmed test/nll"]
-    assert [row[6].text for row in summary.body] == ["8.3 ± 0 (1 seeds)", "not confirmed"]
+    assert summary.header[6:8] == ["best val/nll", "confirmed test/nll"]
+    assert [row[7].text for row in summary.body] == ["8.3 ± 0 (1 seeds)", "not confirmed"]
     assert len(curve.body) == 2  # n = 1, 2 completed trials
 
 
@@ -708,8 +708,16 @@ def test_importance_ranks_the_key_that_decides_and_says_when_trials_are_too_few(
             lr = trial.suggest_float("optim.lr", 1e-4, 1e-2, log=True)
             trial.suggest_float("model.dropout", 0.0, 0.5)
             study.tell(trial, abs(math.log10(lr) + 3))  # the learning rate alone decides
+    study.ask()  # a trial still running: counted as such
     assert table_main(["--studies", str(tmp_path / "optuna.db")]) == 0
     shown = capsys.readouterr().out
+    header = [h.strip() for h in shown.splitlines()[0].split("|")]
+    counts = {
+        line.split("|")[1].strip(): line.split("|")[header.index("running")].strip()
+        for line in shown.splitlines()
+        if line.startswith(("| many |", "| few |"))
+    }
+    assert counts == {"many": "0", "few": "1"}, shown
     [many] = [line for line in shown.splitlines() if line.startswith("| many |")]
     [few] = [line for line in shown.splitlines() if line.startswith("| few |")]
     lr, dropout = (float(many.split(f"{k} ")[1][:4]) for k in ("optim.lr", "model.dropout"))

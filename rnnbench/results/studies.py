@@ -357,6 +357,7 @@ def summary_data(views: Sequence[StudyView]) -> list[dict[str, Any]]:
                 "trials": sum(v.states.values()),
                 "pruned": v.states.get("pruned", 0),
                 "failed": v.states.get("fail", 0),
+                "running": v.states.get("running", 0),  # a live study's, or a dead worker's
                 best: v.best_value,
                 confirmed: stats and stats[0],
                 "confirmed std": stats and stats[1],
