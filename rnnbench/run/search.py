@@ -49,6 +49,7 @@ from rnnbench.results.record import RECORD_FILE, run_key
 from rnnbench.results.studies import best_trial, mean_spread
 from rnnbench.run import claims
 from rnnbench.run.shared_study import (
+    FILE_STORAGES,
     beyond_budget,
     claims_folder,
     counted,
@@ -320,7 +321,7 @@ def run_studies(sweeper: Any, arguments: list[str]) -> list[Any]:
         )
         waiting_said = False
         while True:
-            requeue_stale(study, folder)
+            requeue_stale(study, folder, url.startswith(FILE_STORAGES))
             left = sweeper.n_trials - counted(study)
             if left <= 0:
                 # The budget is spent, but the best trial is known only once other workers'

@@ -98,24 +98,34 @@ def owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+FILE_STORAGES = ("journal:", "sqlite:///")  # a study in a file, its claims beside it
+
+
 def claims_folder(url: str, sweep_dir: Path, study: str) -> Path:
     """Where a study's claims are (rnnbench.run.claims): beside its storage when that is a file
     (the one thing every worker of the study shares), else in the sweep's folder."""
-    for prefix in ("journal:", "sqlite:///"):
+    for prefix in FILE_STORAGES:
         if url.startswith(prefix):
             return Path(url.removeprefix(prefix)).resolve().parent / ".claims" / study
     return sweep_dir.resolve() / ".claims" / study
 
 
-def is_stale(trial: Any, folder: Path) -> bool:
+def is_stale(trial: Any, folder: Path, beside_storage: bool) -> bool:
     """A RUNNING trial that no live process runs: neither the worker that asked it nor its job
     holds its claim any more, wherever they ran (a worker cancelled, killed, or lost with its
     node). The claim is looked for in the study's claims `folder` as this worker sees it, not
-    at the path the trial noted: a study copied or moved to another machine or mount without
-    its claims has no live holder there. A trial from before claims were kept goes by its
-    owner's pid, on this host only."""
-    if trial.user_attrs.get("claim"):
-        return not claims.is_held(folder / f"trial-{trial.number}")
+    only at the path the trial noted: where the claims are `beside_storage` (a study file,
+    which every worker opens), a claim missing there has no live holder, so a study copied or
+    moved to another machine or mount without its claims goes on. A database server's study
+    may have workers that share no folder: a claim that none of them sees, and a trial from
+    before claims were kept, go by the owner's pid, on this host only."""
+    claim = trial.user_attrs.get("claim")
+    if claim:
+        held = claims.is_held(folder / f"trial-{trial.number}")
+        if held is None and not beside_storage:
+            held = claims.is_held(Path(claim))
+        if held is not None or beside_storage:
+            return not held
     host, _, pid = str(trial.user_attrs.get("owner", ":")).rpartition(":")
     if host == "":
         # No owner yet: just asked by a worker that is about to say it is its own, or left
@@ -157,11 +167,12 @@ def beyond_budget(study: Any, trial: Any, n_trials: int) -> bool:
     return True
 
 
-def requeue_stale(study: Any, folder: Path) -> int:
+def requeue_stale(study: Any, folder: Path, beside_storage: bool) -> int:
     """Give up the running trials no live process runs and enqueue their values again: a trial
     with the same values is the same configuration, which resumes from its checkpoint. One
     worker at a time (the study's `requeue` claim), so a dead trial is enqueued once, however
-    many workers find it; 0 while another worker is at it."""
+    many workers find it; 0 while another worker is at it. `folder` holds the study's claims,
+    `beside_storage` when it is beside the study's file (`is_stale`)."""
     hold = claims.hold(folder / "requeue", claims.this_process())
     if hold is None:
         return 0
@@ -169,7 +180,7 @@ def requeue_stale(study: Any, folder: Path) -> int:
         stale = [
             t
             for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-            if is_stale(t, folder)
+            if is_stale(t, folder, beside_storage)
         ]
         for t in stale:
             # A FrozenTrial has no setter: the storage's (Optuna has no public way to mark a
