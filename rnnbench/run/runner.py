@@ -95,10 +95,12 @@ def train_and_record(strategy: RunStrategy) -> None:
         interrupted = any(r["status"] == "interrupted" for r in strategy.records)
         if not interrupted:
             defer_stop_signals()
-        strategy.finish(refused)
-        if not interrupted:
-            restore_signals(previous_handlers)
-            pass_on_deferred_stop()
+        try:
+            strategy.finish(refused)
+        finally:  # even when writing failed: a later stop must not wait on handlers left behind
+            if not interrupted:
+                restore_signals(previous_handlers)
+                pass_on_deferred_stop()
 
 
 def measured_timing(clock: Throughput, steps: int) -> dict[str, Any]:
