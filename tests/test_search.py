@@ -5,11 +5,13 @@ bad input is one line. Real processes, real Optuna studies in SQLite."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -19,6 +21,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pandas as pd
@@ -28,7 +31,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from conftest import popen, records, rnnbench_cli, wait_for
 from rnnbench.errors import ConfigError
 from rnnbench.results.report import main as report_main
-from rnnbench.results.studies import expected_max
+from rnnbench.results.studies import expected_max, view_study
 from rnnbench.results.table import main as table_main
 from rnnbench.run import claims
 from rnnbench.run.search import dimension, objective_metric, trial_seed
@@ -724,3 +727,95 @@ def test_importance_ranks_the_key_that_decides_and_says_when_trials_are_too_few(
     assert lr > 0.8 > dropout and many.index("optim.lr") < many.index("model.dropout"), many
     assert "(16 completed trials)" in many, many
     assert "(2 completed trials: too few to rank them)" in few, few
+
+
+def running_trial(db: Path, number: int) -> bool:
+    """Whether trial `number` of the study in `db` runs: read-only, for Optuna would make its
+    tables as the worker does, and one of the two would fail."""
+    if not db.is_file():
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+            row = conn.execute("SELECT state FROM trials WHERE number = ?", (number,)).fetchone()
+    except sqlite3.OperationalError:  # its tables are not made yet
+        return False
+    return row is not None and row[0] == "RUNNING"
+
+
+def test_an_idle_worker_confirms_the_best_so_far_and_a_later_best_gets_its_own_runs(tmp_path):
+    """A worker with no trial left confirms the best trial so far while another worker's trial
+    runs, rather than wait idle; stopped while it then waits, it ends cleanly (143, no
+    traceback). The other worker's trial turns out best: it is confirmed in folders of its own,
+    the early runs stay as they were, and the study's cost counts both."""
+    args = [*SEARCH[:2], "model=rnn", *TINY, "hydra.sweeper.n_trials=2"]
+    args += ["hydra.sweeper.confirm_seeds=2", "hydra.sweeper.confirm_pack=false"]
+    # Sampler seed 1242 gives trial 0 the learning rate that hardly trains, trial 1 the one that
+    # does: the best changes once trial 1 ends.
+    args += ['hydra.sweeper.params={optim.lr:"choice(0.0001,0.03)"}', "hydra.sweeper.seed=1242"]
+    search = tmp_path / "runs" / "searches" / "reber"
+    db = search / "optuna.db"
+    args += ["data.train_strings=600", "trainer.max_epochs=2"]
+
+    def stop_holding_no_lock(proc: Any) -> None:
+        """SIGSTOP `proc` at a moment it holds no lock on the study's database (a worker
+        stopped inside a write would hold up the other)."""
+        while True:
+            proc.send_signal(signal.SIGSTOP)
+            try:
+                with contextlib.closing(sqlite3.connect(db, timeout=0.2)) as conn:
+                    conn.execute("BEGIN EXCLUSIVE")
+                    conn.rollback()
+                return
+            except sqlite3.OperationalError:
+                proc.send_signal(signal.SIGCONT)
+                time.sleep(0.05)
+
+    first = popen(args, cwd=tmp_path)
+    wait_for(lambda: running_trial(db, 0), first)
+    stop_holding_no_lock(first)  # in trial 0, so that trial 1 is the second worker's
+    assert running_trial(db, 0) and not running_trial(db, 1)
+    second = popen(args, cwd=tmp_path)
+    try:
+        wait_for(lambda: running_trial(db, 1), second)
+        stop_holding_no_lock(second)
+        first.send_signal(signal.SIGCONT)
+
+        def confirmed(sub: str) -> bool:
+            path = search / sub / "result.json"
+            return path.is_file() and json.loads(path.read_text())["status"] == "completed"
+
+        def early_runs_noted() -> bool:
+            study = optuna.load_study(study_name="reber", storage=f"sqlite:///{db}")
+            return "confirmed_early_runs" in study.user_attrs
+
+        wait_for(early_runs_noted, first)  # its confirming runs ended: it waits for trial 1
+        assert confirmed("confirm-1235") and confirmed("confirm-1236")
+        first.send_signal(signal.SIGTERM)
+        out, err = first.communicate(timeout=60)
+    finally:
+        first.send_signal(signal.SIGCONT)
+        second.send_signal(signal.SIGCONT)
+    assert first.returncode == 143, err[-3000:]
+    assert "Traceback" not in err and "rnnbench: sweep stopped by SIGTERM" in err, err[-3000:]
+    assert "confirming trial 0, the best so far, while other workers run" in err
+    assert re.search(r"^sweep: \d+ jobs: ", out, re.M), out[-2000:]  # its summary line
+    out, err = second.communicate(timeout=300)
+    assert second.returncode == 0, err[-3000:]
+    study = optuna.load_study(study_name="reber", storage=f"sqlite:///{db}")
+    assert study.user_attrs["confirmed_early"] == 0
+    assert study.best_trial.number == 1, [t.value for t in study.trials]
+    later = {s: json.loads((search / f"trial-1-confirm-{s}" / "result.json").read_text())
+             for s in (1235, 1236)}  # fmt: skip
+    assert study.user_attrs["confirmed"]["run_dirs"] == [r["run_dir"] for r in later.values()]
+    for seed, record in later.items():
+        assert record["config"]["seed"] == seed and not record.get("reused_from")
+        assert record["config"]["optim"]["lr"] == study.best_params["optim.lr"]
+    early = [
+        json.loads((search / f"confirm-{s}" / "result.json").read_text()) for s in (1235, 1236)
+    ]
+    assert all(r["config"]["optim"]["lr"] == study.trials[0].params["optim.lr"] for r in early)
+    # Every run the study trained counts in its cost: the trials and both confirmations.
+    trained = [r for r in records(search) if not r.get("reused_from")]
+    assert len(trained) == 6
+    view = view_study(study, search)
+    assert view.train_steps == sum(r["timing"]["steps"] for r in trained) > 0

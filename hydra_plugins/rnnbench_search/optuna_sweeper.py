@@ -80,3 +80,11 @@ class OptunaSweeper(Sweeper):
         except UserError as e:  # a bad value, or a runs folder without file locks
             print(f"rnnbench: error: {e}", file=sys.stderr)
             sys.exit(2)
+        except KeyboardInterrupt:
+            from rnnbench.run.sweep import end_interrupted_job, stopped_by
+
+            if stopped_by() is None:
+                raise
+            # Stopped while no job of its own ran (waiting on other workers' trials or seeds):
+            # nothing to record, only the summary line and the stop's exit status.
+            end_interrupted_job(self.config.hydra.sweep.dir)

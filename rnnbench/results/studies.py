@@ -214,6 +214,12 @@ def view_study(study: Any, folder: Path | None) -> StudyView:
             value = (record.get("metrics") or {}).get(headline)
             if record.get("status") == "completed" and isinstance(value, int | float):
                 confirmed.append(float(value))
+    # Runs that confirmed an earlier best while the last trials ran: spent, so counted.
+    for run_dir in study.user_attrs.get("confirmed_early_runs") or []:
+        where = locate(run_dir, folder)
+        if where not in seen and (record := read(where)) is not None:
+            seen.add(where)
+            trained.append(record)
     if missing:
         print(
             f"rnnbench: warning: study {study.study_name}: {len(missing)} finished run(s) have "

@@ -64,6 +64,9 @@ from rnnbench.tasks import KINDS, direction
 
 SAMPLERS = ("tpe", "random", "grid")
 WAIT_S = 5.0  # between looks at what other workers of a study are doing
+# The study's user attributes naming the trial its idle workers confirmed before its last trials
+# ended (the best then), and the runs that did.
+EARLY, EARLY_RUNS = "confirmed_early", "confirmed_early_runs"
 
 
 @dataclass
@@ -319,7 +322,11 @@ def run_studies(sweeper: Any, arguments: list[str]) -> list[Any]:
             if axis
             else [sweep_dir / str(t.user_attrs.get("folder", t.number)) for t in study.get_trials()]
         )
-        waiting_said = False
+        seeds = confirm_seeds(int(composed.get("seed") or 0), sweeper.confirm_seeds)
+        confirming = Confirming(
+            sweeper, seeds, [*axis, *fixed], sweep_dir, study_sub, folder, width
+        )
+        waiting_said, confirmed_early = False, False
         while True:
             requeue_stale(study, folder, url.startswith(FILE_STORAGES))
             left = sweeper.n_trials - counted(study)
@@ -329,6 +336,27 @@ def run_studies(sweeper: Any, arguments: list[str]) -> list[Any]:
                 others = running_elsewhere(study)
                 if not others:
                     break
+                # Rather than wait idle, confirm the best trial so far: the one every idle
+                # worker of the study confirms (the first to get here picks it), shared seed by
+                # seed. Usually still the best once the others end, then its runs are reused.
+                early = study.user_attrs.get(EARLY)
+                if seeds and early is None and (best := best_trial(study)) is not None:
+                    study.set_user_attr(EARLY, best.number)
+                    early = study.user_attrs.get(EARLY)  # another worker's, had it just set one
+                if seeds and early is not None and not confirmed_early:
+                    print(
+                        f"rnnbench: study {name}: confirming trial {early}, the best so far, "
+                        f"while other workers run their trials",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    results = confirming.launch(study, trial_numbered(study, early), "", job)
+                    job += len(results)
+                    returns.append(results)
+                    # Their cost counts in the study's hours even if another trial wins.
+                    study.set_user_attr(EARLY_RUNS, run_dirs_of(results))
+                    confirmed_early, waiting_said = True, False
+                    continue
                 if not waiting_said:
                     print(
                         f"rnnbench: study {name}: waiting for "
@@ -391,39 +419,68 @@ def run_studies(sweeper: Any, arguments: list[str]) -> list[Any]:
                     if h is not None:
                         h.close()
         print(describe_study(study, metric, sweeper.n_trials), flush=True)
-        seeds = confirm_seeds(int(composed.get("seed") or 0), sweeper.confirm_seeds)
         best = best_trial(study)
         if seeds and best is not None:
-            confirm = [override_line(k, v) for k, v in best.params.items()] + axis + fixed
-            confirm = [o for o in confirm if o.split("=", 1)[0].lstrip("+~") != "pack"]
-            if sweeper.confirm_pack and packable(loader, config, confirm, len(seeds)):
-                # One job trains the seeds at once as one pack (each member computes what its
-                # lone run would): consecutive seeds, as pack=K takes them.
-                jobs = {
-                    f"confirm-{seeds[0]}-{seeds[-1]}": [
-                        *confirm, f"pack={len(seeds)}", f"seed={seeds[0]}"
-                    ]
-                }  # fmt: skip
-            else:
-                jobs = {f"confirm-{seed}": [*confirm, f"seed={seed}"] for seed in seeds}
-            batch = [
-                [*o, f"hydra.sweep.subdir={study_sub}{sub}", *confirmation_env(name)]
-                for sub, o in jobs.items()
-            ]
-            sweeper.validate_batch_is_legal(batch)
-            note_launched_folders([sweep_dir / f"{study_sub}{sub}" for sub in jobs])
-            results = launch_shared(
-                sweeper.launcher,
-                batch,
-                [folder / sub for sub in jobs],
-                width,
-                f"study {name}'s confirming run",
-                job,
-            )
-            job += len(batch)
+            # A best trial that is not the one confirmed early gets folders of its own.
+            early = study.user_attrs.get(EARLY)
+            prefix = "" if early in (None, best.number) else f"trial-{best.number}-"
+            results = confirming.launch(study, best, prefix, job)
+            job += len(results)
             returns.append(results)
             print(record_confirmation(study, best, seeds, results), flush=True)
     return returns
+
+
+@dataclass
+class Confirming:
+    """How one study's best trial is confirmed: its configuration run again with each of
+    `seeds` (as one pack where the sweeper's confirm_pack and the configuration allow), in the
+    study's folder, the jobs shared seed by seed by the study's workers."""
+
+    sweeper: Any
+    seeds: list[int]
+    overrides: list[str]  # the study's own: its sweep value and the fixed ones
+    sweep_dir: Path
+    study_sub: str  # the study's folder inside the search's
+    claims: Path
+    width: int
+
+    def launch(self, study: Any, trial: Any, prefix: str, job: int) -> list[Any]:
+        """Run `trial`'s confirming jobs (folders named `<prefix>confirm-...`); their
+        JobReturns. A seed another worker runs is waited for, then its record reused."""
+        sweeper = self.sweeper
+        confirm = [override_line(k, v) for k, v in trial.params.items()] + self.overrides
+        confirm = [o for o in confirm if o.split("=", 1)[0].lstrip("+~") != "pack"]
+        seeds, loader = self.seeds, sweeper.hydra_context.config_loader
+        if sweeper.confirm_pack and packable(loader, sweeper.config, confirm, len(seeds)):
+            # One job trains the seeds at once as one pack (each member computes what its
+            # lone run would): consecutive seeds, as pack=K takes them.
+            jobs = {
+                f"{prefix}confirm-{seeds[0]}-{seeds[-1]}": [
+                    *confirm, f"pack={len(seeds)}", f"seed={seeds[0]}"
+                ]
+            }  # fmt: skip
+        else:
+            jobs = {f"{prefix}confirm-{seed}": [*confirm, f"seed={seed}"] for seed in seeds}
+        batch = [
+            [*o, f"hydra.sweep.subdir={self.study_sub}{sub}", *confirmation_env(study.study_name)]
+            for sub, o in jobs.items()
+        ]
+        sweeper.validate_batch_is_legal(batch)
+        note_launched_folders([self.sweep_dir / f"{self.study_sub}{sub}" for sub in jobs])
+        return launch_shared(
+            sweeper.launcher,
+            batch,
+            [self.claims / sub for sub in jobs],
+            self.width,
+            f"study {study.study_name}'s confirming run",
+            job,
+        )
+
+
+def trial_numbered(study: Any, number: int) -> Any:
+    """The study's trial `number` (a FrozenTrial)."""
+    return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
 
 
 def launch_shared(
@@ -528,10 +585,9 @@ def confirm_seeds(search_seed: int, count: int) -> list[int]:
 def record_confirmation(study: Any, best: Any, seeds: list[int], results: list[Any]) -> str:
     """Keep in the study which runs confirm its best trial (the views read them), and say in
     one line what their test headline gives."""
-    runs, values = [], []
+    runs, values = run_dirs_of(results), []
     for record in job_records(results):
         if isinstance(record, Mapping) and record.get("run_dir"):
-            runs.append(str(record["run_dir"]))
             value = trial_value(record, str(record.get("headline")))
             if value is not None:
                 values.append(value)
@@ -542,6 +598,12 @@ def record_confirmation(study: Any, best: Any, seeds: list[int], results: list[A
         return head + ": no confirming run completed"
     mean, spread = mean_spread(values)
     return head + f": test {mean:.6g} ± {spread:.2g} ({len(values)} of {len(seeds)} completed)"
+
+
+def run_dirs_of(results: list[Any]) -> list[str]:
+    """The run folders the records of jobs `results` (JobReturns) name, in order."""
+    records = job_records(results)
+    return [str(r["run_dir"]) for r in records if isinstance(r, Mapping) and r.get("run_dir")]
 
 
 def returned(result: Any) -> Any:
